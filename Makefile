@@ -1,0 +1,32 @@
+# twin — `make run` and `make test` install what they need first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/twin up
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src streams replay tests benches
+	$(BIN)/mypy src/twin
+
+bench: install
+	$(BIN)/python benches/gateway.py
+	$(BIN)/python benches/validation.py
+
+clean:
+	rm -rf $(VENV) twin-data .pytest_cache

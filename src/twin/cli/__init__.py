@@ -1,0 +1,10 @@
+"""The ``twin`` command line (typer). Every command that prints data takes ``--json``."""
+
+from __future__ import annotations
+
+from twin.cli.app import app
+from twin.cli import broker, gateway, send  # noqa: F401  - register the commands
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,85 @@
+"""``twin gateway``: stations connect here; every frame is captured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated
+
+import typer
+
+from twin.broker import BrokerError, EmbeddedBroker, ensure_topics, wait_for_broker
+from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
+from twin.gateway.server import Gateway
+from twin.settings import Settings
+
+
+def resolve_bootstrap(settings: Settings) -> tuple[str, EmbeddedBroker | None]:
+    """The cluster to use: ``--bootstrap``, else a local broker already running on the
+    default port, else a new embedded one. Topics are created where missing."""
+    embedded = None
+    if settings.bootstrap:
+        bootstrap = settings.bootstrap
+        try:
+            wait_for_broker(bootstrap, timeout=10)
+        except BrokerError as exc:
+            fail(f"{exc}. Is the cluster up? Leave out --bootstrap to use the embedded broker.")
+    else:
+        bootstrap = f"{settings.host}:{settings.broker_port}"
+        try:
+            wait_for_broker(bootstrap, timeout=0.5)
+        except BrokerError:
+            try:
+                embedded = EmbeddedBroker(settings.broker_port, settings.host).start()
+            except BrokerError as exc:
+                fail(str(exc))
+            err.print(f"started the embedded broker on [bold]{bootstrap}[/]")
+    ensure_topics(settings, bootstrap)
+    return bootstrap, embedded
+
+
+@app.command()
+def gateway(
+    bootstrap: Bootstrap = None,
+    port: Annotated[int | None, typer.Option(help="Websocket port. (env TWIN_GATEWAY_PORT, default 9000)")] = None,
+    mode: Annotated[str, typer.Option(help="csms: answer stations; proxy: relay to --upstream.")] = "csms",
+    upstream: Annotated[str | None, typer.Option(help="Proxy mode: the CSMS base URL; stations are relayed to URL/<station id>.")] = None,
+    spool: Annotated[str | None, typer.Option(help="Directory of the spool used while the broker is away.")] = None,
+    max_frame_bytes: Annotated[int | None, typer.Option(help="Larger frames are refused with FormatViolation. (default 65536)")] = None,
+    call_timeout: Annotated[float | None, typer.Option(help="Seconds a CSMS-initiated CALL waits for its answer. (default 60)")] = None,
+    no_capture: Annotated[bool, typer.Option("--no-capture", help="Record nothing (benchmarks only).")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Accept station connections on ws://127.0.0.1:PORT/<any path>/<station id>.
+
+    Subprotocols ocpp2.1 (preferred) and ocpp2.0.1. Every frame in both directions is
+    recorded on ocpp.frames before it is answered or forwarded; CSMS-initiated calls queued
+    with `twin send` are delivered from ocpp.commands.
+    """
+    setup_logging(verbose)
+    if mode not in ("csms", "proxy"):
+        fail("--mode is csms or proxy")
+    if mode == "proxy" and not upstream:
+        fail("--mode proxy needs --upstream ws://host:port/path")
+    settings = Settings.load(
+        bootstrap=bootstrap, gateway_port=port, spool=spool, max_frame_bytes=max_frame_bytes,
+        call_timeout=call_timeout, capture=False if no_capture else None,
+    )  # fmt: skip
+    target, embedded = resolve_bootstrap(settings)
+    gw = Gateway(settings, target, mode=mode, upstream=upstream)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(gw))
+    except OSError as exc:
+        fail(f"cannot listen on {settings.host}:{gw.port}: {exc.strerror or exc}")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _serve(gw: Gateway) -> None:
+    await gw.start()
+    try:
+        await asyncio.Future()
+    finally:
+        await gw.stop()

@@ -1,0 +1,118 @@
+"""The frame envelope of ARCHITECTURE.md: one JSON object per OCPP-J frame or lifecycle record.
+
+Envelopes are plain dicts with the contract's field names, so what the gateway writes, what
+Kafka carries, what Parquet stores and what the fold reads are the same thing. ``dumps`` and
+``loads`` are the one codec for them.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import orjson
+
+from twin.ocpp_j import Frame
+
+FIELDS = (
+    "station_id", "origin", "msg_type", "msg_id", "action", "payload",
+    "ts", "protocol", "conn_id", "seq", "valid", "error",
+)  # fmt: skip
+
+LIFECYCLE = 0
+"""``msg_type`` of the gateway's own records (``origin: "gateway"``)."""
+
+
+class Envelope(TypedDict):
+    station_id: str
+    origin: str
+    msg_type: int
+    msg_id: str
+    action: str | None
+    payload: dict[str, Any]
+    ts: str
+    protocol: str
+    conn_id: str
+    seq: int
+    valid: bool
+    error: str | None
+
+
+def iso_ms(epoch: float | None = None) -> str:
+    """ISO-8601 UTC with milliseconds: ``2026-03-01T08:00:00.123Z``."""
+    t = time.time() if epoch is None else epoch
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_ts(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def of_frame(
+    frame: Frame,
+    *,
+    station_id: str,
+    origin: str,
+    protocol: str,
+    conn_id: str,
+    seq: int,
+    ts: str | None = None,
+    error: str | None = None,
+) -> Envelope:
+    return {
+        "station_id": station_id,
+        "origin": origin,
+        "msg_type": int(frame.msg_type),
+        "msg_id": frame.msg_id,
+        "action": frame.action,
+        "payload": frame.payload,
+        "ts": ts or iso_ms(),
+        "protocol": protocol,
+        "conn_id": conn_id,
+        "seq": seq,
+        "valid": error is None,
+        "error": error,
+    }
+
+
+def lifecycle(
+    action: str,
+    payload: dict[str, Any],
+    *,
+    station_id: str,
+    protocol: str,
+    conn_id: str,
+    seq: int,
+    ts: str | None = None,
+) -> Envelope:
+    """A gateway record: ``Connected``, ``Disconnected``, ``Refused``, ``CallTimeout``,
+    ``CommandUndelivered``."""
+    return {
+        "station_id": station_id,
+        "origin": "gateway",
+        "msg_type": LIFECYCLE,
+        "msg_id": f"{conn_id}:{seq}",
+        "action": action,
+        "payload": payload,
+        "ts": ts or iso_ms(),
+        "protocol": protocol,
+        "conn_id": conn_id,
+        "seq": seq,
+        "valid": True,
+        "error": None,
+    }
+
+
+def dumps(envelope: Envelope | dict[str, Any]) -> bytes:
+    return orjson.dumps(envelope)
+
+
+def loads(data: bytes | str) -> Envelope:
+    value: Envelope = orjson.loads(data)
+    return value
+
+
+def key(envelope: Envelope | dict[str, Any]) -> tuple[str, int]:
+    """``(conn_id, seq)``: what makes a record unique in the log."""
+    return envelope["conn_id"], envelope["seq"]

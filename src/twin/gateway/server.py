@@ -1,0 +1,235 @@
+"""The gateway: the only process that speaks websockets to stations.
+
+``csms`` mode answers stations itself; ``proxy`` mode sits in front of an existing CSMS and
+relays every frame unchanged, recording each before forwarding it. Either way every frame
+and every connection's life (``Connected``, ``Disconnected``, ``Refused``) is in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.http11 import Request, Response
+
+from twin import envelope
+from twin.capture import Recorder
+from twin.gateway.commands import CommandInbox
+from twin.gateway.session import Session, close_quietly, new_conn_id
+from twin.ocpp_j import SUBPROTOCOLS
+from twin.settings import Settings
+
+log = logging.getLogger("twin.gateway")
+
+
+@dataclass
+class Handshake:
+    station_id: str
+    protocol: str
+    conn_id: str
+    upstream: ClientConnection | None = None
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        mode: str = "csms",
+        upstream: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        if mode not in ("csms", "proxy"):
+            raise ValueError(f"mode must be csms or proxy, not {mode!r}")
+        if mode == "proxy" and not upstream:
+            raise ValueError("proxy mode needs --upstream URL")
+        self.settings, self.bootstrap, self.mode = settings, bootstrap, mode
+        self.upstream_url = upstream.rstrip("/") if upstream else None
+        self.port = settings.gateway_port if port is None else port
+        self.recorder = Recorder(settings, bootstrap, spool_name=f"gateway-{self.port}")
+        self.sessions: dict[str, Session] = {}
+        self.inbox = CommandInbox(self)
+        self._handshakes: dict[ServerConnection, Handshake] = {}
+        self._server: Server | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.recorder.start()
+        self._server = await serve(
+            self._handle,
+            self.settings.host,
+            self.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            max_size=max(self.settings.max_frame_bytes * 4, 1 << 20),
+            ping_interval=None,  # stations keep alive with Heartbeat; pings cost 2,000 timers
+            compression=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        await self.inbox.start()
+        log.info(
+            "gateway (%s mode) on ws://%s:%d/ocpp/<station id>, capture: %s",
+            self.mode, self.settings.host, self.port, self.recorder.mode,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        await self.inbox.stop()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await self.recorder.stop()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Future()
+        finally:
+            await self.stop()
+
+    # -- the handshake --------------------------------------------------------------------
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        station_id = unquote(path.rstrip("/").rsplit("/", 1)[-1])
+        offered = _offered(request.headers)
+        protocol = next((p for p in SUBPROTOCOLS if p in offered), None)
+        conn_id = new_conn_id()
+        if not station_id:
+            return await self._refuse(connection, "", conn_id, HTTPStatus.NOT_FOUND,
+                                      "no station id: connect to ws://host:port/<path>/<station id>")  # fmt: skip
+        if protocol is None:
+            why = f"no supported subprotocol offered (offered: {', '.join(offered) or 'none'}; supported: {', '.join(SUBPROTOCOLS)})"
+            return await self._refuse(connection, station_id, conn_id, HTTPStatus.BAD_REQUEST, why)
+        upstream = None
+        if self.upstream_url is not None:
+            try:
+                upstream = await self._connect_upstream(station_id, offered, request.headers)
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                why = f"upstream {self.upstream_url} refused: {_describe(exc)}"
+                return await self._refuse(connection, station_id, conn_id, HTTPStatus.BAD_GATEWAY, why, protocol)
+            protocol = upstream.subprotocol or protocol
+        self._handshakes[connection] = Handshake(station_id, protocol, conn_id, upstream)
+        return None
+
+    def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Any:
+        handshake = self._handshakes.get(connection)
+        return handshake.protocol if handshake else None
+
+    async def _refuse(
+        self,
+        connection: ServerConnection,
+        station_id: str,
+        conn_id: str,
+        status: HTTPStatus,
+        why: str,
+        protocol: str = "",
+    ) -> Response:
+        remote = _remote(connection)
+        record = envelope.lifecycle(
+            "Refused", {"reason": why, "status": int(status), "remote_address": remote},
+            station_id=station_id, protocol=protocol, conn_id=conn_id, seq=1,
+        )  # fmt: skip
+        await self.recorder.record([record])
+        log.info("refused %s from %s: %s", station_id or "?", remote, why)
+        return connection.respond(status, why + "\n")
+
+    async def _connect_upstream(self, station_id: str, offered: list[str], headers: Headers) -> ClientConnection:
+        assert self.upstream_url is not None
+        forward = [(k, v) for k, v in headers.raw_items() if k.lower() == "authorization"]
+        return await asyncio.wait_for(
+            connect(
+                f"{self.upstream_url}/{station_id}",
+                subprotocols=[p for p in SUBPROTOCOLS if p in offered],  # type: ignore[misc]
+                additional_headers=forward,
+                max_size=max(self.settings.max_frame_bytes * 4, 1 << 20),
+                ping_interval=None,
+                compression=None,
+                open_timeout=10,
+            ),
+            10,
+        )
+
+    # -- a connection ---------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        hs = self._handshakes.pop(ws)
+        session = Session(
+            ws=ws, station_id=hs.station_id, protocol=hs.protocol, recorder=self.recorder,
+            settings=self.settings, upstream=hs.upstream, conn_id=hs.conn_id,
+        )  # fmt: skip
+        previous = self.sessions.get(hs.station_id)
+        self.sessions[hs.station_id] = session
+        if previous is not None:  # the newer connection wins; the older is closed, both recorded
+            await close_quietly(previous.ws, 4000, "replaced by a newer connection of this station")
+        await session.capture(
+            ("Connected", {"subprotocol": hs.protocol, "security_profile": _profile(ws),
+                           "remote_address": _remote(ws), "mode": self.mode})
+        )  # fmt: skip
+        pump = None
+        if hs.upstream is not None:
+            pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
+        code, reason = 1000, ""
+        try:
+            async for message in ws:
+                await session.on_station(message)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("session %s failed", hs.station_id)
+            code, reason = 1011, "internal error"
+            await close_quietly(ws, code, reason)
+        finally:
+            session.abandon_calls()
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+            if hs.upstream is not None:
+                await close_quietly(hs.upstream, 1000, "station disconnected")
+            if self.sessions.get(hs.station_id) is session:
+                del self.sessions[hs.station_id]
+            if ws.close_code is not None:
+                code, reason = ws.close_code, ws.close_reason or ""
+            await session.capture(("Disconnected", {"code": code, "reason": reason}))
+
+    async def _pump_upstream(self, session: Session, upstream: ClientConnection) -> None:
+        try:
+            async for message in upstream:
+                await session.on_upstream(message)
+            why = f"upstream closed ({upstream.close_code} {upstream.close_reason or ''})".strip()
+        except ConnectionClosed as exc:
+            why = f"upstream dropped ({_describe(exc)})"
+        await close_quietly(session.ws, 1011, why)
+
+
+def _offered(headers: Headers) -> list[str]:
+    return [p.strip() for value in headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",") if p.strip()]
+
+
+def _remote(connection: ServerConnection) -> str:
+    with contextlib.suppress(Exception):
+        host, port = connection.remote_address[:2]
+        return f"{host}:{port}"
+    return ""
+
+
+def _profile(connection: ServerConnection) -> int | None:
+    """Security profile by what the connection carries: 1 = Basic Auth over ws."""
+    request = connection.request
+    if request is not None and "Authorization" in request.headers:
+        return 1
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,299 @@
+"""One station's websocket connection: OCPP-J rules, correlation, capture before acknowledge.
+
+The session sees every frame of its connection in both directions, numbers them (``seq``),
+resolves the action of every answer from the CALL it answers, validates payloads against
+the negotiated version's schema and records each frame before it is acknowledged (csms
+mode) or forwarded (proxy mode). Frames that are not OCPP-J go to the dead-letter topic
+with their raw text; everything else is in ``ocpp.frames``, invalid ones with ``valid:
+false``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twin import envelope, ocpp_j, schemas
+from twin.capture import Recorder
+from twin.envelope import Envelope
+from twin.gateway import responder
+from twin.messages import csms_initiated, station_initiated
+from twin.ocpp_j import Frame, FrameError, MessageType
+from twin.settings import Settings
+
+log = logging.getLogger("twin.gateway")
+
+REMEMBERED_IDS = 4096
+"""How many of a station's CALL ids a session remembers to refuse a reused one."""
+_ID_AT_START = re.compile(r'^\s*\[\s*(\d+)\s*,\s*"([^"\\]{1,36})"')
+
+
+class Socket(Protocol):
+    async def send(self, message: str) -> None: ...
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@dataclass
+class Outbound:
+    """A CALL sent to the station and not yet answered."""
+
+    action: str
+    answer: asyncio.Future[Frame] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    from_upstream: bool = False
+    """Proxy mode: the upstream CSMS made this call, so its answer goes back upstream."""
+
+
+class Session:
+    def __init__(
+        self,
+        *,
+        ws: Socket,
+        station_id: str,
+        protocol: str,
+        recorder: Recorder,
+        settings: Settings,
+        upstream: Socket | None = None,
+        conn_id: str | None = None,
+    ) -> None:
+        self.ws, self.upstream = ws, upstream
+        self.station_id, self.protocol = station_id, protocol
+        self.recorder, self.settings = recorder, settings
+        self.conn_id = conn_id or new_conn_id()
+        self.seq = 0
+        self.ctx = responder.Context(protocol, settings.heartbeat_interval)
+        self.from_station: dict[str, str] = {}  # CALL id -> action, awaiting the CSMS's answer
+        self.to_station: dict[str, Outbound] = {}  # CALL id -> the CALL awaiting the station
+        self._ids: deque[str] = deque(maxlen=REMEMBERED_IDS)
+        self._id_set: set[str] = set()
+        self._capture_lock = asyncio.Lock()  # seq order == log order
+        self._out_slot = asyncio.Lock()  # one outstanding CSMS-initiated CALL at a time
+
+    @property
+    def proxy(self) -> bool:
+        return self.upstream is not None
+
+    # -- capture --------------------------------------------------------------------------
+    async def capture(self, *items: tuple[Frame, str, str | None] | tuple[str, dict[str, Any]]) -> None:
+        """Number and record frames ``(frame, origin, error)`` and lifecycle records
+        ``(action, payload)``, in the order given; returns once they are durable."""
+        async with self._capture_lock:
+            batch: list[Envelope] = []
+            for item in items:
+                self.seq += 1
+                if len(item) == 3:
+                    frame, origin, error = item
+                    batch.append(
+                        envelope.of_frame(
+                            frame, station_id=self.station_id, origin=origin,
+                            protocol=self.protocol, conn_id=self.conn_id, seq=self.seq, error=error,
+                        )
+                    )  # fmt: skip
+                else:
+                    action, payload = item
+                    batch.append(
+                        envelope.lifecycle(
+                            action, payload, station_id=self.station_id,
+                            protocol=self.protocol, conn_id=self.conn_id, seq=self.seq,
+                        )
+                    )  # fmt: skip
+            await self.recorder.record(batch)
+
+    # -- from the station -----------------------------------------------------------------
+    async def on_station(self, text: str | bytes) -> None:
+        if _too_large(text, self.settings.max_frame_bytes):
+            await self._oversized(text)
+            return
+        try:
+            frame = ocpp_j.decode(text, self.protocol)
+        except FrameError as exc:
+            await self._unparsable(exc, text, origin="cs")
+            return
+        if frame.msg_type == MessageType.CALL:
+            await self._station_call(frame, text)
+        elif frame.msg_type == MessageType.SEND:
+            await self._send_frame(frame, text, origin="cs")
+        else:
+            await self._station_answer(frame, text)
+
+    async def _station_call(self, frame: Frame, text: str | bytes) -> None:
+        assert frame.action is not None
+        problem = self._call_problem(frame, sender="cs")
+        if self.proxy and (problem is None or problem.code != "RpcFrameworkError"):
+            # transparent: the upstream CSMS judges the call; we record what we saw
+            self.from_station[frame.msg_id] = frame.action
+            await self.capture((frame, "cs", problem and problem.reason))
+            await self._forward_upstream(text)
+            return
+        if problem is not None:
+            answer = ocpp_j.error(frame.msg_id, problem.code, problem.reason, frame.action)
+            await self.capture((frame, "cs", problem.reason), (answer, "csms", None))
+        else:
+            payload = responder.respond(frame.action, frame.payload, self.ctx)
+            answer = ocpp_j.result(frame.msg_id, frame.action, payload)
+            await self.capture((frame, "cs", None), (answer, "csms", None))
+        await self.ws.send(ocpp_j.encode(answer))
+
+    def _call_problem(self, frame: Frame, sender: str) -> schemas.Violation | None:
+        assert frame.action is not None
+        if sender == "cs":
+            if frame.msg_id in self._id_set:
+                return schemas.Violation("RpcFrameworkError", f"message id {frame.msg_id!r} reused")
+            self._remember(frame.msg_id)
+        violation = schemas.problem(self.protocol, frame.action, "Request", frame.payload)
+        if violation is not None:
+            return violation
+        allowed = station_initiated if sender == "cs" else csms_initiated
+        if not allowed(frame.action):
+            who = "the CSMS" if sender == "cs" else "a station"
+            return schemas.Violation("NotSupported", f"{frame.action} is sent by {who}")
+        return None
+
+    def _remember(self, msg_id: str) -> None:
+        if len(self._ids) == self._ids.maxlen:
+            self._id_set.discard(self._ids[0])
+        self._ids.append(msg_id)
+        self._id_set.add(msg_id)
+
+    async def _send_frame(self, frame: Frame, text: str | bytes, origin: str) -> None:
+        """SEND (type 6): recorded and never answered."""
+        problem = schemas.problem(self.protocol, frame.action, "Request", frame.payload)
+        await self.capture((frame, origin, problem and problem.reason))
+        if self.proxy:
+            await (self._forward_upstream(text) if origin == "cs" else self.ws.send(_text(text)))
+
+    async def _station_answer(self, frame: Frame, text: str | bytes) -> None:
+        """CALLRESULT, CALLERROR or CALLRESULTERROR from the station."""
+        outbound = self.to_station.pop(frame.msg_id, None)
+        if outbound is None:
+            await self.capture((frame, "cs", "no CALL with this message id is outstanding"))
+            return
+        frame.action = outbound.action
+        problem = None
+        if frame.msg_type == MessageType.CALLRESULT:
+            problem = schemas.problem(self.protocol, frame.action, "Response", frame.payload)
+        if outbound.from_upstream:
+            await self.capture((frame, "cs", problem and problem.reason))
+            await self._forward_upstream(text)
+        elif problem is not None and self.protocol == "ocpp2.1":
+            reply = ocpp_j.error(frame.msg_id, problem.code, problem.reason, frame.action, to_result=True)
+            await self.capture((frame, "cs", problem.reason), (reply, "csms", None))
+            await self.ws.send(ocpp_j.encode(reply))
+        else:
+            await self.capture((frame, "cs", problem and problem.reason))
+        if not outbound.answer.done():
+            outbound.answer.set_result(frame)
+
+    # -- bad input ------------------------------------------------------------------------
+    async def _unparsable(self, exc: FrameError, text: str | bytes, origin: str) -> None:
+        """Not OCPP-J: dead-lettered with its raw text; a CALL-like frame gets its CALLERROR."""
+        raw = _text(text)
+        ts = envelope.iso_ms()
+        await self.recorder.deadletter(self.station_id, f"{exc.code}: {exc.description}", raw, ts)
+        if origin == "cs":
+            await self._answer_bad(exc.msg_type, exc.answer_id, exc.code, exc.description)
+        elif self.proxy:
+            await self.ws.send(raw)
+
+    async def _oversized(self, text: str | bytes) -> None:
+        raw, limit = _text(text), self.settings.max_frame_bytes
+        size = len(raw.encode())
+        match = _ID_AT_START.match(raw[:64])
+        kind, msg_id = (int(match[1]), match[2]) if match else (None, ocpp_j.UNREADABLE_ID)
+        reason = f"FormatViolation: frame of {size} bytes exceeds the limit of {limit} (raw cut to the limit)"
+        await self.recorder.deadletter(self.station_id, reason, raw[:limit], envelope.iso_ms())
+        await self._answer_bad(kind, msg_id, "FormatViolation", f"frame of {size} bytes exceeds {limit}")
+
+    async def _answer_bad(self, kind: int | None, msg_id: str, code: str, description: str) -> None:
+        """Answer as OCPP-J requires: CALLERROR to a call (or to what cannot be read),
+        CALLRESULTERROR to a result (2.1 only), nothing to an error or a SEND."""
+        if kind in (None, MessageType.CALL) or kind not in MessageType.__members__.values():
+            answer = ocpp_j.error(msg_id, code, description, details={"by": "twin-gateway"})
+        elif kind == MessageType.CALLRESULT and self.protocol == "ocpp2.1":
+            answer = ocpp_j.error(msg_id, code, description, to_result=True, details={"by": "twin-gateway"})
+        else:
+            return
+        await self.capture((answer, "csms", None))
+        await self.ws.send(ocpp_j.encode(answer))
+
+    # -- CSMS-initiated calls -------------------------------------------------------------
+    async def call(
+        self, action: str, payload: dict[str, Any], command_id: str | None = None
+    ) -> Frame | None:
+        """Send a CALL to the station, one at a time; the answer, or None on timeout."""
+        async with self._out_slot:
+            frame = ocpp_j.call(secrets.token_hex(8), action, payload)
+            outbound = Outbound(action)
+            self.to_station[frame.msg_id] = outbound
+            await self.capture((frame, "csms", None))
+            await self.ws.send(ocpp_j.encode(frame))
+            try:
+                return await asyncio.wait_for(outbound.answer, self.settings.call_timeout)
+            except TimeoutError:
+                self.to_station.pop(frame.msg_id, None)
+                await self.capture(
+                    ("CallTimeout", {"msg_id": frame.msg_id, "action": action,
+                                     "timeout_s": self.settings.call_timeout, "command_id": command_id})
+                )  # fmt: skip
+                return None
+
+    # -- proxy mode -----------------------------------------------------------------------
+    async def on_upstream(self, text: str | bytes) -> None:
+        """A frame from the upstream CSMS: recorded, then forwarded unchanged."""
+        try:
+            frame = ocpp_j.decode(text, self.protocol)
+        except FrameError as exc:
+            await self._unparsable(exc, text, origin="csms")
+            return
+        if frame.msg_type == MessageType.CALL:
+            problem = self._call_problem(frame, sender="csms")
+            self.to_station[frame.msg_id] = Outbound(frame.action or "", from_upstream=True)
+            await self.capture((frame, "csms", problem and problem.reason))
+        elif frame.msg_type == MessageType.SEND:
+            await self._send_frame(frame, text, origin="csms")
+            return
+        else:
+            action = self.from_station.pop(frame.msg_id, None)
+            frame.action = action
+            problem = None
+            if action is None:
+                problem = schemas.Violation("ProtocolError", "no CALL with this message id is outstanding")
+            elif frame.msg_type == MessageType.CALLRESULT:
+                problem = schemas.problem(self.protocol, action, "Response", frame.payload)
+            await self.capture((frame, "csms", problem and problem.reason))
+        await self.ws.send(_text(text))
+
+    async def _forward_upstream(self, text: str | bytes) -> None:
+        assert self.upstream is not None
+        await self.upstream.send(_text(text))
+
+    def abandon_calls(self) -> None:
+        for outbound in self.to_station.values():
+            if not outbound.answer.done():
+                outbound.answer.cancel()
+        self.to_station.clear()
+
+
+def new_conn_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _text(data: str | bytes) -> str:
+    return data if isinstance(data, str) else data.decode("utf-8", "replace")
+
+
+def _too_large(text: str | bytes, limit: int) -> bool:
+    n = len(text)
+    if n > limit:
+        return True
+    return isinstance(text, str) and n * 4 > limit and len(text.encode()) > limit
+
+
+async def close_quietly(ws: Socket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close(code, reason[:120])

@@ -1,0 +1,80 @@
+"""Payload validation against the negotiated version's OCA JSON schema.
+
+Validators are compiled with fastjsonschema on first use and cached per (version, action,
+kind): compiling all 181 schemas of 2.1 takes seconds, validating one payload microseconds.
+A violation comes back as the OCPP-J error code to answer with and a short reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Literal
+
+import fastjsonschema
+
+from twin.messages import SEND_ONLY, actions, schema_dir
+
+Kind = Literal["Request", "Response"]
+Validator = Callable[[Any], Any]
+
+# fastjsonschema's failing rule -> OCPP-J error code
+_CODE_OF_RULE = {
+    "type": "TypeConstraintViolation",
+    "required": "OccurrenceConstraintViolation",
+    "additionalProperties": "OccurrenceConstraintViolation",
+    "minItems": "OccurrenceConstraintViolation",
+    "maxItems": "OccurrenceConstraintViolation",
+    "minProperties": "OccurrenceConstraintViolation",
+}
+
+
+class Violation(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@cache
+def schema(protocol: str, action: str, kind: Kind) -> dict[str, Any] | None:
+    if action not in actions(protocol):
+        return None
+    name = action if action in SEND_ONLY else f"{action}{kind}"
+    path = schema_dir(protocol) / f"{name}.json"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        document: dict[str, Any] = json.load(f)
+    return document
+
+
+@cache
+def validator(protocol: str, action: str, kind: Kind) -> Validator | None:
+    document = schema(protocol, action, kind)
+    return None if document is None else fastjsonschema.compile(document)
+
+
+def validate(protocol: str, action: str, kind: Kind, payload: Any) -> None:
+    """Raises :class:`Violation` if ``payload`` is not valid; ``NotImplemented`` if the
+    action does not exist in ``protocol``."""
+    check = validator(protocol, action, kind)
+    if check is None:
+        raise Violation("NotImplemented", f"{action} is not an action of {protocol}")
+    try:
+        check(payload)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        code = _CODE_OF_RULE.get(exc.rule or "", "PropertyConstraintViolation")
+        where = ".".join(str(p) for p in (exc.path or [])[1:]) or "payload"
+        raise Violation(code, f"{where}: {exc.message.removeprefix('data.').removeprefix('data ')}") from None
+
+
+def problem(protocol: str, action: str | None, kind: Kind, payload: Any) -> Violation | None:
+    """The violation, or None when the payload is valid."""
+    if action is None:
+        return Violation("ProtocolError", "no CALL with this message id is outstanding")
+    try:
+        validate(protocol, action, kind, payload)
+    except Violation as v:
+        return v
+    return None

@@ -1,0 +1,72 @@
+"""The one settings object: flags, then ``TWIN_*`` environment variables, then defaults.
+
+The defaults work on one machine with nothing installed beyond the package: no
+``bootstrap`` means "start the embedded broker".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from twin.topics import Topics
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap: str | None = None
+    """host:port of an external Kafka cluster; None means the embedded broker."""
+    broker_port: int = 9092
+    topic_prefix: str = ""
+    partitions: int = 4
+    host: str = "127.0.0.1"
+    gateway_port: int = 9000
+    web_port: int = 6066
+    dashboard_port: int = 8501
+    archive: str = "twin-data/archive"
+    spool: str = "twin-data/spool"
+    max_frame_bytes: int = 65536
+    """Frames larger than this are answered with a FormatViolation and dead-lettered."""
+    call_timeout: float = 60.0
+    """Seconds a CSMS-initiated CALL waits for its answer (libocpp's default)."""
+    capture_timeout: float = 5.0
+    """Seconds a frame waits for the broker's ack before it goes to the spool instead."""
+    heartbeat_interval: int = 1800
+    capture: bool = True
+    """Off only for benchmarks: measures what capturing costs."""
+    topics: Topics = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "topics", Topics(self.topic_prefix))
+
+    @classmethod
+    def load(cls, **flags: Any) -> Settings:
+        """Flags that are not None win, then ``TWIN_<NAME>``, then the default."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if not f.init:
+                continue
+            flag = flags.pop(f.name, None)
+            env = os.environ.get(f"TWIN_{f.name.upper()}")
+            if flag is not None:
+                values[f.name] = flag
+            elif env is not None and env != "":
+                values[f.name] = _coerce(env, f.default)
+        if flags:
+            raise TypeError(f"unknown settings: {', '.join(sorted(flags))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return text.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
