@@ -1,0 +1,209 @@
+"""The gateway in csms mode on the embedded broker: every frame, both directions, recorded
+with every envelope field, before the station sees its answer."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import has, of_station, read_until, url
+from tests.stations import BOOT, raw_station, session_of_calls, station
+from twin.envelope import FIELDS
+from twin.gateway.commands import command
+from twin.settings import Settings
+
+pytestmark = pytest.mark.integration
+TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def check_envelopes(records: list[dict[str, Any]], station_id: str, protocol: str) -> None:
+    """Every field of every envelope of one connection, and seq from 1 in log order."""
+    assert records, "nothing recorded"
+    conn = records[0]["conn_id"]
+    for seq, r in enumerate(records, start=1):
+        assert tuple(r) == FIELDS
+        assert r["station_id"] == station_id and r["protocol"] == protocol
+        assert r["conn_id"] == conn and r["seq"] == seq
+        assert TS_RE.fullmatch(r["ts"])
+        assert r["origin"] in ("cs", "csms", "gateway")
+        assert isinstance(r["msg_id"], str) and r["msg_id"]
+        assert isinstance(r["payload"], dict)
+        assert r["valid"] is (r["error"] is None)
+    assert records[0]["action"] == "Connected" and records[0]["msg_type"] == 0
+    assert records[0]["payload"]["subprotocol"] == protocol
+
+
+@pytest.mark.parametrize("protocol", ["ocpp2.1", "ocpp2.0.1"])
+async def test_a_station_session_is_recorded_frame_for_frame(gateway: Any, settings: Settings, protocol: str) -> None:
+    gw = await gateway()
+    async with station(url(gw, "CS-A"), protocol) as cp:
+        await session_of_calls(cp)
+    records = of_station(await read_until(settings, has("Disconnected", "CS-A")), "CS-A")
+    check_envelopes(records, "CS-A", protocol)
+    kinds = [(r["origin"], r["msg_type"], r["action"]) for r in records]
+    assert kinds == [
+        ("gateway", 0, "Connected"),
+        ("cs", 2, "BootNotification"), ("csms", 3, "BootNotification"),
+        ("cs", 2, "StatusNotification"), ("csms", 3, "StatusNotification"),
+        ("cs", 2, "Heartbeat"), ("csms", 3, "Heartbeat"),
+        ("cs", 2, "Authorize"), ("csms", 3, "Authorize"),
+        ("cs", 2, "TransactionEvent"), ("csms", 3, "TransactionEvent"),
+        ("gateway", 0, "Disconnected"),
+    ]  # fmt: skip
+    assert all(r["valid"] for r in records)
+    call, answer = records[1], records[2]
+    assert answer["msg_id"] == call["msg_id"]
+    assert call["payload"]["chargingStation"] == {"model": "M1", "vendorName": "Acme"}
+    assert answer["payload"]["status"] == "Accepted" and answer["payload"]["interval"] == 1800
+    meter = records[9]["payload"]["meterValue"][0]["sampledValue"][0]
+    assert meter["measurand"] == "Energy.Active.Import.Register"
+
+
+async def test_send_frames_are_recorded_and_never_answered(gateway: Any, settings: Settings) -> None:
+    gw = await gateway()
+    stream = [6, "s-1", "NotifyPeriodicEventStream", {"id": 1, "pending": 0, "basetime": "2026-03-01T08:00:00Z",
+                                                       "data": [{"t": 0, "v": "11.5"}]}]  # fmt: skip
+    async with raw_station(url(gw, "CS-S")) as st:
+        await st.send(stream)
+        assert await st.nothing(within=0.7)
+        assert (await st.ask(BOOT))[0] == 3  # the connection is still served
+    records = of_station(await read_until(settings, has("NotifyPeriodicEventStream", "CS-S")), "CS-S")
+    send = next(r for r in records if r["msg_type"] == 6)
+    assert send["action"] == "NotifyPeriodicEventStream" and send["valid"] and send["origin"] == "cs"
+    assert not any(r["msg_type"] in (3, 4) and r["msg_id"] == "s-1" for r in records)
+
+
+async def produce_command(settings: Settings, cmd: dict[str, Any]) -> None:
+    from kafka import KafkaProducer
+
+    from twin import envelope
+
+    def go() -> None:
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+        producer.send(settings.topics.commands, key=cmd["station_id"].encode(), value=envelope.dumps(cmd)).get(10)
+        producer.close()
+
+    await asyncio.to_thread(go)
+
+
+RESERVE = {"id": 7, "expiryDateTime": "2026-03-01T09:00:00.000Z", "idToken": {"idToken": "TAG1", "type": "ISO14443"}, "evseId": 1}
+
+
+@pytest.mark.parametrize("protocol", ["ocpp2.1", "ocpp2.0.1"])
+async def test_csms_initiated_calls_reach_the_station_and_its_answer_is_recorded(
+    gateway: Any, settings: Settings, protocol: str
+) -> None:
+    gw = await gateway()
+    async with station(url(gw, "CS-C"), protocol) as cp:
+        await cp.call(cp.calls.Heartbeat())
+        await produce_command(settings, command("CS-C", "ReserveNow", RESERVE, "test"))
+        records = await read_until(settings, has("ReserveNow", "CS-C", msg_type=3))
+    calls = [r for r in records if r["action"] == "ReserveNow"]
+    call, answer = calls
+    assert (call["origin"], call["msg_type"], call["payload"]) == ("csms", 2, RESERVE)
+    assert (answer["origin"], answer["msg_type"], answer["msg_id"]) == ("cs", 3, call["msg_id"])
+    assert answer["payload"] == {"status": "Accepted"} and answer["valid"]
+
+
+async def test_a_command_for_an_absent_station_is_recorded_as_undelivered(gateway: Any, settings: Settings) -> None:
+    await gateway()
+    cmd = command("CS-NOBODY", "ReserveNow", RESERVE, "test")
+    await produce_command(settings, cmd)
+    records = await read_until(settings, has("CommandUndelivered", "CS-NOBODY"))
+    record = next(r for r in records if r["action"] == "CommandUndelivered")
+    assert record["payload"]["command_id"] == cmd["command_id"]
+    assert record["payload"]["reason"] == "station not connected to this gateway"
+    assert record["origin"] == "gateway" and record["msg_type"] == 0
+
+
+async def test_one_outstanding_call_per_direction_and_a_call_timeout(gateway: Any, settings: Settings) -> None:
+    gw = await gateway(settings.replace(call_timeout=1.0))
+    async with raw_station(url(gw, "CS-T")) as st:
+        await st.ask(BOOT)
+        await produce_command(settings, command("CS-T", "ReserveNow", RESERVE, "test"))
+        await produce_command(settings, command("CS-T", "CancelReservation", {"reservationId": 7}, "test"))
+        first = await st.recv()
+        assert first[2] == "ReserveNow"
+        assert await st.nothing(within=0.6), "a second CALL came while the first was outstanding"
+        second = await st.recv(timeout=3)  # after the first timed out
+        assert second[2] == "CancelReservation"
+        await st.send([3, second[1], {"status": "Accepted"}])
+        records = await read_until(settings, has("CancelReservation", "CS-T", msg_type=3))
+    timeout = next(r for r in records if r["action"] == "CallTimeout")
+    assert timeout["payload"]["action"] == "ReserveNow" and timeout["payload"]["msg_id"] == first[1]
+
+
+async def test_a_bad_callresult_is_answered_with_callresulterror(gateway: Any, settings: Settings) -> None:
+    gw = await gateway()
+    async with raw_station(url(gw, "CS-R")) as st:
+        await st.ask(BOOT)
+        await produce_command(settings, command("CS-R", "ReserveNow", RESERVE, "test"))
+        call = await st.recv()
+        reply = await st.ask([3, call[1], {"status": "Maybe"}])
+        assert reply[:3] == [5, call[1], "PropertyConstraintViolation"]
+        records = await read_until(settings, has("ReserveNow", "CS-R", msg_type=5))
+    bad = next(r for r in records if r["action"] == "ReserveNow" and r["msg_type"] == 3)
+    assert bad["valid"] is False and "status" in bad["error"]
+    sent = next(r for r in records if r["msg_type"] == 5)
+    assert sent["origin"] == "csms" and sent["payload"]["errorCode"] == "PropertyConstraintViolation"
+
+
+async def test_callresulterror_from_a_station_is_recorded_with_its_action(gateway: Any, settings: Settings) -> None:
+    gw = await gateway()
+    async with raw_station(url(gw, "CS-E")) as st:
+        await st.ask(BOOT)
+        await produce_command(settings, command("CS-E", "ReserveNow", RESERVE, "test"))
+        call = await st.recv()
+        await st.send([4, call[1], "NotSupported", "no reservations here", {}])
+        records = await read_until(settings, has("ReserveNow", "CS-E", msg_type=4))
+    error = next(r for r in records if r["msg_type"] == 4)
+    assert error["payload"] == {"errorCode": "NotSupported", "errorDescription": "no reservations here", "errorDetails": {}}
+    assert error["origin"] == "cs" and error["valid"]
+
+
+async def test_subprotocol_negotiation(gateway: Any, settings: Settings) -> None:
+    gw = await gateway()
+    async with websockets.connect(url(gw, "CS-P1"), subprotocols=["ocpp2.0.1", "ocpp2.1"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "ocpp2.1"
+    async with websockets.connect(url(gw, "CS-P2"), subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "ocpp2.0.1"
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(url(gw, "CS-P3"), subprotocols=["ocpp1.6"]):  # type: ignore[list-item]
+            pass
+    assert refused.value.response.status_code == 400
+    with pytest.raises(InvalidStatus):
+        async with websockets.connect(url(gw, "CS-P4")):
+            pass
+    records = await read_until(settings, has("Refused", count=2))
+    refusal = next(r for r in records if r["station_id"] == "CS-P3")
+    assert "ocpp1.6" in refusal["payload"]["reason"] and refusal["origin"] == "gateway"
+
+
+async def test_cli_send_validates_then_queues(gateway: Any, settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from twin.cli import app
+
+    gw = await gateway()
+    runner = CliRunner()
+    env = {"TWIN_TOPIC_PREFIX": settings.topic_prefix}
+    import json
+
+    seven = json.dumps({**RESERVE, "id": "seven"})
+    bad = runner.invoke(app, ["send", "CS-X", "ReserveNow", seven, "-b", settings.bootstrap or ""], env=env)
+    assert bad.exit_code == 1 and "TypeConstraintViolation" in bad.output
+    wrong_way = runner.invoke(app, ["send", "CS-X", "Heartbeat", "{}", "-b", settings.bootstrap or ""], env=env)
+    assert wrong_way.exit_code == 1 and "sent by stations" in wrong_way.output
+    async with station(url(gw, "CS-X")) as cp:
+        await cp.call(cp.calls.Heartbeat())
+        ok = await asyncio.to_thread(
+            runner.invoke, app, ["send", "CS-X", "ReserveNow", json.dumps(RESERVE), "-b", settings.bootstrap or "", "--json"], env=env
+        )
+        assert ok.exit_code == 0, ok.output
+        assert json.loads(ok.stdout)["action"] == "ReserveNow"
+        await read_until(settings, has("ReserveNow", "CS-X", msg_type=3))
