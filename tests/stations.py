@@ -103,3 +103,8 @@ async def raw_station(url: str, protocol: str = "ocpp2.1", **connect: Any) -> As
 
 
 BOOT = [2, "boot-1", "BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}]
+
+RESERVE_PAYLOAD = {  # ReserveNow as the ocpp package's dataclasses spell it
+    "id": 7, "expiry_date_time": "2026-03-01T09:00:00.000Z",
+    "id_token": {"id_token": "TAG1", "type": "ISO14443"}, "evse_id": 1,
+}  # fmt: skip

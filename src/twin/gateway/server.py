@@ -207,6 +207,9 @@ class Gateway:
             why = f"upstream closed ({upstream.close_code} {upstream.close_reason or ''})".strip()
         except ConnectionClosed as exc:
             why = f"upstream dropped ({_describe(exc)})"
+        except Exception:
+            log.exception("relaying from the upstream of %s failed", session.station_id)
+            why = "internal error relaying the upstream"
         await close_quietly(session.ws, 1011, why)
 
 
