@@ -5,13 +5,17 @@ Durable means acknowledged by the broker with ``acks=all`` (idempotent where the
 grants producer ids) or, while the broker is unreachable, written and fsynced to the spool.
 While the spool holds anything, new records join it behind the old ones; a drainer sends
 them on, in order, when the broker is back. A record may so reach Kafka twice; ``(conn_id,
-seq)`` makes that harmless downstream.
+seq)`` makes that harmless downstream, but the recorder avoids it where it can: a record
+whose send timed out may still land (the producer keeps trying), so it is spooled with a
+token, the old producer is kept until that send settles, and the drainer skips the record
+if it landed after all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from twin import envelope
 from twin.broker import ensure_topics, grants_idempotence
 from twin.envelope import Envelope
 from twin.settings import Settings
-from twin.spool import Record, Spool
+from twin.spool import Record, Spool, Token
 
 log = logging.getLogger("twin.capture")
 
@@ -38,6 +42,9 @@ class Recorder:
         self._lock = asyncio.Lock()
         self._spooling = self.spool.size() > 0  # left over from a crash: drain it first
         self._drainer: asyncio.Task[None] | None = None
+        self._uncertain: dict[int, asyncio.Future[object]] = {}  # token -> first send
+        self._tokens = itertools.count(1)
+        self._retired: list[AIOKafkaProducer] = []  # kept until their sends settle
         self.recorded = 0
         self.spooled = 0
 
@@ -62,6 +69,7 @@ class Recorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
         await self._close_producer()
+        await self._close_retired()
         self.spool.close()
 
     @property
@@ -88,24 +96,39 @@ class Recorder:
 
     async def _put(self, records: list[Record]) -> None:
         while True:
+            sends: list[asyncio.Future[object]] = []
             if not self._spooling:
                 try:
-                    await asyncio.wait_for(self._send(records), self.settings.capture_timeout)
+                    await asyncio.wait_for(self._send(records, sends), self.settings.capture_timeout)
                     return
                 except Exception as exc:
                     await self._enter_spooling(exc)
             async with self._lock:
                 if self._spooling:  # not drained while we waited for the lock
-                    self.spool.append(records)
+                    self.spool.append(records, [self._token(f) for f in sends] + [None] * (len(records) - len(sends)))
                     self.spooled += len(records)
                     return
 
-    async def _send(self, records: list[Record]) -> None:
+    def _token(self, send: asyncio.Future[object]) -> Token:
+        """A token for a send that may still land, None for one that surely failed."""
+        if send.done() and (send.cancelled() or send.exception() is not None):
+            return None
+        token = next(self._tokens)
+        self._uncertain[token] = send
+        return token
+
+    async def _send(self, records: list[Record], sends: list[asyncio.Future[object]] | None = None) -> None:
+        """Send and wait for every ack; ``sends`` collects the producer's futures as they
+        are made. Waiting with ``asyncio.wait`` leaves them running if we are cancelled."""
         producer = self._producer
         if producer is None:
             raise ConnectionError("no producer")
-        futures = [await producer.send(t, v, key=k) for t, k, v in records]
-        await asyncio.gather(*futures)
+        sends = [] if sends is None else sends
+        for t, k, v in records:
+            sends.append(await producer.send(t, v, key=k))
+        await asyncio.wait(sends)
+        for send in sends:
+            send.result()
 
     # -- the spool ----------------------------------------------------------------------
     async def _enter_spooling(self, cause: BaseException) -> None:
@@ -116,7 +139,7 @@ class Recorder:
             self._spooling = True
         old, self._producer = self._producer, None
         if old is not None:
-            asyncio.get_running_loop().create_task(_quietly_stop(old))
+            self._retired.append(old)
         self._start_drainer()
 
     def _start_drainer(self) -> None:
@@ -130,9 +153,9 @@ class Recorder:
                 if self._producer is None:
                     await asyncio.to_thread(ensure_topics, self.settings, self.bootstrap)
                     self._producer = await self._new_producer()
-                records, after = self.spool.read(offset)
-                if records:
-                    await asyncio.wait_for(self._send(records), self.settings.capture_timeout)
+                entries, after = self.spool.read(offset)
+                if entries:
+                    await self._send([r for r, token in entries if not await self._landed(token)])
                     offset, backoff = after, 0.2
                     continue
                 async with self._lock:
@@ -140,7 +163,9 @@ class Recorder:
                         self.spool.clear()
                         self._spooling = False
                         log.info("spool drained: capturing straight to %s again", self.bootstrap)
-                        return
+                if not self._spooling:
+                    await self._close_retired()
+                    return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -150,6 +175,19 @@ class Recorder:
                     await _quietly_stop(old)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _landed(self, token: Token) -> bool:
+        """Whether a spooled record's first send reached the broker after all."""
+        send = self._uncertain.pop(token, None) if token is not None else None
+        if send is None:
+            return False
+        await asyncio.wait([send])  # settles: delivered, or expired by the producer
+        return not send.cancelled() and send.exception() is None
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for producer in retired:
+            await _quietly_stop(producer)
 
     # -- the producer -------------------------------------------------------------------
     async def _new_producer(self) -> AIOKafkaProducer:

@@ -9,6 +9,8 @@ import orjson
 
 Record = tuple[str, bytes | None, bytes]
 """(topic, key, value)"""
+Token = int | None
+"""Marks a record whose first send may still land (see ``twin.capture``)."""
 
 
 class Spool:
@@ -17,11 +19,12 @@ class Spool:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the spool
 
-    def append(self, records: list[Record]) -> None:
+    def append(self, records: list[Record], tokens: list[Token] | None = None) -> None:
         """Durable once this returns: written and fsynced."""
+        marks = tokens or [None] * len(records)
         lines = b"".join(
-            orjson.dumps([t, k.decode() if k is not None else None, v.decode()]) + b"\n"
-            for t, k, v in records
+            orjson.dumps([t, k.decode() if k is not None else None, v.decode(), m]) + b"\n"
+            for (t, k, v), m in zip(records, marks, strict=True)
         )
         self._file.write(lines)
         self._file.flush()
@@ -30,16 +33,17 @@ class Spool:
     def size(self) -> int:
         return self._file.tell()
 
-    def read(self, offset: int, limit: int = 1000) -> tuple[list[Record], int]:
-        """Up to ``limit`` records from byte ``offset``, and the offset after them."""
-        records: list[Record] = []
+    def read(self, offset: int, limit: int = 1000) -> tuple[list[tuple[Record, Token]], int]:
+        """Up to ``limit`` records (with their tokens) from byte ``offset``, and the offset
+        after them."""
+        records: list[tuple[Record, Token]] = []
         with open(self.path, "rb") as f:
             f.seek(offset)
             for line in f:
                 if not line.endswith(b"\n"):  # a torn last line: written by a crash, skip
                     break
-                t, k, v = orjson.loads(line)
-                records.append((t, k.encode() if k is not None else None, v.encode()))
+                t, k, v, m = orjson.loads(line)
+                records.append(((t, k.encode() if k is not None else None, v.encode()), m))
                 offset += len(line)
                 if len(records) >= limit:
                     break
