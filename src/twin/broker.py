@@ -163,6 +163,20 @@ def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
         admin.close()
 
 
+async def reachable(bootstrap: str) -> bool:
+    """Whether a broker answers at ``bootstrap``; fails fast where nothing listens."""
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    try:
+        await client.bootstrap()
+        return True
+    except Exception:
+        return False
+    finally:
+        await client.close()
+
+
 async def grants_idempotence(bootstrap: str) -> bool:
     """Ask the broker for a producer id, as an idempotent producer would at start.
 

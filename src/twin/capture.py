@@ -5,10 +5,12 @@ Durable means acknowledged by the broker with ``acks=all`` (idempotent where the
 grants producer ids) or, while the broker is unreachable, written and fsynced to the spool.
 While the spool holds anything, new records join it behind the old ones; a drainer sends
 them on, in order, when the broker is back. A record may so reach Kafka twice; ``(conn_id,
-seq)`` makes that harmless downstream, but the recorder avoids it where it can: a record
-whose send timed out may still land (the producer keeps trying), so it is spooled with a
-token, the old producer is kept until that send settles, and the drainer skips the record
-if it landed after all.
+seq)`` makes that harmless downstream, and the recorder keeps it rare: a record whose send
+timed out may still land (the producer keeps trying), so it is spooled with a token, the
+old producer is kept until that send settles, and the drainer skips the record if it landed
+after all. What remains is the producer's own retry of a batch in flight when the broker
+died, stored twice by a broker that cannot deduplicate (Tansu refuses producer ids to
+aiokafka; a real Kafka grants them and drops the retry).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from twin import envelope
-from twin.broker import ensure_topics, grants_idempotence
+from twin.broker import ensure_topics, grants_idempotence, reachable
 from twin.envelope import Envelope
 from twin.settings import Settings
 from twin.spool import Record, Spool, Token
@@ -151,6 +153,8 @@ class Recorder:
         while True:
             try:
                 if self._producer is None:
+                    if not await reachable(self.bootstrap):  # before blocking a thread on it
+                        raise ConnectionError(f"no broker at {self.bootstrap}")
                     await asyncio.to_thread(ensure_topics, self.settings, self.bootstrap)
                     self._producer = await self._new_producer()
                 entries, after = self.spool.read(offset)
@@ -181,8 +185,9 @@ class Recorder:
         send = self._uncertain.pop(token, None) if token is not None else None
         if send is None:
             return False
-        await asyncio.wait([send])  # settles: delivered, or expired by the producer
-        return not send.cancelled() and send.exception() is None
+        # it settles (delivered, or expired by the producer); if not in time, send again
+        await asyncio.wait([send], timeout=3 * self.settings.capture_timeout)
+        return send.done() and not send.cancelled() and send.exception() is None
 
     async def _close_retired(self) -> None:
         retired, self._retired = self._retired, []

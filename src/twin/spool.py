@@ -17,7 +17,8 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the spool
+        # unbuffered: a write reaches the OS or fails here, nothing lingers in a buffer
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the spool
 
     def append(self, records: list[Record], tokens: list[Token] | None = None) -> None:
         """Durable once this returns: written and fsynced."""
@@ -26,8 +27,9 @@ class Spool:
             orjson.dumps([t, k.decode() if k is not None else None, v.decode(), m]) + b"\n"
             for (t, k, v), m in zip(records, marks, strict=True)
         )
-        self._file.write(lines)
-        self._file.flush()
+        view = memoryview(lines)
+        while view:
+            view = view[self._file.write(view) or 0 :]
         os.fsync(self._file.fileno())
 
     def size(self) -> int:

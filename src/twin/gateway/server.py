@@ -169,15 +169,15 @@ class Gateway:
         self.sessions[hs.station_id] = session
         if previous is not None:  # the newer connection wins; the older is closed, both recorded
             await close_quietly(previous.ws, 4000, "replaced by a newer connection of this station")
-        await session.capture(
-            ("Connected", {"subprotocol": hs.protocol, "security_profile": _profile(ws),
-                           "remote_address": _remote(ws), "mode": self.mode})
-        )  # fmt: skip
         pump = None
-        if hs.upstream is not None:
-            pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
         code, reason = 1000, ""
         try:
+            await session.capture(
+                ("Connected", {"subprotocol": hs.protocol, "security_profile": _profile(ws),
+                               "remote_address": _remote(ws), "mode": self.mode})
+            )  # fmt: skip
+            if hs.upstream is not None:
+                pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
             async for message in ws:
                 await session.on_station(message)
         except ConnectionClosed:
@@ -198,7 +198,10 @@ class Gateway:
                 del self.sessions[hs.station_id]
             if ws.close_code is not None:
                 code, reason = ws.close_code, ws.close_reason or ""
-            await session.capture(("Disconnected", {"code": code, "reason": reason}))
+            try:
+                await session.capture(("Disconnected", {"code": code, "reason": reason}))
+            except Exception:
+                log.exception("could not record the disconnection of %s", hs.station_id)
 
     async def _pump_upstream(self, session: Session, upstream: ClientConnection) -> None:
         try:
