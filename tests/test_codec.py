@@ -168,3 +168,10 @@ def test_settings_come_from_flags_then_environment_then_defaults(monkeypatch: py
     assert Settings.load(topic_prefix="x.").topics.frames == "x.ocpp.frames"
     with pytest.raises(TypeError):
         Settings.load(nonsense=1)
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_iso_ms_agrees_with_datetime(epoch: float) -> None:
+    from datetime import UTC, datetime
+
+    assert envelope.iso_ms(epoch) == datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,6 +1,10 @@
 """The recorder: puts envelopes on ``ocpp.frames`` (and bad input on ``ocpp.deadletter``)
 and returns only once they are durable, so the gateway can capture before it acknowledges.
 
+Records are written in group commits: whatever all sessions hand over within one turn of
+the event loop goes out as one record batch per partition (``send_batch``), so the cost per
+record is an append, not a producer call and a future.
+
 Durable means acknowledged by the broker with ``acks=all`` (idempotent where the broker
 grants producer ids) or, while the broker is unreachable, written and fsynced to the spool.
 While the spool holds anything, new records join it behind the old ones; a drainer sends
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
 from twin import envelope
 from twin.broker import ensure_topics, grants_idempotence, reachable
@@ -31,6 +36,8 @@ from twin.settings import Settings
 from twin.spool import Record, Spool, Token
 
 log = logging.getLogger("twin.capture")
+MAX_BATCH_BYTES = 1 << 20
+"""Record batch size: any frame the gateway accepts (``max_frame_bytes``) fits, with room."""
 
 
 class Recorder:
@@ -47,6 +54,12 @@ class Recorder:
         self._uncertain: dict[int, asyncio.Future[object]] = {}  # token -> first send
         self._tokens = itertools.count(1)
         self._retired: list[AIOKafkaProducer] = []  # kept until their sends settle
+        self._queue: list[Record] = []  # the next round
+        self._round: asyncio.Future[None] | None = None  # done when the next round is acked
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
         self.recorded = 0
         self.spooled = 0
 
@@ -57,6 +70,7 @@ class Recorder:
         self._idempotent = await grants_idempotence(self.bootstrap)
         self.mode = "idempotent" if self._idempotent else "acks=all"
         log.info("capture mode: %s (broker %s)", self.mode, self.bootstrap)
+        self._writer = asyncio.get_running_loop().create_task(self._write())
         try:
             self._producer = await self._new_producer()
         except Exception as exc:  # broker not there at start: spool from the first frame
@@ -66,10 +80,11 @@ class Recorder:
             self._start_drainer()
 
     async def stop(self) -> None:
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
+        for task in (self._drainer, self._writer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._close_producer()
         await self._close_retired()
         self.spool.close()
@@ -98,46 +113,110 @@ class Recorder:
 
     async def _put(self, records: list[Record]) -> None:
         while True:
-            sends: list[asyncio.Future[object]] = []
+            outcome: asyncio.Future[None] | None = None
             if not self._spooling:
                 try:
-                    await asyncio.wait_for(self._send(records, sends), self.settings.capture_timeout)
+                    await asyncio.shield(self._submit(records))  # shared by the whole round
                     return
                 except Exception as exc:
+                    outcome = getattr(exc, "outcome", None)
                     await self._enter_spooling(exc)
             async with self._lock:
                 if self._spooling:  # not drained while we waited for the lock
-                    self.spool.append(records, [self._token(f) for f in sends] + [None] * (len(records) - len(sends)))
+                    self.spool.append(records, [self._token(outcome) for _ in records])
                     self.spooled += len(records)
                     return
 
-    def _token(self, send: asyncio.Future[object]) -> Token:
+    def _token(self, send: asyncio.Future[None] | None) -> Token:
         """A token for a send that may still land, None for one that surely failed."""
-        if send.done() and (send.cancelled() or send.exception() is not None):
+        if send is None or (send.done() and (send.cancelled() or send.exception() is not None)):
             return None
         token = next(self._tokens)
         self._uncertain[token] = send
         return token
 
-    async def _send(self, records: list[Record], sends: list[asyncio.Future[object]] | None = None) -> None:
-        """Send and wait for every ack; ``sends`` collects the producer's futures as they
-        are made. Waiting with ``asyncio.wait`` leaves them running if we are cancelled."""
-        producer = self._producer
-        if producer is None:
-            raise ConnectionError("no producer")
-        sends = [] if sends is None else sends
-        for t, k, v in records:
-            sends.append(await producer.send(t, v, key=k))
-        await asyncio.wait(sends)
-        for send in sends:
-            send.result()
+    def _submit(self, records: list[Record]) -> asyncio.Future[None]:
+        """Add records to the next round; its future is done once the round is acked."""
+        self._queue.extend(records)
+        if self._round is None:
+            self._round = asyncio.get_running_loop().create_future()
+            self._wake.set()
+        return self._round
+
+    async def _send(self, records: list[Record]) -> None:
+        await asyncio.shield(self._submit(records))
+
+    async def _write(self) -> None:
+        """The writer, a group commit: everything submitted since the last round was acked
+        goes out as one record batch per partition; the round's future completes when all
+        are acknowledged, fails on the first error, or times out. A timed-out round's error
+        carries ``outcome``, which settles when the producer knows what became of it."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            records, done = self._queue, self._round
+            self._queue, self._round = [], None
+            if done is None:
+                continue
+            producer = self._producer
+            if producer is None:
+                done.set_exception(ConnectionError("no producer"))
+                continue
+            try:
+                acks = await self._send_batches(producer, records)
+            except Exception as exc:
+                done.set_exception(exc)
+                continue
+            outcome = asyncio.get_running_loop().create_future()
+            _follow(outcome, acks)
+            await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
+            if not outcome.done():
+                late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
+                late.outcome = outcome  # type: ignore[attr-defined]
+                done.set_exception(late)
+            elif outcome.exception() is not None:
+                done.set_exception(outcome.exception())  # type: ignore[arg-type]
+            else:
+                done.set_result(None)
+
+    async def _send_batches(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
+        builders: dict[tuple[str, int], Any] = {}
+        acks: list[asyncio.Future[Any]] = []
+        for topic, key, value in records:
+            tp = (topic, await self._partition(producer, topic, key))
+            builder = builders.get(tp)
+            if builder is None or builder.append(key=key, value=value, timestamp=None) is None:
+                if builder is not None:  # full: off it goes, and a new one
+                    acks.append(await producer.send_batch(builder, topic, partition=tp[1]))
+                builder = builders[tp] = producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
+        for (topic, partition), builder in builders.items():
+            acks.append(await producer.send_batch(builder, topic, partition=partition))
+        return acks
+
+    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int:
+        """The default partitioner's choice (murmur2 of the key), as every other producer
+        of these topics makes it; cached per key."""
+        if key is None:
+            return 0
+        cached = self._partition_of.get((topic, key))
+        if cached is not None:
+            return cached
+        if topic not in self._partitions:
+            self._partitions[topic] = sorted(await producer.partitions_for(topic))
+        partitions = self._partitions[topic]
+        chosen = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        if len(self._partition_of) < 1_000_000:
+            self._partition_of[(topic, key)] = chosen
+        return chosen
 
     # -- the spool ----------------------------------------------------------------------
     async def _enter_spooling(self, cause: BaseException) -> None:
         async with self._lock:
             if self._spooling:
                 return
-            log.warning("broker %s unreachable (%r): spooling to %s", self.bootstrap, cause, self.spool.path)
+            log.warning("capture to %s failed (%r): spooling to %s", self.bootstrap, cause, self.spool.path)
             self._spooling = True
         old, self._producer = self._producer, None
         if old is not None:
@@ -153,6 +232,8 @@ class Recorder:
         while True:
             try:
                 if self._producer is None:
+                    self._partitions.clear()
+                    self._partition_of.clear()
                     if not await reachable(self.bootstrap):  # before blocking a thread on it
                         raise ConnectionError(f"no broker at {self.bootstrap}")
                     await asyncio.to_thread(ensure_topics, self.settings, self.bootstrap)
@@ -201,6 +282,7 @@ class Recorder:
             acks="all",
             enable_idempotence=self._idempotent,
             linger_ms=1,
+            max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=int(self.settings.capture_timeout * 1000),
             retry_backoff_ms=50,
         )
@@ -215,6 +297,26 @@ class Recorder:
         producer, self._producer = self._producer, None
         if producer is not None:
             await _quietly_stop(producer, timeout=self.settings.capture_timeout)
+
+
+def _follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None:
+    """Complete ``done`` once every ack has come, with the first failure if any."""
+    pending = len(acks)
+
+    def settle(ack: asyncio.Future[Any]) -> None:
+        nonlocal pending
+        pending -= 1
+        if done.done():
+            return
+        if ack.cancelled():
+            done.set_exception(ConnectionError("send cancelled"))
+        elif ack.exception() is not None:
+            done.set_exception(ack.exception())  # type: ignore[arg-type]
+        elif pending == 0:
+            done.set_result(None)
+
+    for ack in acks:
+        ack.add_done_callback(settle)
 
 
 async def _quietly_stop(producer: AIOKafkaProducer, timeout: float = 1.0) -> None:

@@ -39,10 +39,17 @@ class Envelope(TypedDict):
     error: str | None
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
 def iso_ms(epoch: float | None = None) -> str:
-    """ISO-8601 UTC with milliseconds: ``2026-03-01T08:00:00.123Z``."""
-    t = time.time() if epoch is None else epoch
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ISO-8601 UTC with milliseconds: ``2026-03-01T08:00:00.123Z``. Every frame gets one,
+    so the seconds part is formatted once a second."""
+    us = round((time.time() if epoch is None else epoch) * 1_000_000)  # as datetime rounds
+    whole, fraction = divmod(us, 1_000_000)
+    if whole != _second[0]:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{fraction // 1000:03d}Z"
 
 
 def parse_ts(ts: str) -> datetime:

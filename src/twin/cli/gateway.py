@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from typing import Annotated
 
 import typer
@@ -79,6 +80,9 @@ def gateway(
 
 async def _serve(gw: Gateway) -> None:
     await gw.start()
+    # Everything imported and set up so far lives as long as the process: keep the
+    # collector from rescanning it on every full collection (fewer, shorter pauses).
+    gc.freeze()
     try:
         await asyncio.Future()
     finally:

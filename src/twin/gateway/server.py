@@ -21,7 +21,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.http11 import Request, Response
 
-from twin import envelope
+from twin import envelope, schemas
 from twin.capture import Recorder
 from twin.gateway.commands import CommandInbox
 from twin.gateway.session import Session, close_quietly, new_conn_id
@@ -61,9 +61,13 @@ class Gateway:
         self.inbox = CommandInbox(self)
         self._handshakes: dict[ServerConnection, Handshake] = {}
         self._server: Server | None = None
+        self._warming: asyncio.Future[int] | None = None
 
     # -- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, schemas.warm, schemas.HOT)
+        self._warming = loop.run_in_executor(None, schemas.warm)  # the rest, meanwhile
         await self.recorder.start()
         self._server = await serve(
             self._handle,
@@ -83,6 +87,8 @@ class Gateway:
         )  # fmt: skip
 
     async def stop(self) -> None:
+        if self._warming is not None:
+            await self._warming
         await self.inbox.stop()
         if self._server is not None:
             self._server.close()
