@@ -1,0 +1,67 @@
+"""Schema validation on the hot path: twin's cached fastjsonschema validators against
+jsonschema (what the ``ocpp`` package validates with), same payloads, same run.
+
+    .venv/bin/python benches/validation.py [--n 20000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jsonschema
+
+from twin import schemas
+
+TS = "2026-03-01T08:00:00.000Z"
+PAYLOADS = {
+    "Heartbeat": {},
+    "StatusNotification": {"timestamp": TS, "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1},
+    "TransactionEvent": {
+        "eventType": "Updated", "timestamp": TS, "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+        "transactionInfo": {"transactionId": "T-1", "chargingState": "Charging"},
+        "evse": {"id": 1, "connectorId": 1},
+        "meterValue": [{"timestamp": TS, "sampledValue": [
+            {"value": 12345.6, "measurand": "Energy.Active.Import.Register"},
+            {"value": 7200.0, "measurand": "Power.Active.Import"},
+            {"value": 0.0, "measurand": "Energy.Active.Export.Register"},
+            {"value": 54.0, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}}]}],
+    },
+}  # fmt: skip
+
+
+def rate(fn: object, payload: object, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn(payload)  # type: ignore[operator]
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for action, payload in PAYLOADS.items():
+        compiled = schemas.validator("ocpp2.1", action, "Request")
+        reference = jsonschema.Draft6Validator(schemas.schema("ocpp2.1", action, "Request"))
+        ours = rate(compiled, payload, args.n)
+        theirs = rate(reference.validate, payload, max(args.n // 10, 100))
+        rows.append({"action": action, "twin_per_s": round(ours), "jsonschema_per_s": round(theirs), "ratio": round(ours / theirs, 1)})
+    start = time.perf_counter()
+    schemas.validator.cache_clear()
+    compiled_count = schemas.warm()
+    cold = time.perf_counter() - start
+    result = {"validations": rows, "compile_all_station_validators_s": round(cold, 2), "validators": compiled_count}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['action']:20} twin {row['twin_per_s']:>9,}/s   jsonschema {row['jsonschema_per_s']:>7,}/s   x{row['ratio']}")
+        print(f"compiling the {compiled_count} validators a station's frames need: {cold:.2f} s (once per process)")
+
+
+if __name__ == "__main__":
+    main()
