@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/twin up
+	$(BIN)/twin gateway   # `twin up` (issue 6) will start the whole pipeline
 
 test: install
 	$(BIN)/python -m pytest -q

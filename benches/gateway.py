@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import websockets
 
@@ -184,33 +185,55 @@ def run_once(stations: int, seconds: float, rate: float | None, capture: bool, w
     }
 
 
+def _median(each: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the median over repeated runs."""
+    out: dict[str, Any] = {}
+    for key, value in each[0].items():
+        if isinstance(value, dict):
+            out[key] = {k: round(statistics.median(r[key][k] for r in each), 2) for k in value}
+        else:
+            out[key] = statistics.median(r[key] for r in each)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stations", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--rate", type=float, default=6000, help="offered frames/s in the paced phase")
+    parser.add_argument("--phases", default="saturate,paced", help="which phases to run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians are reported")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    results: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for phase, rate in (("saturate", None), ("paced", args.rate)):
-            for capture in (True, False):
-                name = f"{phase}/{'capture' if capture else 'no-capture'}"
-                print(f"running {name} ...", file=sys.stderr, flush=True)
-                results[name] = run_once(args.stations, args.seconds, rate, capture, Path(tmp))
-    sat_on, sat_off = results["saturate/capture"], results["saturate/no-capture"]
+            if phase not in args.phases.split(","):
+                continue
+            for i in range(args.repeat):
+                for capture in (True, False):  # alternate, so drift in the machine hits both
+                    name = f"{phase}/{'capture' if capture else 'no-capture'}"
+                    print(f"running {name} ({i + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
+                    runs.setdefault(name, []).append(run_once(args.stations, args.seconds, rate, capture, Path(tmp)))
+    results = {name: _median(each) for name, each in runs.items()}
+    nan = {"frames_per_s": float("nan"), "rtt_p50_ms": float("nan"), "rtt_p99_ms": float("nan"), "rss_per_connection_kib": float("nan")}
+    sat_on, sat_off = results.get("saturate/capture", nan), results.get("saturate/no-capture", nan)
+    paced_on, paced_off = results.get("paced/capture", nan), results.get("paced/no-capture", nan)
+    ratios = [off["frames_per_s"] / on["frames_per_s"] for on, off in zip(runs.get("saturate/capture", []), runs.get("saturate/no-capture", []), strict=True)]
     summary = {
         "stations": args.stations,
         "seconds": args.seconds,
+        "repeat": args.repeat,
         "frames_captured_per_s": round(sat_on["frames_per_s"]),
         "frames_per_s_without_capture": round(sat_off["frames_per_s"]),
-        "capture_cost_ratio": round(sat_off["frames_per_s"] / sat_on["frames_per_s"], 2),
+        "capture_cost_ratio": round(statistics.median(ratios), 2) if ratios else None,
+        "capture_cost_ratios": [round(r, 2) for r in ratios],
         "paced_rate": args.rate,
-        "paced_rtt_p50_ms": round(results["paced/capture"]["rtt_p50_ms"], 1),
-        "paced_rtt_p99_ms": round(results["paced/capture"]["rtt_p99_ms"], 1),
-        "paced_rtt_p99_ms_without_capture": round(results["paced/no-capture"]["rtt_p99_ms"], 1),
+        "paced_rtt_p50_ms": round(paced_on["rtt_p50_ms"], 1),
+        "paced_rtt_p99_ms": round(paced_on["rtt_p99_ms"], 1),
+        "paced_rtt_p99_ms_without_capture": round(paced_off["rtt_p99_ms"], 1),
         "gateway_rss_per_connection_kib": round(sat_on["rss_per_connection_kib"], 1),
         "runs": results,
     }

@@ -182,8 +182,12 @@ class Recorder:
     async def _send_batches(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
         builders: dict[tuple[str, int], Any] = {}
         acks: list[asyncio.Future[Any]] = []
+        cached = self._partition_of
         for topic, key, value in records:
-            tp = (topic, await self._partition(producer, topic, key))
+            partition = cached.get((topic, key)) if key is not None else 0
+            if partition is None:
+                partition = await self._partition(producer, topic, key)
+            tp = (topic, partition)
             builder = builders.get(tp)
             if builder is None or builder.append(key=key, value=value, timestamp=None) is None:
                 if builder is not None:  # full: off it goes, and a new one

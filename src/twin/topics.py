@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -15,23 +16,23 @@ class TopicSpec:
 class Topics:
     prefix: str = ""
 
-    @property
+    @cached_property
     def frames(self) -> str:
         return f"{self.prefix}ocpp.frames"
 
-    @property
+    @cached_property
     def commands(self) -> str:
         return f"{self.prefix}ocpp.commands"
 
-    @property
+    @cached_property
     def deadletter(self) -> str:
         return f"{self.prefix}ocpp.deadletter"
 
-    @property
+    @cached_property
     def state(self) -> str:
         return f"{self.prefix}twin.state"
 
-    @property
+    @cached_property
     def alerts(self) -> str:
         return f"{self.prefix}twin.alerts"
 
