@@ -1,0 +1,79 @@
+"""What the EV asks for (NotifyEVChargingNeeds, with V2X parameters) and what the CSMS set
+(SetChargingProfile / ClearChargingProfile, in force once the station answered Accepted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twin.fold.engine import Change, Event, on
+
+
+@on("NotifyEVChargingNeeds")
+def needs(change: Change, event: Event) -> None:
+    p = event.payload
+    n = p.get("chargingNeeds", {})
+    requested = n.get("requestedEnergyTransfer")
+    change.at("evses", str(p.get("evseId")))["charging_needs"] = {
+        "requested_energy_transfer": requested,
+        "available_energy_transfer": n.get("availableEnergyTransfer"),
+        "bidirectional": "BPT" in (requested or ""),
+        "control_mode": n.get("controlMode"),
+        "mobility_needs_mode": n.get("mobilityNeedsMode"),
+        "departure_time": n.get("departureTime"),
+        "v2x": n.get("v2xChargingParameters"),
+        "ac": n.get("acChargingParameters"),
+        "dc": n.get("dcChargingParameters"),
+        "received_at": event.ts,
+        "status": None,
+    }
+
+
+@on("NotifyEVChargingNeeds", "result")
+def needs_answered(change: Change, event: Event) -> None:
+    evse_id = str((event.request or {}).get("evseId"))
+    if change.get("evses", evse_id, "charging_needs") is not None:
+        change.at("evses", evse_id, "charging_needs")["status"] = event.payload.get("status")
+
+
+def _summary(profile: dict[str, Any], ts: str) -> dict[str, Any]:
+    periods = [p for s in profile.get("chargingSchedule", []) for p in s.get("chargingSchedulePeriod", [])]
+    modes = sorted({p["operationMode"] for p in periods if "operationMode" in p})
+    return {
+        "purpose": profile.get("chargingProfilePurpose"),
+        "stack_level": profile.get("stackLevel"),
+        "kind": profile.get("chargingProfileKind"),
+        "operation_mode": modes[0] if len(modes) == 1 else (modes or None),
+        "discharge": any(p.get("dischargeLimit", 0) < 0 or p.get("setpoint", 0) < 0 for p in periods),
+        "transaction_id": profile.get("transactionId"),
+        "valid_to": profile.get("validTo"),
+        "periods": len(periods),
+        "set_at": ts,
+    }
+
+
+@on("SetChargingProfile", "result")
+def profile_set(change: Change, event: Event) -> None:
+    if not event.accepted or event.request is None:
+        return
+    profile = event.request.get("chargingProfile", {})
+    evse_id = str(event.request.get("evseId", 0))
+    change.at("evses", evse_id, "profiles")[str(profile.get("id"))] = _summary(profile, event.ts)
+
+
+@on("ClearChargingProfile", "result")
+def profile_cleared(change: Change, event: Event) -> None:
+    if not event.accepted or event.request is None:
+        return
+    wanted_id = event.request.get("chargingProfileId")
+    criteria = event.request.get("chargingProfileCriteria") or {}
+    for evse_id, evse in list(change.twin["evses"].items()):
+        if "evseId" in criteria and str(criteria["evseId"]) != evse_id:
+            continue
+        for profile_id, profile in list((evse.get("profiles") or {}).items()):
+            if wanted_id is not None and str(wanted_id) != profile_id:
+                continue
+            if "chargingProfilePurpose" in criteria and criteria["chargingProfilePurpose"] != profile["purpose"]:
+                continue
+            if "stackLevel" in criteria and criteria["stackLevel"] != profile["stack_level"]:
+                continue
+            change.remove("evses", evse_id, "profiles", profile_id)

@@ -1,0 +1,40 @@
+"""Connectivity: online or not, since when, last seen; from the gateway's lifecycle
+records and from every frame the station sends."""
+
+from __future__ import annotations
+
+from twin.fold.engine import Change, Event, on
+
+
+@on("Connected", "lifecycle")
+def connected(change: Change, event: Event) -> None:
+    connection = change.at("connection")
+    connection.update(online=True, connected_since=event.ts, last_seen=event.ts, conn_id=event.record["conn_id"])
+    profile = event.payload.get("security_profile")
+    change.at("security")["profile"] = profile
+
+
+@on("Disconnected", "lifecycle")
+def disconnected(change: Change, event: Event) -> None:
+    connection = change.at("connection")
+    if connection.get("conn_id") not in (None, event.record["conn_id"]):
+        return  # an older connection closing after a newer one came: the newer stands
+    connection.update(online=False, connected_since=None, last_seen=event.ts)
+    connection["last_close"] = {"code": event.payload.get("code"), "reason": event.payload.get("reason")}
+    change.at("_pending").clear()  # calls on a closed connection will never be answered
+
+
+@on("Refused", "lifecycle")
+def refused(change: Change, event: Event) -> None:
+    connection = change.at("connection")
+    connection["refusals"] = connection.get("refusals", 0) + 1
+    connection["last_refusal"] = {"at": event.ts, "reason": event.payload.get("reason")}
+
+
+def _seen(change: Change, event: Event) -> None:
+    if event.record["origin"] == "cs":
+        change.at("connection")["last_seen"] = event.ts
+
+
+for _phase in ("call", "result", "error"):
+    on("*", _phase)(_seen)

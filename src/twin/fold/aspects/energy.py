@@ -1,0 +1,156 @@
+"""Transactions and energy direction (TransactionEvent, MeterValues).
+
+Direction, per DOMAIN.md: export register rising or export power above zero is
+discharging (V2G); import register rising or import power above zero is charging; neither
+is idle. ``energy`` holds the EVSE's latest register readings; ``transaction`` what this
+session moved since it started. Offline events replayed late (``offline: true``, older
+timestamps) never move the live readings backwards; gaps in ``seqNo`` are counted.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from twin.fold.engine import Change, Event, on
+
+IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register"
+P_IMPORT, P_EXPORT, SOC = "Power.Active.Import", "Power.Active.Export", "SoC"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0}
+
+
+def instant(ts: str | None) -> datetime | None:
+    """Station timestamps come in several ISO shapes: compare them as instants."""
+    if not ts:
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def readings(meter_values: list[dict[str, Any]]) -> list[tuple[str, dict[str, float]]]:
+    """Per meter value, its time and the whole-EVSE (phase-less) readings in Wh, W, %."""
+    out = []
+    for mv in meter_values or []:
+        values: dict[str, float] = {}
+        for sv in mv.get("sampledValue", []):
+            if sv.get("phase"):
+                continue
+            measurand = sv.get("measurand", IMPORT)  # the schema's default
+            unit = sv.get("unitOfMeasure") or {}
+            scale = _SCALE.get(unit.get("unit", ""), 1.0) * 10 ** unit.get("multiplier", 0)
+            values[measurand] = float(sv["value"]) * scale
+        out.append((mv.get("timestamp", ""), values))
+    out.sort(key=lambda item: instant(item[0]) or _EPOCH)
+    return out
+
+
+def direction_of(values: dict[str, float], energy: dict[str, Any]) -> str:
+    exp, imp = values.get(EXPORT), values.get(IMPORT)
+    if values.get(P_EXPORT, 0) > 0 or (exp is not None and energy.get("export_wh") is not None and exp > energy["export_wh"]):
+        return "discharging"
+    if values.get(P_IMPORT, 0) > 0 or (imp is not None and energy.get("import_wh") is not None and imp > energy["import_wh"]):
+        return "charging"
+    return "idle"
+
+
+def meter(change: Change, evse_id: str, meter_values: list[dict[str, Any]], ts: str) -> None:
+    """Fold meter values into the EVSE's live energy, skipping any older than the last."""
+    for at, values in readings(meter_values):
+        energy = change.at("evses", evse_id, "energy")
+        last = instant(energy.get("meter_ts"))
+        now = instant(at) or instant(ts)
+        if last is not None and now is not None and now < last:
+            continue  # replayed late: history, not the present
+        direction = direction_of(values, energy)
+        if energy.get("direction") != direction:
+            energy["since"] = at or ts
+        energy["direction"] = direction
+        energy["meter_ts"] = at or ts
+        if IMPORT in values:
+            energy["import_wh"] = values[IMPORT]
+        if EXPORT in values:
+            energy["export_wh"] = values[EXPORT]
+        if P_IMPORT in values or P_EXPORT in values:
+            energy["power_w"] = values.get(P_IMPORT, 0.0) - values.get(P_EXPORT, 0.0)
+        if SOC in values:
+            energy["soc"] = values[SOC]
+
+
+def _evse_of(change: Change, payload: dict[str, Any], tx_id: str | None) -> str | None:
+    evse = payload.get("evse")
+    if evse and "id" in evse:
+        return str(evse["id"])
+    for key, value in change.twin["evses"].items():  # later events may leave evse out (2.0.1)
+        if (value.get("transaction") or {}).get("id") == tx_id:
+            return str(key)
+    return None
+
+
+@on("TransactionEvent")
+def transaction_event(change: Change, event: Event) -> None:
+    p = event.payload
+    info = p.get("transactionInfo", {})
+    tx_id = info.get("transactionId")
+    evse_id = _evse_of(change, p, tx_id)
+    if evse_id is None:
+        change.twin["orphan_transaction_events"] = change.twin.get("orphan_transaction_events", 0) + 1
+        return
+    evse = change.at("evses", evse_id)
+    current = evse.get("transaction") or {}
+    kind, seq_no = p.get("eventType"), p.get("seqNo", 0)
+    if current.get("id") != tx_id:
+        current = {"id": tx_id, "state": "started", "started_at": p.get("timestamp"), "ended_at": None,
+                   "import_wh": 0.0, "export_wh": 0.0, "reservation_id": None, "seq_no": None,
+                   "seq_gaps": 0, "offline_events": 0}  # fmt: skip
+    tx = evse["transaction"] = dict(current)
+    last_seq = tx.get("seq_no")
+    if last_seq is not None and seq_no > last_seq + 1:
+        tx["seq_gaps"] += seq_no - last_seq - 1
+    if last_seq is None or seq_no > last_seq:
+        tx["seq_no"] = seq_no
+    if p.get("offline"):
+        tx["offline_events"] += 1
+    if kind == "Started":
+        tx["started_at"] = p.get("timestamp")
+    for field, key in (("charging_state", "chargingState"), ("operation_mode", "operationMode"),
+                       ("stopped_reason", "stoppedReason"), ("tariff_id", "tariffId")):  # fmt: skip
+        if key in info:
+            tx[field] = info[key]
+    if "reservationId" in p:
+        tx["reservation_id"] = p["reservationId"]
+    if p.get("idToken"):
+        tx["id_token"] = p["idToken"].get("idToken")
+    _transaction_energy(tx, p.get("meterValue", []))
+    meter(change, evse_id, p.get("meterValue", []), event.ts)
+    if kind == "Ended":
+        tx["state"], tx["ended_at"] = "ended", p.get("timestamp")
+        energy = change.at("evses", evse_id, "energy")
+        if energy.get("direction") != "idle":
+            energy["since"] = p.get("timestamp", event.ts)
+        energy["direction"], energy["power_w"] = "idle", 0.0
+    elif kind == "Updated" or tx["state"] != "started":
+        tx["state"] = "updated" if kind == "Updated" else tx["state"]
+
+
+def _transaction_energy(tx: dict[str, Any], meter_values: list[dict[str, Any]]) -> None:
+    """What the session moved: registers against the first reading of the transaction.
+    Registers only rise, so the highest reading seen is the latest, whatever the order."""
+    for _, values in readings(meter_values):
+        for reg, start_key, moved in ((IMPORT, "meter_start_import_wh", "import_wh"), (EXPORT, "meter_start_export_wh", "export_wh")):
+            if reg in values:
+                start = tx.setdefault(start_key, values[reg])
+                if values[reg] < start:  # an earlier reading replayed late
+                    tx[moved] += start - values[reg]
+                    tx[start_key] = values[reg]
+                else:
+                    tx[moved] = max(tx[moved], values[reg] - start)
+
+
+@on("MeterValues")
+def meter_values(change: Change, event: Event) -> None:
+    evse_id = str(event.payload.get("evseId", 0))
+    if evse_id != "0":  # 0 is the grid meter of the whole station
+        meter(change, evse_id, event.payload.get("meterValue", []), event.ts)

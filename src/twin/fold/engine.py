@@ -1,0 +1,203 @@
+"""The fold: ``apply(twin, record) -> twin``, pure and deterministic.
+
+No clock, no I/O, no randomness: the live worker, ``twin rebuild``, time travel and the
+tests call this one function, so their twins agree field for field. The twin passed in is
+never changed: edits are copy-on-write along the paths they touch (:class:`Change`), so an
+apply costs the few small dicts it rewrites, not a deep copy.
+
+Aspects register handlers per action and phase; the engine dispatches:
+
+- ``call``: a CALL or SEND, with its payload (station-initiated calls take effect here);
+- ``result``: a CALLRESULT, with the CALL's payload at hand (a CSMS-initiated call takes
+  effect on its Accepted answer, not on the request);
+- ``error``: a CALLERROR or CALLRESULTERROR to a call;
+- ``lifecycle``: the gateway's records (``Connected``, ``Disconnected``, ...).
+
+Records are idempotent under redelivery: a ``(conn_id, seq)`` at or below the highest seen
+on its connection changes nothing. Invalid records are counted and otherwise ignored. A
+handler that fails leaves the twin as it was, but for an error count: the fold never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+Twin = dict[str, Any]
+Record = dict[str, Any]
+Handler = Callable[["Change", "Event"], None]
+
+_HANDLERS: dict[tuple[str, str], list[Handler]] = {}
+REMEMBERED_CONNECTIONS = 16
+"""How many connections' highest ``seq`` a twin keeps, to recognise redelivered records."""
+
+
+def on(action: str, phase: str = "call") -> Callable[[Handler], Handler]:
+    """Register an aspect's handler for an action in a phase."""
+
+    def register(fn: Handler) -> Handler:
+        _HANDLERS.setdefault((action, phase), []).append(fn)
+        return fn
+
+    return register
+
+
+def folded_actions() -> set[str]:
+    return {action for action, _ in _HANDLERS}
+
+
+@dataclass(slots=True)
+class Event:
+    """What a handler sees: the record, and for answers the CALL they answer."""
+
+    record: Record
+    request: dict[str, Any] | None = None
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        value: dict[str, Any] = self.record["payload"]
+        return value
+
+    @property
+    def ts(self) -> str:
+        value: str = self.record["ts"]
+        return value
+
+    @property
+    def accepted(self) -> bool:
+        return self.payload.get("status") == "Accepted"
+
+
+class Change:
+    """Copy-on-write edits of one twin: every dict on a path written through is a copy."""
+
+    __slots__ = ("twin", "_fresh")
+
+    def __init__(self, twin: Twin) -> None:
+        self.twin: Twin = dict(twin)
+        self._fresh = {id(self.twin)}
+
+    def at(self, *path: str) -> dict[str, Any]:
+        """The dict at ``path``, ready to be written (created where missing)."""
+        node = self.twin
+        for key in path:
+            child = node.get(key)
+            if child is None or id(child) not in self._fresh:
+                child = {} if child is None else dict(child)
+                node[key] = child
+                self._fresh.add(id(child))
+            node = child
+        return node
+
+    def get(self, *path: str) -> Any:
+        node: Any = self.twin
+        for key in path:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(key)
+        return node
+
+    def remove(self, *path: str) -> None:
+        parent = self.at(*path[:-1])
+        parent.pop(path[-1], None)
+
+
+def new_twin(station_id: str) -> Twin:
+    return {
+        "station_id": station_id,
+        "protocol": None,
+        "as_of": None,
+        "frames_folded": 0,
+        "identity": {},
+        "connection": {"online": False, "last_seen": None, "connected_since": None},
+        "evses": {},
+        "reservations": {},
+        "monitoring": {"base": None, "monitors": {}, "last_event": None},
+        "certificates": {},
+        "security": {"profile": None, "events": 0, "last_event": None},
+        "invalid_frames": 0,
+        "fold_errors": 0,
+        "_seen": {},
+        "_pending": {},
+    }
+
+
+# record kinds -> phase
+_PHASE = {0: "lifecycle", 2: "call", 3: "result", 4: "error", 5: "error", 6: "call"}
+
+
+def apply(twin: Twin | None, record: Record) -> Twin:
+    """The twin after ``record``. Pure: ``twin`` is not changed; never raises."""
+    try:
+        return _apply(twin, record)
+    except Exception:  # a record an aspect could not read: counted, the twin stays as it was
+        base = twin if twin is not None else new_twin(str(record.get("station_id", "")))
+        out = dict(base)
+        out["fold_errors"] = base.get("fold_errors", 0) + 1
+        with contextlib.suppress(Exception):
+            out["_seen"] = {**base["_seen"], record["conn_id"]: record["seq"]}
+        return out
+
+
+def _apply(twin: Twin | None, record: Record) -> Twin:
+    if twin is None:
+        twin = new_twin(record["station_id"])
+    conn_id, seq = record["conn_id"], record["seq"]
+    seen = twin["_seen"]
+    if seq <= seen.get(conn_id, 0):
+        return twin  # redelivered: already folded
+    change = Change(twin)
+    marks = change.at("_seen")
+    marks[conn_id] = seq
+    if len(marks) > REMEMBERED_CONNECTIONS:
+        del marks[next(iter(marks))]
+    t = change.twin
+    t["frames_folded"] = twin["frames_folded"] + 1
+    t["as_of"] = record["ts"]
+    if record.get("protocol"):
+        t["protocol"] = record["protocol"]
+    if not record.get("valid", True):
+        t["invalid_frames"] = twin["invalid_frames"] + 1
+        _forget_answered(change, record)
+        return t
+    phase = _PHASE.get(record["msg_type"])
+    if phase is None:
+        return t
+    event = Event(record)
+    action = record.get("action") or ""
+    if record["msg_type"] == 2 and ((action, "result") in _HANDLERS or (action, "error") in _HANDLERS):
+        # an aspect reads this call's answer: keep the request until it comes
+        change.at("_pending")[record["msg_id"]] = {"action": action, "payload": record["payload"]}
+    elif phase in ("result", "error"):
+        pending = twin["_pending"].get(record["msg_id"])
+        if pending is not None:
+            event.request = pending["payload"]
+            change.remove("_pending", record["msg_id"])
+    for handler in _HANDLERS.get((action, phase), ()):
+        handler(change, event)
+    for handler in _HANDLERS.get(("*", phase), ()):
+        handler(change, event)
+    return t
+
+
+def _forget_answered(change: Change, record: Record) -> None:
+    if record["msg_type"] in (3, 4, 5) and record["msg_id"] in change.twin["_pending"]:
+        change.remove("_pending", record["msg_id"])
+
+
+def fold(records: Iterable[Record], twins: dict[str, Twin] | None = None) -> dict[str, Twin]:
+    """Fold records into twins by station (a new dict; ``twins`` is not changed)."""
+    out = dict(twins or {})
+    for record in records:
+        station = record.get("station_id")
+        if not station:
+            continue
+        out[station] = apply(out.get(station), record)
+    return out
+
+
+def public(twin: Twin) -> Twin:
+    """The twin as shown to users and other tools: without the fold's bookkeeping."""
+    return {k: v for k, v in twin.items() if not k.startswith("_")}
