@@ -169,10 +169,14 @@ def run_once(stations: int, seconds: float, rate: float | None, capture: bool, w
             gateway.wait(10)
     if os.environ.get("BENCH_TAIL"):
         when = getattr(load.rtts, "when", [])
-        slow = sorted((w, r) for w, r in zip(when, load.rtts) if r > 0.05)
+        slow = sorted((w, r) for w, r in zip(when, load.rtts, strict=True) if r > 0.05)
         if when:
             t0 = min(when)
-            print("slow calls at (s into window, ms):", [(round(w - t0, 2), round(r * 1000)) for w, r in slow][:40], file=sys.stderr)
+            print(
+                "slow calls at (s into window, ms):",
+                [(round(w - t0, 2), round(r * 1000)) for w, r in slow][:40],
+                file=sys.stderr,
+            )
     frames = 2 * load.calls
     return {
         "frames_per_s": frames / seconds,
@@ -218,10 +222,18 @@ def main() -> None:
                     print(f"running {name} ({i + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
                     runs.setdefault(name, []).append(run_once(args.stations, args.seconds, rate, capture, Path(tmp)))
     results = {name: _median(each) for name, each in runs.items()}
-    nan = {"frames_per_s": float("nan"), "rtt_p50_ms": float("nan"), "rtt_p99_ms": float("nan"), "rss_per_connection_kib": float("nan")}
+    nan = {
+        "frames_per_s": float("nan"),
+        "rtt_p50_ms": float("nan"),
+        "rtt_p99_ms": float("nan"),
+        "rss_per_connection_kib": float("nan"),
+    }
     sat_on, sat_off = results.get("saturate/capture", nan), results.get("saturate/no-capture", nan)
     paced_on, paced_off = results.get("paced/capture", nan), results.get("paced/no-capture", nan)
-    ratios = [off["frames_per_s"] / on["frames_per_s"] for on, off in zip(runs.get("saturate/capture", []), runs.get("saturate/no-capture", []), strict=True)]
+    ratios = [
+        off["frames_per_s"] / on["frames_per_s"]
+        for on, off in zip(runs.get("saturate/capture", []), runs.get("saturate/no-capture", []), strict=True)
+    ]
     summary = {
         "stations": args.stations,
         "seconds": args.seconds,
@@ -244,7 +256,9 @@ def main() -> None:
             if key != "runs":
                 print(f"{key:36} {value}")
         for name, run in results.items():
-            print(f"  {name:22} {json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in run.items()})}")
+            print(
+                f"  {name:22} {json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in run.items()})}"
+            )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,14 @@ def main() -> None:
         reference = jsonschema.Draft6Validator(schemas.schema("ocpp2.1", action, "Request"))
         ours = rate(compiled, payload, args.n)
         theirs = rate(reference.validate, payload, max(args.n // 10, 100))
-        rows.append({"action": action, "twin_per_s": round(ours), "jsonschema_per_s": round(theirs), "ratio": round(ours / theirs, 1)})
+        rows.append(
+            {
+                "action": action,
+                "twin_per_s": round(ours),
+                "jsonschema_per_s": round(theirs),
+                "ratio": round(ours / theirs, 1),
+            }
+        )
     start = time.perf_counter()
     schemas.validator.cache_clear()
     compiled_count = schemas.warm()
@@ -59,7 +66,10 @@ def main() -> None:
         print(json.dumps(result, indent=2))
     else:
         for row in rows:
-            print(f"{row['action']:20} twin {row['twin_per_s']:>9,}/s   jsonschema {row['jsonschema_per_s']:>7,}/s   x{row['ratio']}")
+            print(
+                f"{row['action']:20} twin {row['twin_per_s']:>9,}/s   "
+                f"jsonschema {row['jsonschema_per_s']:>7,}/s   x{row['ratio']}"
+            )
         print(f"compiling the {compiled_count} validators a station's frames need: {cold:.2f} s (once per process)")
 
 

@@ -110,7 +110,9 @@ def of_station(records: list[dict[str, Any]], station: str) -> list[dict[str, An
     return [r for r in records if r["station_id"] == station]
 
 
-def has(action: str, station: str | None = None, count: int = 1, **fields: Any) -> Callable[[list[dict[str, Any]]], bool]:
+def has(
+    action: str, station: str | None = None, count: int = 1, **fields: Any
+) -> Callable[[list[dict[str, Any]]], bool]:
     def check(records: list[dict[str, Any]]) -> bool:
         hits = [
             r for r in records

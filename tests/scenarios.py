@@ -13,6 +13,7 @@ from typing import Any
 from twin import envelope, ocpp_j
 
 START = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+TRIGGERS = {"Started": "CablePluggedIn", "Ended": "EVCommunicationLost"}
 
 
 class Script:
@@ -52,7 +53,15 @@ class Script:
 
     def connect(self, profile: int | None = None) -> Script:
         self.conn, self.seq = f"{self.station}-c{next(self.ids)}", 0
-        return self.lifecycle("Connected", {"subprotocol": self.protocol, "security_profile": profile, "remote_address": "127.0.0.1:1", "mode": "csms"})
+        return self.lifecycle(
+            "Connected",
+            {
+                "subprotocol": self.protocol,
+                "security_profile": profile,
+                "remote_address": "127.0.0.1:1",
+                "mode": "csms",
+            },
+        )
 
     def disconnect(self, code: int = 1006) -> Script:
         return self.lifecycle("Disconnected", {"code": code, "reason": ""})
@@ -78,21 +87,26 @@ class Script:
     # -- common station behaviour ---------------------------------------------------------
     def boot(self, vendor: str = "Acme", model: str = "DC-150", reason: str = "PowerUp") -> Script:
         return self.cs("BootNotification",
-                       {"reason": reason, "chargingStation": {"vendorName": vendor, "model": model, "serialNumber": "SN-1", "firmwareVersion": "1.2.3"}},
+                       {"reason": reason, "chargingStation": {"vendorName": vendor, "model": model,
+                                                              "serialNumber": "SN-1", "firmwareVersion": "1.2.3"}},
                        {"currentTime": self.now, "interval": 1800, "status": "Accepted"})  # fmt: skip
 
     def status(self, evse: int, state: str, connector: int = 1) -> Script:
-        return self.cs("StatusNotification", {"timestamp": self.now, "connectorStatus": state, "evseId": evse, "connectorId": connector})
+        return self.cs(
+            "StatusNotification",
+            {"timestamp": self.now, "connectorStatus": state, "evseId": evse, "connectorId": connector},
+        )
 
     def tx(self, kind: str, tx_id: str, seq_no: int, evse: int | None = 1, *, imp: float | None = None,
            exp: float | None = None, p_imp: float | None = None, p_exp: float | None = None,
-           reservation: int | None = None, offline: bool = False, ts: str | None = None, **info: Any) -> Script:  # fmt: skip
+           reservation: int | None = None, offline: bool = False, ts: str | None = None,
+           **info: Any) -> Script:  # fmt: skip
         values = [(imp, "Energy.Active.Import.Register"), (exp, "Energy.Active.Export.Register"),
                   (p_imp, "Power.Active.Import"), (p_exp, "Power.Active.Export")]  # fmt: skip
         sampled = [{"value": v, "measurand": m} for v, m in values if v is not None]
         payload: dict[str, Any] = {
             "eventType": kind, "timestamp": ts or self.now, "seqNo": seq_no,
-            "triggerReason": {"Started": "CablePluggedIn", "Ended": "EVCommunicationLost"}.get(kind, "MeterValuePeriodic"),
+            "triggerReason": TRIGGERS.get(kind, "MeterValuePeriodic"),
             "transactionInfo": {"transactionId": tx_id, **info},
         }  # fmt: skip
         if evse is not None:

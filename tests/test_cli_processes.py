@@ -23,7 +23,8 @@ TWIN = [sys.executable, "-m", "twin"]
 
 @contextlib.contextmanager
 def process(args: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(TWIN + args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})  # noqa: SIM115
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(TWIN + args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         yield proc
     finally:
@@ -63,7 +64,7 @@ async def test_twin_broker_and_twin_gateway_as_processes(tmp_path: Path) -> None
             reader.close()
         assert gateway.returncode == 0, (tmp_path / "gateway.log").read_text()
         log = (tmp_path / "gateway.log").read_text()
-        assert "capture: acks=all" in log, "the capture mode in force is stated (Tansu grants no producer ids)"
+        assert "capture mode: acks=all" in log, "the capture mode in force is stated (Tansu grants no producer ids)"
     assert broker.returncode == 0
     assert [r["action"] for r in records] == ["Connected", "BootNotification", "BootNotification", "Disconnected"]
     assert all(r["station_id"] == "CS-PROC" for r in records)

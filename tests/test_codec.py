@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -23,7 +24,9 @@ from twin.settings import Settings
         ocpp_j.result("2", None, {"currentTime": "2026-03-01T08:00:00.000Z"}),
         ocpp_j.error("3", "NotImplemented", "nope"),
         ocpp_j.error("4", "TypeConstraintViolation", "bad result", to_result=True),
-        ocpp_j.Frame(MessageType.SEND, "5", "NotifyPeriodicEventStream", {"id": 1, "pending": 0, "basetime": "x", "data": []}),
+        ocpp_j.Frame(
+            MessageType.SEND, "5", "NotifyPeriodicEventStream", {"id": 1, "pending": 0, "basetime": "x", "data": []}
+        ),
     ],
 )
 def test_every_message_type_round_trips(frame: ocpp_j.Frame) -> None:
@@ -72,10 +75,8 @@ def test_callresulterror_and_send_do_not_exist_in_201() -> None:
 @given(st.one_of(st.text(), st.binary()))
 @settings(max_examples=300)
 def test_decode_only_ever_raises_frame_error_on_text(data: str | bytes) -> None:
-    try:
+    with contextlib.suppress(FrameError):
         ocpp_j.decode(data)
-    except FrameError:
-        pass
 
 
 json_values = st.recursive(
@@ -88,10 +89,8 @@ json_values = st.recursive(
 @given(st.lists(json_values, max_size=6))
 @settings(max_examples=300)
 def test_decode_only_ever_raises_frame_error_on_arrays(message: list[object]) -> None:
-    try:
+    with contextlib.suppress(FrameError):
         ocpp_j.decode(json.dumps(message))  # stdlib: also writes integers orjson cannot read
-    except FrameError:
-        pass
 
 
 def test_the_catalogue_has_91_actions_of_which_27_new() -> None:
@@ -109,9 +108,15 @@ def test_the_catalogue_has_91_actions_of_which_27_new() -> None:
     [
         ({"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": 5}}, "TypeConstraintViolation"),
         ({"reason": "PowerUp"}, "OccurrenceConstraintViolation"),
-        ({"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}, "x": 1}, "OccurrenceConstraintViolation"),
+        (
+            {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}, "x": 1},
+            "OccurrenceConstraintViolation",
+        ),
         ({"reason": "Bored", "chargingStation": {"model": "M", "vendorName": "V"}}, "PropertyConstraintViolation"),
-        ({"reason": "PowerUp", "chargingStation": {"model": "M" * 21, "vendorName": "V"}}, "PropertyConstraintViolation"),
+        (
+            {"reason": "PowerUp", "chargingStation": {"model": "M" * 21, "vendorName": "V"}},
+            "PropertyConstraintViolation",
+        ),
     ],
 )
 def test_schema_violations_map_to_ocpp_j_error_codes(payload: dict[str, object], code: str) -> None:

@@ -15,6 +15,11 @@ from tests.scenarios import Script
 from twin.fold import apply, fold, folded_actions, new_twin, public
 
 
+def subset(actual: dict[str, Any], **expected: Any) -> bool:
+    """``actual`` has at least these fields with these values."""
+    return {k: actual.get(k) for k in expected} == expected
+
+
 def twin_of(script: Script) -> dict[str, Any]:
     return public(fold(script.records)[script.station])
 
@@ -24,8 +29,11 @@ def test_identity_connectivity_and_status(protocol: str) -> None:
     s = Script("CS-1", protocol).connect(profile=1).boot().status(1, "Available").status(2, "Faulted")
     t = twin_of(s)
     assert t["protocol"] == protocol and t["frames_folded"] == len(s.records)
-    assert t["identity"] | {} == {**t["identity"], "vendor": "Acme", "model": "DC-150", "serial_number": "SN-1",
-                                  "firmware_version": "1.2.3", "boot_reason": "PowerUp", "boot_status": "Accepted"}  # fmt: skip
+    assert subset(
+        t["identity"],
+        vendor="Acme", model="DC-150", serial_number="SN-1", firmware_version="1.2.3",
+        boot_reason="PowerUp", boot_status="Accepted",
+    )  # fmt: skip
     assert t["identity"]["booted_at"] == s.records[2]["ts"]  # the Accepted answer
     assert t["connection"]["online"] and t["connection"]["connected_since"] == s.records[0]["ts"]
     assert t["security"]["profile"] == 1
@@ -45,7 +53,13 @@ def test_a_v2g_session_switches_from_charging_to_discharging() -> None:
     assert charging["energy"]["direction"] == "charging" and charging["energy"]["power_w"] == 11000
     s.at(10).tx("Updated", "T1", 2, imp=1300, exp=900, p_exp=7000, operationMode="CentralSetpoint")
     t = twin_of(s)["evses"]["1"]
-    assert t["energy"] | {} == {**t["energy"], "direction": "discharging", "import_wh": 1300, "export_wh": 900, "power_w": -7000}
+    assert t["energy"] | {} == {
+        **t["energy"],
+        "direction": "discharging",
+        "import_wh": 1300,
+        "export_wh": 900,
+        "power_w": -7000,
+    }
     assert t["energy"]["since"] == s.records[-2]["payload"]["timestamp"]
     assert t["transaction"]["import_wh"] == 300 and t["transaction"]["export_wh"] == 400
     assert t["transaction"]["operation_mode"] == "CentralSetpoint"
@@ -76,13 +90,22 @@ def test_transaction_events_without_evse_find_their_transaction() -> None:
 
 def test_a_reservation_used_by_a_transaction_and_one_that_expires() -> None:
     s = Script("CS-R").connect().boot()
-    reserve = {"id": 7, "expiryDateTime": "2026-03-01T09:00:00Z", "idToken": {"idToken": "TAG1", "type": "ISO14443"}, "evseId": 1}
+    reserve = {
+        "id": 7,
+        "expiryDateTime": "2026-03-01T09:00:00Z",
+        "idToken": {"idToken": "TAG1", "type": "ISO14443"},
+        "evseId": 1,
+    }
     s.at(1).csms("ReserveNow", reserve, {"status": "Accepted"})
     s.at(1).csms("ReserveNow", {**reserve, "id": 8}, {"status": "Accepted"})
     s.at(2).csms("ReserveNow", {**reserve, "id": 9}, {"status": "Occupied"})
     s.at(3).csms("ReserveNow", {**reserve, "id": 10}, {"status": "Accepted"})
     r = twin_of(s)["reservations"]
-    assert r["7"]["status"] == "active" and r["7"]["id_token"] == "TAG1" and r["7"]["expires_at"] == reserve["expiryDateTime"]
+    assert (
+        r["7"]["status"] == "active"
+        and r["7"]["id_token"] == "TAG1"
+        and r["7"]["expires_at"] == reserve["expiryDateTime"]
+    )
     assert r["9"]["status"] == "rejected"
     s.at(10).tx("Started", "T7", 0, imp=0, reservation=7)
     s.at(61).cs("ReservationStatusUpdate", {"reservationId": 8, "reservationUpdateStatus": "Expired"})
@@ -104,7 +127,13 @@ def test_a_csms_call_takes_effect_on_its_accepted_answer_only() -> None:
     assert twin_of(s)["evses"] == {}
     s.csms("SetChargingProfile", profile, {"status": "Accepted"})
     p = twin_of(s)["evses"]["1"]["profiles"]["3"]
-    assert p | {} == {**p, "purpose": "TxProfile", "stack_level": 1, "operation_mode": "ExternalLimits", "discharge": True}
+    assert p | {} == {
+        **p,
+        "purpose": "TxProfile",
+        "stack_level": 1,
+        "operation_mode": "ExternalLimits",
+        "discharge": True,
+    }
     s.csms("ClearChargingProfile", {"chargingProfileId": 3}, {"status": "Accepted"})
     assert twin_of(s)["evses"]["1"]["profiles"] == {}
 
@@ -117,21 +146,27 @@ def test_monitoring_set_up_and_an_event_raised() -> None:
                                    "component": {"name": "EVSE"}, "variable": {"name": "Temperature"}}]},
            {"setMonitoringResult": [{"id": 4, "status": "Accepted", "type": "UpperThreshold", "severity": 2,
                                      "component": {"name": "EVSE"}, "variable": {"name": "Temperature"}}]})  # fmt: skip
-    s.cs("NotifyEvent", {"generatedAt": s.now, "seqNo": 0, "eventData": [
-        {"eventId": 1, "timestamp": s.now, "trigger": "Alerting", "actualValue": "71", "eventNotificationType": "CustomMonitor",
-         "component": {"name": "EVSE"}, "variable": {"name": "Temperature"}, "severity": 2, "variableMonitoringId": 4}]})  # fmt: skip
+    alert = {
+        "eventId": 1, "timestamp": s.now, "trigger": "Alerting", "actualValue": "71",
+        "eventNotificationType": "CustomMonitor", "component": {"name": "EVSE"},
+        "variable": {"name": "Temperature"}, "severity": 2, "variableMonitoringId": 4,
+    }  # fmt: skip
+    s.cs("NotifyEvent", {"generatedAt": s.now, "seqNo": 0, "eventData": [alert]})
     m = twin_of(s)["monitoring"]
     assert m["base"] == "FactoryDefault"
-    assert m["monitors"]["4"] == {**m["monitors"]["4"], "variable": "EVSE.Temperature", "value": 60, "severity": 2}
+    assert subset(m["monitors"]["4"], variable="EVSE.Temperature", value=60, severity=2)
     assert m["last_event"]["actual_value"] == "71" and m["last_event"]["severity"] == 2 and m["events"] == 1
 
 
 def test_charging_needs_certificates_security_firmware_tariffs_der() -> None:
     s = Script("CS-X").connect()
-    s.cs("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {"requestedEnergyTransfer": "DC_BPT", "controlMode": "DynamicControl",
-         "v2xChargingParameters": {"maxDischargePower": 10000, "targetSoC": 80}}}, {"status": "Accepted"})  # fmt: skip
-    s.cs("Get15118EVCertificate", {"iso15118SchemaVersion": "urn:iso:std:iso:15118:-20:AC", "action": "Install", "exiRequest": "AA=="},
-         {"status": "Accepted", "exiResponse": "BB=="})  # fmt: skip
+    needs = {
+        "requestedEnergyTransfer": "DC_BPT", "controlMode": "DynamicControl",
+        "v2xChargingParameters": {"maxDischargePower": 10000, "targetSoC": 80},
+    }  # fmt: skip
+    s.cs("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": needs}, {"status": "Accepted"})
+    certificate = {"iso15118SchemaVersion": "urn:iso:std:iso:15118:-20:AC", "action": "Install", "exiRequest": "AA=="}
+    s.cs("Get15118EVCertificate", certificate, {"status": "Accepted", "exiResponse": "BB=="})
     s.cs("SecurityEventNotification", {"type": "InvalidCsmsCertificate", "timestamp": s.now})
     s.cs("FirmwareStatusNotification", {"status": "Installed", "requestId": 3})
     s.csms("SetDefaultTariff", {"evseId": 1, "tariff": {"tariffId": "T-A", "currency": "EUR"}}, {"status": "Accepted"})
@@ -139,8 +174,10 @@ def test_charging_needs_certificates_security_firmware_tariffs_der() -> None:
     t = twin_of(s)
     needs = t["evses"]["1"]["charging_needs"]
     assert needs["bidirectional"] and needs["v2x"]["maxDischargePower"] == 10000 and needs["status"] == "Accepted"
-    assert t["certificates"]["iso15118"] == {**t["certificates"]["iso15118"], "last_action": "Install", "last_status": "Accepted",
-                                             "schema_version": "urn:iso:std:iso:15118:-20:AC"}  # fmt: skip
+    assert subset(
+        t["certificates"]["iso15118"],
+        last_action="Install", last_status="Accepted", schema_version="urn:iso:std:iso:15118:-20:AC",
+    )  # fmt: skip
     assert t["security"]["events"] == 1 and t["security"]["last_event"]["type"] == "InvalidCsmsCertificate"
     assert t["firmware"]["status"] == "Installed"
     assert t["tariffs"]["default"]["1"]["currency"] == "EUR"
@@ -149,7 +186,11 @@ def test_charging_needs_certificates_security_firmware_tariffs_der() -> None:
 
 def test_invalid_frames_are_counted_and_otherwise_ignored() -> None:
     s = Script("CS-I").connect()
-    s._frame(__import__("twin.ocpp_j", fromlist=["x"]).call("bad", "BootNotification", {"reason": "Nope"}), "cs", error="bad enum")
+    s._frame(
+        __import__("twin.ocpp_j", fromlist=["x"]).call("bad", "BootNotification", {"reason": "Nope"}),
+        "cs",
+        error="bad enum",
+    )
     t = twin_of(s)
     assert t["invalid_frames"] == 1 and t["identity"] == {}
 
@@ -161,10 +202,17 @@ def test_the_fold_covers_the_seven_flows_of_the_product_page() -> None:
 
 # -- properties ---------------------------------------------------------------------------
 
+
 def _scenario() -> list[dict[str, Any]]:
     s = Script("CS-H").connect().boot().status(1, "Available")
-    s.tx("Started", "T1", 0, imp=0).tx("Updated", "T1", 1, imp=100, p_imp=5000).tx("Updated", "T1", 2, exp=50, p_exp=3000)
-    s.csms("ReserveNow", {"id": 1, "expiryDateTime": "2026-03-01T09:00:00Z", "idToken": {"idToken": "A", "type": "Central"}}, {"status": "Accepted"})
+    s.tx("Started", "T1", 0, imp=0).tx("Updated", "T1", 1, imp=100, p_imp=5000).tx(
+        "Updated", "T1", 2, exp=50, p_exp=3000
+    )
+    s.csms(
+        "ReserveNow",
+        {"id": 1, "expiryDateTime": "2026-03-01T09:00:00Z", "idToken": {"idToken": "A", "type": "Central"}},
+        {"status": "Accepted"},
+    )
     s.cs("ReservationStatusUpdate", {"reservationId": 1, "reservationUpdateStatus": "Expired"})
     s.disconnect().connect().boot(reason="Watchdog")
     return s.records
@@ -184,15 +232,20 @@ def test_redelivered_records_change_nothing(redeliver: list[int]) -> None:
     assert fold(stream) == fold(SCENARIO)
 
 
+PAYLOAD_KEYS = [
+    "evseId", "status", "chargingNeeds", "meterValue", "eventData", "transactionInfo", "reservationId", "evse", "id",
+]  # fmt: skip
+VALUES = st.one_of(
+    st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)  # fmt: skip
 records_strategy = st.fixed_dictionaries({
     "station_id": st.just("CS-F"),
     "origin": st.sampled_from(["cs", "csms", "gateway", "x"]),
     "msg_type": st.sampled_from([0, 2, 3, 4, 5, 6, 9]),
     "msg_id": st.sampled_from(["a", "b", "c"]),
     "action": st.sampled_from(sorted(folded_actions()) + ["Connected", "Disconnected", None, "Nope"]),
-    "payload": st.dictionaries(st.sampled_from(["evseId", "status", "chargingNeeds", "meterValue", "eventData", "transactionInfo", "reservationId", "evse", "id"]),
-                               st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2),
-                                         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)), max_size=4),
+    "payload": st.dictionaries(st.sampled_from(PAYLOAD_KEYS), VALUES, max_size=4),
     "ts": st.sampled_from(["2026-03-01T08:00:00.000Z", "garbage", ""]),
     "protocol": st.sampled_from(["ocpp2.1", "ocpp2.0.1", ""]),
     "conn_id": st.sampled_from(["c1", "c2"]),
@@ -218,7 +271,12 @@ def test_the_fold_never_raises_is_deterministic_and_pure(records: list[dict[str,
     json.dumps(public(twin))  # a twin is JSON
 
 
-@given(st.lists(st.one_of(st.none(), st.integers(), st.text(), st.dictionaries(st.text(max_size=4), st.text(max_size=4))), max_size=5))
+@given(
+    st.lists(
+        st.one_of(st.none(), st.integers(), st.text(), st.dictionaries(st.text(max_size=4), st.text(max_size=4))),
+        max_size=5,
+    )
+)
 def test_the_fold_survives_records_that_are_not_records(junk: list[Any]) -> None:
     twin = None
     for item in junk:

@@ -54,19 +54,33 @@ async def test_unparsable_frames_get_rpcframeworkerror_and_are_dead_lettered(
 async def test_unknown_message_type_gets_messagetypenotsupported(gateway: Any, settings: Settings) -> None:
     gw = await gateway()
     async with raw_station(url(gw, "CS-T7")) as st:
-        assert await st.ask('[7, "m7", "Heartbeat", {}]') == [4, "m7", "MessageTypeNotSupported", "message type 7 is not part of ocpp2.1", {"by": "twin-gateway"}]
+        assert await st.ask('[7, "m7", "Heartbeat", {}]') == [
+            4,
+            "m7",
+            "MessageTypeNotSupported",
+            "message type 7 is not part of ocpp2.1",
+            {"by": "twin-gateway"},
+        ]
     async with raw_station(url(gw, "CS-T5"), "ocpp2.0.1") as st:
         answer = await st.ask('[6, "m6", "NotifyPeriodicEventStream", {}]')
         assert answer[:3] == [4, "m6", "MessageTypeNotSupported"]
     assert await bystander_is_served(gw) < 2
-    await read_until(settings, lambda rs: len([r for r in rs if "MessageTypeNotSupported" in r["reason"]]) == 2, topic=settings.topics.deadletter)
+    await read_until(
+        settings,
+        lambda rs: len([r for r in rs if "MessageTypeNotSupported" in r["reason"]]) == 2,
+        topic=settings.topics.deadletter,
+    )
 
 
 async def test_unknown_action_gets_notimplemented_and_is_recorded_invalid(gateway: Any, settings: Settings) -> None:
     gw = await gateway()
     async with raw_station(url(gw, "CS-UA")) as st:
         assert (await st.ask([2, "u1", "MakeCoffee", {"sugar": 2}]))[:3] == [4, "u1", "NotImplemented"]
-        assert (await st.ask([2, "u2", "BatterySwap", {}], ))[:3] == [4, "u2", "OccurrenceConstraintViolation"]
+        assert (
+            await st.ask(
+                [2, "u2", "BatterySwap", {}],
+            )
+        )[:3] == [4, "u2", "OccurrenceConstraintViolation"]
     async with raw_station(url(gw, "CS-UA2"), "ocpp2.0.1") as st:  # new in 2.1, unknown to 2.0.1
         assert (await st.ask([2, "u3", "BatterySwap", {}]))[:3] == [4, "u3", "NotImplemented"]
     records = await read_until(settings, has("MakeCoffee", "CS-UA", msg_type=4))

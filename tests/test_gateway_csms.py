@@ -91,7 +91,12 @@ async def produce_command(settings: Settings, cmd: dict[str, Any]) -> None:
     await asyncio.to_thread(go)
 
 
-RESERVE = {"id": 7, "expiryDateTime": "2026-03-01T09:00:00.000Z", "idToken": {"idToken": "TAG1", "type": "ISO14443"}, "evseId": 1}
+RESERVE = {
+    "id": 7,
+    "expiryDateTime": "2026-03-01T09:00:00.000Z",
+    "idToken": {"idToken": "TAG1", "type": "ISO14443"},
+    "evseId": 1,
+}
 
 
 @pytest.mark.parametrize("protocol", ["ocpp2.1", "ocpp2.0.1"])
@@ -162,7 +167,11 @@ async def test_callresulterror_from_a_station_is_recorded_with_its_action(gatewa
         await st.send([4, call[1], "NotSupported", "no reservations here", {}])
         records = await read_until(settings, has("ReserveNow", "CS-E", msg_type=4))
     error = next(r for r in records if r["msg_type"] == 4)
-    assert error["payload"] == {"errorCode": "NotSupported", "errorDescription": "no reservations here", "errorDetails": {}}
+    assert error["payload"] == {
+        "errorCode": "NotSupported",
+        "errorDescription": "no reservations here",
+        "errorDetails": {},
+    }
     assert error["origin"] == "cs" and error["valid"]
 
 
@@ -202,7 +211,10 @@ async def test_cli_send_validates_then_queues(gateway: Any, settings: Settings) 
     async with station(url(gw, "CS-X")) as cp:
         await cp.call(cp.calls.Heartbeat())
         ok = await asyncio.to_thread(
-            runner.invoke, app, ["send", "CS-X", "ReserveNow", json.dumps(RESERVE), "-b", settings.bootstrap or "", "--json"], env=env
+            runner.invoke,
+            app,
+            ["send", "CS-X", "ReserveNow", json.dumps(RESERVE), "-b", settings.bootstrap or "", "--json"],
+            env=env,
         )
         assert ok.exit_code == 0, ok.output
         assert json.loads(ok.stdout)["action"] == "ReserveNow"

@@ -131,11 +131,20 @@ async def test_proxy_relays_both_ways_and_captures_every_frame(gateway: Any, set
         gw = await gateway(mode="proxy", upstream=up.url)
         async with station(url(gw, "CS-PX"), protocol) as cp:
             await session_of_calls(cp)
-            boot = await cp.call(cp.calls.BootNotification(charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp"))
+            boot = await cp.call(
+                cp.calls.BootNotification(charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp")
+            )
             assert boot.interval == 300, "the upstream's answer, not the gateway's"
         records = of_station(await read_until(settings, has("Disconnected", "CS-PX")), "CS-PX")
     assert up.paths == ["/csms/CS-PX"]
-    assert up.points["CS-PX"].seen == ["BootNotification", "StatusNotification", "Heartbeat", "Authorize", "TransactionEvent", "BootNotification"]
+    assert up.points["CS-PX"].seen == [
+        "BootNotification",
+        "StatusNotification",
+        "Heartbeat",
+        "Authorize",
+        "TransactionEvent",
+        "BootNotification",
+    ]
     frames = [(r["origin"], r["msg_type"], r["action"]) for r in records if r["msg_type"]]
     assert frames[:2] == [("cs", 2, "BootNotification"), ("csms", 3, "BootNotification")]
     assert len(frames) == 12 and all(r["valid"] for r in records)
@@ -196,4 +205,9 @@ async def test_proxy_delivers_our_commands_without_telling_the_upstream(gateway:
         assert up.points["CS-INJ"].seen == ["Heartbeat", "Heartbeat"]
 
 
-RESERVE_PAYLOAD_JSON = {"id": 7, "expiryDateTime": "2026-03-01T09:00:00.000Z", "idToken": {"idToken": "TAG1", "type": "ISO14443"}, "evseId": 1}
+RESERVE_PAYLOAD_JSON = {
+    "id": 7,
+    "expiryDateTime": "2026-03-01T09:00:00.000Z",
+    "idToken": {"idToken": "TAG1", "type": "ISO14443"},
+    "evseId": 1,
+}

@@ -7,6 +7,7 @@ Tansu keeps topics in memory: a restarted embedded broker starts empty.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -105,24 +106,27 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start() if self.process is None else self
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
-def wait_for_broker(
-    bootstrap: str, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None
-) -> None:
+def wait_for_broker(bootstrap: str, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None) -> None:
     """Block until the broker answers a metadata request."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise BrokerError(f"the broker exited at start with code {process.returncode}")
+        try:  # a plain connect first: kafka-python's client waits 30 s for a dead address
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=1).close()
+        except (OSError, ValueError) as exc:
+            last = exc
+            time.sleep(0.1)
+            continue
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
             admin.list_topics()
@@ -154,10 +158,8 @@ def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
             if spec.name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process raced us: fine
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:  # another process raced us: fine
-                pass
         return [t.name for t in wanted]
     finally:
         admin.close()

@@ -51,7 +51,7 @@ class Recorder:
         self._lock = asyncio.Lock()
         self._spooling = self.spool.size() > 0  # left over from a crash: drain it first
         self._drainer: asyncio.Task[None] | None = None
-        self._uncertain: dict[int, asyncio.Future[object]] = {}  # token -> first send
+        self._uncertain: dict[int, asyncio.Future[None]] = {}  # token -> first send
         self._tokens = itertools.count(1)
         self._retired: list[AIOKafkaProducer] = []  # kept until their sends settle
         self._queue: list[Record] = []  # the next round
@@ -98,9 +98,7 @@ class Recorder:
         """Returns once every envelope is acknowledged by the broker or in the spool."""
         if not self.settings.capture:
             return
-        records: list[Record] = [
-            (self.topics.frames, e["station_id"].encode(), envelope.dumps(e)) for e in envelopes
-        ]
+        records: list[Record] = [(self.topics.frames, e["station_id"].encode(), envelope.dumps(e)) for e in envelopes]
         await self._put(records)
         self.recorded += len(records)
 

@@ -8,7 +8,7 @@ Kafka carries, what Parquet stores and what the fold reads are the same thing. `
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypedDict
 
 import orjson

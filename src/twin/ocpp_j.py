@@ -90,9 +90,7 @@ def decode(text: str | bytes, protocol: str = "ocpp2.1") -> Frame:
     if type(kind) is not int:
         raise FrameError("RpcFrameworkError", "message type must be an integer", msg_id)
     if kind not in TYPES_OF.get(protocol, TYPES_OF["ocpp2.1"]):
-        raise FrameError(
-            "MessageTypeNotSupported", f"message type {kind} is not part of {protocol}", msg_id
-        )
+        raise FrameError("MessageTypeNotSupported", f"message type {kind} is not part of {protocol}", msg_id)
     if kind in (MessageType.CALL, MessageType.SEND):
         if len(message) != 4:
             raise FrameError("RpcFrameworkError", "a CALL is [2, id, action, payload]", msg_id, kind)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from twin.cli.app import app
 from twin.cli import broker, gateway, send  # noqa: F401  - register the commands
+from twin.cli.app import app
 
 
 def main() -> None:

@@ -23,18 +23,23 @@ err = Console(stderr=True)
 
 Bootstrap = Annotated[
     str | None,
-    typer.Option("--bootstrap", "-b", help="host:port of a Kafka cluster; default: the embedded broker. (env TWIN_BOOTSTRAP)"),
+    typer.Option(
+        "--bootstrap", "-b", help="host:port of a Kafka cluster; default: the embedded broker. (env TWIN_BOOTSTRAP)"
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")]
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
-    )
+    """Rich on a terminal; plain, unwrapped, timestamped lines into files and pipes."""
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=err, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("aiokafka", "kafka", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
 

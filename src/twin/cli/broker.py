@@ -30,7 +30,10 @@ def broker(
         fail(str(exc))
     try:
         created = ensure_topics(settings, embedded.bootstrap)
-        err.print(f"broker on [bold]{embedded.bootstrap}[/] (pid {embedded.process.pid if embedded.process else '?'}); topics: {', '.join(created) or 'existing'}")
+        err.print(
+            f"broker on [bold]{embedded.bootstrap}[/] (pid {embedded.process.pid if embedded.process else '?'}); "
+            f"topics: {', '.join(created) or 'existing'}"
+        )
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

@@ -22,7 +22,7 @@ def resolve_bootstrap(settings: Settings) -> tuple[str, EmbeddedBroker | None]:
     if settings.bootstrap:
         bootstrap = settings.bootstrap
         try:
-            wait_for_broker(bootstrap, timeout=10)
+            wait_for_broker(bootstrap, timeout=5)
         except BrokerError as exc:
             fail(f"{exc}. Is the cluster up? Leave out --bootstrap to use the embedded broker.")
     else:
@@ -44,10 +44,16 @@ def gateway(
     bootstrap: Bootstrap = None,
     port: Annotated[int | None, typer.Option(help="Websocket port. (env TWIN_GATEWAY_PORT, default 9000)")] = None,
     mode: Annotated[str, typer.Option(help="csms: answer stations; proxy: relay to --upstream.")] = "csms",
-    upstream: Annotated[str | None, typer.Option(help="Proxy mode: the CSMS base URL; stations are relayed to URL/<station id>.")] = None,
+    upstream: Annotated[
+        str | None, typer.Option(help="Proxy mode: the CSMS base URL; stations are relayed to URL/<station id>.")
+    ] = None,
     spool: Annotated[str | None, typer.Option(help="Directory of the spool used while the broker is away.")] = None,
-    max_frame_bytes: Annotated[int | None, typer.Option(help="Larger frames are refused with FormatViolation. (default 65536)")] = None,
-    call_timeout: Annotated[float | None, typer.Option(help="Seconds a CSMS-initiated CALL waits for its answer. (default 60)")] = None,
+    max_frame_bytes: Annotated[
+        int | None, typer.Option(help="Larger frames are refused with FormatViolation. (default 65536)")
+    ] = None,
+    call_timeout: Annotated[
+        float | None, typer.Option(help="Seconds a CSMS-initiated CALL waits for its answer. (default 60)")
+    ] = None,
     no_capture: Annotated[bool, typer.Option("--no-capture", help="Record nothing (benchmarks only).")] = False,
     verbose: Verbose = False,
 ) -> None:

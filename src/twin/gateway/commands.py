@@ -105,8 +105,10 @@ class CommandInbox:
         station_id = str(cmd.get("station_id", ""))
         action, payload = str(cmd.get("action", "")), cmd.get("payload")
         session = self.gateway.sessions.get(station_id)
-        problem = "station not connected to this gateway" if session is None else command_problem(
-            action, payload, session.protocol
+        problem = (
+            "station not connected to this gateway"
+            if session is None
+            else command_problem(action, payload, session.protocol)
         )
         if problem is not None:
             await self._undelivered(cmd, problem)

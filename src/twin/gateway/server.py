@@ -113,7 +113,10 @@ class Gateway:
             return await self._refuse(connection, "", conn_id, HTTPStatus.NOT_FOUND,
                                       "no station id: connect to ws://host:port/<path>/<station id>")  # fmt: skip
         if protocol is None:
-            why = f"no supported subprotocol offered (offered: {', '.join(offered) or 'none'}; supported: {', '.join(SUBPROTOCOLS)})"
+            why = (
+                f"no supported subprotocol offered (offered: {', '.join(offered) or 'none'}; "
+                f"supported: {', '.join(SUBPROTOCOLS)})"
+            )
             return await self._refuse(connection, station_id, conn_id, HTTPStatus.BAD_REQUEST, why)
         upstream = None
         if self.upstream_url is not None:

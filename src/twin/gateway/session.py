@@ -127,7 +127,7 @@ class Session:
         if self.proxy and (problem is None or problem.code != "RpcFrameworkError"):
             # transparent: the upstream CSMS judges the call; we record what we saw
             self.from_station[frame.msg_id] = frame.action
-            await self.capture((frame, "cs", problem and problem.reason))
+            await self.capture((frame, "cs", _reason(problem)))
             await self._forward_upstream(text)
             return
         if problem is not None:
@@ -163,7 +163,7 @@ class Session:
     async def _send_frame(self, frame: Frame, text: str | bytes, origin: str) -> None:
         """SEND (type 6): recorded and never answered."""
         problem = schemas.problem(self.protocol, frame.action, "Request", frame.payload)
-        await self.capture((frame, origin, problem and problem.reason))
+        await self.capture((frame, origin, _reason(problem)))
         if self.proxy:
             await (self._forward_upstream(text) if origin == "cs" else self.ws.send(_text(text)))
 
@@ -178,14 +178,14 @@ class Session:
         if frame.msg_type == MessageType.CALLRESULT:
             problem = schemas.problem(self.protocol, frame.action, "Response", frame.payload)
         if outbound.from_upstream:
-            await self.capture((frame, "cs", problem and problem.reason))
+            await self.capture((frame, "cs", _reason(problem)))
             await self._forward_upstream(text)
         elif problem is not None and self.protocol == "ocpp2.1":
             reply = ocpp_j.error(frame.msg_id, problem.code, problem.reason, frame.action, to_result=True)
             await self.capture((frame, "cs", problem.reason), (reply, "csms", None))
             await self.ws.send(ocpp_j.encode(reply))
         else:
-            await self.capture((frame, "cs", problem and problem.reason))
+            await self.capture((frame, "cs", _reason(problem)))
         if not outbound.answer.done():
             outbound.answer.set_result(frame)
 
@@ -222,9 +222,7 @@ class Session:
         await self.ws.send(ocpp_j.encode(answer))
 
     # -- CSMS-initiated calls -------------------------------------------------------------
-    async def call(
-        self, action: str, payload: dict[str, Any], command_id: str | None = None
-    ) -> Frame | None:
+    async def call(self, action: str, payload: dict[str, Any], command_id: str | None = None) -> Frame | None:
         """Send a CALL to the station, one at a time; the answer, or None on timeout."""
         async with self._out_slot:
             frame = ocpp_j.call(secrets.token_hex(8), action, payload)
@@ -253,7 +251,7 @@ class Session:
         if frame.msg_type == MessageType.CALL:
             problem = self._call_problem(frame, sender="csms")
             self.to_station[frame.msg_id] = Outbound(frame.action or "", from_upstream=True)
-            await self.capture((frame, "csms", problem and problem.reason))
+            await self.capture((frame, "csms", _reason(problem)))
         elif frame.msg_type == MessageType.SEND:
             await self._send_frame(frame, text, origin="csms")
             return
@@ -265,7 +263,7 @@ class Session:
                 problem = schemas.Violation("ProtocolError", "no CALL with this message id is outstanding")
             elif frame.msg_type == MessageType.CALLRESULT:
                 problem = schemas.problem(self.protocol, action, "Response", frame.payload)
-            await self.capture((frame, "csms", problem and problem.reason))
+            await self.capture((frame, "csms", _reason(problem)))
         await self.ws.send(_text(text))
 
     async def _forward_upstream(self, text: str | bytes) -> None:
@@ -277,6 +275,10 @@ class Session:
             if not outbound.answer.done():
                 outbound.answer.cancel()
         self.to_station.clear()
+
+
+def _reason(problem: schemas.Violation | None) -> str | None:
+    return None if problem is None else problem.reason
 
 
 def new_conn_id() -> str:

@@ -49,9 +49,13 @@ def readings(meter_values: list[dict[str, Any]]) -> list[tuple[str, dict[str, fl
 
 def direction_of(values: dict[str, float], energy: dict[str, Any]) -> str:
     exp, imp = values.get(EXPORT), values.get(IMPORT)
-    if values.get(P_EXPORT, 0) > 0 or (exp is not None and energy.get("export_wh") is not None and exp > energy["export_wh"]):
+    if values.get(P_EXPORT, 0) > 0 or (
+        exp is not None and energy.get("export_wh") is not None and exp > energy["export_wh"]
+    ):
         return "discharging"
-    if values.get(P_IMPORT, 0) > 0 or (imp is not None and energy.get("import_wh") is not None and imp > energy["import_wh"]):
+    if values.get(P_IMPORT, 0) > 0 or (
+        imp is not None and energy.get("import_wh") is not None and imp > energy["import_wh"]
+    ):
         return "charging"
     return "idle"
 
@@ -139,7 +143,10 @@ def _transaction_energy(tx: dict[str, Any], meter_values: list[dict[str, Any]]) 
     """What the session moved: registers against the first reading of the transaction.
     Registers only rise, so the highest reading seen is the latest, whatever the order."""
     for _, values in readings(meter_values):
-        for reg, start_key, moved in ((IMPORT, "meter_start_import_wh", "import_wh"), (EXPORT, "meter_start_export_wh", "export_wh")):
+        for reg, start_key, moved in (
+            (IMPORT, "meter_start_import_wh", "import_wh"),
+            (EXPORT, "meter_start_export_wh", "export_wh"),
+        ):
             if reg in values:
                 start = tx.setdefault(start_key, values[reg])
                 if values[reg] < start:  # an earlier reading replayed late

@@ -9,7 +9,9 @@ from twin.fold.engine import Change, Event, on
 
 @on("FirmwareStatusNotification")
 def firmware(change: Change, event: Event) -> None:
-    change.at("firmware").update(status=event.payload.get("status"), request_id=event.payload.get("requestId"), updated_at=event.ts)
+    change.at("firmware").update(
+        status=event.payload.get("status"), request_id=event.payload.get("requestId"), updated_at=event.ts
+    )
 
 
 @on("SetDefaultTariff", "result")
@@ -46,7 +48,11 @@ def display(change: Change, event: Event) -> None:
 def der_control(change: Change, event: Event) -> None:
     if event.accepted and event.request is not None:
         r = event.request
-        change.at("der", "controls")[str(r.get("controlId"))] = {"type": r.get("controlType"), "is_default": r.get("isDefault"), "set_at": event.ts}
+        change.at("der", "controls")[str(r.get("controlId"))] = {
+            "type": r.get("controlType"),
+            "is_default": r.get("isDefault"),
+            "set_at": event.ts,
+        }
 
 
 @on("NotifyDERAlarm")
@@ -54,4 +60,9 @@ def der_alarm(change: Change, event: Event) -> None:
     p = event.payload
     der = change.at("der")
     der["alarms"] = der.get("alarms", 0) + 1
-    der["last_alarm"] = {"control_type": p.get("controlType"), "fault": p.get("gridEventFault"), "ended": p.get("alarmEnded", False), "timestamp": p.get("timestamp")}
+    der["last_alarm"] = {
+        "control_type": p.get("controlType"),
+        "fault": p.get("gridEventFault"),
+        "ended": p.get("alarmEnded", False),
+        "timestamp": p.get("timestamp"),
+    }

@@ -42,7 +42,7 @@ def cancelled(change: Change, event: Event) -> None:
 @on("ReservationStatusUpdate")
 def status_update(change: Change, event: Event) -> None:
     p = event.payload
-    update = p.get("reservationUpdateStatus")
+    update = str(p.get("reservationUpdateStatus"))
     _update(change, p.get("reservationId"), _UPDATE.get(update, "removed"), event.ts, reason=update)
 
 
