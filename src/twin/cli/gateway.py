@@ -57,7 +57,7 @@ def gateway(
     no_capture: Annotated[bool, typer.Option("--no-capture", help="Record nothing (benchmarks only).")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Accept station connections on ws://127.0.0.1:PORT/<any path>/<station id>.
+    """Accept station connections on `ws://127.0.0.1:PORT/<any path>/<station id>`.
 
     Subprotocols ocpp2.1 (preferred) and ocpp2.0.1. Every frame in both directions is
     recorded on ocpp.frames before it is answered or forwarded; CSMS-initiated calls queued

@@ -1,0 +1,49 @@
+"""Alerts for ``twin.alerts``: faults, monitoring events, security events, stations going
+offline. Pure, like the fold: a function of a record and the twin before and after it.
+
+OCPP severities run from 0 (Danger) to 9 (Debug); they map onto high (0-2), medium (3-5)
+and low (6-9).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Alert = dict[str, Any]
+
+
+def _severity(ocpp_severity: int | None) -> str:
+    if ocpp_severity is None:
+        return "medium"
+    return "high" if ocpp_severity <= 2 else "medium" if ocpp_severity <= 5 else "low"
+
+
+def alerts(record: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any]) -> list[Alert]:
+    if after is before or not record.get("valid", True):
+        return []
+    station, ts, action = record.get("station_id"), record.get("ts"), record.get("action")
+    p = record.get("payload") or {}
+    out: list[Alert] = []
+
+    def alert(kind: str, severity: str, **detail: Any) -> None:
+        out.append({"station_id": station, "ts": ts, "kind": kind, "severity": severity, "detail": detail})
+
+    if action == "StatusNotification" and record.get("msg_type") == 2 and p.get("connectorStatus") == "Faulted":
+        alert("fault", "high", evse_id=p.get("evseId"), connector_id=p.get("connectorId"))
+    elif action == "NotifyEvent" and record.get("msg_type") == 2:
+        for e in p.get("eventData", []):
+            if e.get("trigger") in ("Alerting", "Delta") or e.get("variableMonitoringId") is not None:
+                alert("monitoring", _severity(e.get("severity")), component=(e.get("component") or {}).get("name"),
+                      variable=(e.get("variable") or {}).get("name"), actual_value=e.get("actualValue"),
+                      cleared=e.get("cleared", False))  # fmt: skip
+    elif action == "SecurityEventNotification" and record.get("msg_type") == 2:
+        alert("security", "high", type=p.get("type"), tech_info=p.get("techInfo"))
+    elif action == "Refused":
+        alert("security", "medium", type="ConnectionRefused", reason=p.get("reason"))
+    elif action == "NotifyDERAlarm" and record.get("msg_type") == 2:
+        alert("der", "high", control_type=p.get("controlType"), fault=p.get("gridEventFault"))
+    elif action == "Disconnected":
+        was_online = bool(before and before.get("connection", {}).get("online"))
+        if was_online and not after["connection"]["online"]:
+            alert("offline", "medium", code=p.get("code"), reason=p.get("reason"))
+    return out

@@ -1,0 +1,80 @@
+"""Captures: the frame log outside Kafka. A CAPTURE argument is either a ``.jsonl`` file of
+envelopes (one per line, in log order) or a Parquet archive directory (hive-partitioned
+``date=YYYY-MM-DD/``; ``payload`` as JSON text, ``ts`` as ``timestamp[ms, UTC]``).
+
+Readers drop duplicate ``(conn_id, seq)`` (the log is at-least-once) and yield each
+station's records in log order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from twin import envelope
+from twin.envelope import Envelope
+
+
+class CaptureError(ValueError):
+    """The capture cannot be read; the message says why."""
+
+
+def read(path: str | Path, *, until: str | None = None) -> Iterator[Envelope]:
+    """Every record of a capture, duplicates dropped; with ``until``, only those captured
+    at or before that moment (an ISO timestamp)."""
+    p = Path(path)
+    if not p.exists():
+        raise CaptureError(f"no capture at {p}")
+    records = _parquet(p) if p.is_dir() else _jsonl(p)
+    limit = envelope.parse_ts(until) if until else None
+    seen: set[tuple[str, int]] = set()
+    for record in records:
+        key = (record["conn_id"], record["seq"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if limit is not None and envelope.parse_ts(record["ts"]) > limit:
+            continue
+        yield record
+
+
+def _jsonl(path: Path) -> Iterator[Envelope]:
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise CaptureError(f"{path}:{number}: not JSON ({exc})") from None
+            if not isinstance(record, dict) or "conn_id" not in record or "seq" not in record:
+                raise CaptureError(f"{path}:{number}: not a frame envelope")
+            yield record  # type: ignore[misc]
+
+
+def _parquet(path: Path) -> Iterator[Envelope]:
+    import pyarrow.dataset as ds
+
+    try:
+        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        table = dataset.to_table(columns=list(envelope.FIELDS))
+    except Exception as exc:
+        raise CaptureError(f"{path}: not a Parquet archive of envelopes ({exc})") from None
+    table = table.sort_by([("station_id", "ascending"), ("ts", "ascending"), ("conn_id", "ascending"), ("seq", "ascending")])
+    for row in table.to_pylist():
+        row["payload"] = orjson.loads(row["payload"]) if row["payload"] else {}
+        row["ts"] = envelope.iso_ms(row["ts"].timestamp())
+        yield row  # type: ignore[misc]
+
+
+def write_jsonl(path: str | Path, records: Iterable[Envelope | dict[str, Any]]) -> int:
+    """Write envelopes as JSON lines; returns how many."""
+    n = 0
+    with Path(path).open("wb") as f:
+        for record in records:
+            f.write(envelope.dumps(record) + b"\n")
+            n += 1
+    return n

@@ -1,0 +1,192 @@
+"""``twin state``, ``twin fleet``, ``twin rebuild``: twins live from the API, or folded from
+a capture (a ``.jsonl`` of envelopes or a Parquet archive) or from ``ocpp.frames``."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from twin import captures, fold
+from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.settings import Settings
+
+Api = Annotated[str | None, typer.Option("--api", help="URL of a worker's API (default http://127.0.0.1:6066).")]
+Capture = Annotated[str | None, typer.Option("--capture", "-c", help="Fold this capture instead of asking the API.")]
+
+
+def api_get(api: str | None, path: str) -> Any:
+    base = (api or f"http://127.0.0.1:{Settings.load().web_port}").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base}{path}", timeout=10) as response:
+            return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            message = orjson.loads(body).get("error", body.decode())
+        except orjson.JSONDecodeError:
+            message = body.decode(errors="replace")[:200]
+        fail(f"{base}{path}: {exc.code} {message}")
+    except (urllib.error.URLError, OSError) as exc:
+        fail(f"no twin API at {base} ({getattr(exc, 'reason', exc)}); is `twin worker` running?")
+
+
+def fold_capture(path: str, until: str | None = None) -> tuple[dict[str, fold.Twin], int]:
+    """Twins folded from a capture, with a progress bar, and how many records it held."""
+    twins: dict[str, fold.Twin] = {}
+    n = 0
+    try:
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task(f"folding {path}", total=None)
+            for record in captures.read(path, until=until):
+                station = record.get("station_id")
+                if station:
+                    twins[station] = fold.apply(twins.get(station), record)
+                n += 1
+                if n % 10000 == 0:
+                    progress.update(task, completed=n)
+    except captures.CaptureError as exc:
+        fail(str(exc))
+    return twins, n
+
+
+@app.command()
+def state(
+    station: Annotated[str, typer.Argument(help="Station id.")],
+    api: Api = None,
+    capture: Capture = None,
+    at: Annotated[str | None, typer.Option(help="With --capture: the twin as it was at this moment (ISO time).")] = None,
+    json_out: Json = False,
+) -> None:
+    """One station's twin: live from the worker's API, or folded from a capture (time travel
+    with --at)."""
+    if at and not capture:
+        fail("--at needs --capture (the live twin is the present)")
+    if capture:
+        twins, _ = fold_capture(capture, until=at)
+        if station not in twins:
+            fail(f"no station {station!r} in {capture}" + (f" by {at}" if at else ""))
+        twin = fold.public(twins[station])
+    else:
+        twin = api_get(api, f"/v1/stations/{station}")
+    if json_out:
+        print_json(twin)
+        return
+    table = Table(title=f"{station} as of {twin.get('as_of')}")
+    for key in ("station_id", "protocol", "frames_folded"):
+        table.add_row(key, str(twin.get(key)))
+    table.add_row("online", str(twin["connection"].get("online")))
+    table.add_row("identity", " ".join(f"{k}={v}" for k, v in twin["identity"].items() if v is not None))
+    for evse_id, evse in sorted(twin.get("evses", {}).items()):
+        energy = evse.get("energy") or {}
+        tx = evse.get("transaction") or {}
+        table.add_row(f"EVSE {evse_id}", f"{evse.get('status')}  {energy.get('direction', 'idle')}  "
+                      f"{energy.get('power_w', 0) or 0:.0f} W  tx {tx.get('id')} {tx.get('state', '')}")  # fmt: skip
+    table.add_row("reservations", ", ".join(f"{k}:{v['status']}" for k, v in twin.get("reservations", {}).items()) or "-")
+    err.print(table)
+
+
+@app.command()
+def fleet(api: Api = None, capture: Capture = None, json_out: Json = False) -> None:
+    """All twins, a row each: live from the API, or folded from a capture."""
+    from streams.views import row, summary
+
+    if capture:
+        twins, _ = fold_capture(capture)
+        rows = sorted((row(t) for t in twins.values()), key=lambda r: r["station_id"])
+    else:
+        rows = api_get(api, "/v1/stations")["stations"]
+    if json_out:
+        print_json({"stations": rows, "summary": summary(rows)})
+        return
+    table = Table(title=f"{len(rows)} stations")
+    for column in ("station", "protocol", "online", "evses", "charging", "discharging", "faulted", "as of"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["station_id"], str(r["protocol"]), "yes" if r["online"] else "no", str(r["evses"]),
+                      str(r["charging"]), str(r["discharging"]), str(r["faulted"]), str(r["as_of"]))  # fmt: skip
+    err.print(table)
+
+
+@app.command()
+def rebuild(
+    capture: Annotated[str | None, typer.Argument(help="A .jsonl capture or Parquet archive; default: ocpp.frames.")] = None,
+    bootstrap: Bootstrap = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Compare with the live twins of the API.")] = False,
+    api: Api = None,
+    json_out: Json = False,
+) -> None:
+    """Fold a capture, or ocpp.frames from the beginning, into twins with the same fold the
+    worker runs; --verify lists every field where they differ from the live twins."""
+    if capture:
+        twins, n = fold_capture(capture)
+    else:
+        twins, n = fold_topic(Settings.load(bootstrap=bootstrap))
+    public = {k: fold.public(v) for k, v in sorted(twins.items())}
+    result: dict[str, Any] = {"stations": len(public), "frames": n}
+    if verify:
+        result["differences"] = [d for station, twin in public.items() for d in differences(station, twin, api_get(api, f"/v1/stations/{station}"))]
+    else:
+        result["twins"] = public
+    if json_out:
+        print_json(result)
+    elif verify:
+        err.print(f"{n} frames, {len(public)} stations: {len(result['differences'])} differences")
+        for d in result["differences"][:50]:
+            err.print(f"  {d['station_id']} {d['field']}: rebuilt {d['rebuilt']!r}, live {d['live']!r}")
+        if result["differences"]:
+            raise typer.Exit(1)
+    else:
+        err.print(f"{n} frames folded into {len(public)} twins (--json prints them)")
+
+
+def differences(station: str, rebuilt: Any, live: Any, path: str = "") -> list[dict[str, Any]]:
+    """Field by field, where two twins differ."""
+    if isinstance(rebuilt, dict) and isinstance(live, dict):
+        out = []
+        for key in sorted(set(rebuilt) | set(live)):
+            out += differences(station, rebuilt.get(key), live.get(key), f"{path}.{key}" if path else key)
+        return out
+    if rebuilt != live:
+        return [{"station_id": station, "field": path, "rebuilt": rebuilt, "live": live}]
+    return []
+
+
+def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
+    """Fold ocpp.frames from the beginning to its end as it is now."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from twin.broker import BrokerError, wait_for_broker
+
+    target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
+    try:
+        wait_for_broker(target, timeout=5)
+    except BrokerError as exc:
+        fail(str(exc))
+    consumer = KafkaConsumer(bootstrap_servers=target, enable_auto_commit=False, consumer_timeout_ms=1000)
+    parts = [TopicPartition(settings.topics.frames, p) for p in sorted(consumer.partitions_for_topic(settings.topics.frames) or [])]
+    consumer.assign(parts)
+    consumer.seek_to_beginning()
+    ends = consumer.end_offsets(parts)
+    twins: dict[str, fold.Twin] = {}
+    n, total = 0, sum(ends.values())
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(f"folding {settings.topics.frames}", total=total)
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            for batch in consumer.poll(timeout_ms=500).values():
+                for message in batch:
+                    if message.offset >= ends[TopicPartition(message.topic, message.partition)]:
+                        continue
+                    record = orjson.loads(message.value)
+                    station = record.get("station_id")
+                    if station:
+                        twins[station] = fold.apply(twins.get(station), record)
+                    n += 1
+            progress.update(task, completed=n)
+    consumer.close()
+    return twins, n

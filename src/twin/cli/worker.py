@@ -1,0 +1,48 @@
+"""``twin worker``: the Faust stream worker (fold, twin.state, twin.alerts, HTTP API)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Annotated
+
+import typer
+
+from twin.cli.app import Bootstrap, Verbose, app, err, fail
+from twin.cli.gateway import resolve_bootstrap
+from twin.settings import Settings
+
+
+@app.command()
+def worker(
+    bootstrap: Bootstrap = None,
+    web_port: Annotated[int | None, typer.Option(help="Port of the HTTP API. (env TWIN_WEB_PORT, default 6066)")] = None,
+    archive: Annotated[str | None, typer.Option(help="Parquet archive directory (the archive agent: issue 5).")] = None,
+    data_dir: Annotated[str, typer.Option(help="Faust's working directory.")] = "twin-data/worker",
+    verbose: Verbose = False,
+) -> None:
+    """Fold ocpp.frames into one twin per station and serve them on http://127.0.0.1:PORT/v1/.
+
+    Twins live in a changelog-backed table: a restarted worker recovers them from Kafka.
+    Each changed twin goes to twin.state (compacted), alerts to twin.alerts.
+    """
+    import faust
+    from streams.app import create_app
+
+    settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive)
+    if archive:
+        err.print("note: the archive agent comes with issue 5; --archive is accepted and not yet written")
+    target, embedded = resolve_bootstrap(settings)
+    from twin.broker import port_is_free
+
+    if not port_is_free(settings.host, settings.web_port):
+        fail(f"port {settings.web_port} on {settings.host} is already in use (--web-port)")
+    faust_app = create_app(settings, target, settings.web_port, data_dir)
+    err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
+    gc.freeze()
+    try:
+        sys.argv = ["twin-worker"]  # faust's Worker reads the command line
+        faust.Worker(faust_app, loglevel="DEBUG" if verbose else "WARNING", quiet=True).execute_from_commandline()
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -1,0 +1,67 @@
+"""The Faust app: one agent folds ``ocpp.frames`` into a changelog-backed table of twins with
+the same ``apply`` that ``twin rebuild`` uses, publishes each changed twin to the compacted
+``twin.state`` and its alerts to ``twin.alerts``.
+
+At least once, on purpose: Faust's exactly-once is unreliable, and the fold makes a
+redelivered record a no-op, so the table converges on the rebuild either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import orjson
+
+from streams import views
+from twin import fold
+from twin.alerts import alerts
+from twin.settings import Settings
+
+
+def create_app(settings: Settings, bootstrap: str, web_port: int, data_dir: str = "twin-data/worker") -> faust.App:
+    app = faust.App(
+        f"{settings.topic_prefix}twin-worker",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_port=web_port,
+        web_host=settings.host,
+        web_bind=settings.host,
+        datadir=data_dir,
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        table_standby_replicas=0,
+        topic_replication_factor=1,
+        web_in_thread=False,
+    )
+    topics = settings.topics
+    frames = app.topic(topics.frames, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    state = app.topic(topics.state, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    alert_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    twins = app.Table(
+        "twins",
+        default=None,
+        partitions=settings.partitions,
+        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+    )
+
+    @app.agent(frames)
+    async def fold_frames(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                record = orjson.loads(event.value)
+                station = record["station_id"].encode()
+            except Exception:
+                continue  # not an envelope: the gateway never writes one; nothing to fold
+            before = twins.get(station)
+            after = fold.apply(before, record)
+            if after is before:
+                continue  # redelivered: already folded
+            twins[station] = after
+            await state.send(key=station, value=orjson.dumps(fold.public(after)))
+            for alert in alerts(record, before, after):
+                await alert_topic.send(key=station, value=orjson.dumps(alert))
+
+    views.register(app, twins)
+    return app
