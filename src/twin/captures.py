@@ -63,7 +63,9 @@ def _parquet(path: Path) -> Iterator[Envelope]:
         table = dataset.to_table(columns=list(envelope.FIELDS))
     except Exception as exc:
         raise CaptureError(f"{path}: not a Parquet archive of envelopes ({exc})") from None
-    table = table.sort_by([("station_id", "ascending"), ("ts", "ascending"), ("conn_id", "ascending"), ("seq", "ascending")])
+    table = table.sort_by(
+        [("station_id", "ascending"), ("ts", "ascending"), ("conn_id", "ascending"), ("seq", "ascending")]
+    )
     for row in table.to_pylist():
         row["payload"] = orjson.loads(row["payload"]) if row["payload"] else {}
         row["ts"] = envelope.iso_ms(row["ts"].timestamp())

@@ -60,7 +60,9 @@ def state(
     station: Annotated[str, typer.Argument(help="Station id.")],
     api: Api = None,
     capture: Capture = None,
-    at: Annotated[str | None, typer.Option(help="With --capture: the twin as it was at this moment (ISO time).")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="With --capture: the twin as it was at this moment (ISO time).")
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """One station's twin: live from the worker's API, or folded from a capture (time travel
@@ -87,7 +89,9 @@ def state(
         tx = evse.get("transaction") or {}
         table.add_row(f"EVSE {evse_id}", f"{evse.get('status')}  {energy.get('direction', 'idle')}  "
                       f"{energy.get('power_w', 0) or 0:.0f} W  tx {tx.get('id')} {tx.get('state', '')}")  # fmt: skip
-    table.add_row("reservations", ", ".join(f"{k}:{v['status']}" for k, v in twin.get("reservations", {}).items()) or "-")
+    table.add_row(
+        "reservations", ", ".join(f"{k}:{v['status']}" for k, v in twin.get("reservations", {}).items()) or "-"
+    )
     err.print(table)
 
 
@@ -115,7 +119,9 @@ def fleet(api: Api = None, capture: Capture = None, json_out: Json = False) -> N
 
 @app.command()
 def rebuild(
-    capture: Annotated[str | None, typer.Argument(help="A .jsonl capture or Parquet archive; default: ocpp.frames.")] = None,
+    capture: Annotated[
+        str | None, typer.Argument(help="A .jsonl capture or Parquet archive; default: ocpp.frames.")
+    ] = None,
     bootstrap: Bootstrap = None,
     verify: Annotated[bool, typer.Option("--verify", help="Compare with the live twins of the API.")] = False,
     api: Api = None,
@@ -130,7 +136,11 @@ def rebuild(
     public = {k: fold.public(v) for k, v in sorted(twins.items())}
     result: dict[str, Any] = {"stations": len(public), "frames": n}
     if verify:
-        result["differences"] = [d for station, twin in public.items() for d in differences(station, twin, api_get(api, f"/v1/stations/{station}"))]
+        result["differences"] = [
+            d
+            for station, twin in public.items()
+            for d in differences(station, twin, api_get(api, f"/v1/stations/{station}"))
+        ]
     else:
         result["twins"] = public
     if json_out:
@@ -169,7 +179,10 @@ def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
     except BrokerError as exc:
         fail(str(exc))
     consumer = KafkaConsumer(bootstrap_servers=target, enable_auto_commit=False, consumer_timeout_ms=1000)
-    parts = [TopicPartition(settings.topics.frames, p) for p in sorted(consumer.partitions_for_topic(settings.topics.frames) or [])]
+    parts = [
+        TopicPartition(settings.topics.frames, p)
+        for p in sorted(consumer.partitions_for_topic(settings.topics.frames) or [])
+    ]
     consumer.assign(parts)
     consumer.seek_to_beginning()
     ends = consumer.end_offsets(parts)

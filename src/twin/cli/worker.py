@@ -16,7 +16,9 @@ from twin.settings import Settings
 @app.command()
 def worker(
     bootstrap: Bootstrap = None,
-    web_port: Annotated[int | None, typer.Option(help="Port of the HTTP API. (env TWIN_WEB_PORT, default 6066)")] = None,
+    web_port: Annotated[
+        int | None, typer.Option(help="Port of the HTTP API. (env TWIN_WEB_PORT, default 6066)")
+    ] = None,
     archive: Annotated[str | None, typer.Option(help="Parquet archive directory (the archive agent: issue 5).")] = None,
     data_dir: Annotated[str, typer.Option(help="Faust's working directory.")] = "twin-data/worker",
     verbose: Verbose = False,
@@ -27,6 +29,7 @@ def worker(
     Each changed twin goes to twin.state (compacted), alerts to twin.alerts.
     """
     import faust
+
     from streams.app import create_app
 
     settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive)

@@ -21,12 +21,12 @@ handler that fails leaves the twin as it was, but for an error count: the fold n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 Twin = dict[str, Any]
-Record = dict[str, Any]
+Record = Mapping[str, Any]
 Handler = Callable[["Change", "Event"], None]
 
 _HANDLERS: dict[tuple[str, str], list[Handler]] = {}
