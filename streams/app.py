@@ -34,6 +34,9 @@ def create_app(settings: Settings, bootstrap: str, web_port: int, data_dir: str 
         table_standby_replicas=0,
         topic_replication_factor=1,
         web_in_thread=False,
+        # a worker killed without leaving its group is noticed in 10 s, not Kafka's 45-60 s
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )
     topics = settings.topics
     frames = app.topic(topics.frames, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)

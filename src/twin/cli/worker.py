@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from twin.cli.app import Bootstrap, Verbose, app, err, fail
 from twin.cli.gateway import resolve_bootstrap
+from twin.runtime import tune_gc
 from twin.settings import Settings
 
 
@@ -42,7 +42,7 @@ def worker(
         fail(f"port {settings.web_port} on {settings.host} is already in use (--web-port)")
     faust_app = create_app(settings, target, settings.web_port, data_dir)
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
-    gc.freeze()
+    tune_gc()
     try:
         sys.argv = ["twin-worker"]  # faust's Worker reads the command line
         faust.Worker(faust_app, loglevel="DEBUG" if verbose else "WARNING", quiet=True).execute_from_commandline()

@@ -30,6 +30,7 @@ Record = Mapping[str, Any]
 Handler = Callable[["Change", "Event"], None]
 
 _HANDLERS: dict[tuple[str, str], list[Handler]] = {}
+_ANSWER_READERS: set[str] = set()  # actions whose answers a handler reads: keep the request
 REMEMBERED_CONNECTIONS = 16
 """How many connections' highest ``seq`` a twin keeps, to recognise redelivered records."""
 
@@ -39,6 +40,8 @@ def on(action: str, phase: str = "call") -> Callable[[Handler], Handler]:
 
     def register(fn: Handler) -> Handler:
         _HANDLERS.setdefault((action, phase), []).append(fn)
+        if phase in ("result", "error"):
+            _ANSWER_READERS.add(action)
         return fn
 
     return register
@@ -81,13 +84,15 @@ class Change:
 
     def at(self, *path: str) -> dict[str, Any]:
         """The dict at ``path``, ready to be written (created where missing)."""
-        node = self.twin
+        node, fresh = self.twin, self._fresh
         for key in path:
             child = node.get(key)
-            if child is None or id(child) not in self._fresh:
-                child = {} if child is None else dict(child)
-                node[key] = child
-                self._fresh.add(id(child))
+            if child is None:
+                child = node[key] = {}
+                fresh.add(id(child))
+            elif id(child) not in fresh:
+                child = node[key] = dict(child)
+                fresh.add(id(child))
             node = child
         return node
 
@@ -148,36 +153,40 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
     seen = twin["_seen"]
     if seq <= seen.get(conn_id, 0):
         return twin  # redelivered: already folded
-    change = Change(twin)
-    marks = change.at("_seen")
-    marks[conn_id] = seq
+    t = dict(twin)
+    marks = t["_seen"] = {**seen, conn_id: seq}
     if len(marks) > REMEMBERED_CONNECTIONS:
         del marks[next(iter(marks))]
-    t = change.twin
     t["frames_folded"] = twin["frames_folded"] + 1
     t["as_of"] = record["ts"]
     if record.get("protocol"):
         t["protocol"] = record["protocol"]
+    phase = _PHASE.get(record["msg_type"])
+    action = record.get("action") or ""
+    handlers = _HANDLERS.get((action, phase), ()) if phase else ()
+    answers = phase in ("result", "error") and record["msg_id"] in twin["_pending"]
+    if not handlers and not answers and record["origin"] != "cs" and action not in _ANSWER_READERS:
+        if not record.get("valid", True):
+            t["invalid_frames"] = twin["invalid_frames"] + 1
+        return t  # the common case of an answer nobody reads: counters only
+    change = Change(t)
+    t = change.twin
     if not record.get("valid", True):
         t["invalid_frames"] = twin["invalid_frames"] + 1
         _forget_answered(change, record)
         return t
-    phase = _PHASE.get(record["msg_type"])
     if phase is None:
         return t
     event = Event(record)
-    action = record.get("action") or ""
-    if record["msg_type"] == 2 and ((action, "result") in _HANDLERS or (action, "error") in _HANDLERS):
+    if record["origin"] == "cs":
+        change.at("connection")["last_seen"] = record["ts"]
+    if record["msg_type"] == 2 and action in _ANSWER_READERS:
         # an aspect reads this call's answer: keep the request until it comes
         change.at("_pending")[record["msg_id"]] = {"action": action, "payload": record["payload"]}
-    elif phase in ("result", "error"):
-        pending = twin["_pending"].get(record["msg_id"])
-        if pending is not None:
-            event.request = pending["payload"]
-            change.remove("_pending", record["msg_id"])
-    for handler in _HANDLERS.get((action, phase), ()):
-        handler(change, event)
-    for handler in _HANDLERS.get(("*", phase), ()):
+    elif answers:
+        event.request = twin["_pending"][record["msg_id"]]["payload"]
+        change.remove("_pending", record["msg_id"])
+    for handler in handlers:
         handler(change, event)
     return t
 

@@ -29,12 +29,3 @@ def refused(change: Change, event: Event) -> None:
     connection = change.at("connection")
     connection["refusals"] = connection.get("refusals", 0) + 1
     connection["last_refusal"] = {"at": event.ts, "reason": event.payload.get("reason")}
-
-
-def _seen(change: Change, event: Event) -> None:
-    if event.record["origin"] == "cs":
-        change.at("connection")["last_seen"] = event.ts
-
-
-for _phase in ("call", "result", "error"):
-    on("*", _phase)(_seen)

@@ -30,20 +30,32 @@ def instant(ts: str | None) -> datetime | None:
         return None
 
 
+def earlier(a: str | None, b: str | None) -> bool:
+    """Whether instant ``a`` is before ``b``; ISO strings of one shape compare as text."""
+    if not a or not b:
+        return False
+    if len(a) == len(b) and a[-1] == b[-1] == "Z":
+        return a < b
+    x, y = instant(a), instant(b)
+    return x is not None and y is not None and x < y
+
+
 def readings(meter_values: list[dict[str, Any]]) -> list[tuple[str, dict[str, float]]]:
     """Per meter value, its time and the whole-EVSE (phase-less) readings in Wh, W, %."""
     out = []
-    for mv in meter_values or []:
+    for mv in meter_values or ():
         values: dict[str, float] = {}
-        for sv in mv.get("sampledValue", []):
-            if sv.get("phase"):
+        for sv in mv.get("sampledValue", ()):
+            if "phase" in sv:
                 continue
-            measurand = sv.get("measurand", IMPORT)  # the schema's default
-            unit = sv.get("unitOfMeasure") or {}
-            scale = _SCALE.get(unit.get("unit", ""), 1.0) * 10 ** unit.get("multiplier", 0)
-            values[measurand] = float(sv["value"]) * scale
+            unit = sv.get("unitOfMeasure")
+            value = float(sv["value"])
+            if unit is not None:
+                value *= _SCALE.get(unit.get("unit", ""), 1.0) * 10 ** unit.get("multiplier", 0)
+            values[sv.get("measurand", IMPORT)] = value  # Import.Register: the schema's default
         out.append((mv.get("timestamp", ""), values))
-    out.sort(key=lambda item: instant(item[0]) or _EPOCH)
+    if len(out) > 1:
+        out.sort(key=lambda item: instant(item[0]) or _EPOCH)
     return out
 
 
@@ -60,13 +72,11 @@ def direction_of(values: dict[str, float], energy: dict[str, Any]) -> str:
     return "idle"
 
 
-def meter(change: Change, evse_id: str, meter_values: list[dict[str, Any]], ts: str) -> None:
-    """Fold meter values into the EVSE's live energy, skipping any older than the last."""
-    for at, values in readings(meter_values):
+def meter(change: Change, evse_id: str, samples: list[tuple[str, dict[str, float]]], ts: str) -> None:
+    """Fold meter readings into the EVSE's live energy, skipping any older than the last."""
+    for at, values in samples:
         energy = change.at("evses", evse_id, "energy")
-        last = instant(energy.get("meter_ts"))
-        now = instant(at) or instant(ts)
-        if last is not None and now is not None and now < last:
+        if earlier(at or ts, energy.get("meter_ts")):
             continue  # replayed late: history, not the present
         direction = direction_of(values, energy)
         if energy.get("direction") != direction:
@@ -127,8 +137,9 @@ def transaction_event(change: Change, event: Event) -> None:
         tx["reservation_id"] = p["reservationId"]
     if p.get("idToken"):
         tx["id_token"] = p["idToken"].get("idToken")
-    _transaction_energy(tx, p.get("meterValue", []))
-    meter(change, evse_id, p.get("meterValue", []), event.ts)
+    samples = readings(p.get("meterValue", ()))
+    _transaction_energy(tx, samples)
+    meter(change, evse_id, samples, event.ts)
     if kind == "Ended":
         tx["state"], tx["ended_at"] = "ended", p.get("timestamp")
         energy = change.at("evses", evse_id, "energy")
@@ -139,10 +150,10 @@ def transaction_event(change: Change, event: Event) -> None:
         tx["state"] = "updated" if kind == "Updated" else tx["state"]
 
 
-def _transaction_energy(tx: dict[str, Any], meter_values: list[dict[str, Any]]) -> None:
+def _transaction_energy(tx: dict[str, Any], samples: list[tuple[str, dict[str, float]]]) -> None:
     """What the session moved: registers against the first reading of the transaction.
     Registers only rise, so the highest reading seen is the latest, whatever the order."""
-    for _, values in readings(meter_values):
+    for _, values in samples:
         for reg, start_key, moved in (
             (IMPORT, "meter_start_import_wh", "import_wh"),
             (EXPORT, "meter_start_export_wh", "export_wh"),
@@ -160,4 +171,4 @@ def _transaction_energy(tx: dict[str, Any], meter_values: list[dict[str, Any]]) 
 def meter_values(change: Change, event: Event) -> None:
     evse_id = str(event.payload.get("evseId", 0))
     if evse_id != "0":  # 0 is the grid meter of the whole station
-        meter(change, evse_id, event.payload.get("meterValue", []), event.ts)
+        meter(change, evse_id, readings(event.payload.get("meterValue", ())), event.ts)
