@@ -64,9 +64,12 @@ def generate(records: int, stations: int) -> list[bytes]:
                     {"value": 0.0 if v2g else 11000.0, "measurand": "Power.Active.Import"},
                     {"value": 7000.0 if v2g else 0.0, "measurand": "Power.Active.Export"},
                 ]
-                payload = {"eventType": kind, "timestamp": stamp, "triggerReason": "MeterValuePeriodic", "seqNo": phase,
-                           "transactionInfo": {"transactionId": f"T{i}-{step - phase}", "chargingState": "Charging"},
-                           "evse": {"id": 1, "connectorId": 1}, "meterValue": [{"timestamp": stamp, "sampledValue": sampled}]}  # fmt: skip
+                payload = {
+                    "eventType": kind, "timestamp": stamp, "triggerReason": "MeterValuePeriodic", "seqNo": phase,
+                    "transactionInfo": {"transactionId": f"T{i}-{step - phase}", "chargingState": "Charging"},
+                    "evse": {"id": 1, "connectorId": 1},
+                    "meterValue": [{"timestamp": stamp, "sampledValue": sampled}],
+                }  # fmt: skip
                 call(i, "TransactionEvent", payload, {}, ts)
             else:
                 call(i, "Heartbeat", {}, {"currentTime": stamp}, ts)
