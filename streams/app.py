@@ -46,7 +46,8 @@ def create_app(settings: Settings, bootstrap: str, web_port: int, data_dir: str 
         "twins",
         default=None,
         partitions=settings.partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        # JSON keys: Faust's changelog recovery reads keys back as JSON, whatever the schema
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
     )
 
     @app.agent(frames)
@@ -54,7 +55,7 @@ def create_app(settings: Settings, bootstrap: str, web_port: int, data_dir: str 
         async for event in stream.events():
             try:
                 record = orjson.loads(event.value)
-                station = record["station_id"].encode()
+                station = str(record["station_id"])
             except Exception:
                 continue  # not an envelope: the gateway never writes one; nothing to fold
             before = twins.get(station)
@@ -62,9 +63,10 @@ def create_app(settings: Settings, bootstrap: str, web_port: int, data_dir: str 
             if after is before:
                 continue  # redelivered: already folded
             twins[station] = after
-            await state.send(key=station, value=orjson.dumps(fold.public(after)))
+            key = station.encode()
+            await state.send(key=key, value=orjson.dumps(fold.public(after)))
             for alert in alerts(record, before, after):
-                await alert_topic.send(key=station, value=orjson.dumps(alert))
+                await alert_topic.send(key=key, value=orjson.dumps(alert))
 
     views.register(app, twins)
     return app

@@ -1,5 +1,9 @@
 """The HTTP API (ARCHITECTURE.md): JSON, errors as ``{"error": ...}`` with a status code.
-Per-station views are routed to the worker that holds the station's partition."""
+
+Served from the worker's own table: one worker holds every station. (Faust's table routing
+crashes while a worker is starting, and would route by a hash of the JSON key while twins
+live on the partition of the frame's key; several workers behind one API need a router of
+our own.) While the worker rebalances or recovers, station views answer 503."""
 
 from __future__ import annotations
 
@@ -53,19 +57,26 @@ def register(app: faust.App, twins: Any) -> None:
 
     @app.page("/v1/stations")
     async def stations(web: Any, request: Any) -> Any:
-        return web.json({"stations": all_rows()})
+        return starting(web) or web.json({"stations": all_rows()})
+
+    def starting(web: Any) -> Any:
+        if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
+            return web.json({"error": "the worker is recovering its twins; try again shortly"}, status=503)
+        return None
 
     @app.page("/v1/stations/{station_id}")
-    @app.table_route(table=twins, match_info="station_id")
     async def station(web: Any, request: Any, station_id: str) -> Any:
-        twin = twins.get(station_id.encode())
+        busy = starting(web)
+        if busy is not None:
+            return busy
+        twin = twins.get(station_id)
         if twin is None:
             return web.json({"error": f"unknown station {station_id!r}"}, status=404)
         return web.json(public(twin))
 
     @app.page("/v1/fleet/summary")
     async def fleet_summary(web: Any, request: Any) -> Any:
-        return web.json(summary(all_rows()))
+        return starting(web) or web.json(summary(all_rows()))
 
     @app.page("/v1/protocols/ocpp-21")
     async def protocol(web: Any, request: Any) -> Any:

@@ -118,3 +118,133 @@ class Script:
         if offline:
             payload["offline"] = True
         return self.cs("TransactionEvent", payload)
+
+
+# -- the scenario suite: each a complete script and what its twin must show ------------------
+RESERVE = {
+    "id": 7,
+    "expiryDateTime": "2026-03-01T09:00:00Z",
+    "idToken": {"idToken": "TAG1", "type": "ISO14443"},
+    "evseId": 1,
+}
+PROFILE = {
+    "evseId": 1,
+    "chargingProfile": {
+        "id": 3, "stackLevel": 1, "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Absolute",
+        "chargingSchedule": [{"id": 1, "chargingRateUnit": "W", "chargingSchedulePeriod": [
+            {"startPeriod": 0, "limit": 11000, "dischargeLimit": -7000, "operationMode": "ExternalLimits"}]}],
+    },
+}  # fmt: skip
+MONITOR = {
+    "value": 60,
+    "type": "UpperThreshold",
+    "severity": 2,
+    "component": {"name": "EVSE"},
+    "variable": {"name": "Temperature"},
+}
+
+
+def identity(protocol: str) -> Script:
+    s = Script(f"SC-ID-{protocol[-3:].replace('.', '')}", protocol).connect().boot()
+    return s.status(1, "Available").status(2, "Faulted").cs("Heartbeat", {}, {"currentTime": s.now}).disconnect(1000)
+
+
+def v2g() -> Script:
+    s = Script("SC-V2G").connect().boot().status(1, "Occupied")
+    needs = {"requestedEnergyTransfer": "DC_BPT", "controlMode": "DynamicControl",
+             "v2xChargingParameters": {"maxDischargePower": 10000, "targetSoC": 80}}  # fmt: skip
+    s.cs("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": needs}, {"status": "Accepted"})
+    s.tx("Started", "T1", 0, imp=1000, exp=500, p_imp=0, chargingState="EVConnected")
+    s.tx("Updated", "T1", 1, imp=1300, exp=500, p_imp=11000, chargingState="Charging")
+    s.csms("SetChargingProfile", PROFILE, {"status": "Accepted"})
+    s.tx("Updated", "T1", 2, imp=1300, exp=900, p_exp=7000, operationMode="CentralSetpoint")
+    return s
+
+
+def reservations() -> Script:
+    s = Script("SC-RES").connect().boot()
+    s.csms("ReserveNow", RESERVE, {"status": "Accepted"})
+    s.csms("ReserveNow", {**RESERVE, "id": 8}, {"status": "Accepted"})
+    s.csms("ReserveNow", {**RESERVE, "id": 9}, {"status": "Occupied"})
+    s.csms("ReserveNow", {**RESERVE, "id": 10}, {"status": "Accepted"})
+    s.tx("Started", "T7", 0, imp=0, reservation=7)
+    s.cs("ReservationStatusUpdate", {"reservationId": 8, "reservationUpdateStatus": "Expired"})
+    return s.csms("CancelReservation", {"reservationId": 10}, {"status": "Accepted"})
+
+
+def monitoring() -> Script:
+    s = Script("SC-MON").connect().boot()
+    s.csms("SetMonitoringBase", {"monitoringBase": "FactoryDefault"}, {"status": "Accepted"})
+    result = {k: MONITOR[k] for k in ("type", "severity", "component", "variable")}
+    s.csms(
+        "SetVariableMonitoring",
+        {"setMonitoringData": [MONITOR]},
+        {"setMonitoringResult": [{"id": 4, "status": "Accepted", **result}]},
+    )
+    event = {"eventId": 1, "timestamp": s.now, "trigger": "Alerting", "actualValue": "71", "eventNotificationType": "CustomMonitor",
+             "component": {"name": "EVSE"}, "variable": {"name": "Temperature"}, "severity": 2, "variableMonitoringId": 4}  # fmt: skip
+    return s.cs("NotifyEvent", {"generatedAt": s.now, "seqNo": 0, "eventData": [event]})
+
+
+def operations() -> Script:
+    s = Script("SC-OPS").connect().boot()
+    certificate = {"iso15118SchemaVersion": "urn:iso:std:iso:15118:-20:AC", "action": "Install", "exiRequest": "AA=="}
+    s.cs("Get15118EVCertificate", certificate, {"status": "Accepted", "exiResponse": ""})
+    s.cs("SecurityEventNotification", {"type": "InvalidCsmsCertificate", "timestamp": s.now})
+    s.cs("FirmwareStatusNotification", {"status": "Installed", "requestId": 3})
+    s.csms("SetDefaultTariff", {"evseId": 1, "tariff": {"tariffId": "T-A", "currency": "EUR"}}, {"status": "Accepted"})
+    s.send("NotifyPeriodicEventStream", {"id": 1, "pending": 0, "basetime": s.now, "data": [{"t": 0, "v": "11.5"}]})
+    return s.cs("NotifyDERAlarm", {"controlType": "FreqDroop", "timestamp": s.now})
+
+
+def _expect_identity(t: dict[str, Any]) -> None:
+    assert t["identity"]["vendor"] == "Acme" and t["identity"]["boot_status"] == "Accepted"
+    assert t["evses"]["1"]["status"] == "Available" and t["evses"]["2"]["status"] == "Faulted"
+    assert t["connection"]["online"] is False
+
+
+def _expect_v2g(t: dict[str, Any]) -> None:
+    evse = t["evses"]["1"]
+    assert evse["energy"]["direction"] == "discharging" and evse["energy"]["power_w"] == -7000
+    assert evse["transaction"]["import_wh"] == 300 and evse["transaction"]["export_wh"] == 400
+    assert evse["charging_needs"]["bidirectional"] and evse["profiles"]["3"]["discharge"]
+
+
+def _expect_reservations(t: dict[str, Any]) -> None:
+    statuses = {k: v["status"] for k, v in t["reservations"].items()}
+    assert statuses == {"7": "used", "8": "expired", "9": "rejected", "10": "cancelled"}
+
+
+def _expect_monitoring(t: dict[str, Any]) -> None:
+    assert t["monitoring"]["base"] == "FactoryDefault" and "4" in t["monitoring"]["monitors"]
+    assert t["monitoring"]["last_event"]["severity"] == 2
+
+
+def _expect_operations(t: dict[str, Any]) -> None:
+    assert t["certificates"]["iso15118"]["last_status"] == "Accepted" and t["security"]["events"] == 1
+    assert t["firmware"]["status"] == "Installed" and t["tariffs"]["default"]["1"]["currency"] == "EUR"
+    assert t["der"]["alarms"] == 1
+
+
+SCENARIOS = {
+    "identity-2.1": (lambda: identity("ocpp2.1"), _expect_identity),
+    "identity-2.0.1": (lambda: identity("ocpp2.0.1"), _expect_identity),
+    "v2g": (v2g, _expect_v2g),
+    "reservations": (reservations, _expect_reservations),
+    "monitoring": (monitoring, _expect_monitoring),
+    "operations": (operations, _expect_operations),
+}
+
+MOMENT_KEYS = frozenset({
+    "as_of", "last_seen", "connected_since", "booted_at", "made_at", "updated_at", "set_at", "received_at",
+    "requested_at", "checked_at", "installed_at", "conn_id", "remote_address",
+})  # fmt: skip
+"""What a live run cannot share with a script: when the gateway captured things, and ids."""
+
+
+def stable(value: Any) -> Any:
+    """A twin without capture moments and connection ids: what a script and a live run of it
+    must agree on."""
+    if isinstance(value, dict):
+        return {k: stable(v) for k, v in value.items() if k not in MOMENT_KEYS}
+    return value

@@ -168,7 +168,8 @@ def differences(station: str, rebuilt: Any, live: Any, path: str = "") -> list[d
 
 
 def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
-    """Fold ocpp.frames from the beginning to its end as it is now."""
+    """Fold ocpp.frames from the beginning to its end as it is now (records still arriving
+    while it reads are folded too)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from twin.broker import BrokerError, wait_for_broker
@@ -190,11 +191,14 @@ def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
     n, total = 0, sum(ends.values())
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(f"folding {settings.topics.frames}", total=total)
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            for batch in consumer.poll(timeout_ms=500).values():
+        while True:
+            # Past the end offsets, on until a poll finds nothing: Tansu reports a partition's
+            # end as its last batch's base offset + 1, short of a batch of several records.
+            batches = consumer.poll(timeout_ms=500)
+            if not batches and all(consumer.position(tp) >= ends[tp] for tp in parts):
+                break
+            for batch in batches.values():
                 for message in batch:
-                    if message.offset >= ends[TopicPartition(message.topic, message.partition)]:
-                        continue
                     record = orjson.loads(message.value)
                     station = record.get("station_id")
                     if station:
