@@ -181,8 +181,11 @@ def monitoring() -> Script:
         {"setMonitoringData": [MONITOR]},
         {"setMonitoringResult": [{"id": 4, "status": "Accepted", **result}]},
     )
-    event = {"eventId": 1, "timestamp": s.now, "trigger": "Alerting", "actualValue": "71", "eventNotificationType": "CustomMonitor",
-             "component": {"name": "EVSE"}, "variable": {"name": "Temperature"}, "severity": 2, "variableMonitoringId": 4}  # fmt: skip
+    event = {
+        "eventId": 1, "timestamp": s.now, "trigger": "Alerting", "actualValue": "71",
+        "eventNotificationType": "CustomMonitor", "component": {"name": "EVSE"},
+        "variable": {"name": "Temperature"}, "severity": 2, "variableMonitoringId": 4,
+    }  # fmt: skip
     return s.cs("NotifyEvent", {"generatedAt": s.now, "seqNo": 0, "eventData": [event]})
 
 
