@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,3 +250,71 @@ async def test_a_killed_worker_recovers_from_the_changelog(pipeline: Pipeline) -
     finally:
         with contextlib.suppress(Exception):
             await ws.close()
+
+
+async def test_twin_state_and_alerts_are_published(pipeline: Pipeline) -> None:
+    from tests.conftest import TopicReader
+
+    script = SCENARIOS["identity-2.1"][0]()  # a connector goes Faulted, then the station goes offline
+    script.station = "SC-ALERT"
+    script.records = [{**r, "station_id": "SC-ALERT"} for r in script.records]
+    await _drive_all(pipeline, script)
+    await asyncio.to_thread(pipeline.wait_twin, "SC-ALERT", len(script.records))
+
+    def latest_state(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+        mine = [r for r in records if r.get("station_id") == "SC-ALERT"]
+        return mine[-1] if mine else None
+
+    reader = TopicReader(pipeline.broker.bootstrap, pipeline.settings.topics.state)
+    states = await asyncio.to_thread(
+        reader.wait, lambda rs: (latest_state(rs) or {}).get("frames_folded") == len(script.records)
+    )
+    reader.close()
+    assert latest_state(states) == pipeline.get("/v1/stations/SC-ALERT"), "twin.state carries the live twin"
+    reader = TopicReader(pipeline.broker.bootstrap, pipeline.settings.topics.alerts)
+    alerts = await asyncio.to_thread(
+        reader.wait, lambda rs: {"fault", "offline"} <= {a["kind"] for a in rs if a["station_id"] == "SC-ALERT"}
+    )
+    reader.close()
+    fault = next(a for a in alerts if a["station_id"] == "SC-ALERT" and a["kind"] == "fault")
+    assert fault["severity"] == "high" and fault["detail"] == {"evse_id": 2, "connector_id": 1}
+    assert set(fault) == {"station_id", "ts", "kind", "severity", "detail"}
+
+
+def test_the_protocol_endpoints_and_json_errors(pipeline: Pipeline) -> None:
+    matrix = pipeline.get("/v1/protocols/ocpp-21")
+    names = {c["capability"] for c in matrix["capabilities"]}
+    assert {"remote start/stop", "V2G (bidirectional)", "reservations", "TLS / security profile 3"} <= names
+    messages = pipeline.get("/v1/protocols/ocpp-21/messages")
+    assert messages["actions"] == 91
+    boot = next(m for m in messages["messages"] if m["action"] == "BootNotification")
+    assert boot == {
+        "action": "BootNotification",
+        "direction": "CS->CSMS",
+        "since": "ocpp2.0.1",
+        "send": False,
+        "folded": True,
+    }
+    summary = pipeline.get("/v1/fleet/summary")
+    assert summary["stations"] >= 1 and "ocpp2.1" in summary["protocols"]
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(pipeline.api + "/v1/stations/NOBODY", timeout=5)
+    assert missing.value.code == 404 and json.loads(missing.value.read()) == {"error": "unknown station 'NOBODY'"}
+
+
+def test_time_travel_and_rebuild_from_a_capture(tmp_path: Path) -> None:
+    from twin.captures import write_jsonl
+
+    script = SCENARIOS["v2g"][0]()
+    capture = tmp_path / "v2g.jsonl"
+    write_jsonl(capture, script.records)
+    charging_at = script.records[12]["ts"]  # after the first Updated, before the profile and discharge
+    out = subprocess.run(TWIN + ["state", script.station, "--capture", str(capture), "--at", charging_at, "--json"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    then = json.loads(out.stdout)
+    assert then["evses"]["1"]["energy"]["direction"] == "charging" and then["frames_folded"] == 13
+    out = subprocess.run(TWIN + ["rebuild", str(capture), "--json"], capture_output=True, text=True, timeout=60)
+    rebuilt = json.loads(out.stdout)
+    assert rebuilt["stations"] == 1 and rebuilt["frames"] == len(script.records)
+    assert rebuilt["twins"][script.station] == public(fold(script.records)[script.station])
