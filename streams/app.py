@@ -18,7 +18,6 @@ from twin import fold
 from twin.alerts import alerts
 from twin.settings import Settings
 
-
 FETCH_MAX_WAIT_MS = 10
 """How long a fetch may wait for data. Faust hard-codes 1,500 ms, and Tansu holds a fetch
 for much of that even when data arrives (measured: 360 ms median delivery at 1,500 ms,
