@@ -65,12 +65,13 @@ def main() -> None:
         gw_port, web_port = free_port(), free_port()
         env = {**os.environ, "TWIN_PARTITIONS": "4"}
         twin = [sys.executable, "-m", "twin"]
+        logs = [open(f"{tmp}/{name}.log", "wb") for name in ("gateway", "worker")]  # noqa: SIM115
+        gateway = ["gateway", "-b", broker.bootstrap, "--port", str(gw_port), "--spool", f"{tmp}/spool"]
+        worker = ["worker", "-b", broker.bootstrap, "--web-port", str(web_port), "--data-dir", f"{tmp}/w"]
         procs = [
-            subprocess.Popen(twin + ["gateway", "-b", broker.bootstrap, "--port", str(gw_port), "--spool", f"{tmp}/spool"],
-                             stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/gateway.log", "wb"), env=env),  # noqa: SIM115
-            subprocess.Popen(twin + ["worker", "-b", broker.bootstrap, "--web-port", str(web_port), "--data-dir", f"{tmp}/w"],
-                             stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/worker.log", "wb"), env=env),  # noqa: SIM115
-        ]  # fmt: skip
+            subprocess.Popen(twin + args, stdout=subprocess.DEVNULL, stderr=log, env=env)
+            for args, log in ((gateway, logs[0]), (worker, logs[1]))
+        ]
         try:
             deadline = time.time() + 120
             while time.time() < deadline:  # the worker folds and serves: ready
@@ -83,8 +84,10 @@ def main() -> None:
             stop = threading.Event()
             state_delays: list[float] = []
             frame_delays: list[float] = []
-            watchers = [threading.Thread(target=watch, args=(broker.bootstrap, t, d, stop), daemon=True)
-                        for t, d in ((settings.topics.state, state_delays), (settings.topics.frames, frame_delays))]  # fmt: skip
+            watched = ((settings.topics.state, state_delays), (settings.topics.frames, frame_delays))
+            watchers = [
+                threading.Thread(target=watch, args=(broker.bootstrap, t, d, stop), daemon=True) for t, d in watched
+            ]
             for w in watchers:
                 w.start()
             time.sleep(2)
