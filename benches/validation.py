@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import jsonschema
 
 from twin import schemas
 
-TS = "2026-03-01T08:00:00.000Z"
-PAYLOADS = {
-    "Heartbeat": {},
-    "StatusNotification": {"timestamp": TS, "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1},
-    "TransactionEvent": {
-        "eventType": "Updated", "timestamp": TS, "triggerReason": "MeterValuePeriodic", "seqNo": 1,
-        "transactionInfo": {"transactionId": "T-1", "chargingState": "Charging"},
-        "evse": {"id": 1, "connectorId": 1},
-        "meterValue": [{"timestamp": TS, "sampledValue": [
-            {"value": 12345.6, "measurand": "Energy.Active.Import.Register"},
-            {"value": 7200.0, "measurand": "Power.Active.Import"},
-            {"value": 0.0, "measurand": "Energy.Active.Export.Register"},
-            {"value": 54.0, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}}]}],
-    },
-}  # fmt: skip
+sys.path.insert(0, str(Path(__file__).parent))
+from gateway import STATUS, TX  # noqa: E402
+
+# the payloads of the gateway benchmark's mix: one source for both
+PAYLOADS = {"Heartbeat": {}, "StatusNotification": STATUS, "TransactionEvent": TX}
 
 
 def rate(fn: object, payload: object, n: int) -> float:
