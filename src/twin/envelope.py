@@ -118,8 +118,3 @@ def dumps(envelope: Envelope | dict[str, Any]) -> bytes:
 def loads(data: bytes | str) -> Envelope:
     value: Envelope = orjson.loads(data)
     return value
-
-
-def key(envelope: Envelope | dict[str, Any]) -> tuple[str, int]:
-    """``(conn_id, seq)``: what makes a record unique in the log."""
-    return envelope["conn_id"], envelope["seq"]

@@ -35,7 +35,6 @@ TYPES_OF: dict[str, frozenset[int]] = {
     "ocpp2.1": frozenset({2, 3, 4, 5, 6}),
     "ocpp2.0.1": frozenset({2, 3, 4}),
 }
-ERROR_TYPES = frozenset({MessageType.CALLERROR, MessageType.CALLRESULTERROR})
 
 
 @dataclass(slots=True)
@@ -46,14 +45,6 @@ class Frame:
     """The action: given for CALL and SEND, resolved from the CALL for the answers."""
     payload: dict[str, Any] = field(default_factory=dict)
     """For CALLERROR and CALLRESULTERROR: ``{"errorCode", "errorDescription", "errorDetails"}``."""
-
-    @property
-    def is_error(self) -> bool:
-        return self.msg_type in ERROR_TYPES
-
-    @property
-    def is_answer(self) -> bool:
-        return self.msg_type in (3, 4, 5)
 
 
 class FrameError(Exception):

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twin.envelope import iso_ms
-from twin.messages import station_initiated
 from twin.schemas import schema
 
 Handler = Callable[[dict[str, Any], "Context"], dict[str, Any]]
@@ -37,10 +36,6 @@ def respond(action: str, payload: dict[str, Any], ctx: Context) -> dict[str, Any
     if handler is not None:
         return handler(payload, ctx)
     return minimal(ctx.protocol, action)
-
-
-def answerable(action: str) -> bool:
-    return station_initiated(action)
 
 
 @answers("BootNotification")
