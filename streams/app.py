@@ -42,10 +42,66 @@ def _quick_fetches() -> None:
     aiokafka.AIOKafkaConsumer = QuickConsumer  # type: ignore[misc]
 
 
-def create_app(settings: Settings, bootstrap: str, web_port: int, data_dir: str = "twin-data/worker") -> faust.App:
+REFOLD_WINDOW = 5000
+"""Records of ocpp.frames per partition a starting worker folds again behind its committed
+position (see :func:`rewind`)."""
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}twin-worker"
+
+
+def backlog(settings: Settings, bootstrap: str, window: int = REFOLD_WINDOW) -> dict[int, list[dict[str, Any]]]:
+    """The last ``window`` records of each ocpp.frames partition behind the worker group's
+    committed position, read before the worker starts.
+
+    The table recovered from the changelog can lack its last writes: a worker killed after
+    committing a frame but before its changelog write landed, or (on Tansu) a recovery that
+    stops at a high-water mark short of the true end. The agent folds a partition's backlog
+    again before its first new event: the fold makes what the table already has a no-op and
+    restores what it lost. (Rewinding the group's commit instead is refused by Tansu while a
+    dead member's session lingers.)"""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id(settings), enable_auto_commit=False)
+    try:
+        topic = settings.topics.frames
+        ends: dict[TopicPartition, int] = {}
+        for partition in sorted(consumer.partitions_for_topic(topic) or []):
+            tp = TopicPartition(topic, partition)
+            committed = consumer.committed(tp)
+            if committed:
+                ends[tp] = committed
+        if not ends:
+            return {}
+        consumer.assign(list(ends))
+        for tp, end in ends.items():
+            consumer.seek(tp, max(0, end - window))
+        found: dict[int, list[dict[str, Any]]] = {tp.partition: [] for tp in ends}
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            batches = consumer.poll(timeout_ms=1000)
+            if not batches:
+                break
+            for tp, messages in batches.items():
+                found[tp.partition] += [orjson.loads(m.value) for m in messages if m.offset < ends[tp]]
+        return found
+    finally:
+        consumer.close()
+
+
+def create_app(
+    settings: Settings,
+    bootstrap: str,
+    web_port: int,
+    data_dir: str = "twin-data/worker",
+    refold: dict[int, list[dict[str, Any]]] | None = None,
+) -> faust.App:
+    """The worker; ``refold``: per partition, records to fold again before its first new
+    event (see :func:`backlog`)."""
     _quick_fetches()
+    refold = dict(refold or {})
     app = faust.App(
-        f"{settings.topic_prefix}twin-worker",
+        group_id(settings),
         broker=f"kafka://{bootstrap}",
         store="memory://",
         web_port=web_port,
@@ -74,23 +130,29 @@ def create_app(settings: Settings, bootstrap: str, web_port: int, data_dir: str 
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
     )
 
+    async def fold_one(record: dict[str, Any]) -> None:
+        station = str(record["station_id"])
+        before = twins.get(station)
+        after = fold.apply(before, record)
+        if after is before:
+            return  # redelivered: already folded
+        twins[station] = after
+        key = station.encode()
+        await state.send(key=key, value=orjson.dumps(fold.public(after)))
+        for alert in alerts(record, before, after):
+            await alert_topic.send(key=key, value=orjson.dumps(alert))
+
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:
         async for event in stream.events():
+            for record in refold.pop(event.message.partition, ()):  # once, after recovery
+                await fold_one(record)
             try:
                 record = orjson.loads(event.value)
-                station = str(record["station_id"])
+                str(record["station_id"])
             except Exception:
                 continue  # not an envelope: the gateway never writes one; nothing to fold
-            before = twins.get(station)
-            after = fold.apply(before, record)
-            if after is before:
-                continue  # redelivered: already folded
-            twins[station] = after
-            key = station.encode()
-            await state.send(key=key, value=orjson.dumps(fold.public(after)))
-            for alert in alerts(record, before, after):
-                await alert_topic.send(key=key, value=orjson.dumps(alert))
+            await fold_one(record)
 
     views.register(app, twins)
     return app

@@ -30,7 +30,7 @@ def worker(
     """
     import faust
 
-    from streams.app import create_app
+    from streams.app import backlog, create_app
 
     settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive)
     if archive:
@@ -40,7 +40,11 @@ def worker(
 
     if not port_is_free(settings.host, settings.web_port):
         fail(f"port {settings.web_port} on {settings.host} is already in use (--web-port)")
-    faust_app = create_app(settings, target, settings.web_port, data_dir)
+    refold = backlog(settings, target)
+    if refold:
+        counts = {p: len(r) for p, r in refold.items()}
+        err.print(f"folding again the last records behind the committed position: {counts}")
+    faust_app = create_app(settings, target, settings.web_port, data_dir, refold)
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
     tune_gc()
     try:
