@@ -130,8 +130,10 @@ def create_app(
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
     )
 
-    async def fold_one(record: dict[str, Any]) -> None:
-        station = str(record["station_id"])
+    async def fold_one(record: Any) -> None:
+        station = record.get("station_id") if isinstance(record, dict) else None
+        if not isinstance(station, str) or not station:
+            return  # not an envelope: the gateway never writes one; nothing to fold
         before = twins.get(station)
         after = fold.apply(before, record)
         if after is before:
@@ -149,9 +151,8 @@ def create_app(
                 await fold_one(record)
             try:
                 record = orjson.loads(event.value)
-                str(record["station_id"])
-            except Exception:
-                continue  # not an envelope: the gateway never writes one; nothing to fold
+            except orjson.JSONDecodeError:
+                continue  # not JSON: the gateway never writes that; nothing to fold
             await fold_one(record)
 
     views.register(app, twins)

@@ -114,7 +114,7 @@ class Recorder:
             outcome: asyncio.Future[None] | None = None
             if not self._spooling:
                 try:
-                    await asyncio.shield(self._submit(records))  # shared by the whole round
+                    await self._send(records)
                     return
                 except Exception as exc:
                     outcome = getattr(exc, "outcome", None)
@@ -142,7 +142,7 @@ class Recorder:
         return self._round
 
     async def _send(self, records: list[Record]) -> None:
-        await asyncio.shield(self._submit(records))
+        await asyncio.shield(self._submit(records))  # the round's future is shared: shield it
 
     async def _write(self) -> None:
         """The writer, a group commit: everything submitted since the last round was acked
@@ -184,6 +184,7 @@ class Recorder:
         for topic, key, value in records:
             partition = cached.get((topic, key)) if key is not None else 0
             if partition is None:
+                assert key is not None
                 partition = await self._partition(producer, topic, key)
             tp = (topic, partition)
             builder = builders.get(tp)
@@ -197,14 +198,9 @@ class Recorder:
             acks.append(await producer.send_batch(builder, topic, partition=partition))
         return acks
 
-    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes | None) -> int:
+    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
         """The default partitioner's choice (murmur2 of the key), as every other producer
-        of these topics makes it; cached per key."""
-        if key is None:
-            return 0
-        cached = self._partition_of.get((topic, key))
-        if cached is not None:
-            return cached
+        of these topics makes it; remembered per key (the caller looks there first)."""
         if topic not in self._partitions:
             self._partitions[topic] = sorted(await producer.partitions_for(topic))
         partitions = self._partitions[topic]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 import orjson
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from twin import captures, fold
 from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.fold.engine import Record
 from twin.settings import Settings
 
 Api = Annotated[str | None, typer.Option("--api", help="URL of a worker's API (default http://127.0.0.1:6066).")]
@@ -36,23 +38,30 @@ def api_get(api: str | None, path: str) -> Any:
         fail(f"no twin API at {base} ({getattr(exc, 'reason', exc)}); is `twin worker` running?")
 
 
-def fold_capture(path: str, until: str | None = None) -> tuple[dict[str, fold.Twin], int]:
-    """Twins folded from a capture, with a progress bar, and how many records it held."""
-    twins: dict[str, fold.Twin] = {}
+def fold_counted(records: Iterable[Record], label: str, total: int | None = None) -> tuple[dict[str, fold.Twin], int]:
+    """Records folded with the one fold, a progress bar on stderr, and how many there were."""
     n = 0
-    try:
-        with Progress(console=err, transient=True) as progress:
-            task = progress.add_task(f"folding {path}", total=None)
-            for record in captures.read(path, until=until):
-                station = record.get("station_id")
-                if station:
-                    twins[station] = fold.apply(twins.get(station), record)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+
+        def counted() -> Iterator[Record]:
+            nonlocal n
+            for record in records:
                 n += 1
                 if n % 10000 == 0:
                     progress.update(task, completed=n)
+                yield record
+
+        twins = fold.fold(counted())
+    return twins, n
+
+
+def fold_capture(path: str, until: str | None = None) -> tuple[dict[str, fold.Twin], int]:
+    """Twins folded from a capture, and how many records it held."""
+    try:
+        return fold_counted(captures.read(path, until=until), f"folding {path}")
     except captures.CaptureError as exc:
         fail(str(exc))
-    return twins, n
 
 
 @app.command()
@@ -187,23 +196,19 @@ def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
     consumer.assign(parts)
     consumer.seek_to_beginning()
     ends = consumer.end_offsets(parts)
-    twins: dict[str, fold.Twin] = {}
-    n, total = 0, sum(ends.values())
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task(f"folding {settings.topics.frames}", total=total)
+
+    def records() -> Iterator[dict[str, Any]]:
         while True:
             # Past the end offsets, on until a poll finds nothing: Tansu reports a partition's
             # end as its last batch's base offset + 1, short of a batch of several records.
             batches = consumer.poll(timeout_ms=500)
             if not batches and all(consumer.position(tp) >= ends[tp] for tp in parts):
-                break
+                return
             for batch in batches.values():
                 for message in batch:
-                    record = orjson.loads(message.value)
-                    station = record.get("station_id")
-                    if station:
-                        twins[station] = fold.apply(twins.get(station), record)
-                    n += 1
-            progress.update(task, completed=n)
-    consumer.close()
-    return twins, n
+                    yield orjson.loads(message.value)
+
+    try:
+        return fold_counted(records(), f"folding {settings.topics.frames}", total=sum(ends.values()))
+    finally:
+        consumer.close()
