@@ -24,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import orjson
 from kafka import KafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,11 +41,17 @@ def watch(bootstrap: str, topic: str, delays: list[float], stop: threading.Event
         for batch in consumer.poll(timeout_ms=100).values():
             now = time.time()
             for message in batch:
-                record = json.loads(message.value)
+                record = orjson.loads(message.value)
                 stamp = record.get("as_of") or record.get("ts")
                 if stamp and record.get("station_id", "").startswith("BENCH"):
                     delays.append(now - parse_ts(stamp).timestamp())
     consumer.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -97,6 +104,8 @@ def main() -> None:
             stop.set()
             for w in watchers:
                 w.join(5)
+            cpu = {"gateway": cpu_seconds(procs[0].pid), "worker": cpu_seconds(procs[1].pid)}
+            cpu["broker"] = cpu_seconds(broker.process.pid) if broker.process else 0.0
         finally:
             for p in procs:
                 p.terminate()
@@ -109,6 +118,7 @@ def main() -> None:
         "freshness_p99_ms": round(pct(state_delays, 0.99), 1),
         "frames_visible_p50_ms": round(pct(frame_delays, 0.5), 1),
         "frames_visible_p99_ms": round(pct(frame_delays, 0.99), 1),
+        **{f"cpu_s_{name}": seconds for name, seconds in cpu.items()},
     }
     print(json.dumps(result, indent=2) if args.json else "\n".join(f"{k:26} {v}" for k, v in result.items()))
 

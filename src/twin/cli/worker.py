@@ -49,7 +49,11 @@ def worker(
     tune_gc()
     try:
         sys.argv = ["twin-worker"]  # faust's Worker reads the command line
-        faust.Worker(faust_app, loglevel="DEBUG" if verbose else "WARNING", quiet=True).execute_from_commandline()
+        runner = faust.Worker(faust_app, loglevel="DEBUG" if verbose else "WARNING", quiet=True)
+        # Faust's start-up spinner sets the root logger to DEBUG so that every log call spins it,
+        # and never sets it back: every send then built a debug record (10% of the worker's time)
+        runner.spinner = None
+        runner.execute_from_commandline()
     finally:
         if embedded is not None:
             embedded.stop()
