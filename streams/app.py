@@ -8,6 +8,8 @@ redelivered record a no-op, so the table converges on the rebuild either way.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +20,8 @@ from streams import views
 from twin import fold
 from twin.alerts import alerts
 from twin.settings import Settings
+
+log = logging.getLogger("twin.worker")
 
 FETCH_MAX_WAIT_MS = 10
 """How long a fetch may wait for data. Faust hard-codes 1,500 ms, and Tansu holds a fetch
@@ -58,6 +62,43 @@ def group_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}twin-worker"
 
 
+def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[dict[str, Any]]:
+    """The records at offsets [start, end) of one partition, read directly."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, max(0, start))
+        found: list[dict[str, Any]] = []
+        while consumer.position(tp) < end:
+            batches = consumer.poll(timeout_ms=1000)
+            if not batches:
+                break
+            for message in batches.get(tp, ()):
+                if message.offset < end:
+                    found.append(orjson.loads(message.value))
+        return found
+    finally:
+        consumer.close()
+
+
+def committed(settings: Settings, bootstrap: str) -> dict[int, int]:
+    """The worker group's committed position on each ocpp.frames partition that has one."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id(settings), enable_auto_commit=False)
+    try:
+        topic = settings.topics.frames
+        positions = {
+            p: consumer.committed(TopicPartition(topic, p)) for p in consumer.partitions_for_topic(topic) or ()
+        }
+        return {p: offset for p, offset in sorted(positions.items()) if offset}
+    finally:
+        consumer.close()
+
+
 def backlog(settings: Settings, bootstrap: str, window: int = REFOLD_WINDOW) -> dict[int, list[dict[str, Any]]]:
     """The last ``window`` records of each ocpp.frames partition behind the worker group's
     committed position, read before the worker starts.
@@ -68,32 +109,8 @@ def backlog(settings: Settings, bootstrap: str, window: int = REFOLD_WINDOW) -> 
     again before its first new event: the fold makes what the table already has a no-op and
     restores what it lost. (Rewinding the group's commit instead is refused by Tansu while a
     dead member's session lingers.)"""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id(settings), enable_auto_commit=False)
-    try:
-        topic = settings.topics.frames
-        ends: dict[TopicPartition, int] = {}
-        for partition in sorted(consumer.partitions_for_topic(topic) or []):
-            tp = TopicPartition(topic, partition)
-            committed = consumer.committed(tp)
-            if committed:
-                ends[tp] = committed
-        if not ends:
-            return {}
-        consumer.assign(list(ends))
-        for tp, end in ends.items():
-            consumer.seek(tp, max(0, end - window))
-        found: dict[int, list[dict[str, Any]]] = {tp.partition: [] for tp in ends}
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            batches = consumer.poll(timeout_ms=1000)
-            if not batches:
-                break
-            for tp, messages in batches.items():
-                found[tp.partition] += [orjson.loads(m.value) for m in messages if m.offset < ends[tp]]
-        return found
-    finally:
-        consumer.close()
+    topic = settings.topics.frames
+    return {p: read_range(bootstrap, topic, p, end - window, end) for p, end in committed(settings, bootstrap).items()}
 
 
 def create_app(
@@ -102,11 +119,14 @@ def create_app(
     web_port: int,
     data_dir: str = "twin-data/worker",
     refold: dict[int, list[dict[str, Any]]] | None = None,
+    expect: dict[int, int] | None = None,
 ) -> faust.App:
     """The worker; ``refold``: per partition, records to fold again before its first new
-    event (see :func:`backlog`)."""
+    event (see :func:`backlog`); ``expect``: per partition, the first offset it should see
+    (the committed position)."""
     _quick_fetches()
     refold = dict(refold or {})
+    expected = dict(expect or {})  # partition -> the next offset the agent should see
     app = faust.App(
         group_id(settings),
         broker=f"kafka://{bootstrap}",
@@ -170,12 +190,37 @@ def create_app(
         for key, alert in raised:
             await alert_topic.send(key=key, value=alert)
 
+    async def with_gaps_filled(events: list[Any]) -> list[tuple[int, dict[str, Any] | None]]:
+        """The batch's records, preceded by any a partition skipped. Offsets on ocpp.frames
+        are dense (no compaction, no transactions), so an event past the next expected offset
+        means records were not delivered: seen after a restart on Tansu, when the group
+        dropped the killed worker's member. They are read directly and folded in order."""
+        out: list[tuple[int, dict[str, Any] | None]] = []
+        for event in events:
+            partition, offset = event.message.partition, event.message.offset
+            due = expected.get(partition)
+            if due is not None and offset > due:
+                missing = await asyncio.to_thread(read_range, bootstrap, topics.frames, partition, due, offset)
+                log.warning("partition %d skipped offsets %d..%d: read %d records directly",
+                            partition, due, offset - 1, len(missing))  # fmt: skip
+                out += [(partition, record) for record in missing]
+            out.append((partition, decode(event.value)))
+            expected[partition] = max(due or 0, offset + 1)
+        return out
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        """A partition that leaves may come back far ahead, folded meanwhile by another worker."""
+        for tp in revoked:
+            if tp.topic == topics.frames:
+                expected.pop(tp.partition, None)
+
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=BATCH_WINDOW):
             for partition in {event.message.partition for event in events} & refold.keys():
                 await fold_batch((partition, record) for record in refold.pop(partition))  # once, after recovery
-            await fold_batch((event.message.partition, decode(event.value)) for event in events)
+            await fold_batch(await with_gaps_filled(events))
 
     views.register(app, twins)
     return app

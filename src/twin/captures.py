@@ -22,9 +22,9 @@ class CaptureError(ValueError):
     """The capture cannot be read; the message says why."""
 
 
-def read(path: str | Path, *, until: str | None = None) -> Iterator[Envelope]:
-    """Every record of a capture, duplicates dropped; with ``until``, only those captured
-    at or before that moment (an ISO timestamp)."""
+def read(path: str | Path, *, until: str | None = None, dedupe: bool = True) -> Iterator[Envelope]:
+    """Every record of a capture, duplicates dropped (unless ``dedupe`` is False); with
+    ``until``, only those captured at or before that moment (an ISO timestamp)."""
     p = Path(path)
     if not p.exists():
         raise CaptureError(f"no capture at {p}")
@@ -32,10 +32,11 @@ def read(path: str | Path, *, until: str | None = None) -> Iterator[Envelope]:
     limit = envelope.parse_ts(until) if until else None
     seen: set[tuple[str, int]] = set()
     for record in records:
-        key = (record["conn_id"], record["seq"])
-        if key in seen:
-            continue
-        seen.add(key)
+        if dedupe:
+            key = (record["conn_id"], record["seq"])
+            if key in seen:
+                continue
+            seen.add(key)
         if limit is not None and envelope.parse_ts(record["ts"]) > limit:
             continue
         yield record
@@ -80,3 +81,33 @@ def write_jsonl(path: str | Path, records: Iterable[Envelope | dict[str, Any]]) 
             f.write(envelope.dumps(record) + b"\n")
             n += 1
     return n
+
+
+class TopicLog:
+    """The records of a topic from its beginning to its end as it is now (records arriving
+    while it reads are read too); ``total`` is the count the end offsets promise."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+        self.parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or [])]
+        self.consumer.assign(self.parts)
+        self.consumer.seek_to_beginning()
+        self.ends = self.consumer.end_offsets(self.parts)
+        self.total = sum(self.ends.values())
+
+    def __iter__(self) -> Iterator[Envelope]:
+        try:
+            while True:
+                # Past the end offsets, on until a poll finds nothing: Tansu reports a
+                # partition's end as its last batch's base offset + 1, short of a batch of
+                # several records.
+                batches = self.consumer.poll(timeout_ms=500)
+                if not batches and all(self.consumer.position(tp) >= self.ends[tp] for tp in self.parts):
+                    return
+                for batch in batches.values():
+                    for message in batch:
+                        yield orjson.loads(message.value)
+        finally:
+            self.consumer.close()

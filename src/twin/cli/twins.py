@@ -179,36 +179,13 @@ def differences(station: str, rebuilt: Any, live: Any, path: str = "") -> list[d
 def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
     """Fold ocpp.frames from the beginning to its end as it is now (records still arriving
     while it reads are folded too)."""
-    from kafka import KafkaConsumer, TopicPartition
-
     from twin.broker import BrokerError, wait_for_broker
+    from twin.captures import TopicLog
 
     target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
     try:
         wait_for_broker(target, timeout=5)
     except BrokerError as exc:
         fail(str(exc))
-    consumer = KafkaConsumer(bootstrap_servers=target, enable_auto_commit=False, consumer_timeout_ms=1000)
-    parts = [
-        TopicPartition(settings.topics.frames, p)
-        for p in sorted(consumer.partitions_for_topic(settings.topics.frames) or [])
-    ]
-    consumer.assign(parts)
-    consumer.seek_to_beginning()
-    ends = consumer.end_offsets(parts)
-
-    def records() -> Iterator[dict[str, Any]]:
-        while True:
-            # Past the end offsets, on until a poll finds nothing: Tansu reports a partition's
-            # end as its last batch's base offset + 1, short of a batch of several records.
-            batches = consumer.poll(timeout_ms=500)
-            if not batches and all(consumer.position(tp) >= ends[tp] for tp in parts):
-                return
-            for batch in batches.values():
-                for message in batch:
-                    yield orjson.loads(message.value)
-
-    try:
-        return fold_counted(records(), f"folding {settings.topics.frames}", total=sum(ends.values()))
-    finally:
-        consumer.close()
+    log = TopicLog(target, settings.topics.frames)
+    return fold_counted(log, f"folding {settings.topics.frames}", total=log.total)

@@ -30,7 +30,7 @@ def worker(
     """
     import faust
 
-    from streams.app import backlog, create_app
+    from streams.app import backlog, committed, create_app
 
     settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive)
     if archive:
@@ -44,7 +44,7 @@ def worker(
     if refold:
         counts = {p: len(r) for p, r in refold.items()}
         err.print(f"folding again the last records behind the committed position: {counts}")
-    faust_app = create_app(settings, target, settings.web_port, data_dir, refold)
+    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, committed(settings, target))
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
     tune_gc()
     try:

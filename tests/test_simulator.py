@@ -1,0 +1,174 @@
+"""The simulator: deterministic, complete in a small run, schema-valid, and what ``twin
+validate`` and ``twin import`` make of captures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twin import archive, captures, fold, importer
+from twin.simulator import simulate
+from twin.validate import check
+
+
+def run_records(stations: int = 12, days: float = 2, seed: int = 1) -> list[dict[str, Any]]:
+    return [r for day in simulate(stations, days, seed) for r in day]
+
+
+@pytest.fixture(scope="module")
+def small() -> list[dict[str, Any]]:
+    return run_records()
+
+
+def test_the_same_seed_gives_the_same_capture_and_another_seed_another() -> None:
+    a, b, c = run_records(6, 1, 7), run_records(6, 1, 7), run_records(6, 1, 8)
+    assert a == b
+    assert a != c
+
+
+def test_every_frame_is_valid_numbered_and_answered(small: list[dict[str, Any]]) -> None:
+    report = check(small)
+    assert report.ok, report.as_json(limit=5)
+    assert report.frames == len(small) and report.stations == 12
+    stamps = [r["ts"] for r in small]
+    assert stamps == sorted(stamps), "the capture is in capture order"
+
+
+def test_a_small_run_holds_every_kind_of_event(small: list[dict[str, Any]]) -> None:
+    actions = Counter(r["action"] for r in small)
+    for action in ("BootNotification", "Heartbeat", "StatusNotification", "TransactionEvent", "MeterValues",
+                   "Authorize", "NotifyEVChargingNeeds", "SetChargingProfile", "ReserveNow", "CancelReservation",
+                   "ReservationStatusUpdate", "SetMonitoringBase", "SetVariableMonitoring", "NotifyEvent",
+                   "Get15118EVCertificate", "GetCertificateStatus", "SignCertificate", "CertificateSigned",
+                   "UpdateFirmware", "FirmwareStatusNotification", "SetDefaultTariff", "CostUpdated",
+                   "SecurityEventNotification", "NotifyPeriodicEventStream", "Connected", "Disconnected"):  # fmt: skip
+        assert actions[action], f"no {action} in the small run"
+    assert any(r["msg_type"] == 6 for r in small), "a SEND"
+    boots = {r["payload"]["reason"] for r in small if r["action"] == "BootNotification" and r["msg_type"] == 2}
+    assert "FirmwareUpdate" in boots and len(boots) >= 2, boots
+    assert any(r["action"] == "TransactionEvent" and r["payload"].get("offline") for r in small), "offline replay"
+    statuses = {r["payload"].get("connectorStatus") for r in small if r["action"] == "StatusNotification"}
+    assert {"Available", "Occupied", "Faulted"} <= statuses
+    assert {r["protocol"] for r in small} == {"ocpp2.1", "ocpp2.0.1"}
+    needs = [
+        r["payload"]["chargingNeeds"] for r in small if r["action"] == "NotifyEVChargingNeeds" and r["msg_type"] == 2
+    ]
+    assert any("v2xChargingParameters" in n for n in needs), "V2X parameters"
+
+
+def test_the_twins_of_a_small_run_show_v2g_reservations_and_monitoring(small: list[dict[str, Any]]) -> None:
+    twins = fold.fold(small)
+    statuses = Counter(r["status"] for t in twins.values() for r in t["reservations"].values())
+    assert {"used", "expired", "cancelled", "rejected"} <= set(statuses), statuses
+    assert any(
+        p["discharge"] for t in twins.values() for e in t["evses"].values() for p in e.get("profiles", {}).values()
+    )
+    exported = [e["energy"]["export_wh"] for t in twins.values() for e in t["evses"].values()
+                if (e.get("energy") or {}).get("export_wh")]  # fmt: skip
+    assert exported, "export registers rose"
+    directions = set()
+    for r in small:  # the energy direction, frame by frame, on the V2G station
+        if r["action"] == "TransactionEvent" and r["msg_type"] == 2:
+            for value in r["payload"]["meterValue"][0]["sampledValue"]:
+                if value["measurand"] == "Power.Active.Export" and value["value"] > 0:
+                    directions.add("discharging")
+                if value["measurand"] == "Power.Active.Import" and value["value"] > 0:
+                    directions.add("charging")
+    assert directions == {"charging", "discharging"}
+    assert any(t["monitoring"]["last_event"] for t in twins.values())
+    assert sum(t["fold_errors"] + t["invalid_frames"] for t in twins.values()) == 0
+
+
+def test_jsonl_and_parquet_captures_hold_the_same_records(tmp_path: Path) -> None:
+    out = {}
+    for target in ("capture.jsonl", "archive"):
+        done = subprocess.run(
+            [sys.executable, "-m", "twin", "simulate", "--stations", "5", "--days", "1", "--seed", "3",
+             "--out", str(tmp_path / target), "--json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        out[target] = json.loads(done.stdout)
+    assert out["capture.jsonl"]["records"] == out["archive"]["records"] > 1000
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["date=2026-03-02"]
+    key = lambda r: (r["conn_id"], r["seq"])  # noqa: E731
+    jsonl = sorted(captures.read(tmp_path / "capture.jsonl"), key=key)
+    parquet = sorted(captures.read(tmp_path / "archive"), key=key)
+    assert jsonl == parquet
+
+
+def test_validate_names_what_is_wrong(tmp_path: Path) -> None:
+    records = run_records(2, 0.1, 5)
+    broken = [dict(r) for r in records]
+    call = next(i for i, r in enumerate(broken) if r["action"] == "StatusNotification" and r["msg_type"] == 2)
+    broken[call]["payload"] = {**broken[call]["payload"], "connectorStatus": "Exploded"}
+    del broken[call + 5]  # a seq gap on one connection (or an answer lost)
+    unanswered = next(i for i, r in enumerate(broken) if r["action"] == "Heartbeat" and r["msg_type"] == 3)
+    del broken[unanswered]
+    path = tmp_path / "broken.jsonl"
+    captures.write_jsonl(path, broken)
+    done = subprocess.run([sys.executable, "-m", "twin", "validate", str(path), "--json"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["frames"] == len(broken) and not report["ok"]
+    assert report["problems"]["schema: StatusNotification"] == 1
+    assert report["problems"]["seq"] >= 2 and report["unanswered_calls"] >= 1
+    fine = tmp_path / "fine.jsonl"
+    captures.write_jsonl(fine, records)
+    done = subprocess.run([sys.executable, "-m", "twin", "validate", str(fine), "--json"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and json.loads(done.stdout)["invalid"] == 0
+
+
+def test_archive_files_appear_whole(tmp_path: Path) -> None:
+    records = run_records(2, 0.2, 1)
+    archive.write(tmp_path, records)
+    archive.write(tmp_path, records)  # at least once: written twice, read once
+    files = list(tmp_path.rglob("*"))
+    assert not [f for f in files if f.name.endswith(".tmp")]
+    assert len(list(captures.read(tmp_path))) == len(records)
+
+
+RAW_JSON = """\
+{"timestamp": "2026-03-01T08:00:00.000Z", "chargePointId": "EXT-1", "message": [2, "1", "BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}]}
+{"timestamp": "2026-03-01T08:00:00.050Z", "chargePointId": "EXT-1", "message": "[3, \\"1\\", {\\"currentTime\\": \\"2026-03-01T08:00:00Z\\", \\"interval\\": 300, \\"status\\": \\"Accepted\\"}]"}
+{"timestamp": "2026-03-01T08:01:00.000Z", "chargePointId": "EXT-1", "direction": "out", "message": [2, "c1", "ReserveNow", {"id": 4, "expiryDateTime": "2026-03-01T09:00:00Z", "idToken": {"idToken": "A", "type": "Central"}}]}
+{"timestamp": "2026-03-01T08:01:00.020Z", "chargePointId": "EXT-1", "direction": "in", "message": [3, "c1", {"status": "Accepted"}]}
+{"timestamp": 1772352120000, "chargePointId": "EXT-1", "message": [2, "2", "StatusNotification", {"timestamp": "2026-03-01T08:02:00Z", "connectorStatus": "Broken", "evseId": 1, "connectorId": 1}]}
+"""
+RAW_TEXT = """\
+# a text log
+2026-03-01T08:00:00.000Z EXT-2 -> [2,"9","Heartbeat",{}]
+2026-03-01T08:00:00.040Z EXT-2 <- [3,"9",{"currentTime":"2026-03-01T08:00:00Z"}]
+2026-03-01T08:00:01.000Z EXT-2 [4,"10","NotImplemented","no",{}]
+"""
+
+
+def test_import_reads_json_and_text_logs(tmp_path: Path) -> None:
+    records = list(importer.convert(RAW_JSON.splitlines(), "ocpp2.1", "a.log"))
+    assert [r["action"] for r in records] == ["Connected", "BootNotification", "BootNotification", "ReserveNow",
+                                               "ReserveNow", "StatusNotification"]  # fmt: skip
+    assert [r["origin"] for r in records] == ["gateway", "cs", "csms", "csms", "cs", "cs"]
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert records[-1]["valid"] is False and "connectorStatus" in records[-1]["error"]
+    assert records[-1]["ts"] == "2026-03-01T08:02:00.000Z"
+    twin = fold.fold(records)["EXT-1"]
+    assert twin["identity"]["vendor"] == "V" and twin["reservations"]["4"]["status"] == "active"
+    (tmp_path / "raw.log").write_text(RAW_TEXT)
+    done = subprocess.run([sys.executable, "-m", "twin", "import", str(tmp_path / "raw.log"), "--out",
+                           str(tmp_path / "out.jsonl"), "--json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"records": 4, "stations": 1, "invalid": 0, "out": str(tmp_path / "out.jsonl")}
+    imported = list(captures.read(tmp_path / "out.jsonl"))
+    assert [(r["origin"], r["msg_type"]) for r in imported] == [("gateway", 0), ("cs", 2), ("csms", 3), ("cs", 4)]
+    (tmp_path / "bad.log").write_text("hello world\n")
+    done = subprocess.run([sys.executable, "-m", "twin", "import", str(tmp_path / "bad.log"), "--out",
+                           str(tmp_path / "x.jsonl")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "line 1" in done.stderr
