@@ -136,23 +136,11 @@ def test_archive_files_appear_whole(tmp_path: Path) -> None:
     assert len(list(captures.read(tmp_path))) == len(records)
 
 
-RAW_JSON = """\
-{"timestamp": "2026-03-01T08:00:00.000Z", "chargePointId": "EXT-1", "message": [2, "1", "BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}]}
-{"timestamp": "2026-03-01T08:00:00.050Z", "chargePointId": "EXT-1", "message": "[3, \\"1\\", {\\"currentTime\\": \\"2026-03-01T08:00:00Z\\", \\"interval\\": 300, \\"status\\": \\"Accepted\\"}]"}
-{"timestamp": "2026-03-01T08:01:00.000Z", "chargePointId": "EXT-1", "direction": "out", "message": [2, "c1", "ReserveNow", {"id": 4, "expiryDateTime": "2026-03-01T09:00:00Z", "idToken": {"idToken": "A", "type": "Central"}}]}
-{"timestamp": "2026-03-01T08:01:00.020Z", "chargePointId": "EXT-1", "direction": "in", "message": [3, "c1", {"status": "Accepted"}]}
-{"timestamp": 1772352120000, "chargePointId": "EXT-1", "message": [2, "2", "StatusNotification", {"timestamp": "2026-03-01T08:02:00Z", "connectorStatus": "Broken", "evseId": 1, "connectorId": 1}]}
-"""
-RAW_TEXT = """\
-# a text log
-2026-03-01T08:00:00.000Z EXT-2 -> [2,"9","Heartbeat",{}]
-2026-03-01T08:00:00.040Z EXT-2 <- [3,"9",{"currentTime":"2026-03-01T08:00:00Z"}]
-2026-03-01T08:00:01.000Z EXT-2 [4,"10","NotImplemented","no",{}]
-"""
+EXAMPLES = Path(__file__).parent.parent / "datasets" / "import-examples"
 
 
 def test_import_reads_json_and_text_logs(tmp_path: Path) -> None:
-    records = list(importer.convert(RAW_JSON.splitlines(), "ocpp2.1", "a.log"))
+    records = list(importer.convert((EXAMPLES / "csms-log.jsonl").read_text().splitlines(), "ocpp2.1", "a.log"))
     assert [r["action"] for r in records] == ["Connected", "BootNotification", "BootNotification", "ReserveNow",
                                                "ReserveNow", "StatusNotification"]  # fmt: skip
     assert [r["origin"] for r in records] == ["gateway", "cs", "csms", "csms", "cs", "cs"]
@@ -161,9 +149,8 @@ def test_import_reads_json_and_text_logs(tmp_path: Path) -> None:
     assert records[-1]["ts"] == "2026-03-01T08:02:00.000Z"
     twin = fold.fold(records)["EXT-1"]
     assert twin["identity"]["vendor"] == "V" and twin["reservations"]["4"]["status"] == "active"
-    (tmp_path / "raw.log").write_text(RAW_TEXT)
-    done = subprocess.run([sys.executable, "-m", "twin", "import", str(tmp_path / "raw.log"), "--out",
-                           str(tmp_path / "out.jsonl"), "--json"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    command = ["import", str(EXAMPLES / "csms-log.txt"), "--out", str(tmp_path / "out.jsonl"), "--json"]
+    done = subprocess.run([sys.executable, "-m", "twin", *command], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"records": 4, "stations": 1, "invalid": 0, "out": str(tmp_path / "out.jsonl")}
     imported = list(captures.read(tmp_path / "out.jsonl"))
