@@ -96,7 +96,8 @@ UPSTREAM: dict[str, type] = {"ocpp2.1": Upstream21, "ocpp2.0.1": Upstream201}
 class Upstream:
     """The other CSMS: records what it saw (paths, headers, actions) and can drop stations."""
 
-    def __init__(self) -> None:
+    def __init__(self, classes: dict[str, type] | None = None) -> None:
+        self.classes = classes or UPSTREAM
         self.port = free_port()
         self.paths: list[str] = []
         self.auth: list[str | None] = []
@@ -107,7 +108,7 @@ class Upstream:
         station_id = ws.request.path.rsplit("/", 1)[-1]
         self.paths.append(ws.request.path)
         self.auth.append(ws.request.headers.get("Authorization"))
-        cp = UPSTREAM[ws.subprotocol](f"upstream-{station_id}", ws)
+        cp = self.classes[ws.subprotocol](f"upstream-{station_id}", ws)
         cp.seen = []
         self.points[station_id], self.sockets[station_id] = cp, ws
         with contextlib.suppress(websockets.ConnectionClosed):
@@ -119,8 +120,8 @@ class Upstream:
 
 
 @contextlib.asynccontextmanager
-async def upstream_csms() -> AsyncIterator[Upstream]:
-    up = Upstream()
+async def upstream_csms(classes: dict[str, type] | None = None) -> AsyncIterator[Upstream]:
+    up = Upstream(classes)
     async with websockets.serve(up.handler, "127.0.0.1", up.port, subprotocols=["ocpp2.1", "ocpp2.0.1"]):  # type: ignore[list-item]
         yield up
 

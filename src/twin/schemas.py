@@ -52,7 +52,10 @@ def schema(protocol: str, action: str, kind: Kind) -> dict[str, Any] | None:
 @cache
 def validator(protocol: str, action: str, kind: Kind) -> Validator | None:
     document = schema(protocol, action, kind)
-    return None if document is None else fastjsonschema.compile(document)
+    # use_default=False: fastjsonschema otherwise writes the schema's defaults into the
+    # payload it checks (a unitOfMeasure gained "multiplier": 0), and the capture must hold
+    # what the station sent, byte for byte in meaning
+    return None if document is None else fastjsonschema.compile(document, use_default=False)
 
 
 def validate(protocol: str, action: str, kind: Kind, payload: Any) -> None:
