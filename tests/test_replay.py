@@ -55,8 +55,9 @@ def projection(twin: dict[str, Any]) -> dict[str, Any]:
         for k, e in twin["evses"].items()
     }
     identity = {k: v for k, v in twin["identity"].items() if k not in ("booted_at", "heartbeat_interval")}
+    firmware = (twin.get("firmware") or {}).get("status")
     return {"protocol": twin["protocol"], "identity": identity, "evses": evses,
-            "security_events": twin["security"]["events"], "firmware": (twin.get("firmware") or {}).get("status")}  # fmt: skip
+            "security_events": twin["security"]["events"], "firmware": firmware}  # fmt: skip
 
 
 def station_frames(records: list[dict[str, Any]], prefix: str = "") -> list[tuple[Any, ...]]:
