@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from twin import archive, captures, fold, importer
 from twin.simulator import simulate
@@ -159,3 +161,13 @@ def test_import_reads_json_and_text_logs(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "twin", "import", str(tmp_path / "bad.log"), "--out",
                            str(tmp_path / "x.jsonl")], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1 and "line 1" in done.stderr
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), stations=st.integers(1, 14), days=st.floats(0.2, 2.6))
+def test_any_run_is_a_valid_capture(seed: int, stations: int, days: float) -> None:
+    """Across day boundaries too: answers landing after midnight, reservations made the
+    evening before, offline frames replayed on reconnection."""
+    records = run_records(stations, days, seed)
+    report = check(records)
+    assert report.ok, report.as_json(limit=5)

@@ -55,9 +55,10 @@ def simulate(
     while t0 + day * DAY_MS < horizon:
         end = min(t0 + (day + 1) * DAY_MS, horizon)
         chunks = []
+        last = end >= horizon
         for sim in sims:
             sim.plan_day(day)
-            chunks.append(sim.emit_until(end))
+            chunks.append(sim.emit_until(end, final=last))
         yield list(heapq.merge(*chunks, key=_ts))
         day += 1
 

@@ -92,12 +92,16 @@ class StationSim:
         self.msg = 0
         self.free = {"cs": 0, "csms": 0}  # when each direction may send again
         self.queued: list[Exchange] = []  # TransactionEvents held while offline
+        self.spill: list[tuple[int, int, dict[str, Any]]] = []
+        self.emitted = 0  # everything before this moment is written  # frames already due past the last end
         self.showcase: set[str] = set()
 
     # -- building blocks ----------------------------------------------------------------------
     def add(self, t: int, origin: str, action: str, payload: dict[str, Any], answer: dict[str, Any] | None) -> None:
+        """Plan an exchange. One planned before the last day already written (a reservation
+        made the evening before a session after midnight) happens as that day begins."""
         self.order += 1
-        self.pending.append(Exchange(int(t), origin, action, payload, answer, self.order))
+        self.pending.append(Exchange(max(int(t), self.emitted), origin, action, payload, answer, self.order))
 
     def cs(self, t: float, action: str, payload: dict[str, Any], answer: dict[str, Any] | None = None) -> None:
         self.add(int(t), "cs", action, payload, answer if answer is not None else self._answer(action))
@@ -463,12 +467,15 @@ class StationSim:
             )
 
     # -- leaving, in order --------------------------------------------------------------------
-    def emit_until(self, end: int) -> list[dict[str, Any]]:
-        """The envelopes of every exchange due before ``end``, in log order; the rest wait."""
+    def emit_until(self, end: int, final: bool = False) -> list[dict[str, Any]]:
+        """The envelopes of every exchange due before ``end``, in log order; the rest wait.
+        A frame of such an exchange that lands past ``end`` (an answer, a queued frame) waits
+        too, unless ``final``, so that ``seq`` follows capture time from one day to the next."""
         due = [x for x in self.pending if x.t < end]
         self.pending = [x for x in self.pending if x.t >= end]
+        self.emitted = end
         due.sort(key=lambda x: (x.t, x.order))
-        out: list[tuple[int, int, dict[str, Any]]] = []
+        out, self.spill = self.spill, []
         for x in due:
             if x.origin == "gateway":
                 if x.action == "Connected" and not self.conn_id:
@@ -484,6 +491,9 @@ class StationSim:
                 continue
             self.exchange(out, x)
         out.sort(key=lambda r: (r[0], r[1]))
+        if not final:
+            self.spill = [r for r in out if r[0] >= end]
+            out = [r for r in out if r[0] < end]
         records = []
         for _, _, r in out:  # numbered in the order a gateway would have written them
             seq = self.seqs[r["conn_id"]] = self.seqs.get(r["conn_id"], 0) + 1
