@@ -193,13 +193,15 @@ def create_app(
     async def with_gaps_filled(events: list[Any]) -> list[tuple[int, dict[str, Any] | None]]:
         """The batch's records, preceded by any a partition skipped. Offsets on ocpp.frames
         are dense (no compaction, no transactions), so an event past the next expected offset
-        means records were not delivered: seen after a restart on Tansu, when the group
-        dropped the killed worker's member. They are read directly and folded in order."""
+        means records were not delivered: seen after a restart on Tansu, around the
+        rebalance that drops the killed worker's member. Up to ``REFOLD_WINDOW`` of them are
+        read directly and folded first; a larger gap is a partition that was away, folded
+        meanwhile by another worker, whose changelog brought its twins back."""
         out: list[tuple[int, dict[str, Any] | None]] = []
         for event in events:
             partition, offset = event.message.partition, event.message.offset
             due = expected.get(partition)
-            if due is not None and offset > due:
+            if due is not None and due < offset <= due + REFOLD_WINDOW:
                 missing = await asyncio.to_thread(read_range, bootstrap, topics.frames, partition, due, offset)
                 log.warning("partition %d skipped offsets %d..%d: read %d records directly",
                             partition, due, offset - 1, len(missing))  # fmt: skip
@@ -207,13 +209,6 @@ def create_app(
             out.append((partition, decode(event.value)))
             expected[partition] = max(due or 0, offset + 1)
         return out
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
-        """A partition that leaves may come back far ahead, folded meanwhile by another worker."""
-        for tp in revoked:
-            if tp.topic == topics.frames:
-                expected.pop(tp.partition, None)
 
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:

@@ -296,3 +296,26 @@ async def test_the_replay_command(gateway: Any, tmp_path: Any) -> None:
     assert summary["stations"] == 1 and summary["frames_sent"] > 10 and summary["mismatches"] == 0
     for key in ("rtt_p50_ms", "rtt_p99_ms"):
         assert summary[key] is not None and summary[key] > 0
+
+
+async def test_simulate_live_drives_a_csms(gateway: Any, settings: Settings) -> None:
+    gw = await gateway(mode="csms")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "twin", "simulate", "--stations", "3", "--days", "0.05", "--prefix", "LIVE",
+        "--live", gw_url(gw), "--speed", "max", "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    summary = orjson.loads(out)
+    assert summary["stations"] == 3 and summary["errors"] == 0 and summary["frames_sent"] > 20
+    captured = await read_until(settings, has("BootNotification", count=6), timeout=30)
+    boots = [r for r in captured if r["action"] == "BootNotification" and r["msg_type"] == 2]
+    assert {r["station_id"] for r in boots} == {"LIVE-00001", "LIVE-00002", "LIVE-00003"}
+    statuses = [
+        r["payload"]["timestamp"] for r in captured if r["action"] == "StatusNotification" and r["msg_type"] == 2
+    ]
+    now = datetime.now(UTC)
+    assert statuses and all(abs(datetime.fromisoformat(t) - now) < timedelta(days=1) for t in statuses), (
+        "a fleet of now"
+    )

@@ -98,7 +98,11 @@ def test_jsonl_and_parquet_captures_hold_the_same_records(tmp_path: Path) -> Non
         assert done.returncode == 0, done.stderr
         out[target] = json.loads(done.stdout)
     assert out["capture.jsonl"]["records"] == out["archive"]["records"] > 1000
-    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["date=2026-03-02"]
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == ["_stations.json", "date=2026-03-02"]
+    inventory = json.loads((tmp_path / "archive" / "_stations.json").read_text())
+    assert [s["station_id"] for s in inventory] == [f"CS-0000{i}" for i in range(1, 6)]
+    assert {"pool_id", "lat", "lon", "kind", "max_kw", "bidirectional", "protocol"} <= inventory[0].keys()
+    assert (tmp_path / "capture.jsonl.stations.json").exists()
     key = lambda r: (r["conn_id"], r["seq"])  # noqa: E731
     jsonl = sorted(captures.read(tmp_path / "capture.jsonl"), key=key)
     parquet = sorted(captures.read(tmp_path / "archive"), key=key)

@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 from rich.progress import Progress
 
 from twin import archive
 from twin.cli.app import Json, app, err, fail, print_json
-from twin.simulator import DEFAULT_START, Rates
+from twin.simulator import DEFAULT_START, Rates, inventory, inventory_path
 from twin.simulator import simulate as run_simulation
 
 Out = Annotated[
@@ -78,9 +79,12 @@ def simulate(
             if handle is not None:
                 handle.close()
     seconds = time.perf_counter() - began
+    stations_file = inventory_path(path)
+    stations_file.parent.mkdir(parents=True, exist_ok=True)
+    stations_file.write_bytes(orjson.dumps(inventory(stations, seed, prefix), option=orjson.OPT_INDENT_2))
     size = path.stat().st_size if jsonl else sum(f.stat().st_size for f in path.rglob("*.parquet"))
     result = {"stations": stations, "days": days, "seed": seed, "records": n, "out": str(path),
-              "format": "jsonl" if jsonl else "parquet", "bytes": size, "seconds": round(seconds, 2),
+              "format": "jsonl" if jsonl else "parquet", "bytes": size, "inventory": str(stations_file), "seconds": round(seconds, 2),
               "records_per_s": round(n / seconds) if seconds else None}  # fmt: skip
     if json_out:
         print_json(result)

@@ -10,17 +10,25 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from twin.simulator.fleet import Pool, Station, build
+from twin.simulator.fleet import Pool, Station, build, inventory
 from twin.simulator.station import DAY_MS, Rates, StationSim
 
-__all__ = ["DEFAULT_START", "Pool", "Rates", "Station", "build", "simulate"]
+__all__ = ["DEFAULT_START", "Pool", "Rates", "Station", "build", "inventory", "inventory_path", "simulate"]
 
 DEFAULT_START = "2026-03-02"
 """A Monday. The start is fixed, not today, so that a seed always gives the same capture."""
 
 SHOWCASE = ("fault", "outage", "reboot", "firmware", "monitor", "security", "expired", "cancelled", "rejected")
+
+
+def inventory_path(capture: str | Path) -> Path:
+    """Where a capture's station inventory lives: ``ARCHIVE/_stations.json`` (readers of
+    the hive layout skip ``_`` files) or ``CAPTURE.stations.json`` beside a ``.jsonl``."""
+    p = Path(capture)
+    return p.with_name(p.name + ".stations.json") if p.suffix == ".jsonl" else p / "_stations.json"
 
 
 def start_ms(start: str) -> int:

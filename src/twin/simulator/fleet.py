@@ -9,7 +9,7 @@ in six, OCPP 2.0.1 on one in four (never bidirectional: V2G needs 2.1). What is 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 CORRIDORS: dict[str, list[tuple[str, float, float]]] = {
     # TEN-T core network corridors, by the cities they pass (name, lat, lon)
@@ -68,6 +68,14 @@ class Pool:
     lon: float
 
 
+def inventory(stations: int, seed: int, prefix: str = "CS") -> list[dict[str, object]]:
+    """The fleet's static data, a row per station with its pool: what an operator keeps
+    outside OCPP (and AFIR's static data), and what per-pool reports and maps need."""
+    pools, fleet = build(stations, seed, prefix)
+    by_id = {p.pool_id: p for p in pools}
+    return [{**asdict(s), "pool_name": by_id[s.pool_id].name, "transfer_mode": s.transfer_mode} for s in fleet]
+
+
 def build(stations: int, seed: int, prefix: str = "CS") -> tuple[list[Pool], list[Station]]:
     """``stations`` stations in pools of 2 to 6, the pools spread along the corridors."""
     rng = random.Random(f"fleet:{seed}")
@@ -80,9 +88,10 @@ def build(stations: int, seed: int, prefix: str = "CS") -> tuple[list[Pool], lis
         towns = CORRIDORS[corridor]
         leg = rng.randrange(len(towns) - 1)
         f = rng.random()
-        (town, lat0, lon0), (_, lat1, lon1) = towns[leg], towns[leg + 1]
+        (town, lat0, lon0), (town1, lat1, lon1) = towns[leg], towns[leg + 1]
         lat, lon = lat0 + (lat1 - lat0) * f, lon0 + (lon1 - lon0) * f
-        pool = Pool(f"POOL-{len(pools) + 1:04d}", f"{town} km {round(f * 100)}", corridor, round(lat, 4), round(lon, 4))
+        name = f"{town}-{town1} {round(f * 100)}%"  # how far along that leg
+        pool = Pool(f"POOL-{len(pools) + 1:04d}", name, corridor, round(lat, 4), round(lon, 4))
         pools.append(pool)
         for _ in range(min(rng.randint(2, 6), stations - index)):
             fleet.append(_station(index, pool, rng, prefix))
