@@ -84,8 +84,8 @@ def simulate(
     stations_file.write_bytes(orjson.dumps(inventory(stations, seed, prefix), option=orjson.OPT_INDENT_2))
     size = path.stat().st_size if jsonl else sum(f.stat().st_size for f in path.rglob("*.parquet"))
     result = {"stations": stations, "days": days, "seed": seed, "records": n, "out": str(path),
-              "format": "jsonl" if jsonl else "parquet", "bytes": size, "inventory": str(stations_file), "seconds": round(seconds, 2),
-              "records_per_s": round(n / seconds) if seconds else None}  # fmt: skip
+              "format": "jsonl" if jsonl else "parquet", "bytes": size, "inventory": str(stations_file),
+              "seconds": round(seconds, 2), "records_per_s": round(n / seconds) if seconds else None}  # fmt: skip
     if json_out:
         print_json(result)
     else:
