@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twin import archive, captures, fold, importer
+from twin import archive, captures, fold, importer, simulator
 from twin.simulator import simulate
 from twin.validate import check
 
@@ -175,3 +175,15 @@ def test_any_run_is_a_valid_capture(seed: int, stations: int, days: float) -> No
     records = run_records(stations, days, seed)
     report = check(records)
     assert report.ok, report.as_json(limit=5)
+
+
+def test_processes_share_the_fleet_and_the_capture_is_the_same(tmp_path: Path) -> None:
+    one = simulator.write(tmp_path / "one.jsonl", 7, 0.5, seed=9, workers=1)
+    two = simulator.write(tmp_path / "two.jsonl", 7, 0.5, seed=9, workers=2)
+    assert one == two and (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"], "the parts are gone"
+    assert simulator.write(tmp_path / "archive", 7, 0.5, seed=9, workers=2) == one
+    key = lambda r: (r["conn_id"], r["seq"])  # noqa: E731
+    assert sorted(captures.read(tmp_path / "archive"), key=key) == sorted(
+        captures.read(tmp_path / "one.jsonl"), key=key
+    )

@@ -39,12 +39,11 @@ def table(records: list[Mapping[str, Any]]) -> pa.Table:
 
 
 def write(root: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
-    """Append envelopes to the archive, a file per capture date; returns how many.
-    Records in log order stay in log order within each file."""
-    rows = list(records)
+    """Append envelopes to the archive, a file per run of records of one capture date (one
+    per date for records in log order); returns how many. Order within a file is kept."""
     root = Path(root)
     n = 0
-    for date, group in groupby(sorted(rows, key=lambda r: r["ts"][:10]), key=lambda r: r["ts"][:10]):
+    for date, group in groupby(records, key=lambda r: r["ts"][:10]):
         part = list(group)
         write_file(root / f"date={date}", table(part))
         n += len(part)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,9 +12,8 @@ import orjson
 import typer
 from rich.progress import Progress
 
-from twin import archive
 from twin.cli.app import Json, app, err, fail, print_json
-from twin.simulator import DEFAULT_START, Rates, inventory, inventory_path
+from twin.simulator import DEFAULT_START, Rates, inventory, inventory_path, write
 from twin.simulator import simulate as run_simulation
 
 Out = Annotated[
@@ -42,6 +42,7 @@ def simulate(
     ] = 60,  # fmt: skip
     faults: Annotated[float, typer.Option(help="Connector faults per station and day.")] = Rates.fault_per_day,
     outages: Annotated[float, typer.Option(help="Connection outages per station and day.")] = Rates.outage_per_day,
+    workers: Annotated[int, typer.Option(help="Processes sharing the stations (offline).")] = os.cpu_count() or 1,
     json_out: Json = False,
 ) -> None:
     """Generate a fleet's OCPP traffic: AC and DC stations in pools along European corridors,
@@ -59,25 +60,11 @@ def simulate(
         fail("say where the capture goes: --out capture.jsonl or --out archive-dir/ (or --live URL)")
     path = Path(out)
     jsonl = path.suffix == ".jsonl"
-    if jsonl and path.exists():
-        path.unlink()
-    began, n = time.perf_counter(), 0
+    began = time.perf_counter()
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task(f"simulating {stations} stations", total=days)
-        handle = path.open("ab") if jsonl else None
-        try:
-            for day in run_simulation(stations, days, seed, start, rates, prefix):
-                if handle is not None:
-                    from twin.envelope import dumps
-
-                    handle.write(b"".join(dumps(r) + b"\n" for r in day))
-                else:
-                    archive.write(path, day)
-                n += len(day)
-                progress.advance(task)
-        finally:
-            if handle is not None:
-                handle.close()
+        n = write(path, stations, days, seed, start, rates, prefix, workers,
+                  lambda done: progress.update(task, completed=done))  # fmt: skip
     seconds = time.perf_counter() - began
     stations_file = inventory_path(path)
     stations_file.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from twin.gateway.responder import minimal
 from twin.simulator.fleet import Station
 
 DAY_MS = 86_400_000
+WH, W, PERCENT = {"unit": "Wh"}, {"unit": "W"}, {"unit": "Percent"}  # shared: payloads are never changed
 MIN_MS = 60_000
 
 # hourly weights of session arrivals (share of the day's arrivals starting in each hour):
@@ -55,7 +56,7 @@ class Rates:
     heartbeat_s: int = 1800
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """A CALL and its answer, a SEND, or a lifecycle record (``origin`` "gateway")."""
 
@@ -367,17 +368,17 @@ class StationSim:
     def meter(self, t: int, evse: int, kw: float, soc: float | None) -> dict[str, Any]:
         values: list[dict[str, Any]] = [
             {"value": round(self.import_wh[evse], 1), "measurand": "Energy.Active.Import.Register",
-             "unitOfMeasure": {"unit": "Wh"}},
+             "unitOfMeasure": WH},
             {"value": round(max(kw, 0) * 1000, 1), "measurand": "Power.Active.Import",
-             "unitOfMeasure": {"unit": "W"}},
+             "unitOfMeasure": W},
         ]  # fmt: skip
         if self.s.bidirectional:
             values.append({"value": round(self.export_wh[evse], 1), "measurand": "Energy.Active.Export.Register",
-                           "unitOfMeasure": {"unit": "Wh"}})  # fmt: skip
+                           "unitOfMeasure": WH})  # fmt: skip
             values.append({"value": round(max(-kw, 0) * 1000, 1), "measurand": "Power.Active.Export",
-                           "unitOfMeasure": {"unit": "W"}})  # fmt: skip
+                           "unitOfMeasure": W})  # fmt: skip
         if soc is not None:
-            values.append({"value": round(soc, 1), "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}})
+            values.append({"value": round(soc, 1), "measurand": "SoC", "unitOfMeasure": PERCENT})
         return {"timestamp": self.iso(t), "sampledValue": values}
 
     def reserve(self, t: int, evse: int, outcome: str) -> int:
@@ -461,7 +462,7 @@ class StationSim:
         step = r.clock_interval_s * 1000
         for t in range(t0 + step, t0 + DAY_MS + 1, step):
             values = [{"value": round(sum(self.import_wh.values()), 1), "measurand": "Energy.Active.Import.Register",
-                       "context": "Sample.Clock", "unitOfMeasure": {"unit": "Wh"}}]  # fmt: skip
+                       "context": "Sample.Clock", "unitOfMeasure": WH}]  # fmt: skip
             self.cs(
                 t + 5, "MeterValues", {"evseId": 0, "meterValue": [{"timestamp": self.iso(t), "sampledValue": values}]}
             )

@@ -7,7 +7,7 @@ broker), with a trivial echo CSMS in another process as the baseline in the same
 
 Broker, gateway, echo CSMS and the replay share the 2 cores.
 
-    .venv/bin/python benches/replay.py [--max-stations 1000] [--paced-stations 500] [--json]
+    .venv/bin/python benches/replay_speed.py [--max-stations 1000] [--paced-stations 500] [--json]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def replay(records: list[dict[str, Any]], target: str, speed: float | None, pref
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-stations", type=int, default=1000)
-    parser.add_argument("--max-days", type=float, default=0.02, help="traffic replayed at speed max")
+    parser.add_argument("--max-days", type=float, default=0.2, help="traffic replayed at speed max")
     parser.add_argument("--paced-stations", type=int, default=500)
     parser.add_argument("--paced-days", type=float, default=0.03, help="traffic replayed at speed 60 (0.03: 43 s)")
     parser.add_argument("--json", action="store_true")
