@@ -27,6 +27,10 @@ lint: install
 bench: install
 	$(BIN)/python benches/gateway.py
 	$(BIN)/python benches/validation.py
+	$(BIN)/python benches/fold.py
+	$(BIN)/python benches/freshness.py
+	$(BIN)/python benches/simulator.py
+	$(BIN)/python benches/replay_speed.py
 
 clean:
 	rm -rf $(VENV) twin-data .pytest_cache
