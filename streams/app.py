@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,7 @@ import faust
 import orjson
 
 from streams import views
-from twin import fold
+from twin import archive, fold
 from twin.alerts import alerts
 from twin.settings import Settings
 
@@ -52,6 +53,14 @@ BATCH_WINDOW = 0.25
 """The agent folds up to ``BATCH`` frames at a time, waiting at most ``BATCH_WINDOW`` seconds
 for them, and writes each changed twin once per batch: Faust's cost is per write, not per
 frame folded."""
+
+ARCHIVE_BATCH = 20_000
+ARCHIVE_WINDOW = 10.0
+"""The archive agent writes a file per date at least every ``ARCHIVE_WINDOW`` seconds (or
+every ``ARCHIVE_BATCH`` frames): fewer, larger files than a frame at a time."""
+
+TAIL_CHECK = 5.0
+"""Seconds a partition may be quiet before the worker looks past its last event itself."""
 
 REFOLD_WINDOW = 5000
 """Records of ocpp.frames per partition a starting worker folds again behind its committed
@@ -120,13 +129,18 @@ def create_app(
     data_dir: str = "twin-data/worker",
     refold: dict[int, list[dict[str, Any]]] | None = None,
     expect: dict[int, int] | None = None,
+    archive_to: str | None = None,
 ) -> faust.App:
     """The worker; ``refold``: per partition, records to fold again before its first new
     event (see :func:`backlog`); ``expect``: per partition, the first offset it should see
-    (the committed position)."""
+    (the committed position); ``archive_to``: write ocpp.frames to this Parquet archive too."""
     _quick_fetches()
     refold = dict(refold or {})
     expected = dict(expect or {})  # partition -> the next offset the agent should see
+    heard: dict[int, float] = {}  # partition -> when the agent last had an event of it
+    folding = asyncio.Lock()  # the agent and the tail check take turns: read, fold, write
+    started = time.monotonic()
+    checked: dict[int, tuple[int, float]] = {}  # partition -> (offset looked past, when)
     app = faust.App(
         group_id(settings),
         broker=f"kafka://{bootstrap}",
@@ -167,6 +181,10 @@ def create_app(
         return record if isinstance(station, str) and station else None
 
     async def fold_batch(records: Iterable[tuple[int, dict[str, Any] | None]]) -> None:
+        async with folding:
+            await _fold_batch(records)
+
+    async def _fold_batch(records: Iterable[tuple[int, dict[str, Any] | None]]) -> None:
         """Fold (partition, record) pairs in order; then write each changed twin once, to the
         table's changelog (on the partition of its frames) and to twin.state, and the
         batch's alerts after them."""
@@ -208,7 +226,32 @@ def create_app(
                 out += [(partition, record) for record in missing]
             out.append((partition, decode(event.value)))
             expected[partition] = max(due or 0, offset + 1)
+            heard[partition] = time.monotonic()
         return out
+
+    @app.timer(TAIL_CHECK)
+    async def tail_check() -> None:
+        """A skipped record with nothing after it shows no gap. So a partition of ours quiet
+        for ``TAIL_CHECK`` seconds is read directly past its next expected offset; what is
+        there is folded (the agent folding it too, later, is a no-op)."""
+        if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
+            return  # the table is not whole yet: folding into it now would be folding onto nothing
+        now = time.monotonic()
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
+        for partition in sorted(mine & expected.keys()):
+            due = expected[partition]
+            if now - heard.get(partition, started) < TAIL_CHECK * (1 if partition in heard else 3):
+                continue
+            if checked.get(partition, (-1, 0.0))[0] == due and now - checked[partition][1] < 60:
+                continue  # looked past this offset lately: an idle partition is read once a minute
+            checked[partition] = (due, now)
+            found = await asyncio.to_thread(read_range, bootstrap, topics.frames, partition, due, due + REFOLD_WINDOW)
+            if found and expected.get(partition) == due:
+                log.warning("partition %d: %d records past offset %d were not delivered: folded directly",
+                            partition, len(found), due)  # fmt: skip
+                await fold_batch((partition, record) for record in found)
+                expected[partition] = max(expected.get(partition, 0), due + len(found))
+                heard[partition] = time.monotonic()
 
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:
@@ -216,6 +259,18 @@ def create_app(
             for partition in {event.message.partition for event in events} & refold.keys():
                 await fold_batch((partition, record) for record in refold.pop(partition))  # once, after recovery
             await fold_batch(await with_gaps_filled(events))
+
+    if archive_to:
+
+        @app.agent(frames)
+        async def archive_frames(stream: Any) -> None:
+            """ocpp.frames into the Parquet archive, a batch at a time. Faust commits a frame
+            once both agents have acknowledged it, and this one acknowledges a batch only
+            after its files are written: at least once (readers drop duplicates)."""
+            async for events in stream.take_events(ARCHIVE_BATCH, within=ARCHIVE_WINDOW):
+                records = [r for r in (decode(event.value) for event in events) if r is not None]
+                records.sort(key=lambda r: r["ts"])  # partitions interleave: one file per date
+                await asyncio.to_thread(archive.write, archive_to, records)
 
     views.register(app, twins)
     return app

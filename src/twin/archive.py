@@ -40,21 +40,33 @@ def table(records: list[Mapping[str, Any]]) -> pa.Table:
 
 def write(root: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
     """Append envelopes to the archive, a file per run of records of one capture date (one
-    per date for records in log order); returns how many. Order within a file is kept."""
-    root = Path(root)
+    per date for records in log order); returns how many. Order within a file is kept.
+    ``root``: a directory, or an object-store URL pyarrow understands (``s3://bucket/path``,
+    ``gs://...``, ``file:///...``)."""
     n = 0
     for date, group in groupby(records, key=lambda r: r["ts"][:10]):
         part = list(group)
-        write_file(root / f"date={date}", table(part))
+        write_file(root, f"date={date}", table(part))
         n += len(part)
     return n
 
 
-def write_file(directory: Path, data: pa.Table) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+def write_file(root: str | Path, partition: str, data: pa.Table) -> str:
+    """One file, under its final name only once it is whole: written aside and renamed on a
+    local disk; on an object store, where an upload appears whole or not at all, directly."""
     name = f"part-{uuid.uuid4().hex}.parquet"
+    text = str(root)
+    if "://" in text and not text.startswith("file://"):
+        from pyarrow import fs
+
+        store, base = fs.FileSystem.from_uri(text)
+        final = f"{base.rstrip('/')}/{partition}/{name}"
+        store.create_dir(f"{base.rstrip('/')}/{partition}", recursive=True)
+        pq.write_table(data, final, filesystem=store, compression="zstd")
+        return final
+    directory = Path(text.removeprefix("file://")) / partition
+    directory.mkdir(parents=True, exist_ok=True)
     aside = directory / f".{name}.tmp"
     pq.write_table(data, aside, compression="zstd")
-    final = directory / name
-    os.replace(aside, final)  # whole or not at all
-    return final
+    os.replace(aside, directory / name)
+    return str(directory / name)

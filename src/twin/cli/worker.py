@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -19,7 +20,13 @@ def worker(
     web_port: Annotated[
         int | None, typer.Option(help="Port of the HTTP API. (env TWIN_WEB_PORT, default 6066)")
     ] = None,
-    archive: Annotated[str | None, typer.Option(help="Parquet archive directory (the archive agent: issue 5).")] = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write ocpp.frames to this Parquet archive: a directory or an object-store URL."
+            " (env TWIN_ARCHIVE)"
+        ),
+    ] = None,
     data_dir: Annotated[str, typer.Option(help="Faust's working directory.")] = "twin-data/worker",
     verbose: Verbose = False,
 ) -> None:
@@ -33,8 +40,6 @@ def worker(
     from streams.app import backlog, committed, create_app
 
     settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive)
-    if archive:
-        err.print("note: the archive agent comes with issue 5; --archive is accepted and not yet written")
     target, embedded = resolve_bootstrap(settings)
     from twin.broker import port_is_free
 
@@ -44,8 +49,13 @@ def worker(
     if refold:
         counts = {p: len(r) for p, r in refold.items()}
         err.print(f"folding again the last records behind the committed position: {counts}")
-    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, committed(settings, target))
+    archive_to = archive or os.environ.get("TWIN_ARCHIVE")  # only when asked: not the default location
+    faust_app = create_app(
+        settings, target, settings.web_port, data_dir, refold, committed(settings, target), archive_to
+    )
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
+    if archive_to:
+        err.print(f"worker: archiving ocpp.frames to {archive_to}")
     tune_gc()
     try:
         sys.argv = ["twin-worker"]  # faust's Worker reads the command line

@@ -7,6 +7,7 @@ is those days written as JSON lines or as the Parquet archive.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import multiprocessing
 import time
@@ -153,6 +154,11 @@ def _write_part(path: Path, jsonl: bool, args: Run, part: tuple[int, int],
 
     n = 0
     handle = path.open("ab") if jsonl else None
+    # The cyclic collector off while writing: the simulator makes millions of acyclic dicts,
+    # and each full collection walked all of the day's records (measured: 69,000 records/s
+    # with it, 147,000 without, 124,000 with the long-running processes' tune_gc)
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for i, day in enumerate(simulate(*args, part=part), start=1):
             if handle is not None:
@@ -163,6 +169,8 @@ def _write_part(path: Path, jsonl: bool, args: Run, part: tuple[int, int],
             if progress is not None:
                 progress(1 if delta else i)
     finally:
+        if collecting:
+            gc.enable()
         if handle is not None:
             handle.close()
     return n
