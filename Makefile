@@ -22,7 +22,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src streams replay tests benches
-	$(BIN)/mypy src/twin
+	$(BIN)/mypy src/twin streams replay
 
 bench: install
 	$(BIN)/python benches/gateway.py

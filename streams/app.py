@@ -9,13 +9,17 @@ redelivered record a no-op, so the table converges on the rebuild either way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 
 from streams import views
 from twin import archive, fold
@@ -65,6 +69,27 @@ TAIL_CHECK = 5.0
 REFOLD_WINDOW = 5000
 """Records of ocpp.frames per partition a starting worker folds again behind its committed
 position (see :func:`rewind`)."""
+
+
+class _Partition:
+    """What Faust's stores read of "the current event": its message's partition."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
+@contextlib.contextmanager
+def on_partition(partition: int) -> Iterator[None]:
+    """Table writes from a batch, attributed to the partition their frames came from (a
+    store writing outside a one-event stream asks Faust for the current event)."""
+    at = _Partition(partition)
+    token = _current_event.set(weakref.ref(at))  # type: ignore[arg-type]  # a stand-in, not an event
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def group_id(settings: Settings) -> str:
@@ -144,7 +169,7 @@ def create_app(
     app = faust.App(
         group_id(settings),
         broker=f"kafka://{bootstrap}",
-        store="memory://",
+        store=f"{settings.store}://",
         web_port=web_port,
         web_host=settings.host,
         web_bind=settings.host,
@@ -202,7 +227,8 @@ def create_app(
             raised += [(station.encode(), orjson.dumps(alert)) for alert in alerts(record, before, after)]
         for station, (partition, twin) in changed.items():
             # what ``twins[station] = twin`` does inside a one-event stream, here for a batch
-            twins.data[station] = twin
+            with on_partition(partition):  # the RocksDB store keeps a database per partition
+                twins.data[station] = twin
             twins.send_changelog(partition, station, twin)
             await state.send(key=station.encode(), value=orjson.dumps(fold.public(twin)))
         for key, alert in raised:

@@ -26,6 +26,9 @@ class Settings:
     web_port: int = 6066
     dashboard_port: int = 8501
     archive: str = "twin-data/archive"
+    store: str = "memory"
+    """Where the worker keeps its table of twins: "memory" (rebuilt from the changelog at
+    start) or "rocksdb" (on disk in the worker's data directory, via rocksdict)."""
     spool: str = "twin-data/spool"
     max_frame_bytes: int = 65536
     """Frames larger than this are answered with a FormatViolation and dead-lettered."""

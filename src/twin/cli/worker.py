@@ -28,6 +28,10 @@ def worker(
         ),
     ] = None,
     data_dir: Annotated[str, typer.Option(help="Faust's working directory.")] = "twin-data/worker",
+    store: Annotated[
+        str | None,
+        typer.Option(help="The twins table: memory (default) or rocksdb (on disk in --data-dir). (env TWIN_STORE)"),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Fold ocpp.frames into one twin per station and serve them on http://127.0.0.1:PORT/v1/.
@@ -39,7 +43,14 @@ def worker(
 
     from streams.app import backlog, committed, create_app
 
-    settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive)
+    settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive, store=store)
+    if settings.store not in ("memory", "rocksdb"):
+        fail(f"--store is memory or rocksdb, not {settings.store!r}")
+    if settings.store == "rocksdb":
+        try:
+            import rocksdict  # noqa: F401
+        except ImportError:
+            fail("--store rocksdb needs rocksdict: pip install 'twin[rocksdb]'")
     target, embedded = resolve_bootstrap(settings)
     from twin.broker import port_is_free
 
