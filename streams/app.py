@@ -298,5 +298,5 @@ def create_app(
                 records.sort(key=lambda r: r["ts"])  # partitions interleave: one file per date
                 await asyncio.to_thread(archive.write, archive_to, records)
 
-    views.register(app, twins)
+    views.register(app, twins, frames)
     return app

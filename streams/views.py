@@ -1,16 +1,19 @@
 """The HTTP API (ARCHITECTURE.md): JSON, errors as ``{"error": ...}`` with a status code.
 
-Served from the worker's own table: one worker holds every station. (Faust's table routing
-crashes while a worker is starting, and would route by a hash of the JSON key while twins
-live on the partition of the frame's key; several workers behind one API need a router of
-our own.) While the worker rebalances or recovers, station views answer 503."""
+Any worker answers for any station. A twin lives with the worker that folds its frames'
+partition of ocpp.frames, so a request for a station is routed by that topic's partition of
+the station id (Faust's topic routing: the same murmur2 the gateway partitions with), and
+the lists gather every worker's rows (``?scope=local``: this worker's alone). While the
+worker rebalances or recovers, station views answer 503."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import faust
+from faust.exceptions import SameNode
 
 from twin import capabilities
 from twin.fold import public
@@ -51,13 +54,44 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def register(app: faust.App, twins: Any) -> None:
-    def all_rows() -> list[dict[str, Any]]:
-        return sorted((row(t) for t in twins.values() if t), key=lambda r: r["station_id"])
+def register(app: faust.App, twins: Any, frames: Any) -> None:
+    def local_rows() -> list[dict[str, Any]]:
+        return [row(t) for t in twins.values() if t]
+
+    def others() -> list[str]:
+        """The other workers' base URLs, from the group's last assignment."""
+        me = str(app.conf.canonical_url).rstrip("/")
+        try:
+            hosts = app.router.external_topics_metadata()
+        except Exception:
+            return []
+        return sorted({str(host).rstrip("/") for host in hosts} - {me})
+
+    async def all_rows(request: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every worker's rows (this one's alone with ``?scope=local``), and the workers
+        that did not answer."""
+        rows = local_rows()
+        missing: list[str] = []
+        if request.query.get("scope") != "local":
+            for url in others():
+                try:
+                    ask = app.http_client.get(f"{url}/v1/stations?scope=local", timeout=aiohttp.ClientTimeout(total=5))
+                    async with ask as response:
+                        rows += (await response.json())["stations"]
+                except Exception:
+                    missing.append(url)
+        return sorted(rows, key=lambda r: r["station_id"]), missing
 
     @app.page("/v1/stations")
     async def stations(web: Any, request: Any) -> Any:
-        return starting(web) or web.json({"stations": all_rows()})
+        busy = starting(web)
+        if busy is not None:
+            return busy
+        rows, missing = await all_rows(request)
+        body: dict[str, Any] = {"stations": rows}
+        if missing:
+            body["unreachable_workers"] = missing
+        return web.json(body)
 
     def starting(web: Any) -> Any:
         if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
@@ -69,6 +103,13 @@ def register(app: faust.App, twins: Any) -> None:
         busy = starting(web)
         if busy is not None:
             return busy
+        if request.query.get("scope") != "local":
+            try:
+                return await app.router.route_topic_req(frames, station_id.encode(), web, request)
+            except SameNode:
+                pass  # ours
+            except Exception:
+                pass  # no assignment known yet: answer from here
         twin = twins.get(station_id)
         if twin is None:
             return web.json({"error": f"unknown station {station_id!r}"}, status=404)
@@ -76,7 +117,14 @@ def register(app: faust.App, twins: Any) -> None:
 
     @app.page("/v1/fleet/summary")
     async def fleet_summary(web: Any, request: Any) -> Any:
-        return starting(web) or web.json(summary(all_rows()))
+        busy = starting(web)
+        if busy is not None:
+            return busy
+        rows, missing = await all_rows(request)
+        body = summary(rows)
+        if missing:
+            body["unreachable_workers"] = missing
+        return web.json(body)
 
     @app.page("/v1/protocols/ocpp-21")
     async def protocol(web: Any, request: Any) -> Any:
