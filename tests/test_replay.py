@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -319,3 +320,28 @@ async def test_simulate_live_drives_a_csms(gateway: Any, settings: Settings) -> 
     assert statuses and all(abs(datetime.fromisoformat(t) - now) < timedelta(days=1) for t in statuses), (
         "a fleet of now"
     )
+
+
+async def test_replay_from_the_topic_with_a_time_window(gateway: Any, settings: Settings) -> None:
+    """No capture file: the stations' frames come from ocpp.frames itself, cut to a window."""
+    source = simulated(2, 0.1, 13)
+    gw = await gateway(mode="csms")
+    first = await run(scripts(source, Selection(prefix="TP-")), Options(gw_url(gw), speed=None, call_timeout=10))
+    assert first.errors == 0
+    calls = first.frames_sent
+    captured = await read_until(settings, lambda rs: sum(r["station_id"].startswith("TP-") and r["origin"] == "cs"
+                                                         for r in rs) >= calls, timeout=30)  # fmt: skip
+    mine = [r for r in captured if r["station_id"] == "TP-RP-00001"]
+    sent = [r for r in mine if r["origin"] == "cs" and r["msg_type"] in (2, 6)]
+    since, until = sent[5]["ts"], sent[-6]["ts"]
+    expected = sum(since <= r["ts"] <= until for r in sent)
+    env = {**os.environ, "TWIN_TOPIC_PREFIX": settings.topic_prefix}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "twin", "replay", "--bootstrap", settings.bootstrap or "", "--target", gw_url(gw),
+        "--speed", "max", "--stations", "TP-RP-00001", "--from", since, "--to", until, "--station-prefix", "AGAIN-",
+        "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    summary = orjson.loads(out)
+    assert summary["stations"] == 1 and summary["frames_sent"] == expected, err.decode()[-2000:]
+    assert 0 < expected < len(sent)
