@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from collections.abc import Iterable, Iterator
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ import orjson
 from faust.streams import _current_event
 
 from streams import views
+from streams.continuity import QUIET, Continuity, read_range
 from twin import archive, fold
 from twin.alerts import alerts
 from twin.settings import Settings
@@ -63,9 +63,6 @@ ARCHIVE_WINDOW = 10.0
 """The archive agent writes a file per date at least every ``ARCHIVE_WINDOW`` seconds (or
 every ``ARCHIVE_BATCH`` frames): fewer, larger files than a frame at a time."""
 
-TAIL_CHECK = 5.0
-"""Seconds a partition may be quiet before the worker looks past its last event itself."""
-
 REFOLD_WINDOW = 5000
 """Records of ocpp.frames per partition a starting worker folds again behind its committed
 position (see :func:`rewind`)."""
@@ -94,28 +91,6 @@ def on_partition(partition: int) -> Iterator[None]:
 
 def group_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}twin-worker"
-
-
-def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[dict[str, Any]]:
-    """The records at offsets [start, end) of one partition, read directly."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    tp = TopicPartition(topic, partition)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, max(0, start))
-        found: list[dict[str, Any]] = []
-        while consumer.position(tp) < end:
-            batches = consumer.poll(timeout_ms=1000)
-            if not batches:
-                break
-            for message in batches.get(tp, ()):
-                if message.offset < end:
-                    found.append(orjson.loads(message.value))
-        return found
-    finally:
-        consumer.close()
 
 
 def committed(settings: Settings, bootstrap: str) -> dict[int, int]:
@@ -161,11 +136,9 @@ def create_app(
     (the committed position); ``archive_to``: write ocpp.frames to this Parquet archive too."""
     _quick_fetches()
     refold = dict(refold or {})
-    expected = dict(expect or {})  # partition -> the next offset the agent should see
-    heard: dict[int, float] = {}  # partition -> when the agent last had an event of it
+    folded = Continuity("fold", bootstrap, settings.topics.frames, expect)
+    archived = Continuity("archive", bootstrap, settings.topics.frames, expect)
     folding = asyncio.Lock()  # the agent and the tail check take turns: read, fold, write
-    started = time.monotonic()
-    checked: dict[int, tuple[int, float]] = {}  # partition -> (offset looked past, when)
     app = faust.App(
         group_id(settings),
         broker=f"kafka://{bootstrap}",
@@ -234,57 +207,26 @@ def create_app(
         for key, alert in raised:
             await alert_topic.send(key=key, value=alert)
 
-    async def with_gaps_filled(events: list[Any]) -> list[tuple[int, dict[str, Any] | None]]:
-        """The batch's records, preceded by any a partition skipped. Offsets on ocpp.frames
-        are dense (no compaction, no transactions), so an event past the next expected offset
-        means records were not delivered: seen after a restart on Tansu, around the
-        rebalance that drops the killed worker's member. Up to ``REFOLD_WINDOW`` of them are
-        read directly and folded first; a larger gap is a partition that was away, folded
-        meanwhile by another worker, whose changelog brought its twins back."""
-        out: list[tuple[int, dict[str, Any] | None]] = []
-        for event in events:
-            partition, offset = event.message.partition, event.message.offset
-            due = expected.get(partition)
-            if due is not None and due < offset <= due + REFOLD_WINDOW:
-                missing = await asyncio.to_thread(read_range, bootstrap, topics.frames, partition, due, offset)
-                log.warning("partition %d skipped offsets %d..%d: read %d records directly",
-                            partition, due, offset - 1, len(missing))  # fmt: skip
-                out += [(partition, record) for record in missing]
-            out.append((partition, decode(event.value)))
-            expected[partition] = max(due or 0, offset + 1)
-            heard[partition] = time.monotonic()
-        return out
-
-    @app.timer(TAIL_CHECK)
+    @app.timer(QUIET)
     async def tail_check() -> None:
-        """A skipped record with nothing after it shows no gap. So a partition of ours quiet
-        for ``TAIL_CHECK`` seconds is read directly past its next expected offset; what is
-        there is folded (the agent folding it too, later, is a no-op)."""
+        """Quiet partitions read past their last event, for each agent (see continuity)."""
         if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
             return  # the table is not whole yet: folding into it now would be folding onto nothing
-        now = time.monotonic()
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
-        for partition in sorted(mine & expected.keys()):
-            due = expected[partition]
-            if now - heard.get(partition, started) < TAIL_CHECK * (1 if partition in heard else 3):
-                continue
-            if checked.get(partition, (-1, 0.0))[0] == due and now - checked[partition][1] < 60:
-                continue  # looked past this offset lately: an idle partition is read once a minute
-            checked[partition] = (due, now)
-            found = await asyncio.to_thread(read_range, bootstrap, topics.frames, partition, due, due + REFOLD_WINDOW)
-            if found and expected.get(partition) == due:
-                log.warning("partition %d: %d records past offset %d were not delivered: folded directly",
-                            partition, len(found), due)  # fmt: skip
-                await fold_batch((partition, record) for record in found)
-                expected[partition] = max(expected.get(partition, 0), due + len(found))
-                heard[partition] = time.monotonic()
+        for partition, due, records in await folded.tails(mine):
+            await fold_batch((partition, record) for record in records)
+            folded.advance(partition, due + len(records))
+        if archive_to:
+            for partition, due, records in await archived.tails(mine):
+                await asyncio.to_thread(archive.write, archive_to, sorted(records, key=lambda r: r["ts"]))
+                archived.advance(partition, due + len(records))
 
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=BATCH_WINDOW):
             for partition in {event.message.partition for event in events} & refold.keys():
                 await fold_batch((partition, record) for record in refold.pop(partition))  # once, after recovery
-            await fold_batch(await with_gaps_filled(events))
+            await fold_batch(await folded.with_gaps(events, decode))
 
     if archive_to:
 
@@ -294,7 +236,7 @@ def create_app(
             once both agents have acknowledged it, and this one acknowledges a batch only
             after its files are written: at least once (readers drop duplicates)."""
             async for events in stream.take_events(ARCHIVE_BATCH, within=ARCHIVE_WINDOW):
-                records = [r for r in (decode(event.value) for event in events) if r is not None]
+                records = [r for _, r in await archived.with_gaps(events, decode) if r is not None]
                 records.sort(key=lambda r: r["ts"])  # partitions interleave: one file per date
                 await asyncio.to_thread(archive.write, archive_to, records)
 

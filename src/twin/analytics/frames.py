@@ -1,0 +1,50 @@
+"""The frame log as a table: DuckDB view ``frames`` and a Polars LazyFrame, duplicates
+dropped. A Parquet archive is read where it lies; a ``.jsonl`` capture is loaded through
+the archive's schema first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from twin import archive, captures
+
+
+def _arrow(path: Path) -> object:
+    return archive.table(list(captures.read(path, dedupe=False)))
+
+
+def connect(capture: str | Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the view ``frames`` (one row per record, duplicates dropped,
+    ``ts`` a timestamp, ``payload`` JSON)."""
+    path = Path(capture)
+    if not path.exists():
+        raise captures.CaptureError(f"no capture at {path}")
+    con = duckdb.connect()
+    if path.is_dir():
+        source = f"read_parquet('{path.as_posix()}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
+    else:
+        con.register("jsonl_capture", _arrow(path))
+        source = "jsonl_capture"
+    con.execute(f"""
+        CREATE VIEW frames AS
+        SELECT station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq,
+               valid, error
+        FROM {source}
+        QUALIFY row_number() OVER (PARTITION BY conn_id, seq ORDER BY ts) = 1
+    """)
+    return con
+
+
+def frames_polars(capture: str | Path) -> pl.LazyFrame:
+    """The same table as a Polars LazyFrame (``payload`` as JSON text)."""
+    path = Path(capture)
+    if not path.exists():
+        raise captures.CaptureError(f"no capture at {path}")
+    if path.is_dir():
+        lf = pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=True)
+    else:
+        lf = pl.from_arrow(_arrow(path)).lazy()  # type: ignore[union-attr]
+    return lf.unique(subset=["conn_id", "seq"], keep="first", maintain_order=True)

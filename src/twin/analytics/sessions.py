@@ -1,0 +1,191 @@
+"""Sessions: one row per transaction, from the station's TransactionEvents.
+
+- ``started_at`` / ``ended_at``: the ``timestamp`` of its Started / Ended event (when it
+  happened at the station, also for events replayed ``offline``); ``ended_at`` is null for
+  a session still open at the end of the capture.
+- ``import_kwh`` / ``export_kwh``: what the EVSE's ``Energy.Active.Import.Register`` /
+  ``Energy.Active.Export.Register`` rose during the session (last minus first reading, Wh
+  registers; a sampled value without a measurand is an import register, as OCPP says).
+- ``peak_kw`` / ``peak_export_kw``: the highest ``Power.Active.Import`` / ``Export``.
+- ``offline``: any of its events was sent ``offline``.
+- ``duration_min``: from start to end, in hundredths of a minute, rounded down.
+
+Computed twice, with DuckDB (SQL over the archive where it lies) and with Polars; a test
+holds them equal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from twin.analytics.frames import connect, frames_polars
+
+COLUMNS = ("transaction_id", "station_id", "evse_id", "started_at", "ended_at", "duration_min", "import_kwh",
+           "export_kwh", "peak_kw", "peak_export_kw", "reservation_id", "stopped_reason", "offline")  # fmt: skip
+
+IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register"
+P_IMPORT, P_EXPORT = "Power.Active.Import", "Power.Active.Export"
+
+SQL = f"""
+WITH te AS (
+    SELECT station_id,
+           payload->>'$.eventType' AS event_type,
+           payload->>'$.transactionInfo.transactionId' AS transaction_id,
+           TRY_CAST(payload->>'$.evse.id' AS BIGINT) AS evse_id,
+           TRY_CAST(payload->>'$.timestamp' AS TIMESTAMPTZ) AS happened,
+           coalesce(TRY_CAST(payload->>'$.offline' AS BOOLEAN), false) AS offline,
+           TRY_CAST(payload->>'$.reservationId' AS BIGINT) AS reservation_id,
+           payload->>'$.transactionInfo.stoppedReason' AS stopped_reason,
+           from_json(payload->'$.meterValue',
+                     '[{{"sampledValue": [{{"value": "DOUBLE", "measurand": "VARCHAR"}}]}}]') AS mv
+    FROM frames
+    WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid
+),
+values AS (
+    SELECT station_id, transaction_id, coalesce(sv.measurand, '{IMPORT}') AS measurand, sv.value AS value
+    FROM (SELECT station_id, transaction_id, unnest(m.sampledValue) AS sv
+          FROM (SELECT station_id, transaction_id, unnest(mv) AS m FROM te))
+),
+energy AS (
+    SELECT station_id, transaction_id,
+           max(value) FILTER (WHERE measurand = '{IMPORT}')
+             - min(value) FILTER (WHERE measurand = '{IMPORT}') AS import_wh,
+           max(value) FILTER (WHERE measurand = '{EXPORT}')
+             - min(value) FILTER (WHERE measurand = '{EXPORT}') AS export_wh,
+           max(value) FILTER (WHERE measurand = '{P_IMPORT}') AS peak_w,
+           max(value) FILTER (WHERE measurand = '{P_EXPORT}') AS peak_export_w
+    FROM values GROUP BY ALL
+),
+tx AS (
+    SELECT station_id, transaction_id,
+           arg_min(evse_id, happened) FILTER (WHERE evse_id IS NOT NULL) AS evse_id,
+           coalesce(min(happened) FILTER (WHERE event_type = 'Started'), min(happened)) AS started_at,
+           max(happened) FILTER (WHERE event_type = 'Ended') AS ended_at,
+           max(reservation_id) AS reservation_id,
+           max(stopped_reason) FILTER (WHERE event_type = 'Ended') AS stopped_reason,
+           bool_or(offline) AS offline
+    FROM te WHERE transaction_id IS NOT NULL GROUP BY ALL
+)
+SELECT tx.transaction_id, tx.station_id, tx.evse_id,
+       strftime(tx.started_at, '%Y-%m-%dT%H:%M:%S.%gZ') AS started_at,
+       strftime(tx.ended_at, '%Y-%m-%dT%H:%M:%S.%gZ') AS ended_at,
+       round((date_diff('millisecond', tx.started_at, tx.ended_at) // 600) / 100, 2)::DOUBLE AS duration_min,
+       round(coalesce(e.import_wh, 0) / 1000, 3) AS import_kwh,
+       round(coalesce(e.export_wh, 0) / 1000, 3) AS export_kwh,
+       round(coalesce(e.peak_w, 0) / 1000, 3) AS peak_kw,
+       round(coalesce(e.peak_export_w, 0) / 1000, 3) AS peak_export_kw,
+       tx.reservation_id, tx.stopped_reason, tx.offline
+FROM tx LEFT JOIN energy e USING (station_id, transaction_id)
+WHERE (CAST(? AS TIMESTAMPTZ) IS NULL OR tx.started_at >= CAST(? AS TIMESTAMPTZ))
+  AND (CAST(? AS TIMESTAMPTZ) IS NULL OR tx.started_at < CAST(? AS TIMESTAMPTZ))
+ORDER BY tx.started_at, tx.station_id, tx.transaction_id
+"""
+
+
+def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    con = connect(capture)
+    con.execute("SET TimeZone = 'UTC'")
+    cursor = con.execute(SQL, [since, since, until, until])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+PAYLOAD = pl.Struct({
+    "eventType": pl.String, "timestamp": pl.String, "offline": pl.Boolean, "reservationId": pl.Int64,
+    "evse": pl.Struct({"id": pl.Int64}),
+    "transactionInfo": pl.Struct({"transactionId": pl.String, "stoppedReason": pl.String}),
+    "meterValue": pl.List(pl.Struct({
+        "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
+    })),
+})  # fmt: skip
+
+
+def sessions_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    te = (
+        frames_polars(capture)
+        .filter(
+            (pl.col("action") == "TransactionEvent")
+            & (pl.col("msg_type") == 2)
+            & (pl.col("origin") == "cs")
+            & pl.col("valid")
+        )  # fmt: skip
+        .select("station_id", pl.col("payload").str.json_decode(PAYLOAD).alias("p"))
+        .select(
+            "station_id",
+            pl.col("p").struct.field("eventType").alias("event_type"),
+            pl.col("p").struct.field("transactionInfo").struct.field("transactionId").alias("transaction_id"),
+            pl.col("p").struct.field("evse").struct.field("id").alias("evse_id"),
+            pl.col("p").struct.field("timestamp").str.to_datetime(time_zone="UTC", time_unit="us").alias("at"),
+            pl.col("p").struct.field("offline").fill_null(False).alias("offline"),
+            pl.col("p").struct.field("reservationId").alias("reservation_id"),
+            pl.col("p").struct.field("transactionInfo").struct.field("stoppedReason").alias("stopped_reason"),
+            pl.col("p").struct.field("meterValue").alias("mv"),
+        )
+        .filter(pl.col("transaction_id").is_not_null())
+    ).collect()
+    values = (
+        te.select("station_id", "transaction_id", "mv")
+        .explode("mv")
+        .select("station_id", "transaction_id", pl.col("mv").struct.field("sampledValue").alias("sv"))
+        .explode("sv")
+        .select(
+            "station_id",
+            "transaction_id",
+            pl.col("sv").struct.field("measurand").fill_null(IMPORT).alias("measurand"),
+            pl.col("sv").struct.field("value").alias("value"),
+        )
+    )
+
+    def rise(measurand: str) -> pl.Expr:
+        v = pl.col("value").filter(pl.col("measurand") == measurand)
+        return v.max() - v.min()
+
+    energy = values.group_by("station_id", "transaction_id").agg(
+        rise(IMPORT).alias("import_wh"),
+        rise(EXPORT).alias("export_wh"),
+        pl.col("value").filter(pl.col("measurand") == P_IMPORT).max().alias("peak_w"),
+        pl.col("value").filter(pl.col("measurand") == P_EXPORT).max().alias("peak_export_w"),
+    )
+    started = pl.col("at").filter(pl.col("event_type") == "Started").min()
+    tx = (
+        te.sort("at")
+        .group_by("station_id", "transaction_id")
+        .agg(
+            pl.col("evse_id").drop_nulls().first().alias("evse_id"),
+            pl.when(started.is_not_null()).then(started).otherwise(pl.col("at").min()).alias("started_at"),
+            pl.col("at").filter(pl.col("event_type") == "Ended").max().alias("ended_at"),
+            pl.col("reservation_id").max(),
+            pl.col("stopped_reason").filter(pl.col("event_type") == "Ended").max(),
+            pl.col("offline").any(),
+        )
+    )
+    if since:
+        tx = tx.filter(pl.col("started_at") >= pl.lit(since).str.to_datetime(time_zone="UTC", time_unit="us"))
+    if until:
+        tx = tx.filter(pl.col("started_at") < pl.lit(until).str.to_datetime(time_zone="UTC", time_unit="us"))
+    fmt = "%Y-%m-%dT%H:%M:%S%.3fZ"
+    out = (
+        tx.join(energy, on=["station_id", "transaction_id"], how="left")
+        .sort("started_at", "station_id", "transaction_id")
+        .select(
+            "transaction_id",
+            "station_id",
+            "evse_id",
+            pl.col("started_at").dt.strftime(fmt),
+            pl.col("ended_at").dt.strftime(fmt),
+            ((pl.col("ended_at") - pl.col("started_at")).dt.total_milliseconds() // 600 / 100)
+            .round(2)
+            .alias("duration_min"),
+            (pl.col("import_wh").fill_null(0) / 1000).round(3).alias("import_kwh"),
+            (pl.col("export_wh").fill_null(0) / 1000).round(3).alias("export_kwh"),
+            (pl.col("peak_w").fill_null(0) / 1000).round(3).alias("peak_kw"),
+            (pl.col("peak_export_w").fill_null(0) / 1000).round(3).alias("peak_export_kw"),
+            "reservation_id",
+            "stopped_reason",
+            "offline",
+        )  # fmt: skip
+    )
+    return out.to_dicts()

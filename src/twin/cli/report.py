@@ -1,0 +1,82 @@
+"""``twin report KIND``: analytics over a capture or the archive."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from twin.cli.app import app, err, fail, print_json
+from twin.settings import Settings
+
+KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
+READY = ("sessions",)
+
+
+@app.command()
+def report(
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(KINDS)}.")],
+    archive: Annotated[
+        str | None,
+        typer.Option("--archive", "-a", help="A Parquet archive directory or a .jsonl capture. (env TWIN_ARCHIVE)"),
+    ] = None,
+    since: Annotated[str | None, typer.Option("--from", help="From this ISO time (inclusive).")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="Up to this ISO time (exclusive).")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb or polars (the same numbers either way).")] = "duckdb",
+    json_out: Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")] = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    parquet: Annotated[str | None, typer.Option("--parquet", help="Write the rows to this Parquet file.")] = None,
+) -> None:
+    """Fleet analytics over the archived log: sessions (transaction, station, EVSE, start,
+    end, duration, kWh imported and exported, peak power, reservation, stop reason, offline).
+
+    The other kinds (energy, uptime, afir, reservations, monitoring, migration) are being
+    built (issue 5) and say so."""
+    from twin.analytics import sessions_duckdb, sessions_polars
+    from twin.captures import CaptureError
+
+    if kind not in KINDS:
+        fail(f"unknown report {kind!r}: one of {', '.join(KINDS)}", code=2)
+    if kind not in READY:
+        fail(f"the {kind} report is not built yet (issue 5); ready: {', '.join(READY)}", code=2)
+    if engine not in ("duckdb", "polars"):
+        fail("--engine is duckdb or polars", code=2)
+    path = archive or Settings.load().archive
+    try:
+        rows = (sessions_duckdb if engine == "duckdb" else sessions_polars)(path, since, until)
+    except CaptureError as exc:
+        fail(str(exc))
+    if parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), parquet)
+    if json_out:
+        print_json({"report": kind, "from": since, "to": until, "archive": path, kind: rows})
+    elif csv_out:
+        _csv(rows)
+    elif not parquet:
+        _table(kind, rows)
+
+
+def _csv(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _table(kind: str, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"{kind}: {len(rows)} rows")
+    if rows:
+        for column in rows[0]:
+            table.add_column(column)
+        for r in rows[:500]:
+            table.add_row(*("" if v is None else str(v) for v in r.values()))
+    err.print(table)
+    if len(rows) > 500:
+        err.print(f"(first 500 of {len(rows)}; --csv or --json for all)")

@@ -1,0 +1,122 @@
+"""Analytics on hand-made captures whose answers are worked out by hand, the DuckDB and
+Polars paths held to the same numbers, and the report command's formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.scenarios import Script
+from twin import archive, captures
+from twin.analytics import sessions_duckdb, sessions_polars
+
+
+def hand_made() -> list[dict[str, Any]]:
+    """Three sessions with known answers:
+    - T-AC on EVSE 1: 08:00 -> 10:30, register 1,000 -> 11,500 Wh (10.5 kWh), 11 kW peak,
+      reservation 42, stopped Local;
+    - T-V2G on EVSE 2: 09:00 -> 11:00, imports 2,000 Wh then exports 3,000 Wh, 7 kW export
+      peak, one event replayed offline;
+    - T-OPEN: started 12:00, still charging at the end of the capture (4 kWh so far)."""
+    s = Script("AN-1").connect().boot()
+
+    def tx(kind: str, tx_id: str, seq: int, at: str, evse: int, **kw: Any) -> None:
+        s.tx(kind, tx_id, seq, evse, ts=f"2026-03-02T{at}:00.000Z", **kw)
+
+    tx("Started", "T-AC", 0, "08:00", 1, imp=1000, p_imp=0, reservation=42)
+    tx("Updated", "T-AC", 1, "09:00", 1, imp=6000, p_imp=11000)
+    tx("Started", "T-V2G", 0, "09:00", 2, imp=50000, exp=7000, p_imp=0)
+    tx("Updated", "T-V2G", 1, "09:30", 2, imp=52000, exp=7000, p_imp=4000)
+    tx("Updated", "T-V2G", 2, "10:30", 2, imp=52000, exp=10000, p_exp=7000, offline=True)
+    tx("Ended", "T-AC", 2, "10:30", 1, imp=11500, p_imp=0, stoppedReason="Local")
+    tx("Ended", "T-V2G", 3, "11:00", 2, imp=52000, exp=10000, stoppedReason="EVDisconnected")
+    tx("Started", "T-OPEN", 0, "12:00", 1, imp=11500)
+    tx("Updated", "T-OPEN", 1, "12:30", 1, imp=15500, p_imp=8000)
+    return s.records
+
+
+EXPECTED = [
+    {"transaction_id": "T-AC", "station_id": "AN-1", "evse_id": 1, "started_at": "2026-03-02T08:00:00.000Z",
+     "ended_at": "2026-03-02T10:30:00.000Z", "duration_min": 150.0, "import_kwh": 10.5, "export_kwh": 0.0,
+     "peak_kw": 11.0, "peak_export_kw": 0.0, "reservation_id": 42, "stopped_reason": "Local", "offline": False},
+    {"transaction_id": "T-V2G", "station_id": "AN-1", "evse_id": 2, "started_at": "2026-03-02T09:00:00.000Z",
+     "ended_at": "2026-03-02T11:00:00.000Z", "duration_min": 120.0, "import_kwh": 2.0, "export_kwh": 3.0,
+     "peak_kw": 4.0, "peak_export_kw": 7.0, "reservation_id": None, "stopped_reason": "EVDisconnected",
+     "offline": True},
+    {"transaction_id": "T-OPEN", "station_id": "AN-1", "evse_id": 1, "started_at": "2026-03-02T12:00:00.000Z",
+     "ended_at": None, "duration_min": None, "import_kwh": 4.0, "export_kwh": 0.0, "peak_kw": 8.0,
+     "peak_export_kw": 0.0, "reservation_id": None, "stopped_reason": None, "offline": False},
+]  # fmt: skip
+
+
+@pytest.fixture(params=["jsonl", "parquet"])
+def capture(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    records = hand_made()
+    if request.param == "jsonl":
+        path = tmp_path / "hand.jsonl"
+        captures.write_jsonl(path, records + records[5:9])  # redelivered records: dropped
+        return path
+    archive.write(tmp_path / "archive", records)
+    archive.write(tmp_path / "archive", records[3:12])  # at least once
+    return tmp_path / "archive"
+
+
+@pytest.mark.parametrize("engine", [sessions_duckdb, sessions_polars])
+def test_sessions_worked_out_by_hand(capture: Path, engine: Any) -> None:
+    assert engine(capture) == EXPECTED
+
+
+def test_sessions_from_and_to(capture: Path) -> None:
+    rows = sessions_duckdb(capture, "2026-03-02T08:30:00Z", "2026-03-02T12:00:00Z")
+    assert [r["transaction_id"] for r in rows] == ["T-V2G"], "by start, the end exclusive"
+    assert sessions_polars(capture, "2026-03-02T08:30:00Z", "2026-03-02T12:00:00Z") == rows
+
+
+def agree(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Equal, floats to the rounding (the engines round a half differently)."""
+
+    def same(x: Any, y: Any) -> bool:
+        if isinstance(x, float) and isinstance(y, float):
+            return math.isclose(x, y, abs_tol=0.0015)
+        return bool(x == y)
+
+    return len(a) == len(b) and all(
+        r.keys() == s.keys() and all(same(r[k], s[k]) for k in r) for r, s in zip(a, b, strict=True)
+    )
+
+
+def test_duckdb_and_polars_agree_on_the_sample() -> None:
+    sample = Path(__file__).parent.parent / "datasets" / "sample"
+    duck, polar = sessions_duckdb(sample), sessions_polars(sample)
+    assert len(duck) > 100 and agree(duck, polar)
+    assert any(r["export_kwh"] > 0 for r in duck) and any(r["reservation_id"] for r in duck)
+
+
+def test_the_report_command(capture: Path, tmp_path: Path) -> None:
+    def twin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "twin", "report", *args], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    done = twin("sessions", "--archive", str(capture), "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["sessions"] == EXPECTED
+    done = twin("sessions", "--archive", str(capture), "--csv", "--engine", "polars")
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [r["transaction_id"] for r in rows] == ["T-AC", "T-V2G", "T-OPEN"] and rows[1]["export_kwh"] == "3.0"
+    done = twin("sessions", "--archive", str(capture), "--parquet", str(tmp_path / "s.parquet"))
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "s.parquet").num_rows == 3
+    done = twin("uptime", "--archive", str(capture))
+    assert done.returncode == 2 and "not built yet" in done.stderr
+    done = twin("sessions", "--archive", str(tmp_path / "nowhere"))
+    assert done.returncode == 1 and "no capture" in done.stderr
