@@ -16,7 +16,7 @@ import pytest
 
 from tests.scenarios import Script
 from twin import archive, captures
-from twin.analytics import sessions_duckdb, sessions_polars
+from twin.analytics import energy_days_duckdb, energy_days_polars, sessions_duckdb, sessions_polars
 
 
 def hand_made() -> list[dict[str, Any]]:
@@ -28,7 +28,7 @@ def hand_made() -> list[dict[str, Any]]:
     - T-OPEN: started 12:00, still charging at the end of the capture (4 kWh so far)."""
     s = Script("AN-1").connect().boot()
 
-    def tx(kind: str, tx_id: str, seq: int, at: str, evse: int, **kw: Any) -> None:
+    def tx(kind: str, tx_id: str, seq: int, at: str, evse: int | None, **kw: Any) -> None:
         s.tx(kind, tx_id, seq, evse, ts=f"2026-03-02T{at}:00.000Z", **kw)
 
     tx("Started", "T-AC", 0, "08:00", 1, imp=1000, p_imp=0, reservation=42)
@@ -39,7 +39,7 @@ def hand_made() -> list[dict[str, Any]]:
     tx("Ended", "T-AC", 2, "10:30", 1, imp=11500, p_imp=0, stoppedReason="Local")
     tx("Ended", "T-V2G", 3, "11:00", 2, imp=52000, exp=10000, stoppedReason="EVDisconnected")
     tx("Started", "T-OPEN", 0, "12:00", 1, imp=11500)
-    tx("Updated", "T-OPEN", 1, "12:30", 1, imp=15500, p_imp=8000)
+    tx("Updated", "T-OPEN", 1, "12:30", None, imp=15500, p_imp=8000)  # only the first event names the EVSE
     return s.records
 
 
@@ -120,3 +120,35 @@ def test_the_report_command(capture: Path, tmp_path: Path) -> None:
     assert done.returncode == 2 and "not built yet" in done.stderr
     done = twin("sessions", "--archive", str(tmp_path / "nowhere"))
     assert done.returncode == 1 and "no capture" in done.stderr
+
+
+ENERGY_DAY = {"station_id": "AN-1", "day": "2026-03-02", "import_kwh": 16.5, "export_kwh": 3.0, "discharge_hours": 1.0,
+              "peak_export_kw": 7.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", [energy_days_duckdb, energy_days_polars])
+def test_energy_worked_out_by_hand(capture: Path, engine: Any) -> None:
+    """EVSE 1: 1,000 -> 15,500 Wh over two sessions; EVSE 2: 50,000 -> 52,000 Wh in and
+    7,000 -> 10,000 Wh out, the export rising between 09:30 and 10:30 at up to 7 kW."""
+    assert engine(capture) == [ENERGY_DAY]
+    later = engine(capture, "2026-03-02T10:00:00Z")
+    assert later == [{**ENERGY_DAY, "import_kwh": 9.5}], "rises shown by readings from 10:00 on: 5.5 + 4 kWh"
+
+
+def test_energy_engines_agree_on_the_sample_and_match_the_sessions() -> None:
+    sample = Path(__file__).parent.parent / "datasets" / "sample"
+    duck, polar = energy_days_duckdb(sample), energy_days_polars(sample)
+    assert len(duck) >= 20 and agree(duck, polar)
+    sessions = sessions_duckdb(sample)
+    assert math.isclose(sum(d["import_kwh"] for d in duck), sum(s["import_kwh"] for s in sessions), abs_tol=0.1)
+    assert math.isclose(sum(d["export_kwh"] for d in duck), sum(s["export_kwh"] for s in sessions), abs_tol=0.1)
+    assert sum(d["discharge_hours"] for d in duck) > 0
+
+
+def test_the_energy_report(capture: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "twin", "report", "energy", "--archive", str(capture), "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["days"] == [ENERGY_DAY]
+    assert body["stations"] == [{k: v for k, v in ENERGY_DAY.items() if k != "day"}]

@@ -13,7 +13,7 @@ from twin.cli.app import app, err, fail, print_json
 from twin.settings import Settings
 
 KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
-READY = ("sessions",)
+READY = ("sessions", "energy")
 
 
 @app.command()
@@ -30,12 +30,15 @@ def report(
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     parquet: Annotated[str | None, typer.Option("--parquet", help="Write the rows to this Parquet file.")] = None,
 ) -> None:
-    """Fleet analytics over the archived log: sessions (transaction, station, EVSE, start,
-    end, duration, kWh imported and exported, peak power, reservation, stop reason, offline).
+    """Fleet analytics over the archived log.
 
-    The other kinds (energy, uptime, afir, reservations, monitoring, migration) are being
-    built (issue 5) and say so."""
-    from twin.analytics import sessions_duckdb, sessions_polars
+    sessions: one row per transaction (station, EVSE, start, end, duration, kWh imported and
+    exported, peak power, reservation, stop reason, offline). energy: kWh imported and
+    exported, V2G discharge hours and peak export power, by station and day (--json adds the
+    per-station totals). The other kinds (uptime, afir, reservations, monitoring, migration)
+    are being built (issue 5) and say so."""
+    from twin.analytics import energy_days_duckdb, energy_days_polars, sessions_duckdb, sessions_polars
+    from twin.analytics.energy import by_station
     from twin.captures import CaptureError
 
     if kind not in KINDS:
@@ -45,17 +48,22 @@ def report(
     if engine not in ("duckdb", "polars"):
         fail("--engine is duckdb or polars", code=2)
     path = archive or Settings.load().archive
+    compute = {
+        ("sessions", "duckdb"): sessions_duckdb, ("sessions", "polars"): sessions_polars,
+        ("energy", "duckdb"): energy_days_duckdb, ("energy", "polars"): energy_days_polars,
+    }[(kind, engine)]  # fmt: skip
     try:
-        rows = (sessions_duckdb if engine == "duckdb" else sessions_polars)(path, since, until)
+        rows = compute(path, since, until)
     except CaptureError as exc:
         fail(str(exc))
+    extra: dict[str, Any] = {"stations": by_station(rows), "days": rows} if kind == "energy" else {kind: rows}
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist(rows), parquet)
     if json_out:
-        print_json({"report": kind, "from": since, "to": until, "archive": path, kind: rows})
+        print_json({"report": kind, "from": since, "to": until, "archive": path, **extra})
     elif csv_out:
         _csv(rows)
     elif not parquet:

@@ -369,13 +369,13 @@ class StationSim:
         values: list[dict[str, Any]] = [
             {"value": round(self.import_wh[evse], 1), "measurand": "Energy.Active.Import.Register",
              "unitOfMeasure": WH},
-            {"value": round(max(kw, 0) * 1000, 1), "measurand": "Power.Active.Import",
+            {"value": round(kw * 1000, 1) if kw > 0 else 0.0, "measurand": "Power.Active.Import",
              "unitOfMeasure": W},
         ]  # fmt: skip
         if self.s.bidirectional:
             values.append({"value": round(self.export_wh[evse], 1), "measurand": "Energy.Active.Export.Register",
                            "unitOfMeasure": WH})  # fmt: skip
-            values.append({"value": round(max(-kw, 0) * 1000, 1), "measurand": "Power.Active.Export",
+            values.append({"value": round(-kw * 1000, 1) if kw < 0 else 0.0, "measurand": "Power.Active.Export",
                            "unitOfMeasure": W})  # fmt: skip
         if soc is not None:
             values.append({"value": round(soc, 1), "measurand": "SoC", "unitOfMeasure": PERCENT})
