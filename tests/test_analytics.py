@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios import Script
+from tests.scenarios import Script, reservations
 from twin import archive, captures
 from twin.analytics import energy_days_duckdb, energy_days_polars, sessions_duckdb, sessions_polars
+from twin.analytics.reservations import reservations_duckdb, summary
+from twin.fold import fold
 
 
 def hand_made() -> list[dict[str, Any]]:
@@ -152,3 +154,29 @@ def test_the_energy_report(capture: Path) -> None:
     body = json.loads(done.stdout)
     assert body["days"] == [ENERGY_DAY]
     assert body["stations"] == [{k: v for k, v in ENERGY_DAY.items() if k != "day"}]
+
+
+def test_reservations_worked_out_by_hand(tmp_path: Path) -> None:
+    """The scenario: 7 used by a transaction, 8 expired, 9 refused (Occupied), 10 cancelled."""
+    path = tmp_path / "res.jsonl"
+    captures.write_jsonl(path, reservations().records)
+    rows = reservations_duckdb(path)
+    assert [(r["reservation_id"], r["status"]) for r in rows] == [(7, "used"), (8, "expired"), (9, "rejected"),
+                                                                   (10, "cancelled")]  # fmt: skip
+    assert rows[0]["minutes_to_plug_in"] == 0.0 and rows[2]["ended_at"] == rows[2]["made_at"]
+    expected = {"made": 4, "used": 1, "expired": 1, "cancelled": 1, "rejected": 1, "removed": 0, "active": 0,
+                "no_show_rate": round(1 / 3, 4), "median_minutes_to_plug_in": 0.0}  # fmt: skip
+    assert summary(rows) == expected
+    done = subprocess.run([sys.executable, "-m", "twin", "report", "reservations", "--archive", str(path), "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    body = json.loads(done.stdout)
+    assert body["reservations"] == rows and body["summary"]["made"] == 4
+
+
+def test_reservations_agree_with_the_twins_on_the_sample() -> None:
+    sample = Path(__file__).parent.parent / "datasets" / "sample"
+    twins = fold(captures.read(sample))
+    rows = reservations_duckdb(sample)
+    assert {r["status"] for r in rows} >= {"used", "expired", "cancelled", "rejected"}
+    for r in rows:
+        assert twins[r["station_id"]]["reservations"][str(r["reservation_id"])]["status"] == r["status"], r

@@ -13,7 +13,7 @@ from twin.cli.app import app, err, fail, print_json
 from twin.settings import Settings
 
 KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
-READY = ("sessions", "energy")
+READY = ("sessions", "energy", "reservations")
 
 
 @app.command()
@@ -35,10 +35,13 @@ def report(
     sessions: one row per transaction (station, EVSE, start, end, duration, kWh imported and
     exported, peak power, reservation, stop reason, offline). energy: kWh imported and
     exported, V2G discharge hours and peak export power, by station and day (--json adds the
-    per-station totals). The other kinds (uptime, afir, reservations, monitoring, migration)
-    are being built (issue 5) and say so."""
+    per-station totals). reservations: each reservation's lifecycle (rejected, used,
+    cancelled, expired, removed, active) with made, ended and minutes to plug-in, and a
+    summary with the no-show rate. The other kinds (uptime, afir, monitoring, migration) are
+    being built (issue 5) and say so."""
     from twin.analytics import energy_days_duckdb, energy_days_polars, sessions_duckdb, sessions_polars
     from twin.analytics.energy import by_station
+    from twin.analytics.reservations import reservations_duckdb, summary
     from twin.captures import CaptureError
 
     if kind not in KINDS:
@@ -51,12 +54,19 @@ def report(
     compute = {
         ("sessions", "duckdb"): sessions_duckdb, ("sessions", "polars"): sessions_polars,
         ("energy", "duckdb"): energy_days_duckdb, ("energy", "polars"): energy_days_polars,
-    }[(kind, engine)]  # fmt: skip
+        ("reservations", "duckdb"): reservations_duckdb,
+    }.get((kind, engine))  # fmt: skip
+    if compute is None:
+        fail(f"the {kind} report is computed with duckdb only", code=2)
     try:
         rows = compute(path, since, until)
     except CaptureError as exc:
         fail(str(exc))
-    extra: dict[str, Any] = {"stations": by_station(rows), "days": rows} if kind == "energy" else {kind: rows}
+    extra: dict[str, Any] = {kind: rows}
+    if kind == "energy":
+        extra = {"stations": by_station(rows), "days": rows}
+    elif kind == "reservations":
+        extra["summary"] = summary(rows)
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
