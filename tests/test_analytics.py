@@ -14,9 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios import Script, reservations
+from tests.scenarios import SCENARIOS, Script, reservations
 from twin import archive, captures
-from twin.analytics import energy_days_duckdb, energy_days_polars, sessions_duckdb, sessions_polars
+from twin.analytics import (
+    energy_days_duckdb,
+    energy_days_polars,
+    migration,
+    monitoring,
+    sessions_duckdb,
+    sessions_polars,
+)
 from twin.analytics.reservations import reservations_duckdb, summary
 from twin.fold import fold
 
@@ -180,3 +187,39 @@ def test_reservations_agree_with_the_twins_on_the_sample() -> None:
     assert {r["status"] for r in rows} >= {"used", "expired", "cancelled", "rejected"}
     for r in rows:
         assert twins[r["station_id"]]["reservations"][str(r["reservation_id"])]["status"] == r["status"], r
+
+
+def test_monitoring_events_by_severity_and_component(tmp_path: Path) -> None:
+    path = tmp_path / "mon.jsonl"
+    old = Script("MON-201", "ocpp2.0.1").connect().boot()
+    event = {"eventId": 1, "timestamp": old.now, "trigger": "Delta", "actualValue": "true",
+             "eventNotificationType": "HardWiredMonitor", "component": {"name": "Connector", "evse": {"id": 2}},
+             "variable": {"name": "Problem"}}  # fmt: skip
+    old.cs("NotifyEvent", {"generatedAt": old.now, "seqNo": 0, "eventData": [event]})
+    captures.write_jsonl(path, SCENARIOS["monitoring"][0]().records + old.records)
+    rows = monitoring.monitoring_duckdb(path)
+    fields = ("station_id", "component", "variable", "severity", "severity_name", "monitor_id", "evse_id")
+    assert sorted(tuple(r[f] for f in fields) for r in rows) == [
+        ("MON-201", "Connector", "Problem", None, "unknown", None, 2),
+        ("SC-MON", "EVSE", "Temperature", 2, "System Failure", 4, None),
+    ]
+    assert monitoring.counts(rows) == {"events": 2, "by_severity": {"2 System Failure": 1, "unknown": 1},
+                                       "by_component": {"EVSE": 1, "Connector": 1}}  # fmt: skip
+
+
+def test_migration_from_traffic_and_inventory(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.jsonl"
+    records = [r for name in ("identity-2.1", "identity-2.0.1", "v2g") for r in SCENARIOS[name][0]().records]
+    captures.write_jsonl(path, records)
+    rows = {r["station_id"]: r for r in migration.migration_duckdb(path)}
+    assert {k: (r["protocol"], r["bidirectional"], r["iso15118_20"]) for k, r in rows.items()} == {
+        "SC-ID-21": ("ocpp2.1", False, False), "SC-ID-01": ("ocpp2.0.1", False, False),
+        "SC-V2G": ("ocpp2.1", True, True)}  # fmt: skip
+    (tmp_path / "fleet.jsonl.stations.json").write_text(json.dumps([{"station_id": "SC-ID-21", "bidirectional": True,
+                                                                      "iso15118": True}]))  # fmt: skip
+    summary_ = migration.summary(migration.migration_duckdb(path))
+    assert summary_ == {"stations": 3, "ocpp2.1": 2, "ocpp2.0.1": 1, "bidirectional": 2, "iso15118_20": 2,
+                        "ready_for_v2g": 2}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "twin", "report", "migration", "--archive", str(path), "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert json.loads(done.stdout)["summary"] == summary_

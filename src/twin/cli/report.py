@@ -13,7 +13,7 @@ from twin.cli.app import app, err, fail, print_json
 from twin.settings import Settings
 
 KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
-READY = ("sessions", "energy", "reservations")
+READY = ("sessions", "energy", "reservations", "monitoring", "migration")
 
 
 @app.command()
@@ -37,9 +37,18 @@ def report(
     exported, V2G discharge hours and peak export power, by station and day (--json adds the
     per-station totals). reservations: each reservation's lifecycle (rejected, used,
     cancelled, expired, removed, active) with made, ended and minutes to plug-in, and a
-    summary with the no-show rate. The other kinds (uptime, afir, monitoring, migration) are
-    being built (issue 5) and say so."""
-    from twin.analytics import energy_days_duckdb, energy_days_polars, sessions_duckdb, sessions_polars
+    summary with the no-show rate. monitoring: every NotifyEvent's events with severity and
+    component, counted by each. migration: each station's protocol, bidirectional and ISO
+    15118-20 readiness (from its traffic and the archive's station inventory). The other
+    kinds (uptime, afir) are being built (issue 5) and say so."""
+    from twin.analytics import (
+        energy_days_duckdb,
+        energy_days_polars,
+        migration,
+        monitoring,
+        sessions_duckdb,
+        sessions_polars,
+    )
     from twin.analytics.energy import by_station
     from twin.analytics.reservations import reservations_duckdb, summary
     from twin.captures import CaptureError
@@ -55,6 +64,8 @@ def report(
         ("sessions", "duckdb"): sessions_duckdb, ("sessions", "polars"): sessions_polars,
         ("energy", "duckdb"): energy_days_duckdb, ("energy", "polars"): energy_days_polars,
         ("reservations", "duckdb"): reservations_duckdb,
+        ("monitoring", "duckdb"): monitoring.monitoring_duckdb,
+        ("migration", "duckdb"): lambda path, since, until: migration.migration_duckdb(path),
     }.get((kind, engine))  # fmt: skip
     if compute is None:
         fail(f"the {kind} report is computed with duckdb only", code=2)
@@ -67,6 +78,10 @@ def report(
         extra = {"stations": by_station(rows), "days": rows}
     elif kind == "reservations":
         extra["summary"] = summary(rows)
+    elif kind == "monitoring":
+        extra = {"events": rows, "summary": monitoring.counts(rows)}
+    elif kind == "migration":
+        extra = {"stations": rows, "summary": migration.summary(rows)}
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
