@@ -23,6 +23,7 @@ from twin.analytics import (
     monitoring,
     sessions_duckdb,
     sessions_polars,
+    uptime,
 )
 from twin.analytics.reservations import reservations_duckdb, summary
 from twin.fold import fold
@@ -125,7 +126,7 @@ def test_the_report_command(capture: Path, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 3
-    done = twin("uptime", "--archive", str(capture))
+    done = twin("afir", "--archive", str(capture))
     assert done.returncode == 2 and "not built yet" in done.stderr
     done = twin("sessions", "--archive", str(tmp_path / "nowhere"))
     assert done.returncode == 1 and "no capture" in done.stderr
@@ -223,3 +224,33 @@ def test_migration_from_traffic_and_inventory(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "twin", "report", "migration", "--archive", str(path), "--json"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert json.loads(done.stdout)["summary"] == summary_
+
+
+def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
+    """A day from 08:00: the station offline 10:00-11:30 (exactly 90 minutes, both ports down),
+    port 1 Faulted 13:00-14:00, port 2 Unavailable (maintenance) 14:40-15:10."""
+    s = Script("UP-1").connect().status(1, "Available").status(2, "Available")
+    s.at(120).disconnect(1006)
+    s.at(210).connect()
+    s.at(300).status(1, "Faulted")
+    s.at(360).status(1, "Available")
+    s.at(400).status(2, "Unavailable")
+    s.at(430).status(2, "Available")
+    path = tmp_path / "up.jsonl"
+    captures.write_jsonl(path, s.records)
+    window = {"since": "2026-03-01T08:00:00Z", "until": "2026-03-02T08:00:00Z"}
+    nevi = uptime.uptime(path, "nevi", **window)
+    ports = {p["evse_id"]: p for p in nevi["ports"]}
+    assert (ports[1]["down_minutes"], ports[1]["excluded_minutes"]) == (150.0, 0.0)
+    assert (ports[2]["down_minutes"], ports[2]["excluded_minutes"]) == (120.0, 30.0)
+    assert ports[1]["measured_minutes"] == 1440.0
+    assert ports[1]["uptime_pct"] == round(100 * (1440 - 150) / 1440, 3)  # 89.583
+    assert ports[2]["uptime_pct"] == round(100 * (1440 - 90) / 1440, 3)  # 93.75: maintenance excluded
+    assert nevi["network"] == {"uptime_pct": round((89.583 + 93.75) / 2, 3), "ports_counted": 2, "pass": False}
+    uk = uptime.uptime(path, "uk", **window)
+    assert [p["uptime_pct"] for p in uk["ports"]] == [89.583, round(100 * (1440 - 120) / 1440, 3)]
+    done = subprocess.run([sys.executable, "-m", "twin", "report", "uptime", "--archive", str(path), "--rule", "nevi",
+                           "--from", window["since"], "--to", window["until"], "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    body = json.loads(done.stdout)
+    assert body["rule"] == "nevi" and body["ports"] == nevi["ports"] and body["network"] == nevi["network"]

@@ -13,7 +13,7 @@ from twin.cli.app import app, err, fail, print_json
 from twin.settings import Settings
 
 KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
-READY = ("sessions", "energy", "reservations", "monitoring", "migration")
+READY = ("sessions", "energy", "reservations", "monitoring", "migration", "uptime")
 
 
 @app.command()
@@ -26,6 +26,9 @@ def report(
     since: Annotated[str | None, typer.Option("--from", help="From this ISO time (inclusive).")] = None,
     until: Annotated[str | None, typer.Option("--to", help="Up to this ISO time (exclusive).")] = None,
     engine: Annotated[str, typer.Option(help="duckdb or polars (the same numbers either way).")] = "duckdb",
+    rule: Annotated[
+        str, typer.Option(help="uptime: nevi (> 97% per port, maintenance excluded) or uk (99% network average).")
+    ] = "nevi",
     json_out: Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     parquet: Annotated[str | None, typer.Option("--parquet", help="Write the rows to this Parquet file.")] = None,
@@ -39,8 +42,9 @@ def report(
     cancelled, expired, removed, active) with made, ended and minutes to plug-in, and a
     summary with the no-show rate. monitoring: every NotifyEvent's events with severity and
     component, counted by each. migration: each station's protocol, bidirectional and ISO
-    15118-20 readiness (from its traffic and the archive's station inventory). The other
-    kinds (uptime, afir) are being built (issue 5) and say so."""
+    15118-20 readiness (from its traffic and the archive's station inventory). uptime: per
+    port, station, pool and network under --rule nevi or uk (twin/analytics/uptime.py says
+    what counts as up, down and excluded). afir is being built (issue 5) and says so."""
     from twin.analytics import (
         energy_days_duckdb,
         energy_days_polars,
@@ -49,6 +53,7 @@ def report(
         sessions_duckdb,
         sessions_polars,
     )
+    from twin.analytics import uptime as uptime_
     from twin.analytics.energy import by_station
     from twin.analytics.reservations import reservations_duckdb, summary
     from twin.captures import CaptureError
@@ -59,6 +64,8 @@ def report(
         fail(f"the {kind} report is not built yet (issue 5); ready: {', '.join(READY)}", code=2)
     if engine not in ("duckdb", "polars"):
         fail("--engine is duckdb or polars", code=2)
+    if rule not in ("nevi", "uk"):
+        fail("--rule is nevi or uk", code=2)
     path = archive or Settings.load().archive
     compute = {
         ("sessions", "duckdb"): sessions_duckdb, ("sessions", "polars"): sessions_polars,
@@ -66,6 +73,7 @@ def report(
         ("reservations", "duckdb"): reservations_duckdb,
         ("monitoring", "duckdb"): monitoring.monitoring_duckdb,
         ("migration", "duckdb"): lambda path, since, until: migration.migration_duckdb(path),
+        ("uptime", "duckdb"): lambda path, since, until: [uptime_.uptime(path, rule, since, until)],
     }.get((kind, engine))  # fmt: skip
     if compute is None:
         fail(f"the {kind} report is computed with duckdb only", code=2)
@@ -82,6 +90,9 @@ def report(
         extra = {"events": rows, "summary": monitoring.counts(rows)}
     elif kind == "migration":
         extra = {"stations": rows, "summary": migration.summary(rows)}
+    elif kind == "uptime":
+        extra = rows[0]
+        rows = extra["ports"]
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
