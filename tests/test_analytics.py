@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from tests.scenarios import PROFILE as SCENARIOS_PROFILE
 from tests.scenarios import SCENARIOS, Script, reservations
 from twin import archive, captures
 from twin.analytics import (
+    afir,
     energy_days_duckdb,
     energy_days_polars,
     migration,
@@ -126,8 +128,8 @@ def test_the_report_command(capture: Path, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "s.parquet").num_rows == 3
-    done = twin("afir", "--archive", str(capture))
-    assert done.returncode == 2 and "not built yet" in done.stderr
+    done = twin("weather", "--archive", str(capture))
+    assert done.returncode == 2 and "unknown report" in done.stderr
     done = twin("sessions", "--archive", str(tmp_path / "nowhere"))
     assert done.returncode == 1 and "no capture" in done.stderr
 
@@ -254,3 +256,40 @@ def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     body = json.loads(done.stdout)
     assert body["rule"] == "nevi" and body["ports"] == nevi["ports"] and body["network"] == nevi["network"]
+
+
+def test_afir_checks_per_pool(tmp_path: Path) -> None:
+    """Pool X: two 300 kW DC points (600 kW, two of 150 kW or more): the 2027 core threshold
+    passes; both have a per-kWh tariff; only one accepted a charging profile, so smart
+    charging is unknown. A station outside the inventory is unknown throughout."""
+    tariff = {"evseId": 1, "tariff": {"tariffId": "T", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.59}]}}}
+    records = []
+    for station in ("AF-1", "AF-2", "AF-3"):
+        s = Script(station).connect().boot().status(1, "Available")
+        s.csms("SetDefaultTariff", tariff, {"status": "Accepted"})
+        if station == "AF-1":
+            s.csms("SetChargingProfile", SCENARIOS_PROFILE, {"status": "Accepted"})
+        records += s.records
+    path = tmp_path / "afir.jsonl"
+    captures.write_jsonl(path, records)
+    point = {"pool_id": "POOL-X", "max_kw": 300.0, "evses": 1, "bidirectional": False, "iso15118": True}
+    (tmp_path / "afir.jsonl.stations.json").write_text(json.dumps([{"station_id": "AF-1", **point},
+                                                                   {"station_id": "AF-2", **point}]))  # fmt: skip
+    pools = {p["pool_id"]: p for p in afir.afir(path)}
+    x = pools["POOL-X"]
+    assert (x["stations"], x["total_kw"], x["points_150kw"]) == (["AF-1", "AF-2"], 600.0, 2)
+    results = {c["rule"]: c["result"] for c in x["checks"]}
+    assert results == {
+        "Art. 3 TEN-T core, end 2025": "pass", "Art. 3 TEN-T core, end 2027": "pass",
+        "Art. 3 TEN-T comprehensive, 2030": "pass", "Art. 3 TEN-T comprehensive, 2035": "pass",
+        "Art. 5(4) ad hoc price per kWh at 50 kW and more": "pass", "Art. 5(8) smart charging": "unknown",
+        "ISO 15118-20 (from 2027)": "pass", "Art. 20 dynamic data (status) freshness": "pass",
+    }  # fmt: skip
+    assert "AF-2" in next(c["why"] for c in x["checks"] if c["rule"] == "Art. 5(8) smart charging")
+    alone = pools["(no pool) AF-3"]
+    assert alone["total_kw"] is None and alone["checks"][0]["result"] == "unknown"
+    done = subprocess.run([sys.executable, "-m", "twin", "report", "afir", "--archive", str(path), "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    body = json.loads(done.stdout)
+    assert [p["pool_id"] for p in body["pools"]] == ["(no pool) AF-3", "POOL-X"]
+    assert {"pool_id", "total_kw", "points_150kw", "checks"} <= body["pools"][1].keys()

@@ -13,7 +13,7 @@ from twin.cli.app import app, err, fail, print_json
 from twin.settings import Settings
 
 KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
-READY = ("sessions", "energy", "reservations", "monitoring", "migration", "uptime")
+READY = KINDS
 
 
 @app.command()
@@ -44,8 +44,11 @@ def report(
     component, counted by each. migration: each station's protocol, bidirectional and ISO
     15118-20 readiness (from its traffic and the archive's station inventory). uptime: per
     port, station, pool and network under --rule nevi or uk (twin/analytics/uptime.py says
-    what counts as up, down and excluded). afir is being built (issue 5) and says so."""
+    what counts as up, down and excluded). afir: per pool, Art. 3 power thresholds, per-kWh
+    ad hoc price, smart charging, ISO 15118-20 and status freshness, each pass, fail or
+    unknown with why."""
     from twin.analytics import (
+        afir,
         energy_days_duckdb,
         energy_days_polars,
         migration,
@@ -74,6 +77,7 @@ def report(
         ("monitoring", "duckdb"): monitoring.monitoring_duckdb,
         ("migration", "duckdb"): lambda path, since, until: migration.migration_duckdb(path),
         ("uptime", "duckdb"): lambda path, since, until: [uptime_.uptime(path, rule, since, until)],
+        ("afir", "duckdb"): lambda path, since, until: afir.afir(path),
     }.get((kind, engine))  # fmt: skip
     if compute is None:
         fail(f"the {kind} report is computed with duckdb only", code=2)
@@ -93,6 +97,9 @@ def report(
     elif kind == "uptime":
         extra = rows[0]
         rows = extra["ports"]
+    elif kind == "afir":
+        extra = {"pools": rows}
+        rows = [{"pool_id": p["pool_id"], **c} for p in rows for c in p["checks"]]
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
