@@ -1,0 +1,137 @@
+"""Reports at fleet scale: sessions, uptime and afir over a simulated archive of ~1 M and
+~10 M records (2,000 stations), each timed in a fresh process with its peak memory; the
+baseline in the same run is a straightforward pandas implementation (read the columns with
+a filter, ``json.loads`` each payload, accumulate in Python) of sessions and uptime.
+
+    .venv/bin/python benches/analytics.py [--sizes 1000000,10000000] [--stations 2000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from twin.simulator import inventory, inventory_path, write
+
+RECORDS_PER_STATION_DAY = 797  # benches/simulator.py
+
+RUN = {
+    "sessions duckdb": "from twin.analytics import sessions_duckdb as f; n = len(f(A))",
+    "sessions polars": "from twin.analytics import sessions_polars as f; n = len(f(A))",
+    "sessions pandas": "import benches_pandas as b; n = len(b.sessions(A))",
+    "uptime duckdb": "from twin.analytics.uptime import uptime; n = len(uptime(A)['ports'])",
+    "uptime pandas": "import benches_pandas as b; n = len(b.uptime(A))",
+    "afir duckdb": "from twin.analytics.afir import afir; n = len(afir(A))",
+}
+
+PANDAS = '''
+"""Straightforward pandas versions, the baseline."""
+import json
+from datetime import datetime
+import pandas as pd
+
+def sessions(path):
+    df = pd.read_parquet(path, columns=["station_id", "conn_id", "seq", "origin", "payload"],
+                         filters=[("action", "=", "TransactionEvent"), ("msg_type", "=", 2)])
+    df = df[df.origin == "cs"].drop_duplicates(["conn_id", "seq"])
+    acc = {}
+    for station, text in zip(df.station_id, df.payload):
+        p = json.loads(text)
+        key = (station, p["transactionInfo"]["transactionId"])
+        s = acc.setdefault(key, {"lo": None, "hi": None, "start": None, "end": None})
+        for mv in p.get("meterValue", []):
+            for sv in mv["sampledValue"]:
+                if sv.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register":
+                    v = sv["value"]
+                    s["lo"] = v if s["lo"] is None else min(s["lo"], v)
+                    s["hi"] = v if s["hi"] is None else max(s["hi"], v)
+        if p["eventType"] == "Started":
+            s["start"] = p["timestamp"]
+        elif p["eventType"] == "Ended":
+            s["end"] = p["timestamp"]
+    return [{"station_id": k[0], "transaction_id": k[1], "import_kwh": ((v["hi"] or 0) - (v["lo"] or 0)) / 1000,
+             "started_at": v["start"], "ended_at": v["end"]} for k, v in acc.items()]
+
+def uptime(path):
+    columns = ["station_id", "ts", "action", "msg_type", "origin", "payload", "conn_id", "seq"]
+    df = pd.read_parquet(path, columns=columns,
+                         filters=[("action", "in", ["Connected", "Disconnected", "StatusNotification"])])
+    df = df[(df.msg_type == 0) | ((df.msg_type == 2) & (df.origin == "cs"))].drop_duplicates(["conn_id", "seq"])
+    df = df.sort_values(["station_id", "ts", "conn_id", "seq"])
+    start, end = df.ts.min(), df.ts.max()
+    ports = {}
+    for station, group in df.groupby("station_id"):
+        online, status, last = None, {}, start
+        for ts, action, text in zip(group.ts, group.action, group.payload):
+            span = (ts - last).total_seconds() / 60
+            for evse, state in status.items():
+                t = ports.setdefault((station, evse), [0.0, 0.0])
+                t[0] += span
+                if online is False or state not in ("Available", "Occupied", "Reserved", "Unavailable"):
+                    t[1] += span
+            last = ts
+            if action == "Connected":
+                online = True
+            elif action == "Disconnected":
+                online = False
+            else:
+                p = json.loads(text)
+                status[p["evseId"]] = p["connectorStatus"]
+    return {k: 100 * (m - d) / m for k, (m, d) in ports.items() if m}
+'''
+
+
+def timed(code: str, archive: Path, workdir: Path) -> dict[str, float]:
+    """Run ``code`` in a fresh process; its wall time and peak memory."""
+    script = f"import sys; sys.path.insert(0, {str(workdir)!r}); A = {str(archive)!r}\n{code}\nprint(n)"
+    began = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - began
+    out = proc.stdout.read().decode().strip() if proc.stdout else ""
+    if status != 0:
+        raise RuntimeError(f"{code!r} failed")
+    return {"seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024), "rows": int(out or 0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--stations", type=int, default=2000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "benches_pandas.py").write_text(PANDAS)
+        for size in [int(s) for s in args.sizes.split(",")]:
+            days = size / (args.stations * RECORDS_PER_STATION_DAY)
+            archive = work / f"archive-{size}"
+            began = time.perf_counter()
+            n = write(archive, args.stations, days, seed=1, workers=os.cpu_count() or 1)
+            inventory_path(archive).write_bytes(orjson.dumps(inventory(args.stations, 1)))
+            row: dict[str, object] = {"records": n, "days": round(days, 2),
+                                      "generate_s": round(time.perf_counter() - began, 1)}  # fmt: skip
+            for name, code in RUN.items():
+                row[name] = timed(code, archive, work)
+            for report in ("sessions", "uptime"):
+                ours = row[f"{report} duckdb"]["seconds"]  # type: ignore[index]
+                row[f"{report} pandas / duckdb"] = round(row[f"{report} pandas"]["seconds"] / ours, 1)  # type: ignore[index]
+            row["sessions polars / duckdb"] = round(
+                row["sessions polars"]["seconds"] / row["sessions duckdb"]["seconds"], 2
+            )  # type: ignore[index]
+            results[str(size)] = row
+            print(json.dumps({size: row}), file=sys.stderr, flush=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
