@@ -96,7 +96,7 @@ def timed(code: str, archive: Path, workdir: Path) -> dict[str, float]:
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - began
-    out = proc.stdout.read().decode().strip() if proc.stdout else ""
+    out = proc.stdout.read().decode().strip().splitlines()[-1] if proc.stdout else ""
     if status != 0:
         raise RuntimeError(f"{code!r} failed")
     return {"seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024), "rows": int(out or 0)}

@@ -23,6 +23,7 @@ def connect(capture: str | Path) -> duckdb.DuckDBPyConnection:
     if not path.exists():
         raise captures.CaptureError(f"no capture at {path}")
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # it writes to stdout, where --json goes
     if path.is_dir():
         source = f"read_parquet('{path.as_posix()}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
     else:
