@@ -55,7 +55,7 @@ status_delay AS (
     GROUP BY ALL
 )
 SELECT s.station_id, coalesce(t.per_kwh, false) AS per_kwh, coalesce(p.accepted, false) AS smart, d.p95_s
-FROM (SELECT DISTINCT station_id FROM frames) s
+FROM (SELECT DISTINCT station_id FROM frames_all) s
 LEFT JOIN tariffs t USING (station_id) LEFT JOIN profiles p USING (station_id)
 LEFT JOIN status_delay d USING (station_id)
 """
@@ -63,7 +63,7 @@ LEFT JOIN status_delay d USING (station_id)
 
 def afir(capture: str | Path) -> list[dict[str, Any]]:
     known = inventory_of(capture)
-    cursor = connect(capture).execute(SQL)
+    cursor = connect(capture, ("SetDefaultTariff", "SetChargingProfile", "StatusNotification")).execute(SQL)
     names = [d[0] for d in cursor.description]
     seen = {r[0]: dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
     iso20 = {r["station_id"]: r["iso15118_20"] for r in migration_duckdb(capture)}

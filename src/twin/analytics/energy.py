@@ -77,7 +77,7 @@ ORDER BY b.station_id, b.day
 
 
 def energy_days_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    con = connect(capture)
+    con = connect(capture, ("TransactionEvent",))
     con.execute("SET TimeZone = 'UTC'")
     cursor = con.execute(SQL, [since, since, until, until] * 2)
     names = [d[0] for d in cursor.description]
@@ -96,7 +96,7 @@ PAYLOAD = pl.Struct({
 
 def energy_days_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     readings = (
-        frames_polars(capture)
+        frames_polars(capture, ("TransactionEvent",))
         .filter(
             (pl.col("action") == "TransactionEvent")
             & (pl.col("msg_type") == 2)

@@ -16,9 +16,12 @@ def _arrow(path: Path) -> object:
     return archive.table(list(captures.read(path, dedupe=False)))
 
 
-def connect(capture: str | Path) -> duckdb.DuckDBPyConnection:
+def connect(capture: str | Path, actions: tuple[str, ...] | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the view ``frames`` (one row per record, duplicates dropped,
-    ``ts`` a timestamp, ``payload`` JSON)."""
+    ``ts`` a timestamp, ``payload`` JSON); with ``actions``, only the records of those
+    actions. A report names the actions it reads: the filter then runs before the dedupe
+    (DuckDB cannot push it through the window that drops duplicates), so only those records
+    are sorted and carried (at 10 M records: 8.8 s -> a fraction for uptime)."""
     path = Path(capture)
     if not path.exists():
         raise captures.CaptureError(f"no capture at {path}")
@@ -29,17 +32,22 @@ def connect(capture: str | Path) -> duckdb.DuckDBPyConnection:
     else:
         con.register("jsonl_capture", _arrow(path))
         source = "jsonl_capture"
+    where = ""
+    if actions:
+        where = "WHERE action IN (" + ", ".join("'" + a.replace("'", "''") + "'" for a in actions) + ")"
+    con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
     con.execute(f"""
         CREATE VIEW frames AS
         SELECT station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq,
                valid, error
         FROM {source}
+        {where}
         QUALIFY row_number() OVER (PARTITION BY conn_id, seq ORDER BY ts) = 1
     """)
     return con
 
 
-def frames_polars(capture: str | Path) -> pl.LazyFrame:
+def frames_polars(capture: str | Path, actions: tuple[str, ...] | None = None) -> pl.LazyFrame:
     """The same table as a Polars LazyFrame (``payload`` as JSON text)."""
     path = Path(capture)
     if not path.exists():
@@ -48,4 +56,6 @@ def frames_polars(capture: str | Path) -> pl.LazyFrame:
         lf = pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=True)
     else:
         lf = pl.from_arrow(_arrow(path)).lazy()  # type: ignore[union-attr]
+    if actions:
+        lf = lf.filter(pl.col("action").is_in(list(actions)))
     return lf.unique(subset=["conn_id", "seq"], keep="first", maintain_order=True)

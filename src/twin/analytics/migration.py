@@ -54,7 +54,7 @@ def inventory_of(capture: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def migration_duckdb(capture: str | Path) -> list[dict[str, Any]]:
-    cursor = connect(capture).execute(SQL)
+    cursor = connect(capture, ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate")).execute(SQL)
     names = [d[0] for d in cursor.description]
     known = inventory_of(capture)
     rows = []

@@ -27,7 +27,7 @@ ORDER BY happened_at, station_id
 
 
 def monitoring_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    con = connect(capture)
+    con = connect(capture, ("NotifyEvent",))
     con.execute("SET TimeZone = 'UTC'")
     cursor = con.execute(SQL, [since, since, until, until])
     names = [d[0] for d in cursor.description]

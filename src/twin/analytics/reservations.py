@@ -81,7 +81,7 @@ ORDER BY made_at, station_id, reservation_id
 def reservations_duckdb(
     capture: str | Path, since: str | None = None, until: str | None = None
 ) -> list[dict[str, Any]]:
-    con = connect(capture)
+    con = connect(capture, ("ReserveNow", "CancelReservation", "ReservationStatusUpdate", "TransactionEvent"))
     con.execute("SET TimeZone = 'UTC'")
     cursor = con.execute(SQL, [since, since, until, until])
     names = [d[0] for d in cursor.description]

@@ -86,7 +86,7 @@ ORDER BY tx.started_at, tx.station_id, tx.transaction_id
 
 
 def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    con = connect(capture)
+    con = connect(capture, ("TransactionEvent",))
     con.execute("SET TimeZone = 'UTC'")
     cursor = con.execute(SQL, [since, since, until, until])
     names = [d[0] for d in cursor.description]
@@ -105,7 +105,7 @@ PAYLOAD = pl.Struct({
 
 def sessions_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     te = (
-        frames_polars(capture)
+        frames_polars(capture, ("TransactionEvent",))
         .filter(
             (pl.col("action") == "TransactionEvent")
             & (pl.col("msg_type") == 2)

@@ -50,10 +50,10 @@ def uptime(
 ) -> dict[str, Any]:
     if rule not in TARGET:
         raise ValueError(f"rule is one of {', '.join(TARGET)}")
-    con = connect(capture)
+    con = connect(capture, ("Connected", "Disconnected", "StatusNotification"))
     con.execute("SET TimeZone = 'UTC'")
     rows = con.execute(SQL).fetchall()
-    bounds = con.execute("SELECT min(ts), max(ts) FROM frames").fetchone()
+    bounds = con.execute("SELECT min(ts), max(ts) FROM frames_all").fetchone()
     start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else bounds[0] if bounds else None
     end = datetime.fromisoformat(until.replace("Z", "+00:00")) if until else bounds[1] if bounds else None
     known = inventory_of(capture)
