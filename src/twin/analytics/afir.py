@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twin.analytics.frames import connect
+from twin.analytics.frames import query
 from twin.analytics.migration import inventory_of, migration_duckdb
 
 THRESHOLDS = [  # (rule, minimum pool kW, minimum points of >= 150 kW)
@@ -63,9 +63,8 @@ LEFT JOIN status_delay d USING (station_id)
 
 def afir(capture: str | Path) -> list[dict[str, Any]]:
     known = inventory_of(capture)
-    cursor = connect(capture, ("SetDefaultTariff", "SetChargingProfile", "StatusNotification")).execute(SQL)
-    names = [d[0] for d in cursor.description]
-    seen = {r[0]: dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
+    actions = ("SetDefaultTariff", "SetChargingProfile", "StatusNotification")
+    seen = {r["station_id"]: r for r in query(capture, actions, SQL)}
     iso20 = {r["station_id"]: r["iso15118_20"] for r in migration_duckdb(capture)}
     pools: dict[str, list[str]] = {}
     for station in sorted(seen):

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from twin.analytics.frames import connect, frames_polars
+from twin.analytics.frames import query, station_calls
 from twin.analytics.sessions import EXPORT, IMPORT, P_EXPORT
 
 SQL = f"""
@@ -77,11 +77,7 @@ ORDER BY b.station_id, b.day
 
 
 def energy_days_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    con = connect(capture, ("TransactionEvent",))
-    con.execute("SET TimeZone = 'UTC'")
-    cursor = con.execute(SQL, [since, since, until, until] * 2)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return query(capture, ("TransactionEvent",), SQL, [since, since, until, until] * 2)
 
 
 PAYLOAD = pl.Struct({
@@ -96,13 +92,7 @@ PAYLOAD = pl.Struct({
 
 def energy_days_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     readings = (
-        frames_polars(capture, ("TransactionEvent",))
-        .filter(
-            (pl.col("action") == "TransactionEvent")
-            & (pl.col("msg_type") == 2)
-            & (pl.col("origin") == "cs")
-            & pl.col("valid")
-        )  # fmt: skip
+        station_calls(capture, "TransactionEvent")
         .select("station_id", pl.col("payload").str.json_decode(PAYLOAD).alias("p"))
         .select(
             "station_id",

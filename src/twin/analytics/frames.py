@@ -5,6 +5,7 @@ the archive's schema first."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -27,6 +28,7 @@ def connect(capture: str | Path, actions: tuple[str, ...] | None = None) -> duck
         raise captures.CaptureError(f"no capture at {path}")
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # it writes to stdout, where --json goes
+    con.execute("SET TimeZone = 'UTC'")  # timestamps are formatted as the log's UTC
     if path.is_dir():
         source = f"read_parquet('{path.as_posix()}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
     else:
@@ -45,6 +47,22 @@ def connect(capture: str | Path, actions: tuple[str, ...] | None = None) -> duck
         QUALIFY row_number() OVER (PARTITION BY conn_id, seq ORDER BY ts) = 1
     """)
     return con
+
+
+def query(
+    capture: str | Path, actions: tuple[str, ...], sql: str, params: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    """The rows of ``sql`` over :func:`connect`'s ``frames`` (of ``actions``), as dicts."""
+    cursor = connect(capture, actions).execute(sql, params or [])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def station_calls(capture: str | Path, action: str) -> pl.LazyFrame:
+    """The valid CALLs of ``action`` that stations sent, as :func:`frames_polars` rows."""
+    return frames_polars(capture, (action,)).filter(
+        (pl.col("action") == action) & (pl.col("msg_type") == 2) & (pl.col("origin") == "cs") & pl.col("valid")
+    )
 
 
 def frames_polars(capture: str | Path, actions: tuple[str, ...] | None = None) -> pl.LazyFrame:

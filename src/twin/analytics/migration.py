@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from twin.analytics.frames import connect
+from twin.analytics.frames import query
 
 SQL = """
 WITH latest AS (
@@ -54,17 +54,13 @@ def inventory_of(capture: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def migration_duckdb(capture: str | Path) -> list[dict[str, Any]]:
-    cursor = connect(capture, ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate")).execute(SQL)
-    names = [d[0] for d in cursor.description]
     known = inventory_of(capture)
-    rows = []
-    for values in cursor.fetchall():
-        r = dict(zip(names, values, strict=True))
+    rows = query(capture, ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate"), SQL)
+    for r in rows:
         listed = known.get(r["station_id"], {})
         r["bidirectional"] = bool(r.pop("bidirectional_seen") or listed.get("bidirectional"))
         r["iso15118_20"] = bool(r.pop("iso15118_20_seen") or listed.get("iso15118"))
         r["in_inventory"] = bool(listed)
-        rows.append(r)
     return rows
 
 

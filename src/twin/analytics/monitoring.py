@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from twin.analytics.frames import connect
+from twin.analytics.frames import query
 
 SEVERITY = {0: "Danger", 1: "Hardware Failure", 2: "System Failure", 3: "Critical", 4: "Error", 5: "Alert",
             6: "Warning", 7: "Notice", 8: "Informational", 9: "Debug"}  # fmt: skip
@@ -27,11 +27,7 @@ ORDER BY happened_at, station_id
 
 
 def monitoring_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    con = connect(capture, ("NotifyEvent",))
-    con.execute("SET TimeZone = 'UTC'")
-    cursor = con.execute(SQL, [since, since, until, until])
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    rows = query(capture, ("NotifyEvent",), SQL, [since, since, until, until])
     for r in rows:
         r["severity_name"] = SEVERITY.get(r["severity"], "unknown") if r["severity"] is not None else "unknown"
     return rows

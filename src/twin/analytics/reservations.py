@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twin.analytics.frames import connect
+from twin.analytics.frames import query
 
 SQL = """
 WITH made AS (
@@ -81,11 +81,8 @@ ORDER BY made_at, station_id, reservation_id
 def reservations_duckdb(
     capture: str | Path, since: str | None = None, until: str | None = None
 ) -> list[dict[str, Any]]:
-    con = connect(capture, ("ReserveNow", "CancelReservation", "ReservationStatusUpdate", "TransactionEvent"))
-    con.execute("SET TimeZone = 'UTC'")
-    cursor = con.execute(SQL, [since, since, until, until])
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    actions = ("ReserveNow", "CancelReservation", "ReservationStatusUpdate", "TransactionEvent")
+    return query(capture, actions, SQL, [since, since, until, until])
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from twin.analytics.frames import connect, frames_polars
+from twin.analytics.frames import query, station_calls
 
 COLUMNS = ("transaction_id", "station_id", "evse_id", "started_at", "ended_at", "duration_min", "import_kwh",
            "export_kwh", "peak_kw", "peak_export_kw", "reservation_id", "stopped_reason", "offline")  # fmt: skip
@@ -86,11 +86,7 @@ ORDER BY tx.started_at, tx.station_id, tx.transaction_id
 
 
 def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    con = connect(capture, ("TransactionEvent",))
-    con.execute("SET TimeZone = 'UTC'")
-    cursor = con.execute(SQL, [since, since, until, until])
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return query(capture, ("TransactionEvent",), SQL, [since, since, until, until])
 
 
 PAYLOAD = pl.Struct({
@@ -105,13 +101,7 @@ PAYLOAD = pl.Struct({
 
 def sessions_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     te = (
-        frames_polars(capture, ("TransactionEvent",))
-        .filter(
-            (pl.col("action") == "TransactionEvent")
-            & (pl.col("msg_type") == 2)
-            & (pl.col("origin") == "cs")
-            & pl.col("valid")
-        )  # fmt: skip
+        station_calls(capture, "TransactionEvent")
         .select("station_id", pl.col("payload").str.json_decode(PAYLOAD).alias("p"))
         .select(
             "station_id",

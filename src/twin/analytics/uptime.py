@@ -51,7 +51,6 @@ def uptime(
     if rule not in TARGET:
         raise ValueError(f"rule is one of {', '.join(TARGET)}")
     con = connect(capture, ("Connected", "Disconnected", "StatusNotification"))
-    con.execute("SET TimeZone = 'UTC'")
     rows = con.execute(SQL).fetchall()
     bounds = con.execute("SELECT min(ts), max(ts) FROM frames_all").fetchone()
     start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else bounds[0] if bounds else None
