@@ -108,9 +108,11 @@ def committed(settings: Settings, bootstrap: str) -> dict[int, int]:
         consumer.close()
 
 
-def backlog(settings: Settings, bootstrap: str, window: int = REFOLD_WINDOW) -> dict[int, list[dict[str, Any]]]:
+def backlog(
+    settings: Settings, bootstrap: str, positions: dict[int, int], window: int = REFOLD_WINDOW
+) -> dict[int, list[dict[str, Any]]]:
     """The last ``window`` records of each ocpp.frames partition behind the worker group's
-    committed position, read before the worker starts.
+    committed ``positions`` (see :func:`committed`), read before the worker starts.
 
     The table recovered from the changelog can lack its last writes: a worker killed after
     committing a frame but before its changelog write landed, or (on Tansu) a recovery that
@@ -119,7 +121,7 @@ def backlog(settings: Settings, bootstrap: str, window: int = REFOLD_WINDOW) -> 
     restores what it lost. (Rewinding the group's commit instead is refused by Tansu while a
     dead member's session lingers.)"""
     topic = settings.topics.frames
-    return {p: read_range(bootstrap, topic, p, end - window, end) for p, end in committed(settings, bootstrap).items()}
+    return {p: read_range(bootstrap, topic, p, end - window, end) for p, end in positions.items()}
 
 
 def create_app(
@@ -210,7 +212,7 @@ def create_app(
     @app.timer(QUIET)
     async def tail_check() -> None:
         """Quiet partitions read past their last event, for each agent (see continuity)."""
-        if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
+        if views.recovering(app):
             return  # the table is not whole yet: folding into it now would be folding onto nothing
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
         for partition, due, records in await folded.tails(mine):

@@ -54,6 +54,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def recovering(app: faust.App) -> bool:
+    """The worker is rebalancing or recovering its table: its twins are not whole yet."""
+    return bool(getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False))
+
+
 def register(app: faust.App, twins: Any, frames: Any) -> None:
     def local_rows() -> list[dict[str, Any]]:
         return [row(t) for t in twins.values() if t]
@@ -82,19 +87,23 @@ def register(app: faust.App, twins: Any, frames: Any) -> None:
                     missing.append(url)
         return sorted(rows, key=lambda r: r["station_id"]), missing
 
-    @app.page("/v1/stations")
-    async def stations(web: Any, request: Any) -> Any:
+    async def listing(web: Any, request: Any, shape: Any) -> Any:
+        """Every worker's rows, shaped into a body; which workers did not answer, said."""
         busy = starting(web)
         if busy is not None:
             return busy
         rows, missing = await all_rows(request)
-        body: dict[str, Any] = {"stations": rows}
+        body: dict[str, Any] = shape(rows)
         if missing:
             body["unreachable_workers"] = missing
         return web.json(body)
 
+    @app.page("/v1/stations")
+    async def stations(web: Any, request: Any) -> Any:
+        return await listing(web, request, lambda rows: {"stations": rows})
+
     def starting(web: Any) -> Any:
-        if getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False):
+        if recovering(app):
             return web.json({"error": "the worker is recovering its twins; try again shortly"}, status=503)
         return None
 
@@ -117,14 +126,7 @@ def register(app: faust.App, twins: Any, frames: Any) -> None:
 
     @app.page("/v1/fleet/summary")
     async def fleet_summary(web: Any, request: Any) -> Any:
-        busy = starting(web)
-        if busy is not None:
-            return busy
-        rows, missing = await all_rows(request)
-        body = summary(rows)
-        if missing:
-            body["unreachable_workers"] = missing
-        return web.json(body)
+        return await listing(web, request, summary)
 
     @app.page("/v1/protocols/ocpp-21")
     async def protocol(web: Any, request: Any) -> Any:

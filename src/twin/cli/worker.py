@@ -56,14 +56,13 @@ def worker(
 
     if not port_is_free(settings.host, settings.web_port):
         fail(f"port {settings.web_port} on {settings.host} is already in use (--web-port)")
-    refold = backlog(settings, target)
+    positions = committed(settings, target)  # where the group left off, read once
+    refold = backlog(settings, target, positions)
     if refold:
         counts = {p: len(r) for p, r in refold.items()}
         err.print(f"folding again the last records behind the committed position: {counts}")
     archive_to = archive or os.environ.get("TWIN_ARCHIVE")  # only when asked: not the default location
-    faust_app = create_app(
-        settings, target, settings.web_port, data_dir, refold, committed(settings, target), archive_to
-    )
+    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to)
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
     if archive_to:
         err.print(f"worker: archiving ocpp.frames to {archive_to}")
