@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -58,6 +59,9 @@ BATCH_WINDOW = 0.25
 for them, and writes each changed twin once per batch: Faust's cost is per write, not per
 frame folded."""
 
+RECENT = 100
+"""Frames kept per station for ``/v1/stations/{id}/frames`` (in memory: a restarted worker
+starts the list again)."""
 ARCHIVE_BATCH = 20_000
 ARCHIVE_WINDOW = 10.0
 """The archive agent writes a file per date at least every ``ARCHIVE_WINDOW`` seconds (or
@@ -171,6 +175,8 @@ def create_app(
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
     )
 
+    recent: dict[str, deque[dict[str, Any]]] = defaultdict(lambda: deque(maxlen=RECENT))
+
     def decode(value: bytes) -> dict[str, Any] | None:
         """An envelope with a station, or None: the gateway never writes anything else."""
         try:
@@ -199,6 +205,7 @@ def create_app(
             if after is before:
                 continue  # redelivered: already folded
             changed[station] = (partition, after)
+            recent[station].append(views.line(record))
             raised += [(station.encode(), orjson.dumps(alert)) for alert in alerts(record, before, after)]
         for station, (partition, twin) in changed.items():
             # what ``twins[station] = twin`` does inside a one-event stream, here for a batch
@@ -242,5 +249,5 @@ def create_app(
                 records.sort(key=lambda r: r["ts"])  # partitions interleave: one file per date
                 await asyncio.to_thread(archive.write, archive_to, records)
 
-    views.register(app, twins, frames)
+    views.register(app, twins, frames, recent)
     return app

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import faust
+import orjson
 from faust.exceptions import SameNode
 
 from twin import capabilities
@@ -40,6 +41,16 @@ def row(twin: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def line(record: dict[str, Any]) -> dict[str, Any]:
+    """One frame on a station's timeline: what it was, and the start of its payload."""
+    payload = orjson.dumps(record.get("payload")).decode()
+    return {
+        "ts": record.get("ts"), "origin": record.get("origin"), "msg_type": record.get("msg_type"),
+        "action": record.get("action"), "msg_id": record.get("msg_id"), "valid": record.get("valid"),
+        "payload": payload if len(payload) <= 160 else payload[:159] + "…",
+    }  # fmt: skip
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "stations": len(rows),
@@ -59,7 +70,7 @@ def recovering(app: faust.App) -> bool:
     return bool(getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False))
 
 
-def register(app: faust.App, twins: Any, frames: Any) -> None:
+def register(app: faust.App, twins: Any, frames: Any, recent: dict[str, Any]) -> None:
     def local_rows() -> list[dict[str, Any]]:
         return [row(t) for t in twins.values() if t]
 
@@ -107,8 +118,8 @@ def register(app: faust.App, twins: Any, frames: Any) -> None:
             return web.json({"error": "the worker is recovering its twins; try again shortly"}, status=503)
         return None
 
-    @app.page("/v1/stations/{station_id}")
-    async def station(web: Any, request: Any, station_id: str) -> Any:
+    async def routed(web: Any, request: Any, station_id: str) -> Any:
+        """The owning worker's answer, or None when the station is this worker's."""
         busy = starting(web)
         if busy is not None:
             return busy
@@ -119,10 +130,27 @@ def register(app: faust.App, twins: Any, frames: Any) -> None:
                 pass  # ours
             except Exception:
                 pass  # no assignment known yet: answer from here
-        twin = twins.get(station_id)
-        if twin is None:
+        if twins.get(station_id) is None:
             return web.json({"error": f"unknown station {station_id!r}"}, status=404)
-        return web.json(public(twin))
+        return None
+
+    @app.page("/v1/stations/{station_id}")
+    async def station(web: Any, request: Any, station_id: str) -> Any:
+        answer = await routed(web, request, station_id)
+        return answer if answer is not None else web.json(public(twins[station_id]))
+
+    @app.page("/v1/stations/{station_id}/frames")
+    async def station_frames(web: Any, request: Any, station_id: str) -> Any:
+        """The station's latest frames, newest first (``?limit=``, at most the worker keeps)."""
+        answer = await routed(web, request, station_id)
+        if answer is not None:
+            return answer
+        try:
+            limit = max(1, int(request.query.get("limit", "50")))
+        except ValueError:
+            return web.json({"error": "limit is a number"}, status=400)
+        lines = list(recent.get(station_id, ()))[::-1][:limit]
+        return web.json({"station_id": station_id, "frames": lines})
 
     @app.page("/v1/fleet/summary")
     async def fleet_summary(web: Any, request: Any) -> Any:

@@ -2,11 +2,25 @@
 
 Every function takes a capture (a Parquet archive directory or a ``.jsonl`` of envelopes),
 drops duplicate ``(conn_id, seq)`` records (the log is at-least-once) and keeps what the
-gateway captured as valid.
+gateway captured as valid. DuckDB and Polars are imported when a report runs, not when the
+CLI starts: ``reports`` names the reports without them.
 """
 
-from twin.analytics.energy import energy_days_duckdb, energy_days_polars
-from twin.analytics.frames import connect, frames_polars
-from twin.analytics.sessions import sessions_duckdb, sessions_polars
+from __future__ import annotations
 
-__all__ = ["connect", "energy_days_duckdb", "energy_days_polars", "frames_polars", "sessions_duckdb", "sessions_polars"]
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "connect": "frames", "frames_polars": "frames",
+    "energy_days_duckdb": "energy", "energy_days_polars": "energy",
+    "sessions_duckdb": "sessions", "sessions_polars": "sessions",
+}  # fmt: skip
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"twin.analytics.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'twin.analytics' has no attribute {name!r}")

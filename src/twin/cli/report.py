@@ -9,11 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from twin.analytics.reports import KINDS
 from twin.cli.app import app, err, fail, print_json
 from twin.settings import Settings
-
-KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
-READY = KINDS
 
 
 @app.command()
@@ -47,59 +45,17 @@ def report(
     what counts as up, down and excluded). afir: per pool, Art. 3 power thresholds, per-kWh
     ad hoc price, smart charging, ISO 15118-20 and status freshness, each pass, fail or
     unknown with why."""
-    from twin.analytics import (
-        afir,
-        energy_days_duckdb,
-        energy_days_polars,
-        migration,
-        monitoring,
-        sessions_duckdb,
-        sessions_polars,
-    )
-    from twin.analytics import uptime as uptime_
-    from twin.analytics.energy import by_station
-    from twin.analytics.reservations import reservations_duckdb, summary
+    from twin.analytics.reports import ReportError
+    from twin.analytics.reports import report as compute
     from twin.captures import CaptureError
 
-    if kind not in KINDS:
-        fail(f"unknown report {kind!r}: one of {', '.join(KINDS)}", code=2)
-    if kind not in READY:
-        fail(f"the {kind} report is not built yet (issue 5); ready: {', '.join(READY)}", code=2)
-    if engine not in ("duckdb", "polars"):
-        fail("--engine is duckdb or polars", code=2)
-    if rule not in ("nevi", "uk"):
-        fail("--rule is nevi or uk", code=2)
     path = archive or Settings.load().archive
-    compute = {
-        ("sessions", "duckdb"): sessions_duckdb, ("sessions", "polars"): sessions_polars,
-        ("energy", "duckdb"): energy_days_duckdb, ("energy", "polars"): energy_days_polars,
-        ("reservations", "duckdb"): reservations_duckdb,
-        ("monitoring", "duckdb"): monitoring.monitoring_duckdb,
-        ("migration", "duckdb"): lambda path, since, until: migration.migration_duckdb(path),
-        ("uptime", "duckdb"): lambda path, since, until: [uptime_.uptime(path, rule, since, until)],
-        ("afir", "duckdb"): lambda path, since, until: afir.afir(path),
-    }.get((kind, engine))  # fmt: skip
-    if compute is None:
-        fail(f"the {kind} report is computed with duckdb only", code=2)
     try:
-        rows = compute(path, since, until)
+        extra, rows = compute(kind, path, since, until, engine, rule)
+    except ReportError as exc:
+        fail(str(exc), code=2)
     except CaptureError as exc:
         fail(str(exc))
-    extra: dict[str, Any] = {kind: rows}
-    if kind == "energy":
-        extra = {"stations": by_station(rows), "days": rows}
-    elif kind == "reservations":
-        extra["summary"] = summary(rows)
-    elif kind == "monitoring":
-        extra = {"events": rows, "summary": monitoring.counts(rows)}
-    elif kind == "migration":
-        extra = {"stations": rows, "summary": migration.summary(rows)}
-    elif kind == "uptime":
-        extra = rows[0]
-        rows = extra["ports"]
-    elif kind == "afir":
-        extra = {"pools": rows}
-        rows = [{"pool_id": p["pool_id"], **c} for p in rows for c in p["checks"]]
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq

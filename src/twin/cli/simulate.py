@@ -36,6 +36,10 @@ def simulate(
         ),
     ] = None,  # fmt: skip
     speed: Annotated[str, typer.Option(help="Live: simulated seconds per real second, or 'max'.")] = "1",
+    inventory_to: Annotated[
+        str | None,
+        typer.Option("--inventory", help="Live: write the station inventory for this archive directory (or capture)."),
+    ] = None,
     prefix: Annotated[str, typer.Option(help="Station ids are PREFIX-00001, ...")] = "CS",
     meter_interval: Annotated[
         int, typer.Option(help="Seconds between TransactionEvent Updated while charging.")
@@ -50,10 +54,13 @@ def simulate(
     tariffs, every frame schema-valid and as the gateway would capture it.
 
     Deterministic for a seed. Offline (--out) it writes as fast as it can; live (--live URL)
-    it connects every station to a CSMS and plays the traffic in real time (or --speed X).
+    it connects every station to a CSMS and plays the traffic in real time (or --speed X), with
+    a car arriving at each station within its first twenty simulated minutes.
     """
     rates = Rates(meter_interval_s=meter_interval, fault_per_day=faults, outage_per_day=outages)
     if live:
+        if inventory_to:
+            _inventory(inventory_to, stations, seed, prefix)
         _live(stations, days, seed, rates, prefix, live, speed, json_out)
         return
     if not out:
@@ -66,9 +73,7 @@ def simulate(
         n = write(path, stations, days, seed, start, rates, prefix, workers,
                   lambda done: progress.update(task, completed=done))  # fmt: skip
     seconds = time.perf_counter() - began
-    stations_file = inventory_path(path)
-    stations_file.parent.mkdir(parents=True, exist_ok=True)
-    stations_file.write_bytes(orjson.dumps(inventory(stations, seed, prefix), option=orjson.OPT_INDENT_2))
+    stations_file = _inventory(path, stations, seed, prefix)
     size = path.stat().st_size if jsonl else sum(f.stat().st_size for f in path.rglob("*.parquet"))
     result = {"stations": stations, "days": days, "seed": seed, "records": n, "out": str(path),
               "format": "jsonl" if jsonl else "parquet", "bytes": size, "inventory": str(stations_file),
@@ -80,6 +85,15 @@ def simulate(
                   f"({size / 1e6:.1f} MB, {result['records_per_s']:,} records/s)")  # fmt: skip
 
 
+def _inventory(capture: str | Path, stations: int, seed: int, prefix: str) -> Path:
+    """The fleet's station inventory beside a capture (analytics and maps need it; OCPP does
+    not carry pools, coordinates or power)."""
+    path = inventory_path(capture)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(inventory(stations, seed, prefix), option=orjson.OPT_INDENT_2))
+    return path
+
+
 def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, target: str, speed: str,
           json_out: bool) -> None:  # fmt: skip
     from datetime import UTC, datetime
@@ -89,7 +103,8 @@ def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, targ
 
     factor = parse_speed(speed)
     now = datetime.now(UTC).replace(microsecond=0)
-    records = [r for day in run_simulation(stations, days, seed, now.isoformat(), rates, prefix) for r in day]
+    days_ = run_simulation(stations, days, seed, now.isoformat(), rates, prefix, opening=True)
+    records = [r for day in days_ for r in day]
     plans = scripts(records, Selection())
     err.print(f"driving {len(plans)} stations against {target} at speed {speed} (Ctrl-C stops)")
     total = sum(p.frames for p in plans)

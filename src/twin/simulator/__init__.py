@@ -54,15 +54,17 @@ def simulate(
     rates: Rates | None = None,
     prefix: str = "CS",
     part: tuple[int, int] = (0, 1),
+    opening: bool = False,
 ) -> Iterator[list[dict[str, Any]]]:
     """Each simulated day's envelopes, in capture order (the last day may be partial).
 
     ``part=(k, n)``: only the stations whose index is k modulo n, for :func:`write` to share
-    a fleet among processes; the parts, merged by (``ts``, ``station_id``), are the whole."""
+    a fleet among processes; the parts, merged by (``ts``, ``station_id``), are the whole.
+    ``opening``: for live runs, cars arrive within the first minutes (see StationSim)."""
     rates = rates or Rates()
     t0 = start_ms(start)
     _, fleet = build(stations, seed, prefix)
-    sims = [StationSim(station, rates, seed, t0) for station in fleet]
+    sims = [StationSim(station, rates, seed, t0, opening) for station in fleet]
     if sims:  # every kind of event at least once, whatever the rates: one station shows each
         for i, kind in enumerate(SHOWCASE):
             sims[i % len(sims)].showcase.add(kind)

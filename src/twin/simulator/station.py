@@ -69,8 +69,11 @@ class Exchange:
 
 
 class StationSim:
-    def __init__(self, station: Station, rates: Rates, seed: int, start_ms: int) -> None:
+    def __init__(self, station: Station, rates: Rates, seed: int, start_ms: int, opening: bool = False) -> None:
         self.s, self.rates = station, rates
+        self.opening = opening
+        """Live runs: a car arrives at the first EVSE soon after boot, and the showcase session
+        comes within the first hour instead of at the evening peak: a demo moves at once."""
         self.rng = random.Random(f"station:{seed}:{station.index}")
         self.start = start_ms
         self.v21 = station.protocol == "ocpp2.1"
@@ -227,12 +230,16 @@ class StationSim:
             t0 + int((h + self.rng.random()) * 3_600_000)
             for h in self.rng.choices(range(24), weights=hours, k=_poisson(self.rng, rate))
         )
-        if day == 0 and evse == 1 and ("v2g" in self.showcase or "reservation" in self.showcase):
-            arrivals = sorted({*arrivals, t0 + 17 * 3_600_000})  # the showcase session, at the evening peak
+        showcase = "v2g" in self.showcase or "reservation" in self.showcase
+        special = t0 + (50 * MIN_MS if self.opening else 17 * 3_600_000)  # the evening peak, or at once
+        if day == 0 and evse == 1 and showcase:
+            arrivals = sorted({*arrivals, special})
+        elif day == 0 and evse == 1 and self.opening:
+            arrivals = sorted({*arrivals, t0 + self.rng.randint(12, 20) * MIN_MS})
         for arrive in arrivals:
             if arrive < self.busy[evse] or self.faulted(evse, arrive):
                 continue  # occupied or out of order: the driver goes elsewhere
-            self.busy[evse] = self.session(arrive, evse, day == 0 and arrive == t0 + 17 * 3_600_000)
+            self.busy[evse] = self.session(arrive, evse, showcase and day == 0 and arrive == special)
 
     def session(self, arrive: int, evse: int, showcase: bool) -> int:
         """One visit; returns when the bay is free again."""

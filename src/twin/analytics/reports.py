@@ -1,0 +1,59 @@
+"""The seven reports as documents: what ``twin report KIND --json`` prints and the dashboards
+show, computed in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
+ENGINES = ("duckdb", "polars")
+RULES = ("nevi", "uk")
+BOTH = ("sessions", "energy")
+"""The reports computed by Polars as well as DuckDB (the same numbers either way)."""
+
+
+class ReportError(ValueError):
+    """A report asked for in a way it cannot be made; the message says why."""
+
+
+def report(
+    kind: str,
+    capture: str | Path,
+    since: str | None = None,
+    until: str | None = None,
+    engine: str = "duckdb",
+    rule: str = "nevi",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The report's document (its rows and summaries) and its rows as one flat table."""
+    from twin.analytics import afir, energy, migration, monitoring, reservations, sessions, uptime
+
+    if kind not in KINDS:
+        raise ReportError(f"unknown report {kind!r}: one of {', '.join(KINDS)}")
+    if engine not in ENGINES:
+        raise ReportError("the engine is duckdb or polars")
+    if engine == "polars" and kind not in BOTH:
+        raise ReportError(f"the {kind} report is computed with duckdb only")
+    if rule not in RULES:
+        raise ReportError("the uptime rule is nevi or uk")
+    polars = engine == "polars"
+    if kind == "sessions":
+        rows = (sessions.sessions_polars if polars else sessions.sessions_duckdb)(capture, since, until)
+        return {"sessions": rows}, rows
+    if kind == "energy":
+        rows = (energy.energy_days_polars if polars else energy.energy_days_duckdb)(capture, since, until)
+        return {"stations": energy.by_station(rows), "days": rows}, rows
+    if kind == "reservations":
+        rows = reservations.reservations_duckdb(capture, since, until)
+        return {"reservations": rows, "summary": reservations.summary(rows)}, rows
+    if kind == "monitoring":
+        rows = monitoring.monitoring_duckdb(capture, since, until)
+        return {"events": rows, "summary": monitoring.counts(rows)}, rows
+    if kind == "migration":
+        rows = migration.migration_duckdb(capture)
+        return {"stations": rows, "summary": migration.summary(rows)}, rows
+    if kind == "uptime":
+        document = uptime.uptime(capture, rule, since, until)
+        return document, document["ports"]
+    pools = afir.afir(capture)
+    return {"pools": pools}, [{"pool_id": p["pool_id"], **c} for p in pools for c in p["checks"]]
