@@ -21,8 +21,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src streams replay tests benches
-	$(BIN)/mypy src/twin streams replay
+	$(BIN)/ruff check src streams replay dashboards tests benches
+	$(BIN)/mypy src/twin streams replay dashboards
 
 bench: install
 	$(BIN)/python benches/gateway.py

@@ -8,7 +8,7 @@ station's records in log order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,20 @@ class CaptureError(ValueError):
     """The capture cannot be read; the message says why."""
 
 
-def read(path: str | Path, *, until: str | None = None, dedupe: bool = True) -> Iterator[Envelope]:
+def read(
+    path: str | Path, *, until: str | None = None, dedupe: bool = True, stations: Collection[str] | None = None
+) -> Iterator[Envelope]:
     """Every record of a capture, duplicates dropped (unless ``dedupe`` is False); with
-    ``until``, only those captured at or before that moment (an ISO timestamp)."""
+    ``until``, only those captured at or before that moment (an ISO timestamp); with
+    ``stations``, only those stations' records (an archive reads no others)."""
     p = Path(path)
     if not p.exists():
         raise CaptureError(f"no capture at {p}")
-    records = _parquet(p) if p.is_dir() else _jsonl(p)
+    if p.is_dir():
+        records = _parquet(p, stations)
+    else:
+        wanted = set(stations) if stations is not None else None
+        records = (r for r in _jsonl(p) if wanted is None or r["station_id"] in wanted)
     limit = envelope.parse_ts(until) if until else None
     seen: set[tuple[str, int]] = set()
     for record in records:
@@ -56,12 +63,13 @@ def _jsonl(path: Path) -> Iterator[Envelope]:
             yield record  # type: ignore[misc]
 
 
-def _parquet(path: Path) -> Iterator[Envelope]:
+def _parquet(path: Path, stations: Collection[str] | None = None) -> Iterator[Envelope]:
     import pyarrow.dataset as ds
 
     try:
         dataset = ds.dataset(path, format="parquet", partitioning="hive")
-        table = dataset.to_table(columns=list(envelope.FIELDS))
+        where = None if stations is None else ds.field("station_id").isin(list(stations))
+        table = dataset.to_table(columns=list(envelope.FIELDS), filter=where)
     except Exception as exc:
         raise CaptureError(f"{path}: not a Parquet archive of envelopes ({exc})") from None
     table = table.sort_by(

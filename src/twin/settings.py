@@ -25,6 +25,8 @@ class Settings:
     gateway_port: int = 9000
     web_port: int = 6066
     dashboard_port: int = 8501
+    api: str = ""
+    """URL of a worker's API, for the dashboard and the CLI; empty: this machine's worker."""
     archive: str = "twin-data/archive"
     store: str = "memory"
     """Where the worker keeps its table of twins: "memory" (rebuilt from the changelog at
@@ -43,6 +45,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topics", Topics(self.topic_prefix))
+
+    @property
+    def api_url(self) -> str:
+        return (self.api or f"http://{self.host}:{self.web_port}").rstrip("/")
 
     @classmethod
     def load(cls, **flags: Any) -> Settings:

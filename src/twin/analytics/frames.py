@@ -77,3 +77,19 @@ def frames_polars(capture: str | Path, actions: tuple[str, ...] | None = None) -
     if actions:
         lf = lf.filter(pl.col("action").is_in(list(actions)))
     return lf.unique(subset=["conn_id", "seq"], keep="first", maintain_order=True)
+
+
+def recent(capture: str | Path, station: str, limit: int = 50) -> list[dict[str, Any]]:
+    """A station's latest ``limit`` records, newest first, as the worker's
+    ``/v1/stations/{id}/frames`` gives them (``payload`` as JSON text)."""
+    rows = query(capture, (), """
+        SELECT strftime(ts, '%Y-%m-%dT%H:%M:%S.%gZ') AS ts, origin, msg_type, action, msg_id, valid,
+               payload::VARCHAR AS payload
+        FROM frames_all WHERE station_id = ?  -- before the dedupe: one station's records, not all
+        QUALIFY row_number() OVER (PARTITION BY conn_id, seq ORDER BY ts) = 1
+        ORDER BY ts DESC, seq DESC LIMIT ?
+    """, [station, limit])  # fmt: skip
+    for row in rows:
+        if len(row["payload"]) > 160:
+            row["payload"] = row["payload"][:159] + "…"
+    return rows

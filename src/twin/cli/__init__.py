@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from twin.cli import broker, captures, gateway, replay, report, send, simulate, twins, worker  # noqa: F401  - register the commands
+from twin.cli import (  # noqa: F401  - register the commands
+    broker,
+    captures,
+    gateway,
+    replay,
+    report,
+    send,
+    simulate,
+    twins,
+    up,
+    worker,
+)
 from twin.cli.app import app
 
 

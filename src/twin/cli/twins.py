@@ -23,7 +23,7 @@ Capture = Annotated[str | None, typer.Option("--capture", "-c", help="Fold this 
 
 
 def api_get(api: str | None, path: str) -> Any:
-    base = (api or f"http://127.0.0.1:{Settings.load().web_port}").rstrip("/")
+    base = Settings.load(api=api).api_url
     try:
         with urllib.request.urlopen(f"{base}{path}", timeout=10) as response:
             return orjson.loads(response.read())

@@ -1,0 +1,88 @@
+"""Station: its twin (refreshing on its own while live), EVSEs with energy direction, the
+timeline of its recent frames, its reservations, monitors and alerts."""
+
+import polars as pl
+import streamlit as st
+
+from dashboards import data
+
+is_live = data.header("Station")
+ids = data.station_ids()
+if not ids:
+    st.info("No stations yet: neither the live API nor the archive knows any.")
+    st.stop()
+wanted = st.query_params.get("station")
+station = st.selectbox("Station", ids, index=ids.index(wanted) if wanted in ids else 0, key="station_pick")
+st.query_params["station"] = station
+
+
+def table(rows: list[dict]) -> None:
+    if rows:
+        st.dataframe(pl.DataFrame(rows, infer_schema_length=None), hide_index=True, width="stretch")
+    else:
+        st.caption("none")
+
+
+@st.fragment(run_every="2s" if is_live else None)
+def twin_view(station: str) -> None:
+    twin, origin = data.twin(station)
+    if twin is None:
+        st.info(f"{station}: no twin (the API and the archive know nothing of it)")
+        return
+    connection, identity, security = twin.get("connection", {}), twin.get("identity", {}), twin.get("security", {})
+    where = "live" if origin == "live" else "folded from the archive"
+    st.caption(f"Twin {where}, as of {twin.get('as_of')} · {twin.get('frames_folded', 0):,} frames folded")
+    top = st.columns(5)
+    top[0].metric("Connection", "online" if connection.get("online") else "offline",
+                  help=f"last seen {connection.get('last_seen')}")  # fmt: skip
+    top[1].metric("Protocol", twin.get("protocol") or "—")
+    top[2].metric("Vendor / model", f"{identity.get('vendor') or '—'} {identity.get('model') or ''}")
+    top[3].metric("Firmware", identity.get("firmware_version") or "—")
+    top[4].metric("Security profile", security.get("profile") or "—")
+
+    st.subheader("EVSEs")
+    evses = twin.get("evses", {})
+    cells = st.columns(max(1, len(evses)))
+    lines = []
+    for cell, (evse_id, evse) in zip(cells, sorted(evses.items(), key=lambda kv: int(kv[0])), strict=False):
+        energy = evse.get("energy") or {}
+        direction = energy.get("direction", "idle")
+        power = (energy.get("power_w") or 0) / 1000
+        cell.metric(f"EVSE {evse_id} · {evse.get('status', '—')}", direction,
+                    f"{power:+.1f} kW" if power else None)  # fmt: skip
+        tx = evse.get("transaction") or {}
+        lines.append({
+            "evse": int(evse_id), "status": evse.get("status"), "direction": direction, "power_kw": round(power, 2),
+            "import_kwh": round((energy.get("import_wh") or 0) / 1000, 3),
+            "export_kwh": round((energy.get("export_wh") or 0) / 1000, 3),
+            "transaction": tx.get("id"), "tx_state": tx.get("state"),
+            "tx_import_kwh": round((tx.get("import_wh") or 0) / 1000, 3), "since": energy.get("since"),
+        })  # fmt: skip
+    table(lines)
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Reservations")
+        table([{"reservation_id": k, **v} for k, v in (twin.get("reservations") or {}).items()])
+        st.subheader("Monitors")
+        monitoring = twin.get("monitoring") or {}
+        table([{"monitor_id": k, **v} for k, v in (monitoring.get("monitors") or {}).items()])
+    with right:
+        st.subheader("Alerts")
+        alerts = []
+        if monitoring.get("last_event"):
+            alerts.append({"kind": "monitoring", **monitoring["last_event"]})
+        if security.get("last_event"):
+            alerts.append({"kind": "security", **security["last_event"]})
+        for evse_id, evse in evses.items():
+            if evse.get("status") == "Faulted":
+                alerts.append({"kind": "fault", "evse": evse_id, "since": (evse.get("connectors") or {}).get("1", {})
+                               .get("since")})  # fmt: skip
+        table([{k: str(v) for k, v in a.items()} for a in alerts])
+
+    frames, origin = data.recent_frames(station)
+    st.subheader("Recent frames" + ("" if origin == "live" else " (archive)"))
+    table(frames)
+
+
+twin_view(station)

@@ -1,0 +1,172 @@
+"""``twin up`` and ``twin dashboard``: the whole pipeline in one command, and the Streamlit app."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from twin.broker import BrokerError, port_is_free, wait_for_broker
+from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.settings import Settings
+from twin.stack import Stack, StackError, http_probe, tcp_probe
+
+
+def streamlit_argv(port: int, host: str) -> list[str]:
+    from dashboards import APP  # the Streamlit entry point, shipped in the ``dashboards`` package
+
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port), "--server.address", host, "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
+    ]  # fmt: skip
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int | None, typer.Option(help="Port of the app. (env TWIN_DASHBOARD_PORT, default 8501)")] = None,
+    api: Annotated[
+        str | None, typer.Option(help="The worker's API. (env TWIN_API, default http://127.0.0.1:6066)")
+    ] = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(help="Archive directory or .jsonl capture. (env TWIN_ARCHIVE; default twin-data/archive, "
+                     "else the committed sample dataset)"),
+    ] = None,  # fmt: skip
+) -> None:
+    """Start the Streamlit app on http://127.0.0.1:PORT: the live twins from the worker's API
+    and analytics over the archive. Without a worker it shows the archive alone and says so."""
+    from dashboards import archive_path
+
+    settings = Settings.load(dashboard_port=port, api=api)
+    if not port_is_free(settings.host, settings.dashboard_port):
+        fail(f"port {settings.dashboard_port} on {settings.host} is already in use (--port)")
+    shown = archive_path(archive or os.environ.get("TWIN_ARCHIVE"), settings.archive)
+    os.environ.update(TWIN_API=settings.api_url, TWIN_ARCHIVE=shown)
+    err.print(f"dashboard on [bold]http://{settings.host}:{settings.dashboard_port}[/] "
+              f"(API {settings.api_url}, archive {shown})")  # fmt: skip
+    argv = streamlit_argv(settings.dashboard_port, settings.host)
+    os.execv(argv[0], argv)  # the same process id: whoever started us can stop us
+
+
+@app.command()
+def up(
+    simulate: Annotated[
+        int, typer.Option("--simulate", "-n", min=0, help="Also drive a live simulated fleet of N stations.")
+    ] = 0,
+    speed: Annotated[str, typer.Option(help="The simulated fleet's speed: simulated seconds per second.")] = "60",
+    bootstrap: Bootstrap = None,
+    broker_port: Annotated[int | None, typer.Option(help="The embedded broker's port. (default 9092)")] = None,
+    port: Annotated[int | None, typer.Option(help="The gateway's websocket port. (default 9000)")] = None,
+    web_port: Annotated[int | None, typer.Option(help="The worker's API port. (default 6066)")] = None,
+    dashboard_port: Annotated[int | None, typer.Option(help="The dashboard's port. (default 8501)")] = None,
+    archive: Annotated[str | None, typer.Option(help="Where the worker archives the log.")] = None,
+    data_dir: Annotated[str, typer.Option(help="Logs, the worker's state and the spool go here.")] = "twin-data",
+    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Leave the dashboard out.")] = False,
+    json_out: Json = False,
+) -> None:
+    """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
+    stream worker with its API and the archive, and the dashboard; --simulate N adds a live
+    fleet driving the gateway. Prints every URL it serves; Ctrl-C stops everything.
+
+    Each process logs to DATA_DIR/logs/NAME.log."""
+    settings = Settings.load(
+        bootstrap=bootstrap, broker_port=broker_port, gateway_port=port, web_port=web_port,
+        dashboard_port=dashboard_port, archive=archive,
+    )  # fmt: skip
+    host = settings.host
+    wanted = {"gateway (--port)": settings.gateway_port, "API (--web-port)": settings.web_port}
+    if not no_dashboard:
+        wanted["dashboard (--dashboard-port)"] = settings.dashboard_port
+    if not settings.bootstrap:
+        wanted["broker (--broker-port)"] = settings.broker_port
+    for what, number in wanted.items():
+        if not port_is_free(host, number):
+            fail(f"port {number} on {host} is taken: choose another for the {what}, or stop what holds it")
+    if len(set(wanted.values())) < len(wanted):
+        fail(f"the ports must differ: {wanted}")
+    if settings.bootstrap:
+        try:
+            wait_for_broker(settings.bootstrap, timeout=5)
+        except BrokerError as exc:
+            fail(f"{exc}. Is the cluster up? Leave out --bootstrap to start the embedded broker.")
+
+    data = Path(data_dir)
+    twin = [sys.executable, "-m", "twin"]
+    stack = Stack(data / "logs", env={"TWIN_SPOOL": str(data / "spool")})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    target = settings.bootstrap or f"{host}:{settings.broker_port}"
+    gateway_url = f"ws://{host}:{settings.gateway_port}/ocpp"
+    urls = {
+        "stations": f"{gateway_url}/<station id>",
+        "api": f"http://{host}:{settings.web_port}/v1/stations",
+        "dashboard": None if no_dashboard else f"http://{host}:{settings.dashboard_port}",
+        "broker": target,
+        "archive": settings.archive,
+        "logs": str(data / "logs"),
+    }
+    try:
+        with err.status("starting twin") as status:
+            if not settings.bootstrap:
+                status.update("starting the embedded broker")
+                stack.start("broker", [*twin, "broker", "--port", str(settings.broker_port)],
+                            tcp_probe(host, settings.broker_port))  # fmt: skip
+            status.update("starting the gateway")
+            stack.start("gateway", [*twin, "gateway", "--bootstrap", target, "--port", str(settings.gateway_port)],
+                        tcp_probe(host, settings.gateway_port))  # fmt: skip
+            status.update("starting the stream worker")
+            stack.start("worker", [*twin, "worker", "--bootstrap", target, "--web-port", str(settings.web_port),
+                                   "--archive", settings.archive, "--data-dir", str(data / "worker")],
+                        http_probe(f"http://{host}:{settings.web_port}/v1/protocols/ocpp-21"), timeout=120)  # fmt: skip
+            if not no_dashboard:
+                status.update("starting the dashboard")
+                stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive)
+                stack.start("dashboard", streamlit_argv(settings.dashboard_port, host),
+                            http_probe(f"http://{host}:{settings.dashboard_port}/_stcore/health"))  # fmt: skip
+            if simulate:
+                stack.start("simulator", [*twin, "simulate", "--stations", str(simulate), "--days", "7",
+                                          "--live", gateway_url, "--speed", speed, "--inventory", settings.archive],
+                            may_finish=True)  # fmt: skip
+        pids = {s.name: s.pid for s in stack.services}
+        if json_out:
+            print_json({**urls, "simulated_stations": simulate, "pids": pids})
+        else:
+            _announce(urls, simulate, speed)
+        while not stop.is_set():
+            broken = stack.failed()
+            if broken is not None:
+                raise StackError(f"the {broken.name} stopped (exit {broken.ended()}); its log:\n{broken.tail()}")
+            stop.wait(0.5)
+        err.print("stopping twin ...")
+    except StackError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        stack.stop()
+        raise typer.Exit(1) from None
+    stack.stop()
+    err.print("stopped: " + ", ".join(f"{name} (pid {pid})" for name, pid in pids.items()))
+
+
+def _announce(urls: dict[str, str | None], simulate: int, speed: str) -> None:
+    lines = [
+        ("stations connect to", urls["stations"]),
+        ("twin API", urls["api"]),
+        ("dashboard", urls["dashboard"]),
+        ("broker", urls["broker"]),
+        ("archive", urls["archive"]),
+        ("logs", urls["logs"]),
+    ]
+    print("twin is up:")
+    for label, value in lines:
+        if value:
+            print(f"  {label:<20} {value}")
+    if simulate:
+        print(f"  a simulated fleet of {simulate} stations is driving the gateway at {speed}x")
+    print("Ctrl-C stops everything.", flush=True)
