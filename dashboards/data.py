@@ -18,6 +18,9 @@ from dashboards import archive_path
 from twin.settings import Settings
 
 TIMEOUT = 2.0
+REFRESH = "3s"
+"""How often the live parts of a page (the fleet, a station's twin) ask the API again. They
+ask while the API is away too, so that a page opened before the worker was ready comes alive."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,11 @@ def today() -> str:
 def header(title: str, live_data: bool = True) -> bool:
     """The page's title and what it shows; True when the live API answers."""
     st.title(title)
+    return status(live_data)
+
+
+def status(live_data: bool = True) -> bool:
+    """What the page shows: live twins, the archive, or the archive alone (and why)."""
     src = source()
     summary, problem = live("/v1/fleet/summary") if live_data else (None, None)
     where = f"archive `{src.archive}`" if has_archive() else f"no archive at `{src.archive}` yet"

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboards import data
 
-is_live = data.header("Station")
+st.title("Station")
 ids = data.station_ids()
 if not ids:
     st.info("No stations yet: neither the live API nor the archive knows any.")
@@ -23,8 +23,9 @@ def table(rows: list[dict]) -> None:
         st.caption("none")
 
 
-@st.fragment(run_every="2s" if is_live else None)
+@st.fragment(run_every=data.REFRESH)
 def twin_view(station: str) -> None:
+    data.status()
     twin, origin = data.twin(station)
     if twin is None:
         st.info(f"{station}: no twin (the API and the archive know nothing of it)")

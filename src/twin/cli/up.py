@@ -125,7 +125,7 @@ def up(
             status.update("starting the stream worker")
             stack.start("worker", [*twin, "worker", "--bootstrap", target, "--web-port", str(settings.web_port),
                                    "--archive", settings.archive, "--data-dir", str(data / "worker")],
-                        http_probe(f"http://{host}:{settings.web_port}/v1/protocols/ocpp-21"), timeout=120)  # fmt: skip
+                        http_probe(f"http://{host}:{settings.web_port}/v1/fleet/summary"), timeout=120)  # fmt: skip
             if not no_dashboard:
                 status.update("starting the dashboard")
                 stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive)

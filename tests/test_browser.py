@@ -1,0 +1,64 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) against
+``twin up --simulate 5``: the fleet page lists the stations, and a station page shows an
+EVSE whose energy direction changes. Screenshots go to docs/screenshots/ (the README shows
+them)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.up import twin_up
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = os.environ.get("TWIN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# as root, with no network beyond loopback: no sandbox, and no background connections to Google
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+STATIONS = [f"CS-{n:05d}" for n in range(1, 6)]
+DIRECTIONS = ("discharging", "charging", "idle")
+
+
+def test_the_live_fleet_in_a_real_browser(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium package")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with twin_up(tmp_path, "--simulate", "5", "--speed", "120") as up, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(up.urls["dashboard"])
+            page.get_by_role("heading", name="Fleet").wait_for(timeout=60_000)
+            for station in STATIONS:  # the fleet table's cells (a canvas grid keeps them in the DOM)
+                page.get_by_text(station, exact=True).first.wait_for(state="attached", timeout=90_000)
+            page.get_by_text("Stations online").wait_for()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=SHOTS / "fleet.png", full_page=True)
+
+            page.goto(f"{up.urls['dashboard']}/station?station=CS-00001")
+            evse = page.locator('[data-testid="stMetric"]').filter(has_text="EVSE 1")
+            evse.first.wait_for(timeout=60_000)
+            seen: list[str] = []
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                value = evse.first.locator('[data-testid="stMetricValue"]').inner_text().strip()
+                direction = next(d for d in DIRECTIONS if d in value)
+                if not seen or seen[-1] != direction:
+                    seen.append(direction)
+                    if direction != "idle":
+                        page.screenshot(path=SHOTS / "station.png", full_page=True)
+                if len(seen) >= 2:
+                    break
+                time.sleep(0.5)  # the page refreshes the twin on its own every 2 s
+            assert len(seen) >= 2, f"EVSE 1's energy direction never changed: {seen}"
+        finally:
+            browser.close()
