@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser run test lint bench clean
 
 install: $(STAMP)
 
@@ -14,10 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: install
-	$(BIN)/twin gateway   # `twin up` (issue 6) will start the whole pipeline
+# the browser test drives Debian's Chromium (Playwright's own browser downloads are not used)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
-test: install
+run: install
+	$(BIN)/twin up --simulate 20
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
