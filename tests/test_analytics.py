@@ -293,3 +293,35 @@ def test_afir_checks_per_pool(tmp_path: Path) -> None:
     body = json.loads(done.stdout)
     assert [p["pool_id"] for p in body["pools"]] == ["(no pool) AF-3", "POOL-X"]
     assert {"pool_id", "total_kw", "points_150kw", "checks"} <= body["pools"][1].keys()
+
+
+def test_status_and_connectivity_intervals_worked_out_by_hand(tmp_path: Path) -> None:
+    """The uptime day above: connected 08:00-10:00 (closed 1006) and from 11:30 on (last
+    record 15:10); port 1 Available 300 min, Faulted 60, Available since 14:00; port 2
+    Available 400 min, Unavailable 30, Available since 15:10. Both engines, both formats."""
+    from twin.analytics import intervals
+
+    s = Script("IV-1").connect().status(1, "Available").status(2, "Available")
+    s.at(120).disconnect(1006)
+    s.at(210).connect()
+    s.at(300).status(1, "Faulted")
+    s.at(360).status(1, "Available")
+    s.at(400).status(2, "Unavailable")
+    s.at(430).status(2, "Available")
+    jsonl = tmp_path / "iv.jsonl"
+    captures.write_jsonl(jsonl, s.records)
+    archive.write(tmp_path / "archive", s.records + s.records[2:5])  # a redelivery: dropped
+    for path in (jsonl, tmp_path / "archive"):
+        status = intervals.status_intervals_duckdb(path)
+        assert status == intervals.status_intervals_polars(path)
+        spans = [(r["evse_id"], r["status"], r["minutes"] and round(r["minutes"])) for r in status]
+        assert spans == [(1, "Available", 300), (1, "Faulted", 60), (1, "Available", None),
+                         (2, "Available", 400), (2, "Unavailable", 30), (2, "Available", None)]  # fmt: skip
+        assert status[1]["started_at"].startswith("2026-03-01T13:00:00") and status[1]["ended_at"].startswith(
+            "2026-03-01T14:00:00"
+        )
+        links = intervals.connectivity_intervals_duckdb(path)
+        assert links == intervals.connectivity_intervals_polars(path)
+        assert [(round(r["minutes"]), r["close_code"], r["disconnected_at"] is None) for r in links] == [
+            (120, 1006, False), (220, None, True)]  # fmt: skip
+        assert links[1]["last_seen"].startswith("2026-03-01T15:10:00")

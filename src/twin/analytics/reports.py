@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration")
+KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration", "status", "connectivity")
 ENGINES = ("duckdb", "polars")
 RULES = ("nevi", "uk")
-BOTH = ("sessions", "energy")
+BOTH = ("sessions", "energy", "status", "connectivity")
 """The reports computed by Polars as well as DuckDB (the same numbers either way)."""
 
 
@@ -26,7 +26,7 @@ def report(
     rule: str = "nevi",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The report's document (its rows and summaries) and its rows as one flat table."""
-    from twin.analytics import afir, energy, migration, monitoring, reservations, sessions, uptime
+    from twin.analytics import afir, energy, intervals, migration, monitoring, reservations, sessions, uptime
 
     if kind not in KINDS:
         raise ReportError(f"unknown report {kind!r}: one of {', '.join(KINDS)}")
@@ -52,8 +52,23 @@ def report(
     if kind == "migration":
         rows = migration.migration_duckdb(capture)
         return {"stations": rows, "summary": migration.summary(rows)}, rows
+    if kind in ("status", "connectivity"):
+        compute = {
+            ("status", False): intervals.status_intervals_duckdb, ("status", True): intervals.status_intervals_polars,
+            ("connectivity", False): intervals.connectivity_intervals_duckdb,
+            ("connectivity", True): intervals.connectivity_intervals_polars,
+        }[(kind, polars)]  # fmt: skip
+        rows = [r for r in compute(capture) if _within(r, since, until)]
+        return {"intervals": rows}, rows
     if kind == "uptime":
         document = uptime.uptime(capture, rule, since, until)
         return document, document["ports"]
     pools = afir.afir(capture)
     return {"pools": pools}, [{"pool_id": p["pool_id"], **c} for p in pools for c in p["checks"]]
+
+
+def _within(row: dict[str, Any], since: str | None, until: str | None) -> bool:
+    """An interval that overlaps [since, until)."""
+    start = row.get("started_at") or row.get("connected_at") or ""
+    end = row.get("ended_at") or row.get("disconnected_at") or row.get("last_seen")
+    return (until is None or start < until) and (since is None or end is None or end >= since)

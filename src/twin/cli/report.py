@@ -44,7 +44,8 @@ def report(
     port, station, pool and network under --rule nevi or uk (twin/analytics/uptime.py says
     what counts as up, down and excluded). afir: per pool, Art. 3 power thresholds, per-kWh
     ad hoc price, smart charging, ISO 15118-20 and status freshness, each pass, fail or
-    unknown with why."""
+    unknown with why. status: each connector's status intervals. connectivity: each connection, from
+    Connected to Disconnected (or its last record)."""
     from twin.analytics.reports import ReportError
     from twin.analytics.reports import report as compute
     from twin.captures import CaptureError
