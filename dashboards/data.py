@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import os
+import queue
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -64,20 +69,132 @@ def version(archive: str) -> tuple[int, float]:
     return len(times), max(times, default=0.0)
 
 
-@st.cache_data(show_spinner="computing the report ...", max_entries=64)
-def _report(kind: str, archive: str, stamp: tuple[int, float], since: str | None, until: str | None,
-            rule: str) -> dict[str, Any]:  # fmt: skip
-    from twin.analytics.reports import report as compute
-
-    return compute(kind, archive, since, until, rule=rule)[0]
+Key = tuple[str, str, str | None, str | None, str]
+"""A report asked for: kind, archive, since, until, rule."""
 
 
-def report(kind: str, since: str | None = None, until: str | None = None, rule: str = "nevi") -> dict[str, Any] | None:
-    """A report's document (as ``twin report KIND --json`` gives it), or None without an archive."""
+@dataclass
+class Computed:
+    stamp: tuple[int, float]  # the archive's version it was computed on
+    value: dict[str, Any] | None = None
+    error: str | None = None
+    at: float = 0.0
+
+
+class Reports:
+    """Reports over the archive, computed on one background thread, one at a time (DuckDB
+    and Polars use every core already), so that no page waits for a long one:
+
+    - a page asks; if the report is not ready within a moment it says it is computing, and
+      fills in by itself when it is;
+    - when the archive gains files, the last result is served while the new one computes;
+    - as soon as the app first runs, the reports every page shows by default are queued
+      behind whatever a page asks for, so a user's next page is usually ready."""
+
+    DEFAULTS = ("migration", "energy", "uptime", "reservations", "monitoring", "afir", "sessions")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done: dict[Key, Computed] = {}
+        self.queued: dict[Key, tuple[int, float]] = {}
+        self.jobs: queue.PriorityQueue[tuple[int, int, Key, tuple[int, float]]] = queue.PriorityQueue()
+        self.order = itertools.count()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._work, name="twin-reports", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """At exit: drop what is queued and let the running report finish (a process that
+        ends under a running DuckDB query aborts)."""
+        self.stopping = True
+        self.jobs.put((-1, -1, ("", "", None, None, ""), (0, 0.0)))  # wake the thread
+        self.thread.join(timeout=600)
+
+    def ask(self, key: Key, stamp: tuple[int, float], wait: float, urgent: bool = True) -> Computed | None:
+        """The freshest result for ``key`` (perhaps of an older archive version), or None
+        while its first computation runs."""
+        with self.lock:
+            known = self.done.get(key)
+            if (known is None or known.stamp != stamp) and self.queued.get(key) != stamp:
+                self.queued[key] = stamp
+                self.jobs.put((0 if urgent else 1, next(self.order), key, stamp))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with self.lock:
+                known = self.done.get(key)
+                if known is not None and known.stamp == stamp:
+                    return known
+            time.sleep(0.05)
+        with self.lock:
+            return self.done.get(key)
+
+    def prewarm(self, archive: str, stamp: tuple[int, float]) -> None:
+        for kind in self.DEFAULTS:
+            self.ask((kind, archive, None, None, "nevi"), stamp, wait=0, urgent=False)
+
+    def _work(self) -> None:
+        from twin.analytics.reports import report as compute
+
+        while True:
+            _, _, key, stamp = self.jobs.get()
+            if self.stopping:
+                return
+            with self.lock:
+                if self.queued.get(key) != stamp:
+                    continue  # superseded by a newer version of the archive
+            kind, archive, since, until, rule = key
+            result = Computed(stamp, at=time.time())
+            try:
+                result.value = compute(kind, archive, since, until, rule=rule)[0]
+            except Exception as exc:  # shown on the page: a bad window, a broken archive
+                result.error = f"{type(exc).__name__}: {exc}"
+            with self.lock:
+                self.done[key] = result
+                self.queued.pop(key, None)
+
+
+@st.cache_resource
+def reports() -> Reports:
+    """One report computer per app process, shared by every session."""
+    return Reports()
+
+
+def report(kind: str, since: str | None = None, until: str | None = None, rule: str = "nevi",
+           block: bool = True) -> dict[str, Any] | None:  # fmt: skip
+    """A report's document (as ``twin report KIND --json`` gives it).
+
+    Without an archive the page says so and stops there. While the report's first
+    computation runs, the page says so and runs again shortly (``block=False``: None, and
+    the page goes on without it)."""
     archive = source().archive
     if not has_archive():
+        if not block:
+            return None
+        st.info(f"No archive at `{archive}` yet: the worker writes one as frames arrive.")
+        st.stop()
+    computer = reports()
+    stamp = version(archive)
+    key = (kind, archive, since, until, rule)
+    computer.ask(key, stamp, wait=0)  # queued first: ahead of the defaults
+    computer.prewarm(archive, stamp)
+    result = computer.ask(key, stamp, wait=2.0 if block else 0.2)
+    if result is None:
+        if not block:
+            return None
+        st.info(f"Computing the {kind} report over `{archive}` ... this page fills in by itself.")
+        time.sleep(1.0)
+        st.rerun()
+    assert result is not None
+    if result.error:
+        st.error(f"The {kind} report failed: {result.error}")
+        if block:
+            st.stop()
         return None
-    return _report(kind, archive, version(archive), since, until, rule)
+    if result.stamp != stamp and block:
+        st.caption(f"The {kind} report as of {time.strftime('%H:%M:%S', time.localtime(result.at))}; "
+                   "the archive has grown since and it is being computed again.")  # fmt: skip
+    return result.value
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -129,7 +246,7 @@ def station_ids() -> list[str]:
     ids = {r["station_id"] for r in rows["stations"]} if rows else set()
     ids |= set(inventory())
     if not ids and has_archive():
-        migration = report("migration")
+        migration = report("migration", block=False)
         ids = {r["station_id"] for r in (migration or {}).get("stations", [])}
     return sorted(ids)
 

@@ -12,7 +12,8 @@ def energy_today(is_live: bool) -> tuple[str, float | None, float | None]:
     """kWh in and out today (live), or on the archive's last day."""
     if not data.has_archive():
         return "today", None, None
-    days = (data.report("energy", since=data.today()) if is_live else data.report("energy")) or {"days": []}
+    since = data.today() if is_live else None
+    days = data.report("energy", since=since, block=False) or {"days": []}
     last = max((d["day"] for d in days["days"]), default=None)
     if last is None:
         return "today", None, None
@@ -68,7 +69,7 @@ def stations(rows: list[dict], inventory: dict[str, dict]) -> None:
     if rows:
         table = [listed(r, ("pool_id", "kind", "max_kw")) for r in rows]
     else:
-        migration = (data.report("migration") or {"stations": []})["stations"]
+        migration = (data.report("migration", block=False) or {"stations": []})["stations"]
         table = [listed(r, ("pool_id", "kind", "max_kw", "vendor", "model")) for r in migration]
     st.subheader("Stations")
     filters = st.columns(3)

@@ -17,12 +17,16 @@ def _arrow(path: Path) -> object:
     return archive.table(list(captures.read(path, dedupe=False)))
 
 
-def connect(capture: str | Path, actions: tuple[str, ...] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    capture: str | Path, actions: tuple[str, ...] | None = None, where: str | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the view ``frames`` (one row per record, duplicates dropped,
     ``ts`` a timestamp, ``payload`` JSON); with ``actions``, only the records of those
     actions. A report names the actions it reads: the filter then runs before the dedupe
     (DuckDB cannot push it through the window that drops duplicates), so only those records
-    are sorted and carried (at 10 M records: 8.8 s -> a fraction for uptime)."""
+    are sorted and carried (at 10 M records: 8.8 s -> a fraction for uptime). ``where``: one
+    more SQL condition on the stored columns, also before the dedupe (a duplicate is the same
+    record, so it keeps both copies or neither)."""
     path = Path(capture)
     if not path.exists():
         raise captures.CaptureError(f"no capture at {path}")
@@ -34,26 +38,27 @@ def connect(capture: str | Path, actions: tuple[str, ...] | None = None) -> duck
     else:
         con.register("jsonl_capture", _arrow(path))
         source = "jsonl_capture"
-    where = ""
+    conditions = [f"({where})"] if where else []
     if actions:
-        where = "WHERE action IN (" + ", ".join("'" + a.replace("'", "''") + "'" for a in actions) + ")"
+        conditions.insert(0, "action IN (" + ", ".join("'" + a.replace("'", "''") + "'" for a in actions) + ")")
+    filtered = "WHERE " + " AND ".join(conditions) if conditions else ""
     con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
     con.execute(f"""
         CREATE VIEW frames AS
         SELECT station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq,
                valid, error
         FROM {source}
-        {where}
+        {filtered}
         QUALIFY row_number() OVER (PARTITION BY conn_id, seq ORDER BY ts) = 1
     """)
     return con
 
 
 def query(
-    capture: str | Path, actions: tuple[str, ...], sql: str, params: list[Any] | None = None
+    capture: str | Path, actions: tuple[str, ...], sql: str, params: list[Any] | None = None, where: str | None = None
 ) -> list[dict[str, Any]]:
-    """The rows of ``sql`` over :func:`connect`'s ``frames`` (of ``actions``), as dicts."""
-    cursor = connect(capture, actions).execute(sql, params or [])
+    """The rows of ``sql`` over :func:`connect`'s ``frames`` (of ``actions``, and ``where``), as dicts."""
+    cursor = connect(capture, actions, where).execute(sql, params or [])
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

@@ -82,7 +82,10 @@ def reservations_duckdb(
     capture: str | Path, since: str | None = None, until: str | None = None
 ) -> list[dict[str, Any]]:
     actions = ("ReserveNow", "CancelReservation", "ReservationStatusUpdate", "TransactionEvent")
-    return query(capture, actions, SQL, [since, since, until, until])
+    # of the (many) TransactionEvents only those that carry a reservation: a text test on the
+    # stored payload before any JSON is parsed (the SQL checks the parsed field again)
+    carries = "action <> 'TransactionEvent' OR contains(payload, '\"reservationId\"')"
+    return query(capture, actions, SQL, [since, since, until, until], where=carries)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
