@@ -64,7 +64,7 @@ LEFT JOIN status_delay d USING (station_id)
 def afir(capture: str | Path) -> list[dict[str, Any]]:
     known = inventory_of(capture)
     actions = ("SetDefaultTariff", "SetChargingProfile", "StatusNotification")
-    seen = {r["station_id"]: r for r in query(capture, actions, SQL)}
+    seen = {r["station_id"]: r for r in query(capture, actions, SQL, once=True)}  # frames named five times
     iso20 = {r["station_id"]: r["iso15118_20"] for r in migration_duckdb(capture)}
     pools: dict[str, list[str]] = {}
     for station in sorted(seen):

@@ -18,7 +18,7 @@ def _arrow(path: Path) -> object:
 
 
 def connect(
-    capture: str | Path, actions: tuple[str, ...] | None = None, where: str | None = None
+    capture: str | Path, actions: tuple[str, ...] | None = None, where: str | None = None, once: bool = False
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the view ``frames`` (one row per record, duplicates dropped,
     ``ts`` a timestamp, ``payload`` JSON); with ``actions``, only the records of those
@@ -26,7 +26,8 @@ def connect(
     (DuckDB cannot push it through the window that drops duplicates), so only those records
     are sorted and carried (at 10 M records: 8.8 s -> a fraction for uptime). ``where``: one
     more SQL condition on the stored columns, also before the dedupe (a duplicate is the same
-    record, so it keeps both copies or neither)."""
+    record, so it keeps both copies or neither). ``once``: ``frames`` is a table, read and
+    deduplicated once, for SQL that refers to it many times (a view is read at every mention)."""
     path = Path(capture)
     if not path.exists():
         raise captures.CaptureError(f"no capture at {path}")
@@ -44,7 +45,7 @@ def connect(
     filtered = "WHERE " + " AND ".join(conditions) if conditions else ""
     con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
     con.execute(f"""
-        CREATE VIEW frames AS
+        CREATE {"TEMP TABLE" if once else "VIEW"} frames AS
         SELECT station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq,
                valid, error
         FROM {source}
@@ -55,10 +56,15 @@ def connect(
 
 
 def query(
-    capture: str | Path, actions: tuple[str, ...], sql: str, params: list[Any] | None = None, where: str | None = None
+    capture: str | Path,
+    actions: tuple[str, ...],
+    sql: str,
+    params: list[Any] | None = None,
+    where: str | None = None,
+    once: bool = False,
 ) -> list[dict[str, Any]]:
     """The rows of ``sql`` over :func:`connect`'s ``frames`` (of ``actions``, and ``where``), as dicts."""
-    cursor = connect(capture, actions, where).execute(sql, params or [])
+    cursor = connect(capture, actions, where, once).execute(sql, params or [])
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

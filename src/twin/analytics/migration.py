@@ -55,7 +55,7 @@ def inventory_of(capture: str | Path) -> dict[str, dict[str, Any]]:
 
 def migration_duckdb(capture: str | Path) -> list[dict[str, Any]]:
     known = inventory_of(capture)
-    rows = query(capture, ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate"), SQL)
+    rows = query(capture, ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate"), SQL, once=True)
     for r in rows:
         listed = known.get(r["station_id"], {})
         r["bidirectional"] = bool(r.pop("bidirectional_seen") or listed.get("bidirectional"))

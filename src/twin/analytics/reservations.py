@@ -85,7 +85,7 @@ def reservations_duckdb(
     # of the (many) TransactionEvents only those that carry a reservation: a text test on the
     # stored payload before any JSON is parsed (the SQL checks the parsed field again)
     carries = "action <> 'TransactionEvent' OR contains(payload, '\"reservationId\"')"
-    return query(capture, actions, SQL, [since, since, until, until], where=carries)
+    return query(capture, actions, SQL, [since, since, until, until], where=carries, once=True)
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
