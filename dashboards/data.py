@@ -55,7 +55,9 @@ def live(path: str) -> tuple[Any, str | None]:
 
 
 def has_archive() -> bool:
-    return Path(source().archive).exists()
+    """A capture file, or an archive directory with at least one Parquet file (a new
+    worker's archive holds only the inventory for its first seconds)."""
+    return version(source().archive)[0] > 0
 
 
 def version(archive: str) -> tuple[int, float]:
@@ -198,7 +200,7 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _inventory(archive: str, stamp: tuple[int, float]) -> dict[str, dict[str, Any]]:
+def _inventory(archive: str, stamp: tuple[int, float]) -> dict[str, dict[str, Any]]:  # stamp: the file's mtime
     from twin.analytics.migration import inventory_of
 
     return inventory_of(archive)
@@ -206,8 +208,11 @@ def _inventory(archive: str, stamp: tuple[int, float]) -> dict[str, dict[str, An
 
 def inventory() -> dict[str, dict[str, Any]]:
     """The stations' inventory (pool, coordinates, power) when the archive has one."""
+    from twin.simulator import inventory_path
+
     archive = source().archive
-    return _inventory(archive, version(archive)) if has_archive() else {}
+    path = inventory_path(archive)
+    return _inventory(archive, (1, path.stat().st_mtime)) if path.exists() else {}
 
 
 @st.cache_data(show_spinner="folding the station's records ...", max_entries=32)

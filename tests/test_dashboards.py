@@ -66,7 +66,7 @@ def test_fleet(archive_only: None) -> None:
     assert len(table) == 20 and {"station_id", "protocol", "pool_id", "max_kw"} <= set(table.columns)
     at.text_input(key="fleet_text").input("CS-0000").run()
     assert len(at.dataframe[0].value) == 9
-    at.multiselect(key="fleet_protocol").set_value(["ocpp2.0.1"]).run()
+    at.multiselect(key="fleet_protocol").set_value(["ocpp2.0.1"]).run()  # none chosen: all
     assert set(at.dataframe[0].value["protocol"]) == {"ocpp2.0.1"}
 
 

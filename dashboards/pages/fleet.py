@@ -75,12 +75,12 @@ def stations(rows: list[dict], inventory: dict[str, dict]) -> None:
     filters = st.columns(3)
     text = filters[0].text_input("Station, vendor or model contains", key="fleet_text")
     protocols = sorted({str(r.get("protocol")) for r in table})
-    chosen = filters[1].multiselect("Protocol", protocols, default=protocols, key="fleet_protocol")
+    chosen = filters[1].multiselect("Protocol", protocols, key="fleet_protocol", placeholder="all")
     state = filters[2].selectbox("State", STATES, key="fleet_state", disabled=not rows)
 
     def keep(r: dict) -> bool:
         hay = " ".join(str(r.get(k) or "") for k in ("station_id", "vendor", "model")).lower()
-        if text and text.lower() not in hay or str(r.get("protocol")) not in chosen:
+        if text and text.lower() not in hay or chosen and str(r.get("protocol")) not in chosen:
             return False
         if state == "all" or not rows:
             return True
