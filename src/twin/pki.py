@@ -115,16 +115,24 @@ def save(issued: Issued, cert_path: Path, key_path: Path | None = None) -> None:
         key_path.chmod(0o600)
 
 
+def load_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise PkiError(f"{path}: no private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{path}: an EC key was expected")
+    return key
+
+
 def load(directory: str | Path) -> Issued:
     """The CSMS CA of a PKI directory."""
     root = Path(directory)
     try:
         cert = x509.load_pem_x509_certificate((root / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key((root / "ca.key").read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise PkiError(f"{root}: not a PKI directory made by `twin pki init` ({exc})") from None
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    return Issued(cert, key)
+    return Issued(cert, load_key(root / "ca.key"))
 
 
 def config(directory: str | Path) -> dict[str, Any]:
@@ -215,7 +223,7 @@ def problems(chain: list[x509.Certificate], anchors: list[x509.Certificate],
         if moment > cert.not_valid_after_utc:
             found.append(f"{who}: expired on {cert.not_valid_after_utc.isoformat()}")
         kind, bits = key_bits(cert)
-        if (kind == "RSA" and bits < MIN_RSA_BITS) or (kind == "EC" and bits < MIN_EC_BITS) or kind not in ("RSA", "EC"):
+        if bits < {"RSA": MIN_RSA_BITS, "EC": MIN_EC_BITS}.get(kind, 1 << 30):
             found.append(f"{who}: key too small ({kind} {bits} bits; RSA >= {MIN_RSA_BITS} or EC >= {MIN_EC_BITS})")
         if depth + 1 < len(path):
             issuer = path[depth + 1]
@@ -287,18 +295,20 @@ def ocsp_answer(directory: str | Path, request_der: bytes) -> bytes:
     for pem in (root / "stations").glob("*.pem"):
         cert = x509.load_pem_x509_certificate(pem.read_bytes())
         known[cert.serial_number] = cert
-    cert = known.get(request.serial_number)
+    found = known.get(request.serial_number)
     now = dt.datetime.now(dt.UTC)
-    if cert is None:
+    if found is None:
         status, when = ocsp.OCSPCertStatus.UNKNOWN, None
-        cert = issue(_name("unknown"), ca, DAY).cert  # the builder wants a certificate: a stand-in with the serial
+        stand_in = issue(_name("unknown"), ca, DAY).cert  # the builder wants a certificate: one with the serial
         cert = x509.CertificateBuilder(
-            cert.issuer, cert.subject, cert.public_key(), request.serial_number, cert.not_valid_before_utc,
-            cert.not_valid_after_utc, list(cert.extensions)).sign(ca.key, hashes.SHA256())  # fmt: skip
-    elif str(cert.serial_number) in revoked:
-        status, when = ocsp.OCSPCertStatus.REVOKED, dt.datetime.fromisoformat(revoked[str(cert.serial_number)])
+            stand_in.issuer, stand_in.subject, stand_in.public_key(), request.serial_number,
+            stand_in.not_valid_before_utc, stand_in.not_valid_after_utc, list(stand_in.extensions),
+        ).sign(ca.key, hashes.SHA256())  # fmt: skip
+    elif str(found.serial_number) in revoked:
+        cert, status = found, ocsp.OCSPCertStatus.REVOKED
+        when = dt.datetime.fromisoformat(revoked[str(found.serial_number)])
     else:
-        status, when = ocsp.OCSPCertStatus.GOOD, None
+        cert, status, when = found, ocsp.OCSPCertStatus.GOOD, None
     builder = ocsp.OCSPResponseBuilder().add_response(
         cert=cert, issuer=ca.cert, algorithm=hashes.SHA256(), cert_status=status, this_update=now,
         next_update=now + DAY, revocation_time=when,
@@ -326,9 +336,10 @@ def ocsp_status(response_der: bytes, issuer: x509.Certificate) -> str:
     if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise PkiError(f"OCSP responder answered {response.response_status.name}")
     key = issuer.public_key()
-    assert isinstance(key, ec.EllipticCurvePublicKey)
+    algorithm = response.signature_hash_algorithm
+    assert isinstance(key, ec.EllipticCurvePublicKey) and algorithm is not None
     try:
-        key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(response.signature_hash_algorithm))
+        key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(algorithm))
     except InvalidSignature:
         raise PkiError("the OCSP response is not signed by the CA") from None
     return {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(

@@ -6,6 +6,7 @@ from twin.cli import (  # noqa: F401  - register the commands
     broker,
     captures,
     gateway,
+    pki,
     replay,
     report,
     send,

@@ -11,7 +11,9 @@ import typer
 from twin.broker import BrokerError, EmbeddedBroker, ensure_topics, wait_for_broker
 from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
 from twin.gateway.server import Gateway
+from twin.pki import PkiError
 from twin.runtime import tune_gc
+from twin.security import SecurityError, guard_from
 from twin.settings import Settings
 
 
@@ -55,9 +57,32 @@ def gateway(
         float | None, typer.Option(help="Seconds a CSMS-initiated CALL waits for its answer. (default 60)")
     ] = None,
     no_capture: Annotated[bool, typer.Option("--no-capture", help="Record nothing (benchmarks only).")] = False,
+    security_profile: Annotated[
+        int,
+        typer.Option(
+            help="OCPP security profile of every station: 0 none (development), 1 Basic Auth over ws, "
+            "2 TLS + Basic Auth, 3 mutual TLS."
+        ),
+    ] = 0,  # fmt: skip
+    pki: Annotated[
+        str | None, typer.Option(help="Profiles 2-3: a `twin pki init` directory (csms.pem/key, ca.pem).")
+    ] = None,
+    passwords: Annotated[
+        str | None, typer.Option(help="Profiles 1-2: station passwords as scrypt hashes (`twin pki passwd`).")
+    ] = None,
+    ocsp_url: Annotated[
+        str | None, typer.Option(help="Profile 3: check client certificates with this OCSP responder.")
+    ] = None,
+    station_profiles: Annotated[
+        str | None, typer.Option(help="Per-station overrides: a JSON file of station id -> profile.")
+    ] = None,
+    allow_downgrade: Annotated[
+        str | None, typer.Option(help="Stations (comma-separated, or *) that may fall back from profile 3 to 2.")
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Accept station connections on `ws://127.0.0.1:PORT/<any path>/<station id>`.
+    """Accept station connections on `ws://127.0.0.1:PORT/<any path>/<station id>`
+    (`wss://` with --security-profile 2 or 3).
 
     Subprotocols ocpp2.1 (preferred) and ocpp2.0.1. Every frame in both directions is
     recorded on ocpp.frames before it is answered or forwarded; CSMS-initiated calls queued
@@ -72,8 +97,12 @@ def gateway(
         bootstrap=bootstrap, gateway_port=port, spool=spool, max_frame_bytes=max_frame_bytes,
         call_timeout=call_timeout, capture=False if no_capture else None,
     )  # fmt: skip
+    try:
+        guard = guard_from(security_profile, pki, passwords, ocsp_url, station_profiles, allow_downgrade)
+    except (SecurityError, PkiError) as exc:
+        fail(str(exc))
     target, embedded = resolve_bootstrap(settings)
-    gw = Gateway(settings, target, mode=mode, upstream=upstream)
+    gw = Gateway(settings, target, mode=mode, upstream=upstream, guard=guard)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(gw))

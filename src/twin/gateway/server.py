@@ -26,6 +26,7 @@ from twin.capture import Recorder
 from twin.gateway.commands import CommandInbox
 from twin.gateway.session import Session, close_quietly, new_conn_id
 from twin.ocpp_j import SUBPROTOCOLS
+from twin.security import Guard
 from twin.settings import Settings
 
 log = logging.getLogger("twin.gateway")
@@ -37,6 +38,7 @@ class Handshake:
     protocol: str
     conn_id: str
     upstream: ClientConnection | None = None
+    shown: dict[str, Any] | None = None  # the security profile and certificate the guard admitted
 
 
 class Gateway:
@@ -48,6 +50,7 @@ class Gateway:
         mode: str = "csms",
         upstream: str | None = None,
         port: int | None = None,
+        guard: Guard | None = None,
     ) -> None:
         if mode not in ("csms", "proxy"):
             raise ValueError(f"mode must be csms or proxy, not {mode!r}")
@@ -56,6 +59,7 @@ class Gateway:
         self.settings, self.bootstrap, self.mode = settings, bootstrap, mode
         self.upstream_url = upstream.rstrip("/") if upstream else None
         self.port = settings.gateway_port if port is None else port
+        self.guard = guard
         self.recorder = Recorder(settings, bootstrap, spool_name=f"gateway-{self.port}")
         self.sessions: dict[str, Session] = {}
         self.inbox = CommandInbox(self)
@@ -78,13 +82,18 @@ class Gateway:
             max_size=max(self.settings.max_frame_bytes * 4, 1 << 20),
             ping_interval=None,  # stations keep alive with Heartbeat; pings cost 2,000 timers
             compression=None,
+            ssl=self.guard.tls if self.guard else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         await self.inbox.start()
         log.info(
-            "gateway (%s mode) on ws://%s:%d/ocpp/<station id>, capture: %s",
-            self.mode, self.settings.host, self.port, self.recorder.mode,
+            "gateway (%s mode) on %s://%s:%d/ocpp/<station id>, capture: %s",
+            self.mode, self.scheme, self.settings.host, self.port, self.recorder.mode,
         )  # fmt: skip
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.guard and self.guard.tls else "ws"
 
     async def stop(self) -> None:
         if self._warming is not None:
@@ -118,6 +127,12 @@ class Gateway:
                 f"supported: {', '.join(SUBPROTOCOLS)})"
             )
             return await self._refuse(connection, station_id, conn_id, HTTPStatus.BAD_REQUEST, why)
+        shown = None
+        if self.guard is not None:
+            ssl_object = connection.transport.get_extra_info("ssl_object")
+            shown, refusal = await self.guard.admit(station_id, request.headers.get("Authorization"), ssl_object)
+            if refusal is not None:
+                return await self._refuse(connection, station_id, conn_id, HTTPStatus.UNAUTHORIZED, refusal, protocol)
         upstream = None
         if self.upstream_url is not None:
             try:
@@ -126,7 +141,7 @@ class Gateway:
                 why = f"upstream {self.upstream_url} refused: {_describe(exc)}"
                 return await self._refuse(connection, station_id, conn_id, HTTPStatus.BAD_GATEWAY, why, protocol)
             protocol = upstream.subprotocol or protocol
-        self._handshakes[connection] = Handshake(station_id, protocol, conn_id, upstream)
+        self._handshakes[connection] = Handshake(station_id, protocol, conn_id, upstream, shown)
         return None
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Any:
@@ -183,7 +198,7 @@ class Gateway:
         try:
             await session.capture(
                 ("Connected", {"subprotocol": hs.protocol, "security_profile": _profile(ws),
-                               "remote_address": _remote(ws), "mode": self.mode})
+                               "remote_address": _remote(ws), "mode": self.mode, **(hs.shown or {})})
             )  # fmt: skip
             if hs.upstream is not None:
                 pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
