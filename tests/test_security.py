@@ -270,3 +270,34 @@ async def test_profile_1_basic_auth_over_ws(gateway: GatewayFactory, authority: 
     assert await attempt(gw, "SEC-1", headers=auth("SEC-1", PASSWORD)) is None
     assert await attempt(gw, "SEC-3", headers=auth("SEC-1", PASSWORD)) == 401  # another station's credentials
     assert await attempt(gw, "SEC-3") == 401
+
+
+# -- what the twin knows --------------------------------------------------------------------
+
+
+def test_the_twin_knows_profile_certificate_and_failed_attempts() -> None:
+    from twin import envelope, fold
+    from twin.alerts import alerts
+
+    cert = {"cn": "T-1", "o": "Acme", "serial": "42", "not_after": "2026-03-20T00:00:00+00:00", "ocsp": "good"}
+    records = [
+        envelope.lifecycle("Refused", {"reason": "wrong password", "status": 401}, station_id="T-1",
+                           protocol="ocpp2.1", conn_id="c1", seq=1, ts="2026-03-01T07:59:00.000Z"),
+        envelope.lifecycle("Refused", {"reason": "no supported subprotocol", "status": 400}, station_id="T-1",
+                           protocol="", conn_id="c2", seq=1, ts="2026-03-01T07:59:30.000Z"),
+        envelope.lifecycle("Connected", {"subprotocol": "ocpp2.1", "security_profile": 3, "certificate": cert},
+                           station_id="T-1", protocol="ocpp2.1", conn_id="c3", seq=1, ts="2026-03-01T08:00:00.000Z"),
+    ]  # fmt: skip
+    twin = None
+    raised = []
+    for record in records:
+        after = fold.apply(twin, record)
+        raised += alerts(record, twin, after)
+        twin = after
+    assert twin is not None
+    security = fold.public(twin)["security"]
+    assert security["profile"] == 3 and security["certificate"]["cn"] == "T-1"
+    assert security["certificate"]["not_after"].startswith("2026-03-20")
+    assert security["failed_auth"] == 1  # the 400 was no authentication failure
+    expiring = [a for a in raised if a["detail"].get("type") == "CertificateExpiresSoon"]
+    assert len(expiring) == 1 and expiring[0]["detail"]["days_left"] == 18 and expiring[0]["severity"] == "medium"

@@ -7,9 +7,21 @@ and low (6-9).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 Alert = dict[str, Any]
+CERTIFICATE_WARNING_DAYS = 30
+"""A station's client certificate this close to its expiry raises an alert when it connects."""
+
+
+def _days_left(not_after: Any, ts: Any) -> int | None:
+    try:
+        end = datetime.fromisoformat(str(not_after).replace("Z", "+00:00"))
+        now = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (end - now).days
 
 
 def _severity(ocpp_severity: int | None) -> str:
@@ -40,6 +52,12 @@ def alerts(record: dict[str, Any], before: dict[str, Any] | None, after: dict[st
         alert("security", "high", type=p.get("type"), tech_info=p.get("techInfo"))
     elif action == "Refused":
         alert("security", "medium", type="ConnectionRefused", reason=p.get("reason"))
+    elif action == "Connected" and isinstance(p.get("certificate"), dict):
+        cert = p["certificate"]
+        days = _days_left(cert.get("not_after"), ts)
+        if days is not None and days <= CERTIFICATE_WARNING_DAYS:
+            alert("security", "high" if days <= 7 else "medium", type="CertificateExpiresSoon",
+                  cn=cert.get("cn"), not_after=cert.get("not_after"), days_left=days)  # fmt: skip
     elif action == "NotifyDERAlarm" and record.get("msg_type") == 2:
         alert("der", "high", control_type=p.get("controlType"), fault=p.get("gridEventFault"))
     elif action == "Disconnected":

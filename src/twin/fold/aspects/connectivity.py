@@ -10,8 +10,11 @@ from twin.fold.engine import Change, Event, on
 def connected(change: Change, event: Event) -> None:
     connection = change.at("connection")
     connection.update(online=True, connected_since=event.ts, last_seen=event.ts, conn_id=event.record["conn_id"])
-    profile = event.payload.get("security_profile")
-    change.at("security")["profile"] = profile
+    security = change.at("security")
+    security["profile"] = event.payload.get("security_profile")
+    certificate = event.payload.get("certificate")
+    if isinstance(certificate, dict):  # what the station showed for profile 3: subject, serial, expiry, OCSP
+        security["certificate"] = {k: certificate.get(k) for k in ("cn", "o", "serial", "not_after", "ocsp")}
 
 
 @on("Disconnected", "lifecycle")
@@ -29,3 +32,7 @@ def refused(change: Change, event: Event) -> None:
     connection = change.at("connection")
     connection["refusals"] = connection.get("refusals", 0) + 1
     connection["last_refusal"] = {"at": event.ts, "reason": event.payload.get("reason")}
+    if event.payload.get("status") == 401:  # refused by the security profile: a failed authentication
+        security = change.at("security")
+        security["failed_auth"] = security.get("failed_auth", 0) + 1
+        security["last_failed_auth"] = {"at": event.ts, "reason": event.payload.get("reason")}
