@@ -301,3 +301,40 @@ def test_the_twin_knows_profile_certificate_and_failed_attempts() -> None:
     assert security["failed_auth"] == 1  # the 400 was no authentication failure
     expiring = [a for a in raised if a["detail"].get("type") == "CertificateExpiresSoon"]
     assert len(expiring) == 1 and expiring[0]["detail"]["days_left"] == 18 and expiring[0]["severity"] == "medium"
+
+
+@pytest.mark.integration
+async def test_csms_mode_answers_certificate_management_from_the_pki(gateway: GatewayFactory, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tests.conftest import url
+    from tests.stations import raw_station
+    from twin.gateway.certificates import LocalPki
+
+    root = tmp_path / "pki"
+    pki.init(root, ["PKI-1"])
+    gw = await gateway(certificates=LocalPki(root))
+    ca = pki.read_pems(root / "ca.pem")[0]
+    mine = pki.read_pems(root / "stations" / "PKI-1.pem")[0]
+    data = {"hashAlgorithm": "SHA256", "issuerNameHash": "00", "issuerKeyHash": "00",
+            "serialNumber": format(mine.serial_number, "x"), "responderURL": "http://x"}  # fmt: skip
+    request = {"ocspRequestData": data}
+    async with raw_station(url(gw, "PKI-1")) as ws:
+        answer = await ws.ask([2, "s1", "GetCertificateStatus", request])
+        assert answer[2]["status"] == "Accepted"
+        assert pki.ocsp_status(base64.b64decode(answer[2]["ocspResult"]), ca) == "good"
+        pki.revoke(root, "PKI-1")
+        answer = await ws.ask([2, "s2", "GetCertificateStatus", request])
+        assert pki.ocsp_status(base64.b64decode(answer[2]["ocspResult"]), ca) == "revoked"
+        ev = await ws.ask([2, "e1", "Get15118EVCertificate", {"iso15118SchemaVersion": "urn:iso:std:iso:15118:-20:AC",
+                                                               "action": "Install", "exiRequest": "gAA="}])  # fmt: skip
+        contract = x509.load_der_x509_certificate(base64.b64decode(ev[2]["exiResponse"]))
+        assert ev[2]["status"] == "Accepted" and contract.issuer == pki.read_pems(root / "v2g" / "sub2.pem")[0].subject
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "PKI-1")])).sign(key, hashes.SHA256())
+               .public_bytes(serialization.Encoding.PEM).decode())  # fmt: skip
+        assert (await ws.ask([2, "c1", "SignCertificate", {"csr": csr}]))[2]["status"] == "Accepted"
+        assert (await ws.ask([2, "c2", "SignCertificate", {"csr": "not a CSR"}]))[2]["status"] == "Rejected"

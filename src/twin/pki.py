@@ -283,25 +283,32 @@ def ocsp_answer(directory: str | Path, request_der: bytes) -> bytes:
     good, revoked (``twin pki revoke``) or unknown; signed by the CSMS CA."""
     from cryptography.x509 import ocsp
 
-    root = Path(directory)
     try:
         request = ocsp.load_der_ocsp_request(request_der)
     except ValueError:
         return ocsp.OCSPResponseBuilder.build_unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST).public_bytes(
             serialization.Encoding.DER)  # fmt: skip
+    return ocsp_for_serial(directory, request.serial_number)
+
+
+def ocsp_for_serial(directory: str | Path, serial: int) -> bytes:
+    """The signed OCSP response (DER) about the station certificate with this serial."""
+    from cryptography.x509 import ocsp
+
+    root = Path(directory)
     ca = load(root)
     revoked = config(root)["revoked"]
     known = {}
     for pem in (root / "stations").glob("*.pem"):
         cert = x509.load_pem_x509_certificate(pem.read_bytes())
         known[cert.serial_number] = cert
-    found = known.get(request.serial_number)
+    found = known.get(serial)
     now = dt.datetime.now(dt.UTC)
     if found is None:
         status, when = ocsp.OCSPCertStatus.UNKNOWN, None
         stand_in = issue(_name("unknown"), ca, DAY).cert  # the builder wants a certificate: one with the serial
         cert = x509.CertificateBuilder(
-            stand_in.issuer, stand_in.subject, stand_in.public_key(), request.serial_number,
+            stand_in.issuer, stand_in.subject, stand_in.public_key(), serial,
             stand_in.not_valid_before_utc, stand_in.not_valid_after_utc, list(stand_in.extensions),
         ).sign(ca.key, hashes.SHA256())  # fmt: skip
     elif str(found.serial_number) in revoked:

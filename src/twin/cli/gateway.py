@@ -101,8 +101,16 @@ def gateway(
         guard = guard_from(security_profile, pki, passwords, ocsp_url, station_profiles, allow_downgrade)
     except (SecurityError, PkiError) as exc:
         fail(str(exc))
+    certificates = None
+    if pki and mode == "csms":  # ISO 15118 and certificate management answered from the local PKI
+        from twin.gateway.certificates import LocalPki
+
+        try:
+            certificates = LocalPki(pki)
+        except PkiError as exc:
+            fail(str(exc))
     target, embedded = resolve_bootstrap(settings)
-    gw = Gateway(settings, target, mode=mode, upstream=upstream, guard=guard)
+    gw = Gateway(settings, target, mode=mode, upstream=upstream, guard=guard, certificates=certificates)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(gw))

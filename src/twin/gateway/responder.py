@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twin.envelope import iso_ms
+from twin.gateway.certificates import CertificateProvider
 from twin.schemas import schema
 
 Handler = Callable[[dict[str, Any], "Context"], dict[str, Any]]
@@ -19,8 +20,10 @@ _HANDLERS: dict[str, Handler] = {}
 
 
 class Context:
-    def __init__(self, protocol: str, heartbeat_interval: int) -> None:
+    def __init__(self, protocol: str, heartbeat_interval: int, station_id: str = "",
+                 certificates: CertificateProvider | None = None) -> None:  # fmt: skip
         self.protocol, self.heartbeat_interval = protocol, heartbeat_interval
+        self.station_id, self.certificates = station_id, certificates
 
 
 def answers(action: str) -> Callable[[Handler], Handler]:
@@ -58,6 +61,27 @@ def _transaction_event(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     if "idToken" in payload:
         return {"idTokenInfo": {"status": "Accepted"}}
     return {}
+
+
+@answers("Get15118EVCertificate")
+def _ev_certificate(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    if ctx.certificates is None:
+        return minimal(ctx.protocol, "Get15118EVCertificate")
+    return ctx.certificates.ev_certificate(ctx.station_id, payload)
+
+
+@answers("GetCertificateStatus")
+def _certificate_status(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    if ctx.certificates is None:
+        return minimal(ctx.protocol, "GetCertificateStatus")
+    return ctx.certificates.certificate_status(ctx.station_id, payload)
+
+
+@answers("SignCertificate")
+def _sign(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
+    if ctx.certificates is None:
+        return minimal(ctx.protocol, "SignCertificate")
+    return ctx.certificates.sign(ctx.station_id, payload)
 
 
 # -- the smallest valid response, from the schema -------------------------------------------

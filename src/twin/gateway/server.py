@@ -23,6 +23,7 @@ from websockets.http11 import Request, Response
 
 from twin import envelope, schemas
 from twin.capture import Recorder
+from twin.gateway.certificates import CertificateProvider
 from twin.gateway.commands import CommandInbox
 from twin.gateway.session import Session, close_quietly, new_conn_id
 from twin.ocpp_j import SUBPROTOCOLS
@@ -51,6 +52,7 @@ class Gateway:
         upstream: str | None = None,
         port: int | None = None,
         guard: Guard | None = None,
+        certificates: CertificateProvider | None = None,
     ) -> None:
         if mode not in ("csms", "proxy"):
             raise ValueError(f"mode must be csms or proxy, not {mode!r}")
@@ -60,6 +62,7 @@ class Gateway:
         self.upstream_url = upstream.rstrip("/") if upstream else None
         self.port = settings.gateway_port if port is None else port
         self.guard = guard
+        self.certificates = certificates
         self.recorder = Recorder(settings, bootstrap, spool_name=f"gateway-{self.port}")
         self.sessions: dict[str, Session] = {}
         self.inbox = CommandInbox(self)
@@ -187,7 +190,7 @@ class Gateway:
         hs = self._handshakes.pop(ws)
         session = Session(
             ws=ws, station_id=hs.station_id, protocol=hs.protocol, recorder=self.recorder,
-            settings=self.settings, upstream=hs.upstream, conn_id=hs.conn_id,
+            settings=self.settings, upstream=hs.upstream, conn_id=hs.conn_id, certificates=self.certificates,
         )  # fmt: skip
         previous = self.sessions.get(hs.station_id)
         self.sessions[hs.station_id] = session

@@ -23,6 +23,7 @@ from twin import envelope, ocpp_j, schemas
 from twin.capture import Recorder
 from twin.envelope import Envelope
 from twin.gateway import responder
+from twin.gateway.certificates import CertificateProvider
 from twin.messages import csms_initiated, station_initiated
 from twin.ocpp_j import Frame, FrameError, MessageType
 from twin.settings import Settings
@@ -60,13 +61,14 @@ class Session:
         settings: Settings,
         upstream: Socket | None = None,
         conn_id: str | None = None,
+        certificates: CertificateProvider | None = None,
     ) -> None:
         self.ws, self.upstream = ws, upstream
         self.station_id, self.protocol = station_id, protocol
         self.recorder, self.settings = recorder, settings
         self.conn_id = conn_id or new_conn_id()
         self.seq = 0
-        self.ctx = responder.Context(protocol, settings.heartbeat_interval)
+        self.ctx = responder.Context(protocol, settings.heartbeat_interval, station_id, certificates)
         self.from_station: dict[str, str] = {}  # CALL id -> action, awaiting the CSMS's answer
         self.to_station: dict[str, Outbound] = {}  # CALL id -> the CALL awaiting the station
         self._ids: deque[str] = deque(maxlen=REMEMBERED_IDS)
