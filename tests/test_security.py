@@ -338,3 +338,29 @@ async def test_csms_mode_answers_certificate_management_from_the_pki(gateway: Ga
                .public_bytes(serialization.Encoding.PEM).decode())  # fmt: skip
         assert (await ws.ask([2, "c1", "SignCertificate", {"csr": csr}]))[2]["status"] == "Accepted"
         assert (await ws.ask([2, "c2", "SignCertificate", {"csr": "not a CSR"}]))[2]["status"] == "Rejected"
+
+
+@pytest.mark.integration
+async def test_proxy_mode_keeps_tls_on_both_sides(gateway: GatewayFactory, settings: Settings, authority: Path) -> None:
+    """Station --mutual TLS--> proxy --mutual TLS, the station's own certificate--> CSMS (a
+    second gateway in csms mode at profile 3): the CSMS admits the station as itself."""
+    from twin.security import UpstreamTls
+
+    csms = await gateway(guard=guard_from(3, str(authority)))
+    proxy = await gateway(
+        guard=guard_from(3, str(authority)), mode="proxy", upstream=f"wss://127.0.0.1:{csms.port}/ocpp",
+        upstream_tls=UpstreamTls(str(authority / "ca.pem"), str(authority)),
+    )  # fmt: skip
+    assert await attempt(proxy, "SEC-2", tls=client_tls(authority, "SEC-2")) is None
+    reader = TopicReader(settings.bootstrap or "", settings.topics.frames)
+    try:
+        records = reader.wait(has("Connected", "SEC-2", 2))  # once at the proxy, once at the CSMS
+    finally:
+        reader.close()
+    modes = sorted(r["payload"]["mode"] for r in of_station(records, "SEC-2") if r["action"] == "Connected")
+    assert modes == ["csms", "proxy"]
+    assert all(r["payload"]["certificate"]["cn"] == "SEC-2" for r in records if r["action"] == "Connected")
+    # without the station's credentials the CSMS refuses the proxy's connection, and so the station
+    bare = await gateway(guard=guard_from(3, str(authority)), mode="proxy", upstream=f"wss://127.0.0.1:{csms.port}/ocpp",
+                         upstream_tls=UpstreamTls(str(authority / "ca.pem")))  # fmt: skip
+    assert await attempt(bare, "SEC-3", tls=client_tls(authority, "SEC-3")) == 502

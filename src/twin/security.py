@@ -315,3 +315,27 @@ def guard_from(profile: int, pki_dir: str | None = None, passwords: str | None =
         operator=operator, downgrade={s.strip() for s in (downgrade or "").split(",") if s.strip()},
     )  # fmt: skip
     return Guard(policy, server_context(pki_dir) if tls and pki_dir else None, ocsp)
+
+
+@dataclass
+class UpstreamTls:
+    """Proxy mode towards a ``wss://`` CSMS: trust its CA, and present each station's own
+    client certificate (``DIR/stations/<id>.pem`` and ``.key``) when there is one, so that
+    the CSMS sees the profile the station has. Basic Auth is forwarded as the station sent it."""
+
+    ca: str | None = None
+    credentials: str | None = None
+    contexts: dict[str, ssl.SSLContext] = field(default_factory=dict)
+
+    def context(self, station: str) -> ssl.SSLContext:
+        known = self.contexts.get(station)
+        if known is not None:
+            return known
+        context = ssl.create_default_context(cafile=self.ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.credentials:
+            cert = Path(self.credentials) / "stations" / f"{station}.pem"
+            if cert.exists():
+                context.load_cert_chain(cert, cert.with_suffix(".key"))
+        self.contexts[station] = context
+        return context

@@ -13,7 +13,7 @@ from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
 from twin.gateway.server import Gateway
 from twin.pki import PkiError
 from twin.runtime import tune_gc
-from twin.security import SecurityError, guard_from
+from twin.security import SecurityError, UpstreamTls, guard_from
 from twin.settings import Settings
 
 
@@ -76,6 +76,13 @@ def gateway(
     station_profiles: Annotated[
         str | None, typer.Option(help="Per-station overrides: a JSON file of station id -> profile.")
     ] = None,
+    upstream_ca: Annotated[
+        str | None, typer.Option(help="Proxy mode to wss://: the CA that signed the upstream CSMS's certificate.")
+    ] = None,
+    upstream_credentials: Annotated[
+        str | None,
+        typer.Option(help="Proxy mode to wss://: a directory of stations/<id>.pem and .key presented upstream."),
+    ] = None,
     allow_downgrade: Annotated[
         str | None, typer.Option(help="Stations (comma-separated, or *) that may fall back from profile 3 to 2.")
     ] = None,
@@ -110,7 +117,8 @@ def gateway(
         except PkiError as exc:
             fail(str(exc))
     target, embedded = resolve_bootstrap(settings)
-    gw = Gateway(settings, target, mode=mode, upstream=upstream, guard=guard, certificates=certificates)
+    gw = Gateway(settings, target, mode=mode, upstream=upstream, guard=guard, certificates=certificates,
+                 upstream_tls=UpstreamTls(upstream_ca, upstream_credentials))  # fmt: skip
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(gw))

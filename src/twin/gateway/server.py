@@ -27,7 +27,7 @@ from twin.gateway.certificates import CertificateProvider
 from twin.gateway.commands import CommandInbox
 from twin.gateway.session import Session, close_quietly, new_conn_id
 from twin.ocpp_j import SUBPROTOCOLS
-from twin.security import Guard
+from twin.security import Guard, UpstreamTls
 from twin.settings import Settings
 
 log = logging.getLogger("twin.gateway")
@@ -53,6 +53,7 @@ class Gateway:
         port: int | None = None,
         guard: Guard | None = None,
         certificates: CertificateProvider | None = None,
+        upstream_tls: UpstreamTls | None = None,
     ) -> None:
         if mode not in ("csms", "proxy"):
             raise ValueError(f"mode must be csms or proxy, not {mode!r}")
@@ -63,6 +64,7 @@ class Gateway:
         self.port = settings.gateway_port if port is None else port
         self.guard = guard
         self.certificates = certificates
+        self.upstream_tls = upstream_tls or UpstreamTls()
         self.recorder = Recorder(settings, bootstrap, spool_name=f"gateway-{self.port}")
         self.sessions: dict[str, Session] = {}
         self.inbox = CommandInbox(self)
@@ -177,6 +179,7 @@ class Gateway:
                 f"{self.upstream_url}/{station_id}",
                 subprotocols=[p for p in SUBPROTOCOLS if p in offered],  # type: ignore[misc]
                 additional_headers=forward,
+                ssl=self.upstream_tls.context(station_id) if self.upstream_url.startswith("wss://") else None,
                 max_size=max(self.settings.max_frame_bytes * 4, 1 << 20),
                 ping_interval=None,
                 compression=None,
