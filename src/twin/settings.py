@@ -39,6 +39,17 @@ class Settings:
     capture_timeout: float = 5.0
     """Seconds a frame waits for the broker's ack before it goes to the spool instead."""
     heartbeat_interval: int = 1800
+    station_rate: float = 200.0
+    """Frames per second one station may send (bursts of ``station_burst``); past that the
+    gateway reads its socket more slowly (TCP backpressure): a flood slows its sender, loses
+    nothing, and leaves other stations alone. 0: no limit."""
+    station_burst: int = 400
+    handshake_timeout: float = 10.0
+    """Seconds a connection may take from TCP connect to the end of its websocket upgrade
+    (slow clients are closed after it)."""
+    idle_timeout: float = 0.0
+    """Seconds of silence after which a connection is closed (half-open, or a dead peer);
+    0: three heartbeat intervals."""
     capture: bool = True
     """Off only for benchmarks: measures what capturing costs."""
     topics: Topics = field(init=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -71,6 +72,7 @@ class Gateway:
         self._handshakes: dict[ServerConnection, Handshake] = {}
         self._server: Server | None = None
         self._warming: asyncio.Future[int] | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     # -- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -87,10 +89,12 @@ class Gateway:
             max_size=max(self.settings.max_frame_bytes * 4, 1 << 20),
             ping_interval=None,  # stations keep alive with Heartbeat; pings cost 2,000 timers
             compression=None,
+            open_timeout=self.settings.handshake_timeout,
             ssl=self.guard.tls if self.guard else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         await self.inbox.start()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_silent())
         log.info(
             "gateway (%s mode) on %s://%s:%d/ocpp/<station id>, capture: %s",
             self.mode, self.scheme, self.settings.host, self.port, self.recorder.mode,
@@ -100,7 +104,22 @@ class Gateway:
     def scheme(self) -> str:
         return "wss" if self.guard and self.guard.tls else "ws"
 
+    async def _reap_silent(self) -> None:
+        """Close connections silent for longer than the idle timeout: half-open sockets and
+        dead peers (the gateway sends no pings: stations keep alive with Heartbeat)."""
+        idle = self.settings.idle_timeout or 3 * self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(min(idle / 4, 30.0))
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if now - session.heard > idle:
+                    await close_quietly(session.ws, 4001, f"silent for more than {idle:g} s")
+
     async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         if self._warming is not None:
             await self._warming
         await self.inbox.stop()
@@ -208,7 +227,10 @@ class Gateway:
             )  # fmt: skip
             if hs.upstream is not None:
                 pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
+            bucket = TokenBucket(self.settings.station_rate, self.settings.station_burst)
             async for message in ws:
+                session.heard = time.monotonic()
+                await bucket.take()
                 await session.on_station(message)
         except ConnectionClosed:
             pass
@@ -244,6 +266,27 @@ class Gateway:
             log.exception("relaying from the upstream of %s failed", session.station_id)
             why = "internal error relaying the upstream"
         await close_quietly(session.ws, 1011, why)
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` waits for one."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(max(1, burst))
+        self.tokens, self.stamp = self.burst, time.monotonic()
+
+    async def take(self) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            wait = (1 - self.tokens) / self.rate
+            await asyncio.sleep(wait)
+            self.stamp += wait
+            self.tokens = 1.0
+        self.tokens -= 1
 
 
 def _offered(headers: Headers) -> list[str]:

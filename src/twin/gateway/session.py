@@ -15,6 +15,7 @@ import contextlib
 import logging
 import re
 import secrets
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,6 +69,7 @@ class Session:
         self.recorder, self.settings = recorder, settings
         self.conn_id = conn_id or new_conn_id()
         self.seq = 0
+        self.heard = time.monotonic()  # when the station last sent anything
         self.ctx = responder.Context(protocol, settings.heartbeat_interval, station_id, certificates)
         self.from_station: dict[str, str] = {}  # CALL id -> action, awaiting the CSMS's answer
         self.to_station: dict[str, Outbound] = {}  # CALL id -> the CALL awaiting the station
