@@ -228,16 +228,23 @@ def test_migration_from_traffic_and_inventory(tmp_path: Path) -> None:
     assert json.loads(done.stdout)["summary"] == summary_
 
 
-def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
-    """A day from 08:00: the station offline 10:00-11:30 (exactly 90 minutes, both ports down),
-    port 1 Faulted 13:00-14:00, port 2 Unavailable (maintenance) 14:40-15:10."""
-    s = Script("UP-1").connect().status(1, "Available").status(2, "Available")
+def outage_day(station: str) -> Script:
+    """From 08:00: offline 10:00-11:30, port 1 Faulted 13:00-14:00, port 2 Unavailable
+    14:40-15:10."""
+    s = Script(station).connect().status(1, "Available").status(2, "Available")
     s.at(120).disconnect(1006)
     s.at(210).connect()
     s.at(300).status(1, "Faulted")
     s.at(360).status(1, "Available")
     s.at(400).status(2, "Unavailable")
     s.at(430).status(2, "Available")
+    return s
+
+
+def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
+    """A day from 08:00: the station offline 10:00-11:30 (exactly 90 minutes, both ports down),
+    port 1 Faulted 13:00-14:00, port 2 Unavailable (maintenance) 14:40-15:10."""
+    s = outage_day("UP-1")
     path = tmp_path / "up.jsonl"
     captures.write_jsonl(path, s.records)
     window = {"since": "2026-03-01T08:00:00Z", "until": "2026-03-02T08:00:00Z"}
@@ -301,13 +308,7 @@ def test_status_and_connectivity_intervals_worked_out_by_hand(tmp_path: Path) ->
     Available 400 min, Unavailable 30, Available since 15:10. Both engines, both formats."""
     from twin.analytics import intervals
 
-    s = Script("IV-1").connect().status(1, "Available").status(2, "Available")
-    s.at(120).disconnect(1006)
-    s.at(210).connect()
-    s.at(300).status(1, "Faulted")
-    s.at(360).status(1, "Available")
-    s.at(400).status(2, "Unavailable")
-    s.at(430).status(2, "Available")
+    s = outage_day("IV-1")
     jsonl = tmp_path / "iv.jsonl"
     captures.write_jsonl(jsonl, s.records)
     archive.write(tmp_path / "archive", s.records + s.records[2:5])  # a redelivery: dropped
