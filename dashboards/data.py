@@ -270,14 +270,14 @@ def status(live_data: bool = True) -> bool:
     """What the page shows: live twins, the archive, or the archive alone (and why)."""
     src = source()
     summary, problem = live("/v1/fleet/summary") if live_data else (None, None)
-    where = f"archive `{src.archive}`" if has_archive() else f"no archive at `{src.archive}` yet"
+    history = f"history from the archive `{src.archive}`" if has_archive() else f"no archive at `{src.archive}` yet"
     if not live_data:
-        st.caption(f"From the {where}.")
+        st.caption(history[0].upper() + history[1:] + ".")
     elif summary is not None:
-        st.caption(f"Live from {src.api} ({summary['stations']} stations); history from the {where}.")
+        st.caption(f"Live from {src.api} ({summary['stations']} stations); {history}.")
     else:
-        st.warning(f"The live API is not reachable ({problem}). This page shows the {where} only: "
-                   "what the log says, not the stations' state now.")  # fmt: skip
+        st.warning(f"The live API is not reachable ({problem}). This page shows what the log says, not the "
+                   f"stations' state now: {history}.")  # fmt: skip
     return summary is not None
 
 

@@ -40,8 +40,10 @@ def test_the_live_fleet_in_a_real_browser(tmp_path: Path) -> None:
             page.get_by_role("heading", name="Fleet").wait_for(timeout=60_000)
             for station in STATIONS:  # the fleet table's cells (a canvas grid keeps them in the DOM)
                 page.get_by_text(station, exact=True).first.wait_for(state="attached", timeout=90_000)
-            page.get_by_text("Stations online").wait_for()
-            page.wait_for_timeout(1500)
+            # the worker archives as it folds: today's energy comes from the archive within seconds
+            energy = page.locator('[data-testid="stMetric"]').filter(has_text="Energy in today")
+            energy.locator('[data-testid="stMetricValue"]').filter(has_text="kWh").wait_for(timeout=90_000)
+            page.wait_for_timeout(1000)
             page.screenshot(path=SHOTS / "fleet.png", full_page=True)
 
             page.goto(f"{up.urls['dashboard']}/station?station=CS-00001")
