@@ -23,16 +23,20 @@ from twin.analytics.frames import query, station_calls
 from twin.analytics.sessions import EXPORT, IMPORT, P_EXPORT
 
 SQL = f"""
-WITH te AS (
-    SELECT station_id,
-           -- only a transaction's first event must name its EVSE: the others are on the same one
-           coalesce(TRY_CAST(payload->>'$.evse.id' AS BIGINT),
-                    max(TRY_CAST(payload->>'$.evse.id' AS BIGINT)) OVER (
-                        PARTITION BY station_id, payload->>'$.transactionInfo.transactionId')) AS evse_id,
+WITH events AS MATERIALIZED (
+    SELECT station_id, payload->>'$.transactionInfo.transactionId' AS tx,
+           TRY_CAST(payload->>'$.evse.id' AS BIGINT) AS evse_id,
            from_json(payload->'$.meterValue', '[{{"timestamp": "TIMESTAMPTZ",
                      "sampledValue": [{{"value": "DOUBLE", "measurand": "VARCHAR"}}]}}]') AS mv
     FROM frames
     WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid
+),
+-- only a transaction's first event must name its EVSE: the others are on the same one (a
+-- grouped join, not a window: a window would carry every event's readings through a sort)
+tx_evse AS (SELECT station_id, tx, max(evse_id) AS tx_evse FROM events GROUP BY ALL),
+te AS (
+    SELECT e.station_id, coalesce(e.evse_id, x.tx_evse) AS evse_id, e.mv
+    FROM events e LEFT JOIN tx_evse x ON x.station_id = e.station_id AND x.tx IS NOT DISTINCT FROM e.tx
 ),
 samples AS (
     SELECT station_id, evse_id, m.timestamp AS sampled, unnest(m.sampledValue) AS sv
