@@ -24,12 +24,16 @@ from twin.analytics.sessions import EXPORT, IMPORT, P_EXPORT
 
 SQL = f"""
 WITH events AS MATERIALIZED (
-    SELECT station_id, payload->>'$.transactionInfo.transactionId' AS tx,
-           TRY_CAST(payload->>'$.evse.id' AS BIGINT) AS evse_id,
-           from_json(payload->'$.meterValue', '[{{"timestamp": "TIMESTAMPTZ",
-                     "sampledValue": [{{"value": "DOUBLE", "measurand": "VARCHAR"}}]}}]') AS mv
-    FROM frames
-    WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid
+    -- one parse per event into the fields read (a JSON path per field parses once per field)
+    SELECT station_id, p.transactionInfo.transactionId AS tx, TRY_CAST(p.evse.id AS BIGINT) AS evse_id,
+           p.meterValue AS mv
+    FROM (
+        SELECT station_id, from_json(payload, '{{"transactionInfo": {{"transactionId": "VARCHAR"}},
+            "evse": {{"id": "VARCHAR"}}, "meterValue": [{{"timestamp": "TIMESTAMPTZ",
+            "sampledValue": [{{"value": "DOUBLE", "measurand": "VARCHAR"}}]}}]}}') AS p
+        FROM frames
+        WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid
+    )
 ),
 -- only a transaction's first event must name its EVSE: the others are on the same one (a
 -- grouped join, not a window: a window would carry every event's readings through a sort)

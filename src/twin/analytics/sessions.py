@@ -31,18 +31,21 @@ P_IMPORT, P_EXPORT = "Power.Active.Import", "Power.Active.Export"
 
 SQL = f"""
 WITH te AS (
-    SELECT station_id,
-           payload->>'$.eventType' AS event_type,
-           payload->>'$.transactionInfo.transactionId' AS transaction_id,
-           TRY_CAST(payload->>'$.evse.id' AS BIGINT) AS evse_id,
-           TRY_CAST(payload->>'$.timestamp' AS TIMESTAMPTZ) AS happened,
-           coalesce(TRY_CAST(payload->>'$.offline' AS BOOLEAN), false) AS offline,
-           TRY_CAST(payload->>'$.reservationId' AS BIGINT) AS reservation_id,
-           payload->>'$.transactionInfo.stoppedReason' AS stopped_reason,
-           from_json(payload->'$.meterValue',
-                     '[{{"sampledValue": [{{"value": "DOUBLE", "measurand": "VARCHAR"}}]}}]') AS mv
-    FROM frames
-    WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid
+    -- one parse per event into the fields the report reads (a JSON path per field would
+    -- parse the text once per field: 10.5 s of CPU at 9.8 M records)
+    SELECT station_id, p.eventType AS event_type, p.transactionInfo.transactionId AS transaction_id,
+           TRY_CAST(p.evse.id AS BIGINT) AS evse_id, TRY_CAST(p.timestamp AS TIMESTAMPTZ) AS happened,
+           coalesce(TRY_CAST(p.offline AS BOOLEAN), false) AS offline,
+           TRY_CAST(p.reservationId AS BIGINT) AS reservation_id,
+           p.transactionInfo.stoppedReason AS stopped_reason, p.meterValue AS mv
+    FROM (
+        SELECT station_id, from_json(payload, '{{"eventType": "VARCHAR",
+            "transactionInfo": {{"transactionId": "VARCHAR", "stoppedReason": "VARCHAR"}},
+            "evse": {{"id": "VARCHAR"}}, "timestamp": "VARCHAR", "offline": "VARCHAR", "reservationId": "VARCHAR",
+            "meterValue": [{{"sampledValue": [{{"value": "DOUBLE", "measurand": "VARCHAR"}}]}}]}}') AS p
+        FROM frames
+        WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid
+    )
 ),
 values AS (
     SELECT station_id, transaction_id, coalesce(sv.measurand, '{IMPORT}') AS measurand, sv.value AS value
