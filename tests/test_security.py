@@ -364,3 +364,18 @@ async def test_proxy_mode_keeps_tls_on_both_sides(gateway: GatewayFactory, setti
     bare = await gateway(guard=guard_from(3, str(authority)), mode="proxy", upstream=f"wss://127.0.0.1:{csms.port}/ocpp",
                          upstream_tls=UpstreamTls(str(authority / "ca.pem")))  # fmt: skip
     assert await attempt(bare, "SEC-3", tls=client_tls(authority, "SEC-3")) == 502
+
+
+def test_passwords_files_in_either_shape(tmp_path: Path) -> None:
+    from twin.security import load_passwords
+
+    lines = tmp_path / "passwords.txt"
+    lines.write_text(f"# station:password\nA:{PASSWORD}\nB:other password 123\n")
+    loaded = load_passwords(lines)
+    assert set(loaded) == {"A", "B"} and all(v.startswith("scrypt$") for v in loaded.values())
+    assert verify_password(PASSWORD, loaded["A"])
+    clear = tmp_path / "passwords.json"
+    clear.write_text(orjson.dumps({"A": PASSWORD}).decode())
+    assert verify_password(PASSWORD, load_passwords(clear)["A"])
+    set_password(clear, "C", PASSWORD)  # rewrites the file with hashes only
+    assert PASSWORD not in clear.read_text() and set(load_passwords(clear)) == {"A", "C"}

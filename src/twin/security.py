@@ -65,19 +65,36 @@ def basic_auth(header: str | None) -> tuple[str, str] | None:
 
 
 def load_passwords(path: str | Path) -> dict[str, str]:
-    """``{station: scrypt hash}`` from a JSON file (``twin pki passwd`` writes it)."""
+    """``{station: scrypt hash}`` from a passwords file: the JSON object ``twin pki passwd``
+    writes, or one ``STATION:PASSWORD`` per line. A password given in clear (JSON or lines)
+    is hashed as it is read and never kept in clear; ``twin pki passwd`` writes hashes only."""
     try:
-        value = orjson.loads(Path(path).read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise SecurityError(f"{path}: {exc}") from None
-    if not isinstance(value, dict) or not all(isinstance(v, str) and v.startswith("scrypt$") for v in value.values()):
-        raise SecurityError(f"{path}: not a passwords file ({{station: scrypt hash}}); write it with `twin pki passwd`")
-    return value
+    entries: dict[str, str] = {}
+    try:
+        value: Any = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if value is None:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            station, sep, password = line.strip().partition(":")
+            if not sep or not station or not password:
+                raise SecurityError(f"{path}:{number}: not STATION:PASSWORD (or write the file with `twin pki passwd`)")
+            entries[station] = password
+    else:
+        if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+            raise SecurityError(f"{path}: not a passwords file (a JSON object of station id -> password hash)")
+        entries = {str(k): v for k, v in value.items()}
+    return {station: v if v.startswith("scrypt$") else hash_password(v) for station, v in entries.items()}
 
 
 def set_password(path: str | Path, station: str, password: str) -> None:
     file = Path(path)
-    current = load_passwords(file) if file.exists() else {}
+    current = load_passwords(file) if file.exists() and file.stat().st_size else {}
     current[station] = hash_password(password)
     file.write_bytes(orjson.dumps(current, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     file.chmod(0o600)
