@@ -54,7 +54,7 @@ def connect(
     con.execute(f"""
         CREATE {"TEMP TABLE" if once else "VIEW"} frames AS
         WITH src AS {"MATERIALIZED" if where else "NOT MATERIALIZED"} (SELECT * FROM {source} {filtered}),
-             twice AS NOT MATERIALIZED (SELECT conn_id, seq FROM src GROUP BY conn_id, seq HAVING count(*) > 1)
+             twice AS MATERIALIZED (SELECT conn_id, seq FROM src GROUP BY conn_id, seq HAVING count(*) > 1)
         SELECT {columns} FROM src ANTI JOIN twice USING (conn_id, seq)
         UNION ALL
         SELECT DISTINCT ON (conn_id, seq) {columns} FROM src SEMI JOIN twice USING (conn_id, seq)
