@@ -41,9 +41,9 @@ def source() -> Source:
 
 def live(path: str) -> tuple[Any, str | None]:
     """The API's answer to ``path``, or None and why not."""
-    url = source().api + path
+    base = source().api
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        with urllib.request.urlopen(base + path, timeout=TIMEOUT) as response:
             return orjson.loads(response.read()), None
     except urllib.error.HTTPError as exc:
         try:
@@ -51,7 +51,7 @@ def live(path: str) -> tuple[Any, str | None]:
         except (orjson.JSONDecodeError, AttributeError):
             return None, f"{exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
-        return None, f"no answer from {source().api} ({getattr(exc, 'reason', exc)})"
+        return None, f"no answer from {base} ({getattr(exc, 'reason', exc)})"
 
 
 def has_archive() -> bool:
@@ -170,13 +170,13 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
     computation runs, the page says so and runs again shortly (``block=False``: None, and
     the page goes on without it)."""
     archive = source().archive
-    if not has_archive():
+    stamp = version(archive)
+    if not stamp[0]:  # no archive (yet): see has_archive
         if not block:
             return None
         st.info(f"No archive at `{archive}` yet: the worker writes one as frames arrive.")
         st.stop()
     computer = reports()
-    stamp = version(archive)
     key = (kind, archive, since, until, rule)
     computer.ask(key, stamp, wait=0)  # queued first: ahead of the defaults
     computer.prewarm(archive, stamp)
@@ -200,7 +200,7 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _inventory(archive: str, stamp: tuple[int, float]) -> dict[str, dict[str, Any]]:  # stamp: the file's mtime
+def _inventory(archive: str, mtime: float) -> dict[str, dict[str, Any]]:  # mtime: a new file, a new answer
     from twin.analytics.migration import inventory_of
 
     return inventory_of(archive)
@@ -212,7 +212,7 @@ def inventory() -> dict[str, dict[str, Any]]:
 
     archive = source().archive
     path = inventory_path(archive)
-    return _inventory(archive, (1, path.stat().st_mtime)) if path.exists() else {}
+    return _inventory(archive, path.stat().st_mtime) if path.exists() else {}
 
 
 @st.cache_data(show_spinner="folding the station's records ...", max_entries=32)
@@ -229,9 +229,10 @@ def twin(station: str) -> tuple[dict[str, Any] | None, str]:
     if answer is not None:
         return answer, "live"
     archive = source().archive
-    if not has_archive():
+    stamp = version(archive)
+    if not stamp[0]:
         return None, "none"
-    return _archived_twin(archive, version(archive), station), "archive"
+    return _archived_twin(archive, stamp, station), "archive"
 
 
 def recent_frames(station: str, limit: int = 50) -> tuple[list[dict[str, Any]], str]:

@@ -100,13 +100,12 @@ def frames_polars(capture: str | Path, actions: tuple[str, ...] | None = None) -
 def recent(capture: str | Path, station: str, limit: int = 50) -> list[dict[str, Any]]:
     """A station's latest ``limit`` records, newest first, as the worker's
     ``/v1/stations/{id}/frames`` gives them (``payload`` as JSON text)."""
-    rows = query(capture, (), """
+    only = "station_id = '" + station.replace("'", "''") + "'"  # before the dedupe: its records, not all
+    rows = query(capture, (), f"""
         SELECT strftime(ts, '%Y-%m-%dT%H:%M:%S.%gZ') AS ts, origin, msg_type, action, msg_id, valid,
                payload::VARCHAR AS payload
-        FROM frames_all WHERE station_id = ?  -- before the dedupe: one station's records, not all
-        QUALIFY row_number() OVER (PARTITION BY conn_id, seq ORDER BY ts) = 1
-        ORDER BY ts DESC, seq DESC LIMIT ?
-    """, [station, limit])  # fmt: skip
+        FROM frames ORDER BY frames.ts DESC, seq DESC LIMIT {int(limit)}
+    """, where=only)  # fmt: skip
     for row in rows:
         if len(row["payload"]) > 160:
             row["payload"] = row["payload"][:159] + "…"

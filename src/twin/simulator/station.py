@@ -124,14 +124,13 @@ class StationSim:
         t0 = self.start + day * DAY_MS
         if day == 0:
             self.connect(t0 + self.rng.randint(0, 10 * MIN_MS), "PowerUp", first=True)
-        if self.opening and day == 0:  # the opening cars come before any fault can claim the bay
-            for evse in range(1, self.s.evses + 1):
-                self.plan_sessions(day, t0, evse)
+        sessions_first = self.opening and day == 0  # the opening cars come before any fault can claim the bay
+        if not sessions_first:
             self.plan_faults(day, t0)
-        else:
+        for evse in range(1, self.s.evses + 1):
+            self.plan_sessions(day, t0, evse)
+        if sessions_first:
             self.plan_faults(day, t0)
-            for evse in range(1, self.s.evses + 1):
-                self.plan_sessions(day, t0, evse)
         self.plan_station_events(day, t0)
         self.plan_periodic(t0)
 
