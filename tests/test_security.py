@@ -3,6 +3,7 @@ ocpp.frames), the test PKI and its checks, passwords and throttling."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import ssl
@@ -216,6 +217,36 @@ async def test_profile_3_mutual_tls(gateway: GatewayFactory, settings: Settings,
     reasons = {r["station_id"]: r["payload"]["reason"] for r in records if r["action"] == "Refused"}
     assert "needs a client certificate" in reasons["SEC-2"]
     assert "CN 'SEC-1' is not the station id" in reasons["SEC-3"]
+
+
+@pytest.mark.integration
+async def test_a_certificate_from_another_ca_is_refused_against_its_station(
+    gateway: GatewayFactory, settings: Settings, authority: Path, tmp_path: Path
+) -> None:
+    """The TLS layer accepts any client certificate; the upgrade, knowing the station id,
+    refuses one that does not chain to the CA, and the refusal names the station. A handshake
+    that fails outright (the station does not trust the CSMS) is recorded too, without a
+    station id (none was sent)."""
+    impostor = tmp_path / "impostor"
+    pki.init(impostor, ["SEC-1"], operator="Acme Charging")  # same CN and O, another CA
+    gw = await gateway(guard=guard_from(3, str(authority)))
+    forged = ssl.create_default_context(cafile=str(authority / "ca.pem"))
+    forged.load_cert_chain(impostor / "stations" / "SEC-1.pem", impostor / "stations" / "SEC-1.key")
+    assert await attempt(gw, "SEC-1", tls=forged) == 401
+    reason = refusals(settings, "SEC-1")[0]["payload"]["reason"]
+    assert reason == "client certificate does not chain to the CA: certificate signature failure"  # same CA name
+    assert await attempt(gw, "SEC-1", tls=client_tls(authority, "SEC-1")) is None  # the real one still gets in
+    recorded = gw.recorder.recorded
+    distrustful = client_tls(impostor, "SEC-1")  # trusts another CA: it gives up on the handshake
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await attempt(gw, "SEC-1", tls=distrustful)
+    deadline = time.monotonic() + 30
+    while gw.recorder.recorded == recorded and time.monotonic() < deadline:  # the gateway sees it after the station
+        await asyncio.sleep(0.05)
+    [failed] = refusals(settings, "", 1)
+    assert failed["payload"]["reason"].startswith("TLS handshake failed: ")
+    assert failed["payload"]["status"] == 0
+    assert failed["payload"]["remote_address"].startswith("127.0.0.1:")
 
 
 @pytest.mark.integration

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from twin.gateway.tls import Peer, Tls, TlsError
+
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 THROTTLE_AFTER = 3
 """Failures in a row after which a station waits before it may try again."""
@@ -131,7 +133,7 @@ class Attempt:
     station_id: str
     tls: bool
     authorization: str | None = None
-    certificate: dict[str, Any] | None = None  # {"cn", "o", "serial", "not_after", "der"} of a verified client cert
+    certificate: dict[str, Any] | None = None  # {"cn", "o", "serial", "not_after", "der", "problem"}: certificate_of
 
 
 @dataclass
@@ -194,6 +196,8 @@ class Policy:
 
     def _certificate(self, attempt: Attempt) -> tuple[int | None, str | None]:
         cert = attempt.certificate or {}
+        if cert.get("problem"):
+            return None, f"client certificate {cert['problem']}"
         if cert.get("cn") != attempt.station_id:
             return None, f"client certificate CN {cert.get('cn')!r} is not the station id"
         if self.operator is not None and cert.get("o") != self.operator:
@@ -207,35 +211,18 @@ class Policy:
         return 3, None
 
 
-def server_context(pki_dir: str | Path) -> ssl.SSLContext:
-    """TLS 1.2 or later with the CSMS's certificate; a client certificate is asked for (not
-    required: one port serves profiles 2 and 3) and, when given, must chain to the CA."""
-    root = Path(pki_dir)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(root / "csms.pem", root / "csms.key")
-        context.load_verify_locations(root / "ca.pem")
-    except (OSError, ssl.SSLError) as exc:
-        raise SecurityError(f"{root}: no usable csms.pem, csms.key, ca.pem ({exc}): run `twin pki init`") from None
-    context.verify_mode = ssl.CERT_OPTIONAL
-    return context
-
-
-def peer_certificate(ssl_object: Any) -> dict[str, Any] | None:
-    """The verified client certificate of a TLS connection: CN, O, serial, expiry."""
-    if ssl_object is None:
+def certificate_of(peer: Peer | None) -> dict[str, Any] | None:
+    """The client certificate a TLS connection presented: CN, O, serial, expiry, and
+    ``problem``, why it does not chain to the CA (None when it does)."""
+    cert = peer.certificate if peer is not None else None
+    if peer is None or cert is None:
         return None
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        return None
-    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
 
     from twin import pki
 
-    cert = x509.load_der_x509_certificate(der)
     return {**pki.subject(cert), "serial": cert.serial_number, "not_after": cert.not_valid_after_utc.isoformat(),
-            "der": der}  # fmt: skip
+            "der": cert.public_bytes(Encoding.DER), "problem": peer.problem}  # fmt: skip
 
 
 @dataclass
@@ -275,20 +262,20 @@ class Guard:
     3), and the OCSP responder for client certificates."""
 
     policy: Policy
-    tls: ssl.SSLContext | None = None
+    tls: Tls | None = None
     ocsp: Ocsp | None = None
 
     async def admit(
-        self, station_id: str, authorization: str | None, ssl_object: Any
+        self, station_id: str, authorization: str | None, peer: Peer | None
     ) -> tuple[dict[str, Any], str | None]:
         """(what the connection showed, for its Connected record; why it is refused or None)."""
-        cert = peer_certificate(ssl_object)
+        cert = certificate_of(peer)
         shown: dict[str, Any] = {}
         if cert is not None:
-            if self.ocsp is not None:
+            if self.ocsp is not None and not cert["problem"]:
                 cert["ocsp"] = await self.ocsp.status(cert["der"])
                 cert["revoked"] = cert["ocsp"] == "revoked"
-            shown["certificate"] = {k: v for k, v in cert.items() if k not in ("der", "revoked")}
+            shown["certificate"] = {k: v for k, v in cert.items() if k not in ("der", "revoked", "problem")}
             shown["certificate"]["serial"] = str(cert["serial"])
         attempt = Attempt(station_id, tls=self.tls is not None, authorization=authorization, certificate=cert)
         profile, why = self.policy.decide(attempt)
@@ -331,7 +318,11 @@ def guard_from(profile: int, pki_dir: str | None = None, passwords: str | None =
         profile=profile, overrides=station_profiles, passwords=load_passwords(passwords) if passwords else {},
         operator=operator, downgrade={s.strip() for s in (downgrade or "").split(",") if s.strip()},
     )  # fmt: skip
-    return Guard(policy, server_context(pki_dir) if tls and pki_dir else None, ocsp)
+    try:
+        context = Tls.from_pki(pki_dir) if tls and pki_dir else None
+    except TlsError as exc:
+        raise SecurityError(str(exc)) from None
+    return Guard(policy, context, ocsp)
 
 
 @dataclass

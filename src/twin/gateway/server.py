@@ -27,6 +27,7 @@ from twin.capture import Recorder
 from twin.gateway.certificates import CertificateProvider
 from twin.gateway.commands import CommandInbox
 from twin.gateway.session import Session, close_quietly, new_conn_id
+from twin.gateway.tls import Peer, Terminator
 from twin.ocpp_j import SUBPROTOCOLS
 from twin.security import Guard, UpstreamTls
 from twin.settings import Settings
@@ -73,6 +74,7 @@ class Gateway:
         self._server: Server | None = None
         self._warming: asyncio.Future[int] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._terminator: Terminator | None = None
 
     # -- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -80,19 +82,24 @@ class Gateway:
         await loop.run_in_executor(None, schemas.warm, schemas.HOT)
         self._warming = loop.run_in_executor(None, schemas.warm)  # the rest, meanwhile
         await self.recorder.start()
+        tls = self.guard.tls if self.guard else None
+        public = self.port
         self._server = await serve(
             self._handle,
-            self.settings.host,
-            self.port,
+            "127.0.0.1" if tls else self.settings.host,  # behind the TLS terminator: loopback only
+            0 if tls else public,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
             max_size=max(self.settings.max_frame_bytes * 4, 1 << 20),
             ping_interval=None,  # stations keep alive with Heartbeat; pings cost 2,000 timers
             compression=None,
             open_timeout=self.settings.handshake_timeout,
-            ssl=self.guard.tls if self.guard else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if tls is not None:
+            self._terminator = Terminator(tls, ("127.0.0.1", self.port), self.settings.handshake_timeout,
+                                          self._tls_failed)  # fmt: skip
+            self.port = await self._terminator.start(self.settings.host, public)
         await self.inbox.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_silent())
         log.info(
@@ -123,6 +130,8 @@ class Gateway:
         if self._warming is not None:
             await self._warming
         await self.inbox.stop()
+        if self._terminator is not None:
+            await self._terminator.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -153,8 +162,8 @@ class Gateway:
             return await self._refuse(connection, station_id, conn_id, HTTPStatus.BAD_REQUEST, why)
         shown = None
         if self.guard is not None:
-            ssl_object = connection.transport.get_extra_info("ssl_object")
-            shown, refusal = await self.guard.admit(station_id, request.headers.get("Authorization"), ssl_object)
+            authorization = request.headers.get("Authorization")
+            shown, refusal = await self.guard.admit(station_id, authorization, self._peer(connection))
             if refusal is not None:
                 return await self._refuse(connection, station_id, conn_id, HTTPStatus.UNAUTHORIZED, refusal, protocol)
         upstream = None
@@ -181,14 +190,34 @@ class Gateway:
         why: str,
         protocol: str = "",
     ) -> Response:
-        remote = _remote(connection)
+        await self._record_refusal(station_id, conn_id, int(status), why, self._remote(connection), protocol)
+        return connection.respond(status, why + "\n")
+
+    async def _record_refusal(self, station_id: str, conn_id: str, status: int, why: str, remote: str,
+                              protocol: str = "") -> None:  # fmt: skip
         record = envelope.lifecycle(
-            "Refused", {"reason": why, "status": int(status), "remote_address": remote},
+            "Refused", {"reason": why, "status": status, "remote_address": remote},
             station_id=station_id, protocol=protocol, conn_id=conn_id, seq=1,
         )  # fmt: skip
         await self.recorder.record([record])
         log.info("refused %s from %s: %s", station_id or "?", remote, why)
-        return connection.respond(status, why + "\n")
+
+    async def _tls_failed(self, remote: str, why: str) -> None:
+        """A TLS handshake that failed: recorded, though no station id was ever sent (status 0: no HTTP)."""
+        await self._record_refusal("", new_conn_id(), 0, why, remote)
+
+    def _peer(self, connection: ServerConnection) -> Peer | None:
+        """What the TLS terminator saw of this connection (None without TLS)."""
+        if self._terminator is None:
+            return None
+        with contextlib.suppress(Exception):
+            return self._terminator.peer(connection.remote_address[1])
+        return None
+
+    def _remote(self, connection: ServerConnection) -> str:
+        """The station's address (behind TLS, the one the terminator saw, not the relay's)."""
+        peer = self._peer(connection)
+        return peer.remote if peer is not None else _remote(connection)
 
     async def _connect_upstream(self, station_id: str, offered: list[str], headers: Headers) -> ClientConnection:
         assert self.upstream_url is not None
@@ -223,7 +252,7 @@ class Gateway:
         try:
             await session.capture(
                 ("Connected", {"subprotocol": hs.protocol, "security_profile": _profile(ws),
-                               "remote_address": _remote(ws), "mode": self.mode, **(hs.shown or {})})
+                               "remote_address": self._remote(ws), "mode": self.mode, **(hs.shown or {})})
             )  # fmt: skip
             if hs.upstream is not None:
                 pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
