@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +70,44 @@ EXPECTED = [
 ]  # fmt: skip
 
 
-@pytest.fixture(params=["jsonl", "parquet"])
+def write_untyped(root: Path, records: list[dict[str, Any]]) -> None:
+    """As an archive written before the ``transaction_event`` column."""
+    for date, group in groupby(records, key=lambda r: r["ts"][:10]):
+        archive.write_file(root, f"date={date}", archive.table(list(group)).drop_columns(["transaction_event"]))
+
+
+@pytest.fixture(params=["jsonl", "parquet", "parquet-untyped", "parquet-mixed"])
 def capture(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The hand-made capture as JSONL and as Parquet: typed (the archive's
+    ``transaction_event`` column), untyped (written before it), and a mix of both."""
     records = hand_made()
     if request.param == "jsonl":
         path = tmp_path / "hand.jsonl"
         captures.write_jsonl(path, records + records[5:9])  # redelivered records: dropped
         return path
-    archive.write(tmp_path / "archive", records)
-    archive.write(tmp_path / "archive", records[3:12])  # at least once
+    first = write_untyped if request.param == "parquet-untyped" else archive.write
+    again = archive.write if request.param == "parquet" else write_untyped
+    first(tmp_path / "archive", records)
+    again(tmp_path / "archive", records[3:12])  # at least once
     return tmp_path / "archive"
+
+
+def test_the_typed_transaction_event_column_tolerates_any_payload() -> None:
+    record = {"action": "TransactionEvent", "msg_type": 2, "origin": "cs", "payload": {
+        "eventType": "Updated", "timestamp": 7, "offline": "yes", "evse": {"id": True}, "reservationId": "R-1",
+        "transactionInfo": {"transactionId": "T-1"},
+        "meterValue": [{"timestamp": "2026-03-02T10:00:00Z",
+                        "sampledValue": [{"value": "12"}, {"value": 3.5}, 7]}, "x"],
+    }}  # fmt: skip
+    assert archive.transaction_event(record) == {
+        "event_type": "Updated", "transaction_id": "T-1", "stopped_reason": None, "evse_id": None, "happened": None,
+        "offline": None, "reservation_id": None,
+        "readings": [{"sampled": "2026-03-02T10:00:00Z", "measurand": None, "value": None},
+                     {"sampled": "2026-03-02T10:00:00Z", "measurand": None, "value": 3.5}],
+    }  # fmt: skip
+    assert archive.transaction_event({**record, "payload": [1, 2]}) is None
+    assert archive.transaction_event({**record, "origin": "csms"}) is None
+    assert archive.table([{**hand_made()[0], **record, "payload": record["payload"]}]).num_rows == 1
 
 
 @pytest.mark.parametrize("engine", [sessions_duckdb, sessions_polars])

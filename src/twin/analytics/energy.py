@@ -24,31 +24,22 @@ from twin.analytics.sessions import EXPORT, IMPORT, P_EXPORT
 
 SQL = f"""
 WITH events AS MATERIALIZED (
-    -- one parse per event into the fields read (a JSON path per field parses once per field)
-    SELECT station_id, p.transactionInfo.transactionId AS tx, TRY_CAST(p.evse.id AS BIGINT) AS evse_id,
-           p.meterValue AS mv
-    FROM (
-        SELECT station_id, from_json(payload, '{{"transactionInfo": {{"transactionId": "VARCHAR"}},
-            "evse": {{"id": "VARCHAR"}}, "meterValue": [{{"timestamp": "TIMESTAMPTZ",
-            "sampledValue": [{{"value": "DOUBLE", "measurand": "VARCHAR"}}]}}]}}') AS p
-        FROM frames
-        WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid
-    )
+    -- typed fields (the archive's transaction_event column; see frames.transaction_events)
+    SELECT station_id, transaction_id AS tx, evse_id, readings FROM transaction_events
 ),
 -- only a transaction's first event must name its EVSE: the others are on the same one (a
 -- grouped join, not a window: a window would carry every event's readings through a sort)
 tx_evse AS (SELECT station_id, tx, max(evse_id) AS tx_evse FROM events GROUP BY ALL),
 te AS (
-    SELECT e.station_id, coalesce(e.evse_id, x.tx_evse) AS evse_id, e.mv
+    SELECT e.station_id, coalesce(e.evse_id, x.tx_evse) AS evse_id, e.readings
     FROM events e LEFT JOIN tx_evse x ON x.station_id = e.station_id AND x.tx IS NOT DISTINCT FROM e.tx
 ),
-samples AS (
-    SELECT station_id, evse_id, m.timestamp AS sampled, unnest(m.sampledValue) AS sv
-    FROM (SELECT station_id, evse_id, unnest(mv) AS m FROM te)
-),
+-- no DISTINCT: a reading repeated in a second event rises 0 over 0 hours (at 9.8 M records 0.4 s)
 readings AS (
-    SELECT DISTINCT station_id, evse_id, sampled, coalesce(sv.measurand, '{IMPORT}') AS measurand, sv.value AS value
-    FROM samples WHERE evse_id IS NOT NULL AND sampled IS NOT NULL
+    SELECT station_id, evse_id, TRY_CAST(r.sampled AS TIMESTAMPTZ) AS sampled,
+           coalesce(r.measurand, '{IMPORT}') AS measurand, r.value AS value
+    FROM (SELECT station_id, evse_id, unnest(readings) AS r FROM te)
+    WHERE evse_id IS NOT NULL AND sampled IS NOT NULL
 ),
 steps AS (
     SELECT station_id, evse_id, measurand, sampled, value,
