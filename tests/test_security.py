@@ -27,6 +27,7 @@ from tests.conftest import GatewayFactory, TopicReader, has, of_station
 from tests.stations import BOOT
 from twin import pki
 from twin.broker import free_port
+from twin.gateway.tls import Tls
 from twin.security import (
     THROTTLE_AFTER,
     Attempt,
@@ -235,6 +236,11 @@ async def test_a_certificate_from_another_ca_is_refused_against_its_station(
     assert await attempt(gw, "SEC-1", tls=forged) == 401
     reason = refusals(settings, "SEC-1")[0]["payload"]["reason"]
     assert reason == "client certificate does not chain to the CA: certificate signature failure"  # same CA name
+    stranger = tmp_path / "stranger"
+    pki.init(stranger, ["SEC-1"], operator="Someone Else")  # another CA by name too
+    foreign = x509.load_pem_x509_certificate((stranger / "stations" / "SEC-1.pem").read_bytes())
+    why = Tls.from_pki(authority).verify([foreign])
+    assert why == "does not chain to the CA: unable to get local issuer certificate"
     assert await attempt(gw, "SEC-1", tls=client_tls(authority, "SEC-1")) is None  # the real one still gets in
     recorded = gw.recorder.recorded
     distrustful = client_tls(impostor, "SEC-1")  # trusts another CA: it gives up on the handshake

@@ -76,7 +76,7 @@ ORDER BY b.station_id, b.day
 
 
 def energy_days_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    return query(capture, ("TransactionEvent",), SQL, [since, since, until, until] * 2)
+    return query(capture, ("TransactionEvent",), SQL, [since, since, until, until] * 2, events=True)
 
 
 PAYLOAD = pl.Struct({

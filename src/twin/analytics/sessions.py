@@ -77,7 +77,7 @@ ORDER BY tx.started_at, tx.station_id, tx.transaction_id
 
 
 def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    return query(capture, ("TransactionEvent",), SQL, [since, since, until, until])
+    return query(capture, ("TransactionEvent",), SQL, [since, since, until, until], events=True)
 
 
 PAYLOAD = pl.Struct({
