@@ -15,12 +15,13 @@ Computed with DuckDB and with Polars; a test holds them equal.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from twin.analytics.frames import query, station_calls
 from twin.analytics.sessions import EXPORT, IMPORT, P_EXPORT
+
+if TYPE_CHECKING:
+    import polars as pl
 
 SQL = f"""
 WITH events AS MATERIALIZED (
@@ -79,20 +80,22 @@ def energy_days_duckdb(capture: str | Path, since: str | None = None, until: str
     return query(capture, ("TransactionEvent",), SQL, [since, since, until, until] * 2, events=True)
 
 
-PAYLOAD = pl.Struct({
-    "evse": pl.Struct({"id": pl.Int64}),
-    "transactionInfo": pl.Struct({"transactionId": pl.String}),
-    "meterValue": pl.List(pl.Struct({
-        "timestamp": pl.String,
-        "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
-    })),
-})  # fmt: skip
 
 
 def energy_days_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    import polars as pl
+
+    payload = pl.Struct({
+        "evse": pl.Struct({"id": pl.Int64}),
+        "transactionInfo": pl.Struct({"transactionId": pl.String}),
+        "meterValue": pl.List(pl.Struct({
+            "timestamp": pl.String,
+            "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
+        })),
+    })  # fmt: skip
     readings = (
         station_calls(capture, "TransactionEvent")
-        .select("station_id", pl.col("payload").str.json_decode(PAYLOAD).alias("p"))
+        .select("station_id", pl.col("payload").str.json_decode(payload).alias("p"))
         .select(
             "station_id",
             pl.col("p").struct.field("evse").struct.field("id").alias("evse_id"),

@@ -17,11 +17,12 @@ holds them equal.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from twin.analytics.frames import query, station_calls
+
+if TYPE_CHECKING:
+    import polars as pl
 
 COLUMNS = ("transaction_id", "station_id", "evse_id", "started_at", "ended_at", "duration_min", "import_kwh",
            "export_kwh", "peak_kw", "peak_export_kw", "reservation_id", "stopped_reason", "offline")  # fmt: skip
@@ -80,20 +81,22 @@ def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | 
     return query(capture, ("TransactionEvent",), SQL, [since, since, until, until], events=True)
 
 
-PAYLOAD = pl.Struct({
-    "eventType": pl.String, "timestamp": pl.String, "offline": pl.Boolean, "reservationId": pl.Int64,
-    "evse": pl.Struct({"id": pl.Int64}),
-    "transactionInfo": pl.Struct({"transactionId": pl.String, "stoppedReason": pl.String}),
-    "meterValue": pl.List(pl.Struct({
-        "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
-    })),
-})  # fmt: skip
 
 
 def sessions_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+    import polars as pl
+
+    payload = pl.Struct({
+        "eventType": pl.String, "timestamp": pl.String, "offline": pl.Boolean, "reservationId": pl.Int64,
+        "evse": pl.Struct({"id": pl.Int64}),
+        "transactionInfo": pl.Struct({"transactionId": pl.String, "stoppedReason": pl.String}),
+        "meterValue": pl.List(pl.Struct({
+            "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
+        })),
+    })  # fmt: skip
     te = (
         station_calls(capture, "TransactionEvent")
-        .select("station_id", pl.col("payload").str.json_decode(PAYLOAD).alias("p"))
+        .select("station_id", pl.col("payload").str.json_decode(payload).alias("p"))
         .select(
             "station_id",
             pl.col("p").struct.field("eventType").alias("event_type"),
