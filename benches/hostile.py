@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import random
+import ssl
 import statistics
 import subprocess
 import sys
@@ -37,8 +38,12 @@ from twin.settings import Settings
 BOOT = {"reason": "PowerUp", "chargingStation": {"model": "Bench", "vendorName": "twin"}}
 
 
-async def good_station(url: str, name: str, until: float, rtts: list[float]) -> None:
-    async with websockets.connect(f"{url}/{name}", subprotocols=["ocpp2.1"]) as ws:  # type: ignore[list-item]
+async def good_station(url: str, name: str, until: float, rtts: list[float], tls: ssl.SSLContext | None = None,
+                       paced: bool = True) -> int:  # fmt: skip
+    """Boot, then Heartbeats until ``until`` (every 0.1-0.3 s, or back to back), each round
+    trip in ms appended to ``rtts``; how many were sent. Also used by ``benches/tls.py``."""
+    async with websockets.connect(f"{url}/{name}", subprotocols=["ocpp2.1"], ssl=tls,  # type: ignore[list-item]
+                                  server_hostname="localhost" if tls else None) as ws:  # fmt: skip
         await ws.send(orjson.dumps([2, "b", "BootNotification", BOOT]).decode())
         await ws.recv()
         n = 0
@@ -48,7 +53,9 @@ async def good_station(url: str, name: str, until: float, rtts: list[float]) -> 
             await ws.send(orjson.dumps([2, f"h{n}", "Heartbeat", {}]).decode())
             await ws.recv()
             rtts.append((time.perf_counter() - began) * 1000)
-            await asyncio.sleep(random.uniform(0.1, 0.3))
+            if paced:
+                await asyncio.sleep(random.uniform(0.1, 0.3))
+        return n
 
 
 async def flooder(url: str, until: float, counts: dict[str, int]) -> None:

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import ssl
 import statistics
 import subprocess
@@ -25,13 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-import websockets
+from hostile import good_station  # benches/ is on the path when a bench runs
 
 from twin import pki
 from twin.broker import EmbeddedBroker, ensure_topics, free_port
-
-BOOT = {"reason": "PowerUp", "chargingStation": {"model": "Bench", "vendorName": "twin"}}
 
 
 def client(root: Path, station: str) -> ssl.SSLContext:
@@ -40,32 +36,14 @@ def client(root: Path, station: str) -> ssl.SSLContext:
     return context
 
 
-async def station(url: str, name: str, tls: ssl.SSLContext | None, until: float, rtts: list[float],
-                  paced: bool) -> int:  # fmt: skip
-    async with websockets.connect(f"{url}/{name}", subprotocols=["ocpp2.1"], ssl=tls,  # type: ignore[list-item]
-                                  server_hostname="localhost" if tls else None) as ws:  # fmt: skip
-        await ws.send(orjson.dumps([2, "b", "BootNotification", BOOT]).decode())
-        await ws.recv()
-        n = 0
-        while time.monotonic() < until:
-            n += 1
-            began = time.perf_counter()
-            await ws.send(orjson.dumps([2, f"h{n}", "Heartbeat", {}]).decode())
-            await ws.recv()
-            rtts.append((time.perf_counter() - began) * 1000)
-            if paced:
-                await asyncio.sleep(random.uniform(0.1, 0.3))
-        return n
-
-
 async def measure(url: str, root: Path | None, stations: int, seconds: float) -> dict[str, Any]:
     names = [f"TLS-{i:03d}" for i in range(stations)]
     until = time.monotonic() + seconds
     rtts: list[float] = []
-    await asyncio.gather(*(station(url, n, client(root, n) if root else None, until, rtts, True) for n in names))
+    await asyncio.gather(*(good_station(url, n, until, rtts, client(root, n) if root else None) for n in names))
     rtts.sort()
     until = time.monotonic() + seconds
-    calls = await station(url, names[0], client(root, names[0]) if root else None, until, [], False)
+    calls = await good_station(url, names[0], until, [], client(root, names[0]) if root else None, paced=False)
     return {"calls": len(rtts), "p50_ms": round(statistics.median(rtts), 2),
             "p99_ms": round(rtts[int(len(rtts) * 0.99) - 1], 2),
             "one_station_calls_per_s": round(calls / seconds)}  # fmt: skip
