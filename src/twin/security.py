@@ -304,24 +304,21 @@ def guard_from(profile: int, pki_dir: str | None = None, passwords: str | None =
         raise SecurityError("profiles 2 and 3 need --pki DIR (the CSMS certificate and the stations' CA)")
     if (profiles & {1, 2} or downgrade) and not passwords:
         raise SecurityError("profiles 1 and 2 (and a downgrade from 3 to 2) need --passwords FILE")
-    operator = None
-    ocsp = None
+    operator, context, ocsp = None, None, None
     if pki_dir and tls:
-        from cryptography import x509
-
         from twin import pki
 
+        try:
+            context = Tls.from_pki(pki_dir)
+        except TlsError as exc:
+            raise SecurityError(str(exc)) from None
         operator = pki.config(pki_dir).get("operator")
         if ocsp_url:
-            ocsp = Ocsp(ocsp_url, x509.load_pem_x509_certificate((Path(pki_dir) / "ca.pem").read_bytes()))
+            ocsp = Ocsp(ocsp_url, context.ca)  # the CA the TLS layer verifies against, read once
     policy = Policy(
         profile=profile, overrides=station_profiles, passwords=load_passwords(passwords) if passwords else {},
         operator=operator, downgrade={s.strip() for s in (downgrade or "").split(",") if s.strip()},
     )  # fmt: skip
-    try:
-        context = Tls.from_pki(pki_dir) if tls and pki_dir else None
-    except TlsError as exc:
-        raise SecurityError(str(exc)) from None
     return Guard(policy, context, ocsp)
 
 

@@ -54,6 +54,7 @@ class Tls:
 
     context: SSL.Context
     ca: x509.Certificate
+    store: crypto.X509Store  # the CA, for verify(): built once, not per connection
 
     @classmethod
     def from_pki(cls, pki_dir: str | Path) -> Tls:
@@ -73,15 +74,15 @@ class Tls:
         except (OSError, ValueError, SSL.Error) as exc:
             raise TlsError(f"{root}: no usable csms.pem, csms.key, ca.pem ({exc}): run `twin pki init`") from None
         context.set_verify(SSL.VERIFY_PEER, lambda *_: True)  # ask, accept anything: verify() decides
-        return cls(context, ca)
+        store = crypto.X509Store()
+        store.add_cert(crypto.X509.from_cryptography(ca))
+        return cls(context, ca, store)
 
     def verify(self, chain: list[x509.Certificate]) -> str | None:
         """Why ``chain`` (leaf first) does not chain to the CA, in OpenSSL's words; None if it does."""
-        store = crypto.X509Store()
-        store.add_cert(crypto.X509.from_cryptography(self.ca))
         leaf, *rest = (crypto.X509.from_cryptography(c) for c in chain)
         try:
-            crypto.X509StoreContext(store, leaf, rest).verify_certificate()
+            crypto.X509StoreContext(self.store, leaf, rest).verify_certificate()
         except crypto.X509StoreContextError as exc:
             return f"does not chain to the CA: {exc}"
         return None
