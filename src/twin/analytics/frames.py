@@ -65,8 +65,9 @@ def connect(
     # a hash of the key (an integer), 0.7 -> 0.45 s: a collision only sends a few more rows through
     # DISTINCT ON, which keys on the real columns. With ``where`` (a test on the payload) the
     # few rows it keeps are read once, not three times.
+    carried = ", transaction_event" if typed != "none" else ""
     columns = ("station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq, "
-               "valid, error" + (", transaction_event" if typed != "none" else ""))  # fmt: skip
+               "valid, error" + carried)  # fmt: skip
     con.execute(f"""
         CREATE {"TEMP TABLE" if once else "VIEW"} frames AS
         WITH src AS {"MATERIALIZED" if where else "NOT MATERIALIZED"} (SELECT * FROM {source} {filtered}),
@@ -80,14 +81,17 @@ def connect(
     # Sessions and energy read TransactionEvents as typed fields: the archive's column, or
     # the same struct derived from the payload for files written before it (slower: a parse)
     parse = f", from_json(payload, '{PAYLOAD_TYPE}') AS j" if typed != "all" else ""
-    column = ", transaction_event" if typed != "none" else ""
-    derived = {"all": "transaction_event", "none": FROM_PAYLOAD}.get(typed)
-    derived = derived or f"coalesce(transaction_event, {FROM_PAYLOAD})"
+    if typed == "all":
+        derived = "transaction_event"
+    elif typed == "none":
+        derived = FROM_PAYLOAD
+    else:
+        derived = f"coalesce(transaction_event, {FROM_PAYLOAD})"
     con.execute(f"""
         CREATE VIEW transaction_events AS
         SELECT station_id, e.*
         FROM (SELECT station_id, {derived} AS e
-              FROM (SELECT station_id {column} {parse} FROM frames
+              FROM (SELECT station_id {carried} {parse} FROM frames
                     WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid))
     """)
     return con
