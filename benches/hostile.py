@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,31 @@ async def phase(url: str, stations: int, seconds: float, attack: bool) -> dict[s
     if attack:
         counts = queue.get(timeout=60)
         process.join(30)
-    rtts.sort()
-    return {"calls": len(rtts), "p50_ms": round(statistics.median(rtts), 2),
-            "p99_ms": round(rtts[int(len(rtts) * 0.99) - 1], 2), "attack": counts}  # fmt: skip
+    return {**latency(rtts), "attack": counts}
+
+
+def latency(rtts: list[float]) -> dict[str, Any]:
+    """How many round trips, and their p50 and p99 in ms. Also used by ``benches/tls.py``."""
+    ordered = sorted(rtts)
+    return {"calls": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
+            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1], 2)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def gateway(bootstrap: str, prefix: str, spool: Path, *options: str,
+            env: dict[str, str] | None = None) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:  # fmt: skip
+    """A ``python -m twin gateway`` process (capture on) on a free port, given 4 s to start;
+    (its port, the process), stopped by its process id. Also used by ``benches/tls.py``."""
+    port = free_port()
+    environment = {**os.environ, "TWIN_TOPIC_PREFIX": prefix, "TWIN_SPOOL": str(spool), **(env or {})}
+    command = [sys.executable, "-m", "twin", "gateway", "--bootstrap", bootstrap, "--port", str(port), *options]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(4)
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def main() -> None:
@@ -127,19 +150,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(free_port()) as broker:
         settings = Settings(bootstrap=broker.bootstrap, topic_prefix="hostile.")
         ensure_topics(settings, broker.bootstrap)
-        port = free_port()
-        env = {**os.environ, "TWIN_TOPIC_PREFIX": "hostile.", "TWIN_SPOOL": str(Path(tmp) / "spool")}
-        gw = subprocess.Popen([sys.executable, "-m", "twin", "gateway", "--bootstrap", broker.bootstrap, "--port",
-                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        try:
-            time.sleep(4)
+        with gateway(broker.bootstrap, "hostile.", Path(tmp) / "spool") as (port, gw):
             url = f"ws://127.0.0.1:{port}/ocpp"
             base = asyncio.run(phase(url, args.stations, args.seconds, attack=False))
             hit = asyncio.run(phase(url, args.stations, args.seconds, attack=True))
             alive = gw.poll() is None
-        finally:
-            gw.terminate()
-            gw.wait(30)
     result = {"baseline": base, "attack": hit, "gateway_alive": alive,
               "p99_ratio": round(hit["p99_ms"] / base["p99_ms"], 2),
               "p50_ratio": round(hit["p50_ms"] / base["p50_ms"], 2)}  # fmt: skip

@@ -14,17 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import ssl
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from hostile import good_station  # benches/ is on the path when a bench runs
+from hostile import gateway, good_station, latency  # benches/ is on the path when a bench runs
 
 from twin import pki
 from twin.broker import EmbeddedBroker, ensure_topics, free_port
@@ -41,28 +37,17 @@ async def measure(url: str, root: Path | None, stations: int, seconds: float) ->
     until = time.monotonic() + seconds
     rtts: list[float] = []
     await asyncio.gather(*(good_station(url, n, until, rtts, client(root, n) if root else None) for n in names))
-    rtts.sort()
     until = time.monotonic() + seconds
     calls = await good_station(url, names[0], until, [], client(root, names[0]) if root else None, paced=False)
-    return {"calls": len(rtts), "p50_ms": round(statistics.median(rtts), 2),
-            "p99_ms": round(rtts[int(len(rtts) * 0.99) - 1], 2),
-            "one_station_calls_per_s": round(calls / seconds)}  # fmt: skip
+    return {**latency(rtts), "one_station_calls_per_s": round(calls / seconds)}
 
 
 def run(broker: str, tmp: Path, root: Path | None, stations: int, seconds: float) -> dict[str, Any]:
-    port = free_port()
-    env = {**os.environ, "TWIN_TOPIC_PREFIX": "tls.", "TWIN_SPOOL": str(tmp / "spool"),
-           "TWIN_STATION_RATE": "0"}  # no rate limit: the back-to-back station measures TLS, not the limiter
     security = ["--security-profile", "3", "--pki", str(root)] if root else []
-    gw = subprocess.Popen([sys.executable, "-m", "twin", "gateway", "--bootstrap", broker, "--port", str(port),
-                           *security], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        time.sleep(4)
+    no_limit = {"TWIN_STATION_RATE": "0"}  # the back-to-back station measures TLS, not the rate limiter
+    with gateway(broker, "tls.", tmp / "spool", *security, env=no_limit) as (port, _):
         url = f"{'wss' if root else 'ws'}://127.0.0.1:{port}/ocpp"
         return asyncio.run(measure(url, root, stations, seconds))
-    finally:
-        gw.terminate()
-        gw.wait(30)
 
 
 def main() -> None:
