@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from tests.conftest import interrupt
 from twin.broker import free_port
 
 TWIN = [sys.executable, "-m", "twin"]
@@ -70,9 +71,4 @@ def twin_up(tmp: Path, *args: str, timeout: float = 180) -> Iterator[Up]:
         left = [name for name, pid in urls["pids"].items() if alive(pid)]
         assert not left, f"processes left behind: {left}"
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        interrupt(proc, 60)
