@@ -241,6 +241,14 @@ async def test_a_certificate_from_another_ca_is_refused_against_its_station(
     foreign = x509.load_pem_x509_certificate((stranger / "stations" / "SEC-1.pem").read_bytes())
     why = Tls.from_pki(authority).verify([foreign])
     assert why == "does not chain to the CA: unable to get local issuer certificate"
+    ca = pki.load(authority)  # a 1024-bit RSA key the CA signed: it chains, and breaks the PKI's rules
+    small = rsa.generate_private_key(65537, 1024)
+    now = dt.datetime.now(dt.UTC)
+    weak = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=SEC-1"))
+            .issuer_name(ca.cert.subject).public_key(small.public_key()).serial_number(7)
+            .not_valid_before(now - pki.DAY).not_valid_after(now + pki.DAY).sign(ca.key, hashes.SHA256()))  # fmt: skip
+    why = Tls.from_pki(authority).verify([weak]) or ""
+    assert why.startswith("breaks the PKI's rules: SEC-1: key too small (RSA 1024 bits")
     assert await attempt(gw, "SEC-1", tls=client_tls(authority, "SEC-1")) is None  # the real one still gets in
     recorded = gw.recorder.recorded
     distrustful = client_tls(impostor, "SEC-1")  # trusts another CA: it gives up on the handshake

@@ -25,6 +25,8 @@ from pathlib import Path
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from twin import pki
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
@@ -79,13 +81,16 @@ class Tls:
         return cls(context, ca, store)
 
     def verify(self, chain: list[x509.Certificate]) -> str | None:
-        """Why ``chain`` (leaf first) does not chain to the CA, in OpenSSL's words; None if it does."""
+        """Why ``chain`` (leaf first) is refused; None if it is good. OpenSSL says whether it
+        chains to the CA; then the PKI's own rules (``pki.problems``: a key too small, ...),
+        which the TLS layer's security level applied before the verify callback overrode it."""
         leaf, *rest = (crypto.X509.from_cryptography(c) for c in chain)
         try:
             crypto.X509StoreContext(self.store, leaf, rest).verify_certificate()
         except crypto.X509StoreContextError as exc:
             return f"does not chain to the CA: {exc}"
-        return None
+        found = pki.problems(chain, [self.ca])
+        return "breaks the PKI's rules: " + "; ".join(found) if found else None
 
 
 class Terminator:
