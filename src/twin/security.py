@@ -214,9 +214,9 @@ class Policy:
 def certificate_of(peer: Peer | None) -> dict[str, Any] | None:
     """The client certificate a TLS connection presented: CN, O, serial, expiry, and
     ``problem``, why it does not chain to the CA (None when it does)."""
-    cert = peer.certificate if peer is not None else None
-    if peer is None or cert is None:
+    if peer is None or peer.certificate is None:
         return None
+    cert = peer.certificate
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from twin import pki
