@@ -85,10 +85,10 @@ class Computed:
 
 class Reports:
     """Reports over the archive, computed on one background thread, one at a time (DuckDB
-    and Polars use every core already), so that no page waits for a long one:
+    and Polars use every core already):
 
     - a page asks; if the report is not ready within a moment it says it is computing, and
-      fills in by itself when it is;
+      fills in the moment it is;
     - when the archive gains files, the last result is served while the new one computes;
     - as soon as the app first runs, the reports every page shows by default are queued
       behind whatever a page asks for, so a user's next page is usually ready."""
@@ -167,8 +167,8 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
     """A report's document (as ``twin report KIND --json`` gives it).
 
     Without an archive the page says so and stops there. While the report's first
-    computation runs, the page says so and runs again shortly (``block=False``: None, and
-    the page goes on without it)."""
+    computation runs, the page says so and waits for it (``block=False``: None, and the page
+    goes on without it)."""
     archive = source().archive
     stamp = version(archive)
     if not stamp[0]:  # no archive (yet): see has_archive
@@ -180,14 +180,18 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
     key = (kind, archive, since, until, rule)
     computer.ask(key, stamp, wait=0)  # queued first: ahead of the defaults
     computer.prewarm(archive, stamp)
-    result = computer.ask(key, stamp, wait=2.0 if block else 0.2)
+    result = computer.ask(key, stamp, wait=0.5 if block else 0.2)
+    if result is None and not block:
+        return None
     if result is None:
-        if not block:
-            return None
-        st.info(f"Computing the {kind} report over `{archive}` ... this page fills in by itself.")
-        time.sleep(1.0)
-        st.rerun()
-    assert result is not None
+        # the page says what it waits for, and goes on the moment the report lands (a sleep
+        # and a rerun cost up to a second more); each update of the note lets Streamlit stop
+        # the script when the user leaves the page
+        note, began = st.empty(), time.monotonic()
+        while result is None:
+            note.info(f"Computing the {kind} report over `{archive}` ... {time.monotonic() - began:.0f} s")
+            result = computer.ask(key, stamp, wait=1.0)
+        note.empty()
     if result.error:
         st.error(f"The {kind} report failed: {result.error}")
         if block:

@@ -37,10 +37,10 @@ def connect(
     more SQL condition on the stored columns, also before the dedupe (a duplicate is the same
     record, so it keeps both copies or neither). ``once``: ``frames`` is a table, read and
     deduplicated once, for SQL that refers to it many times (a view is read at every mention).
-    ``events``: also the view ``transaction_events``, the stations' TransactionEvents as typed
-    fields (the archive's ``transaction_event`` column, or the same parsed from the payload);
-    without it ``frames`` does not carry that column (a table of the frames would: afir
-    2.4 -> 4.3 s at 9.8 M records)."""
+    ``events``: ``frames`` holds only the stations' CALLs, and the view ``transaction_events``
+    has their TransactionEvents as typed fields (the archive's ``transaction_event`` column,
+    or the same parsed from the payload); without it ``frames`` does not carry that column (a
+    table of the frames would: afir 2.4 -> 4.3 s at 9.8 M records)."""
     path = Path(capture)
     if not path.exists():
         raise captures.CaptureError(f"no capture at {path}")
@@ -55,6 +55,8 @@ def connect(
     conditions = [f"({where})"] if where else []
     if actions:
         conditions.insert(0, "action IN (" + ", ".join("'" + a.replace("'", "''") + "'" for a in actions) + ")")
+    if events:  # only stations' CALLs go through the dedupe (at 9.8 M records: half the keys, energy 3.6 -> 3.3 s)
+        conditions.append("msg_type = 2 AND origin = 'cs'")
     filtered = "WHERE " + " AND ".join(conditions) if conditions else ""
     typed = _typed(con, path) if events else "none"
     con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
@@ -128,7 +130,7 @@ def query(
     capture: str | Path,
     actions: tuple[str, ...],
     sql: str,
-    params: list[Any] | None = None,
+    params: list[Any] | dict[str, Any] | None = None,
     where: str | None = None,
     once: bool = False,
     events: bool = False,

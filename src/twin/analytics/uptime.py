@@ -31,18 +31,51 @@ UP = {"Available", "Occupied", "Reserved"}
 TARGET = {"nevi": 97.0, "uk": 99.0}  # NEVI: each port above it; UK: the network average at least it
 UK_MIN_KW = 50.0
 
-SQL = """
-SELECT station_id, ts, action,
-       TRY_CAST(payload->>'$.evseId' AS BIGINT) AS evse_id, payload->>'$.connectorStatus' AS status
-FROM frames
-WHERE (msg_type = 0 AND action IN ('Connected', 'Disconnected'))
-   OR (action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid)
-ORDER BY station_id, ts, conn_id, seq
+_NOT_DOWN = ", ".join(f"'{s}'" for s in sorted(UP | {"Unavailable"}))
+
+SQL = f"""
+WITH events AS (
+    SELECT station_id, ts, conn_id, seq, action,
+           TRY_CAST(payload->>'$.evseId' AS BIGINT) AS evse_id, payload->>'$.connectorStatus' AS status
+    FROM frames
+    WHERE (msg_type = 0 AND action IN ('Connected', 'Disconnected'))
+       OR (action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid)
+),
+ports AS (
+    SELECT DISTINCT station_id, evse_id FROM events
+    WHERE action = 'StatusNotification' AND evse_id IS NOT NULL AND status <> ''
+),
+-- each port's own statuses and every connection change of its station, in log order
+timeline AS (
+    SELECT p.station_id, p.evse_id, e.ts, e.conn_id, e.seq,
+           CASE e.action WHEN 'Connected' THEN true WHEN 'Disconnected' THEN false END AS online,
+           CASE WHEN e.action = 'StatusNotification' THEN e.status END AS status
+    FROM ports p JOIN events e ON e.station_id = p.station_id
+    WHERE e.action <> 'StatusNotification' OR (e.evse_id = p.evse_id AND e.status <> '')
+),
+-- the state from each event to the next (the last: to the window's end), clipped to the window
+spans AS (
+    SELECT station_id, evse_id, online, status,
+           greatest(date_diff('microsecond', greatest(ts, $start), least(coalesce(next, $end), $end)), 0)
+               / 60000000.0 AS minutes
+    FROM (
+        SELECT station_id, evse_id, ts,
+               last_value(online IGNORE NULLS) OVER w AS online, last_value(status IGNORE NULLS) OVER w AS status,
+               lead(ts) OVER (PARTITION BY station_id, evse_id ORDER BY ts, conn_id, seq) AS next
+        FROM timeline
+        WINDOW w AS (PARTITION BY station_id, evse_id ORDER BY ts, conn_id, seq
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+    )
+    WHERE status IS NOT NULL  -- before the port's first status: not measured
+)
+SELECT station_id, evse_id, sum(minutes) AS measured,
+       sum(minutes) FILTER (WHERE online IS NOT DISTINCT FROM false OR status NOT IN ({_NOT_DOWN})) AS down,
+       sum(minutes) FILTER (WHERE online IS DISTINCT FROM false AND status = 'Unavailable') AS unavailable
+FROM spans GROUP BY ALL HAVING sum(minutes) > 0
+ORDER BY station_id, evse_id
 """
-
-
-def _minutes(a: datetime, b: datetime) -> float:
-    return max(0.0, (b - a).total_seconds() / 60)
+"""Each port's measured, down and unavailable minutes between ``$start`` and ``$end`` (a
+station offline: every port down; a port is measured from its first status)."""
 
 
 def uptime(
@@ -51,23 +84,15 @@ def uptime(
     if rule not in TARGET:
         raise ValueError(f"rule is one of {', '.join(TARGET)}")
     con = connect(capture, ("Connected", "Disconnected", "StatusNotification"))
-    rows = con.execute(SQL).fetchall()
     bounds = con.execute("SELECT min(ts), max(ts) FROM frames_all").fetchone()
     start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else bounds[0] if bounds else None
     end = datetime.fromisoformat(until.replace("Z", "+00:00")) if until else bounds[1] if bounds else None
     known = inventory_of(capture)
-    ports: dict[tuple[str, int], dict[str, float]] = {}
-    if start is not None and end is not None:
-        by_station: dict[str, list[tuple[Any, ...]]] = {}
-        for r in rows:
-            by_station.setdefault(r[0], []).append(r)
-        for station, events in by_station.items():
-            _station(station, events, start, end, rule, ports)
+    ports = con.execute(SQL, {"start": start, "end": end}).fetchall() if start and end else []
     out_ports: list[dict[str, Any]] = []
-    for (station, evse), t in sorted(ports.items()):
-        measured = t["measured"]
-        outage = t["down"] + t["unavailable"]
-        excluded = t["unavailable"] if rule == "nevi" else 0.0
+    for station, evse, measured, down, unavailable in ports:
+        outage = (down or 0.0) + (unavailable or 0.0)
+        excluded = (unavailable or 0.0) if rule == "nevi" else 0.0
         pct = round(100 * (measured - (outage - excluded)) / measured, 3) if measured else None
         kw = known.get(station, {}).get("max_kw")
         out_ports.append({"station_id": station, "evse_id": evse, "pool_id": known.get(station, {}).get("pool_id"),
@@ -83,10 +108,14 @@ def uptime(
     def mean(items: list[dict[str, Any]]) -> float | None:
         return round(sum(p["uptime_pct"] for p in items) / len(items), 3) if items else None
 
-    stations = [{"station_id": s, "uptime_pct": mean([p for p in counted if p["station_id"] == s])}
-                for s in sorted({p["station_id"] for p in counted})]  # fmt: skip
-    pools = [{"pool_id": pool, "uptime_pct": mean([p for p in counted if p["pool_id"] == pool])}
-             for pool in sorted({p["pool_id"] for p in counted if p["pool_id"]})]  # fmt: skip
+    by_station: dict[str, list[dict[str, Any]]] = {}
+    by_pool: dict[str, list[dict[str, Any]]] = {}
+    for p in counted:
+        by_station.setdefault(p["station_id"], []).append(p)
+        if p["pool_id"]:
+            by_pool.setdefault(p["pool_id"], []).append(p)
+    stations = [{"station_id": s, "uptime_pct": mean(by_station[s])} for s in sorted(by_station)]
+    pools = [{"pool_id": pool, "uptime_pct": mean(by_pool[pool])} for pool in sorted(by_pool)]
     network = mean(counted)
     if rule == "nevi":
         verdict = all(p["pass"] for p in counted) if counted else None
@@ -98,36 +127,3 @@ def uptime(
         "ports": out_ports, "stations": stations, "pools": pools,
         "network": {"uptime_pct": network, "ports_counted": len(counted), "pass": verdict},
     }  # fmt: skip
-
-
-def _station(station: str, events: list[tuple[Any, ...]], start: datetime, end: datetime, rule: str,
-             ports: dict[tuple[str, int], dict[str, float]]) -> None:  # fmt: skip
-    online: bool | None = None
-    status: dict[int, str] = {}
-    last = start
-
-    def account(until: datetime) -> None:
-        nonlocal last
-        a, b = max(last, start), min(until, end)
-        if b > a:
-            for evse, state in status.items():
-                t = ports.setdefault((station, evse), {"measured": 0.0, "down": 0.0, "unavailable": 0.0})
-                span = _minutes(a, b)
-                t["measured"] += span
-                if online is False or state == "Faulted":
-                    t["down"] += span
-                elif state == "Unavailable":
-                    t["unavailable"] += span
-                elif state not in UP:
-                    t["down"] += span
-        last = max(last, until)
-
-    for _, ts, action, evse, state in events:
-        account(ts)
-        if action == "Connected":
-            online = True
-        elif action == "Disconnected":
-            online = False
-        elif evse is not None and state:
-            status[evse] = state
-    account(end)
