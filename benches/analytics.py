@@ -1,7 +1,7 @@
 """Reports at fleet scale: sessions, uptime and afir over a simulated archive of ~1 M and
 ~10 M records (2,000 stations), each timed in a fresh process with its peak memory; the
 baseline in the same run is a straightforward pandas implementation (read the columns with
-a filter, ``json.loads`` each payload, accumulate in Python) of sessions and uptime.
+a filter, ``json.loads`` each payload, accumulate in Python) of each report.
 
     .venv/bin/python benches/analytics.py [--sizes 1000000,10000000] [--stations 2000] [--json]
 """
@@ -30,6 +30,7 @@ RUN = {
     "uptime duckdb": "from twin.analytics.uptime import uptime; n = len(uptime(A)['ports'])",
     "uptime pandas": "import benches_pandas as b; n = len(b.uptime(A))",
     "afir duckdb": "from twin.analytics.afir import afir; n = len(afir(A))",
+    "afir pandas": "import benches_pandas as b; n = len(b.afir(A))",
 }
 
 PANDAS = '''
@@ -86,6 +87,49 @@ def uptime(path):
                 p = json.loads(text)
                 status[p["evseId"]] = p["connectorStatus"]
     return {k: 100 * (m - d) / m for k, (m, d) in ports.items() if m}
+
+def afir(path):
+    actions = ["SetDefaultTariff", "SetChargingProfile", "StatusNotification", "Connected", "NotifyEVChargingNeeds",
+               "Get15118EVCertificate"]
+    columns = ["station_id", "ts", "action", "msg_type", "origin", "msg_id", "payload", "conn_id", "seq", "valid"]
+    df = pd.read_parquet(path, columns=columns, filters=[("action", "in", actions)]).drop_duplicates(["conn_id", "seq"])
+    answers = df[(df.msg_type == 3) & (df.origin == "cs")]
+    accepted = {(c, m) for c, m, text in zip(answers.conn_id, answers.msg_id, answers.payload)
+                if json.loads(text).get("status") == "Accepted"}
+    per_kwh, smart, iso20, delays = set(), set(), set(), {}
+    calls = df[df.msg_type == 2]
+    for station, conn, msg, action, origin, ts, text, valid in zip(calls.station_id, calls.conn_id, calls.msg_id,
+            calls.action, calls.origin, calls.ts, calls.payload, calls.valid):
+        if origin == "csms" and (conn, msg) in accepted:
+            if action == "SetDefaultTariff" and "energy" in json.loads(text).get("tariff", {}):
+                per_kwh.add(station)
+            elif action == "SetChargingProfile":
+                smart.add(station)
+        elif origin == "cs" and valid:
+            p = json.loads(text)
+            if action == "StatusNotification":
+                sent = datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00"))
+                delays.setdefault(station, []).append((ts - sent).total_seconds())
+            elif action == "Get15118EVCertificate" and "15118:-20" in p.get("iso15118SchemaVersion", ""):
+                iso20.add(station)
+            elif action == "NotifyEVChargingNeeds" and "v2xChargingParameters" in p.get("chargingNeeds", {}):
+                iso20.add(station)
+    known = {s["station_id"]: s for s in json.load(open(f"{path}/_stations.json"))}
+    pools = {}
+    for station in set(df.station_id):
+        pools.setdefault(known.get(station, {}).get("pool_id") or station, []).append(station)
+    out = {}
+    for pool, stations in pools.items():
+        listed = [known[s] for s in stations if s in known]
+        out[pool] = {
+            "total_kw": sum(s["max_kw"] * s["evses"] for s in listed),
+            "points_150": sum(s["evses"] for s in listed if s["max_kw"] >= 150),
+            "per_kwh": all(s in per_kwh for s in stations if known.get(s, {}).get("max_kw", 0) >= 50),
+            "smart": all(s in smart for s in stations),
+            "iso20": all(s in iso20 or known.get(s, {}).get("iso15118") for s in stations),
+            "p95_s": max((pd.Series(delays[s]).quantile(0.95) for s in stations if s in delays), default=None),
+        }
+    return out
 '''
 
 
@@ -122,7 +166,7 @@ def main() -> None:
                                       "generate_s": round(time.perf_counter() - began, 1)}  # fmt: skip
             for name, code in RUN.items():
                 row[name] = timed(code, archive, work)
-            for report in ("sessions", "uptime"):
+            for report in ("sessions", "uptime", "afir"):
                 ours = row[f"{report} duckdb"]["seconds"]  # type: ignore[index]
                 row[f"{report} pandas / duckdb"] = round(row[f"{report} pandas"]["seconds"] / ours, 1)  # type: ignore[index]
             row["sessions polars / duckdb"] = round(

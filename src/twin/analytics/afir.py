@@ -22,8 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twin.analytics.frames import query
-from twin.analytics.migration import inventory_of, migration_duckdb
+from twin.analytics import migration
+from twin.analytics.frames import connect, rows
+from twin.analytics.migration import inventory_of
 
 THRESHOLDS = [  # (rule, minimum pool kW, minimum points of >= 150 kW)
     ("Art. 3 TEN-T core, end 2025", 400.0, 1),
@@ -63,9 +64,11 @@ LEFT JOIN status_delay d USING (station_id)
 
 def afir(capture: str | Path) -> list[dict[str, Any]]:
     known = inventory_of(capture)
-    actions = ("SetDefaultTariff", "SetChargingProfile", "StatusNotification")
-    seen = {r["station_id"]: r for r in query(capture, actions, SQL, once=True)}  # frames named five times
-    iso20 = {r["station_id"]: r["iso15118_20"] for r in migration_duckdb(capture)}
+    # the log read once (a table: SQL names frames five times), for these checks and migration's
+    con = connect(capture, ("SetDefaultTariff", "SetChargingProfile", "StatusNotification", *migration.ACTIONS),
+                  once=True)  # fmt: skip
+    seen = {r["station_id"]: r for r in rows(con, SQL)}
+    iso20 = {r["station_id"]: r["iso15118_20"] for r in migration.migration_duckdb(capture, con)}
     pools: dict[str, list[str]] = {}
     for station in sorted(seen):
         pools.setdefault(known.get(station, {}).get("pool_id") or f"(no pool) {station}", []).append(station)

@@ -78,8 +78,6 @@ def energy_days_duckdb(capture: str | Path, since: str | None = None, until: str
     return query(capture, ("TransactionEvent",), SQL, {"since": since, "until": until}, events=True)
 
 
-
-
 def energy_days_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     import polars as pl
 

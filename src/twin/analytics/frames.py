@@ -126,17 +126,26 @@ def _typed(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     return "all" if typed == files and files else "none" if not typed else "some"
 
 
+Params = list[Any] | dict[str, Any] | None
+"""A query's parameters: positional (``?``) or named (``$name``)."""
+
+
 def query(
     capture: str | Path,
     actions: tuple[str, ...],
     sql: str,
-    params: list[Any] | dict[str, Any] | None = None,
+    params: Params = None,
     where: str | None = None,
     once: bool = False,
     events: bool = False,
 ) -> list[dict[str, Any]]:
     """The rows of ``sql`` over :func:`connect`'s ``frames`` (of ``actions``, and ``where``), as dicts."""
-    cursor = connect(capture, actions, where, once, events).execute(sql, params or [])
+    return rows(connect(capture, actions, where, once, events), sql, params)
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> list[dict[str, Any]]:
+    """The rows of ``sql`` on a connection of :func:`connect`, as dicts."""
+    cursor = con.execute(sql, params or [])
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

@@ -16,14 +16,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import orjson
 
-from twin.analytics.frames import query
+from twin.analytics.frames import connect, rows
 
-SQL = """
+ACTIONS = ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate")
+
+_ACTIONS = ", ".join(f"'{a}'" for a in ACTIONS)
+
+SQL = f"""
 WITH latest AS (
     SELECT station_id, arg_max(protocol, ts) AS protocol, max(ts) AS last_seen
-    FROM frames GROUP BY ALL
+    FROM frames WHERE action IN ({_ACTIONS}) GROUP BY ALL
 ),
 needs AS (
     SELECT station_id,
@@ -53,15 +58,17 @@ def inventory_of(capture: str | Path) -> dict[str, dict[str, Any]]:
     return {s["station_id"]: s for s in orjson.loads(path.read_bytes())}
 
 
-def migration_duckdb(capture: str | Path) -> list[dict[str, Any]]:
+def migration_duckdb(capture: str | Path, con: duckdb.DuckDBPyConnection | None = None) -> list[dict[str, Any]]:
+    """``con``: a connection of :func:`frames.connect` whose ``frames`` hold at least
+    :data:`ACTIONS` (afir reads the log once for its own checks and these)."""
     known = inventory_of(capture)
-    rows = query(capture, ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate"), SQL, once=True)
-    for r in rows:
+    found = rows(con or connect(capture, ACTIONS, once=True), SQL)
+    for r in found:
         listed = known.get(r["station_id"], {})
         r["bidirectional"] = bool(r.pop("bidirectional_seen") or listed.get("bidirectional"))
         r["iso15118_20"] = bool(r.pop("iso15118_20_seen") or listed.get("iso15118"))
         r["in_inventory"] = bool(listed)
-    return rows
+    return found
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -81,8 +81,6 @@ def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | 
     return query(capture, ("TransactionEvent",), SQL, [since, since, until, until], events=True)
 
 
-
-
 def sessions_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     import polars as pl
 
