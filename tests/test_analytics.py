@@ -9,10 +9,12 @@ import json
 import math
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from tests.scenarios import PROFILE as SCENARIOS_PROFILE
@@ -76,15 +78,34 @@ def write_untyped(root: Path, records: list[dict[str, Any]]) -> None:
         archive.write_file(root, f"date={date}", archive.table(list(group)).drop_columns(["transaction_event"]))
 
 
-@pytest.fixture(params=["jsonl", "parquet", "parquet-untyped", "parquet-mixed"])
+def write_text_times(root: Path, records: list[dict[str, Any]]) -> None:
+    """As an archive of session 4, whose ``transaction_event`` held its timestamps as text."""
+    text = pa.struct([pa.field(f.name, pa.string()) if f.type == archive.INSTANT else
+                      pa.field(f.name, pa.list_(pa.struct([pa.field(g.name, pa.string() if g.type == archive.INSTANT
+                                                                    else g.type) for g in archive.READING])))
+                      if f.name == "readings" else f for f in archive.TRANSACTION_EVENT])  # fmt: skip
+    for date, group in groupby(records, key=lambda r: r["ts"][:10]):
+        table = archive.table(list(group))
+        column = table.column("transaction_event").cast(text)
+        archive.write_file(root, f"date={date}", table.set_column(table.schema.get_field_index("transaction_event"),
+                                                                  pa.field("transaction_event", text), column))
+
+
+@pytest.fixture(params=["jsonl", "parquet", "parquet-untyped", "parquet-mixed", "parquet-three-ages"])
 def capture(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """The hand-made capture as JSONL and as Parquet: typed (the archive's
-    ``transaction_event`` column), untyped (written before it), and a mix of both."""
+    ``transaction_event`` column), untyped (written before it), a mix of both, and files of
+    all three ages at once (typed, with text timestamps as in session 4, untyped)."""
     records = hand_made()
     if request.param == "jsonl":
         path = tmp_path / "hand.jsonl"
         captures.write_jsonl(path, records + records[5:9])  # redelivered records: dropped
         return path
+    if request.param == "parquet-three-ages":
+        write_text_times(tmp_path / "archive", records)
+        write_untyped(tmp_path / "archive", records[3:12])
+        archive.write(tmp_path / "archive", records[8:14])
+        return tmp_path / "archive"
     first = write_untyped if request.param == "parquet-untyped" else archive.write
     again = archive.write if request.param == "parquet" else write_untyped
     first(tmp_path / "archive", records)
@@ -97,13 +118,20 @@ def test_the_typed_transaction_event_column_tolerates_any_payload() -> None:
         "eventType": "Updated", "timestamp": 7, "offline": "yes", "evse": {"id": True}, "reservationId": "R-1",
         "transactionInfo": {"transactionId": "T-1"},
         "meterValue": [{"timestamp": "2026-03-02T10:00:00Z",
-                        "sampledValue": [{"value": "12"}, {"value": 3.5}, 7]}, "x"],
+                        "sampledValue": [{"value": "12"}, {"value": 3.5}, 7]}, "x",
+                       {"timestamp": "half past ten", "sampledValue": [{"value": 4}]},
+                       {"timestamp": "2026-03-02T12:30:00+02:00", "sampledValue": [{"value": 5}]},
+                       {"timestamp": "2026-03-02T10:45:00", "sampledValue": [{"value": 6}]}],
     }}  # fmt: skip
+    ten = datetime(2026, 3, 2, 10, tzinfo=UTC)
     assert archive.transaction_event(record) == {
         "event_type": "Updated", "transaction_id": "T-1", "stopped_reason": None, "evse_id": None, "happened": None,
         "offline": None, "reservation_id": None,
-        "readings": [{"sampled": "2026-03-02T10:00:00Z", "measurand": None, "value": None},
-                     {"sampled": "2026-03-02T10:00:00Z", "measurand": None, "value": 3.5}],
+        "readings": [{"sampled": ten, "measurand": None, "value": None},
+                     {"sampled": ten, "measurand": None, "value": 3.5},
+                     {"sampled": None, "measurand": None, "value": 4},  # not a time: null, as TRY_CAST makes it
+                     {"sampled": ten + timedelta(minutes=30), "measurand": None, "value": 5},
+                     {"sampled": ten + timedelta(minutes=45), "measurand": None, "value": 6}],  # no offset: UTC
     }  # fmt: skip
     assert archive.transaction_event({**record, "payload": [1, 2]}) is None
     assert archive.transaction_event({**record, "origin": "csms"}) is None

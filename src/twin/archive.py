@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-READING = pa.struct([("sampled", pa.string()), ("measurand", pa.string()), ("value", pa.float64())])
+INSTANT = pa.timestamp("us", tz="UTC")
+READING = pa.struct([("sampled", INSTANT), ("measurand", pa.string()), ("value", pa.float64())])
 TRANSACTION_EVENT = pa.struct([
     ("event_type", pa.string()), ("transaction_id", pa.string()), ("stopped_reason", pa.string()),
-    ("evse_id", pa.int64()), ("happened", pa.string()), ("offline", pa.bool_()), ("reservation_id", pa.int64()),
+    ("evse_id", pa.int64()), ("happened", INSTANT), ("offline", pa.bool_()), ("reservation_id", pa.int64()),
     ("readings", pa.list_(READING)),
 ])  # fmt: skip
-"""What ``transaction_event`` holds; timestamps stay the text the station sent (readers cast them)."""
+"""What ``transaction_event`` holds. Timestamps are instants, parsed once here rather than at
+every report (sessions and energy read 6.7 M of them at 10 M records: 0.5 s each report);
+text that is not an ISO 8601 time is null. Archives of session 4 hold them as text; readers
+cast either."""
 
 SCHEMA = pa.schema([
     ("station_id", pa.string()), ("origin", pa.string()), ("msg_type", pa.int8()), ("msg_id", pa.string()),
@@ -68,7 +73,7 @@ def transaction_event(record: Mapping[str, Any]) -> dict[str, Any] | None:
     evse = p.get("evse")
     readings = []
     for mv in _list(p.get("meterValue")):
-        sampled = _text(mv.get("timestamp"))
+        sampled = _instant(mv.get("timestamp"))
         for sv in _list(mv.get("sampledValue")):
             value = sv.get("value")
             readings.append({"sampled": sampled, "measurand": _text(sv.get("measurand")),
@@ -78,7 +83,7 @@ def transaction_event(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return {
         "event_type": _text(p.get("eventType")), "transaction_id": _text(info.get("transactionId")),
         "stopped_reason": _text(info.get("stoppedReason")),
-        "evse_id": _integer(evse.get("id")) if isinstance(evse, dict) else None, "happened": _text(p.get("timestamp")),
+        "evse_id": _integer(evse.get("id")) if isinstance(evse, dict) else None, "happened": _instant(p.get("timestamp")),
         "offline": offline if isinstance(offline, bool) else None, "reservation_id": _integer(p.get("reservationId")),
         "readings": readings,
     }  # fmt: skip
@@ -86,6 +91,17 @@ def transaction_event(record: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _instant(value: Any) -> datetime | None:
+    """An ISO 8601 time (without an offset: UTC, as SQL reads it here), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _integer(value: Any) -> int | None:

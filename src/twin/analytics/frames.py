@@ -87,8 +87,9 @@ def connect(
         derived = "transaction_event"
     elif typed == "none":
         derived = FROM_PAYLOAD
-    else:
-        derived = f"coalesce(transaction_event, {FROM_PAYLOAD})"
+    else:  # as the stored files type it (session 4's files: timestamps as text, which readers cast)
+        stored = con.execute(f"DESCRIBE SELECT transaction_event FROM {source}").fetchone()[1]  # type: ignore[index]
+        derived = f"coalesce(transaction_event, CAST({FROM_PAYLOAD} AS {stored}))"
     con.execute(f"""
         CREATE VIEW transaction_events AS
         SELECT station_id, e.*
@@ -105,10 +106,10 @@ PAYLOAD_TYPE = """{"eventType": "VARCHAR", "timestamp": "VARCHAR", "offline": "V
 FROM_PAYLOAD = """struct_pack(
     event_type := j.eventType, transaction_id := j.transactionInfo.transactionId,
     stopped_reason := j.transactionInfo.stoppedReason, evse_id := TRY_CAST(j.evse.id AS BIGINT),
-    happened := j.timestamp, offline := TRY_CAST(j.offline AS BOOLEAN),
+    happened := TRY_CAST(j.timestamp AS TIMESTAMPTZ), offline := TRY_CAST(j.offline AS BOOLEAN),
     reservation_id := TRY_CAST(j.reservationId AS BIGINT),
     readings := flatten(list_transform(j.meterValue, lambda m: list_transform(m.sampledValue,
-        lambda v: struct_pack(sampled := m.timestamp, measurand := v.measurand, value := v.value)))))"""
+        lambda v: struct_pack(sampled := TRY_CAST(m.timestamp AS TIMESTAMPTZ), measurand := v.measurand, value := v.value)))))"""
 """archive.transaction_event in SQL, from a TransactionEvent's ``from_json(payload, PAYLOAD_TYPE) AS j``."""
 
 
