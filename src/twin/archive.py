@@ -83,7 +83,8 @@ def transaction_event(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return {
         "event_type": _text(p.get("eventType")), "transaction_id": _text(info.get("transactionId")),
         "stopped_reason": _text(info.get("stoppedReason")),
-        "evse_id": _integer(evse.get("id")) if isinstance(evse, dict) else None, "happened": _instant(p.get("timestamp")),
+        "evse_id": _integer(evse.get("id")) if isinstance(evse, dict) else None,
+        "happened": _instant(p.get("timestamp")),
         "offline": offline if isinstance(offline, bool) else None, "reservation_id": _integer(p.get("reservationId")),
         "readings": readings,
     }  # fmt: skip

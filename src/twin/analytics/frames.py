@@ -109,7 +109,8 @@ FROM_PAYLOAD = """struct_pack(
     happened := TRY_CAST(j.timestamp AS TIMESTAMPTZ), offline := TRY_CAST(j.offline AS BOOLEAN),
     reservation_id := TRY_CAST(j.reservationId AS BIGINT),
     readings := flatten(list_transform(j.meterValue, lambda m: list_transform(m.sampledValue,
-        lambda v: struct_pack(sampled := TRY_CAST(m.timestamp AS TIMESTAMPTZ), measurand := v.measurand, value := v.value)))))"""
+        lambda v: struct_pack(sampled := TRY_CAST(m.timestamp AS TIMESTAMPTZ), measurand := v.measurand,
+                              value := v.value)))))"""
 """archive.transaction_event in SQL, from a TransactionEvent's ``from_json(payload, PAYLOAD_TYPE) AS j``."""
 
 
