@@ -98,7 +98,7 @@ class Reports:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.done: dict[Key, Computed] = {}
-        self.queued: dict[Key, tuple[int, float]] = {}
+        self.queued: dict[Key, tuple[tuple[int, float], int]] = {}  # the version asked for, at what priority
         self.jobs: queue.PriorityQueue[tuple[int, int, Key, tuple[int, float]]] = queue.PriorityQueue()
         self.order = itertools.count()
         self.stopping = False
@@ -118,9 +118,14 @@ class Reports:
         while its first computation runs."""
         with self.lock:
             known = self.done.get(key)
-            if (known is None or known.stamp != stamp) and self.queued.get(key) != stamp:
-                self.queued[key] = stamp
-                self.jobs.put((0 if urgent else 1, next(self.order), key, stamp))
+            priority = 0 if urgent else 1
+            waiting = self.queued.get(key)
+            # a page's ask overtakes the same report queued in the background (the older entry
+            # then finds it done and is skipped)
+            if (known is None or known.stamp != stamp) and (waiting is None or waiting[0] != stamp
+                                                              or waiting[1] > priority):  # fmt: skip
+                self.queued[key] = (stamp, priority)
+                self.jobs.put((priority, next(self.order), key, stamp))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with self.lock:
@@ -143,8 +148,9 @@ class Reports:
             if self.stopping:
                 return
             with self.lock:
-                if self.queued.get(key) != stamp:
-                    continue  # superseded by a newer version of the archive
+                waiting = self.queued.get(key)
+                if waiting is None or waiting[0] != stamp:
+                    continue  # superseded by a newer version of the archive, or computed already
             kind, archive, since, until, rule = key
             result = Computed(stamp, at=time.time())
             try:
@@ -167,8 +173,8 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
     """A report's document (as ``twin report KIND --json`` gives it).
 
     Without an archive the page says so and stops there. While the report's first
-    computation runs, the page says so and waits for it (``block=False``: None, and the page
-    goes on without it)."""
+    computation runs, the page says so and waits for it (``block=False``: None at once, and
+    the page goes on without it; :func:`pending` brings it in when it is ready)."""
     archive = source().archive
     stamp = version(archive)
     if not stamp[0]:  # no archive (yet): see has_archive
@@ -180,7 +186,7 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
     key = (kind, archive, since, until, rule)
     computer.ask(key, stamp, wait=0)  # queued first: ahead of the defaults
     computer.prewarm(archive, stamp)
-    result = computer.ask(key, stamp, wait=0.5 if block else 0.2)
+    result = computer.ask(key, stamp, wait=0.5 if block else 0.0)
     if result is None and not block:
         return None
     if result is None:
@@ -201,6 +207,19 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
         st.caption(f"The {kind} report as of {time.strftime('%H:%M:%S', time.localtime(result.at))}; "
                    "the archive has grown since and it is being computed again.")  # fmt: skip
     return result.value
+
+
+def pending(kind: str, since: str | None = None, until: str | None = None, rule: str = "nevi") -> None:
+    """Say that the ``kind`` report is computing, and run the page again the moment it is
+    ready: a fragment looks every second while it waits (AppTest runs it once)."""
+
+    @st.fragment(run_every=1.0)
+    def waiting() -> None:
+        if report(kind, since, until, rule, block=False) is not None:
+            st.rerun()
+        st.caption(f"Computing the {kind} report ... it appears here when it is ready.")
+
+    waiting()
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

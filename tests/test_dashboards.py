@@ -122,3 +122,23 @@ def test_no_archive_and_no_api_says_so(page: str, tmp_path: Path, monkeypatch: p
     at = run(page)
     said = [i.value for i in at.info] + [w.value for w in at.warning] + [c.value for c in at.caption]
     assert any("archive" in text for text in said), said
+
+
+def test_a_report_a_page_asks_for_overtakes_the_background_queue() -> None:
+    """The defaults are queued in the background; a page's ask for one of them (the last,
+    sessions) is computed next, ahead of the others, and only once."""
+    from dashboards.data import Reports, version
+
+    computer, archive = Reports(), str(SAMPLE)
+    stamp = version(archive)
+    try:
+        computer.prewarm(archive, stamp)
+        sessions = computer.ask(("sessions", archive, None, None, "nevi"), stamp, wait=120)
+        assert sessions is not None and sessions.value is not None and not sessions.error
+        began = {key[0]: done.at for key, done in computer.done.items()}
+        assert len(began) <= 2, f"sessions waited behind {sorted(began)}"  # at most the one already running
+        for kind in Reports.DEFAULTS:
+            computer.ask((kind, archive, None, None, "nevi"), stamp, wait=120, urgent=False)
+        assert computer.done[("sessions", archive, None, None, "nevi")] is sessions, "computed once"
+    finally:
+        computer.close()

@@ -31,7 +31,7 @@ st.subheader("Discharge sessions")
 sessions = data.report("sessions", since, until, block=False)
 discharging = [s for s in (sessions or {"sessions": []})["sessions"] if (s.get("export_kwh") or 0) > 0]
 if sessions is None:
-    st.caption("Computing the sessions report ... it appears here when it is ready.")
+    data.pending("sessions", since, until)
 elif discharging:
     st.dataframe(pl.DataFrame(discharging, infer_schema_length=None), hide_index=True, width="stretch")
 else:

@@ -28,7 +28,7 @@ st.dataframe(pl.DataFrame(doc["ports"], infer_schema_length=None), hide_index=Tr
 st.header("AFIR")
 afir = data.report("afir", block=False)
 if afir is None:
-    st.caption("Computing the AFIR report ... it appears here when it is ready.")
+    data.pending("afir")
 for pool in (afir or {"pools": []})["pools"]:
     results = [c["result"] for c in pool["checks"]]
     title = (
