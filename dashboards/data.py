@@ -91,9 +91,14 @@ class Reports:
       fills in the moment it is;
     - when the archive gains files, the last result is served while the new one computes;
     - as soon as the app first runs, the reports every page shows by default are queued
-      behind whatever a page asks for, so a user's next page is usually ready."""
+      behind whatever a page asks for, so a user's next page is usually ready; they start a
+      moment after a page's report is done, while the page draws it."""
 
     DEFAULTS = ("migration", "energy", "uptime", "reservations", "monitoring", "afir", "sessions")
+    DRAW = 1.0
+    """Seconds the background reports wait after a page's report, while the page draws it
+    (at 10 M records the Energy page's first visit drew in 1.2 s beside the next report, 0.8 s
+    alone)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -102,6 +107,7 @@ class Reports:
         self.jobs: queue.PriorityQueue[tuple[int, int, Key, tuple[int, float]]] = queue.PriorityQueue()
         self.order = itertools.count()
         self.stopping = False
+        self.drawing = 0.0  # until then, background reports leave the cores to the page just answered
         self.thread = threading.Thread(target=self._work, name="twin-reports", daemon=True)
         self.thread.start()
         atexit.register(self.close)
@@ -144,9 +150,13 @@ class Reports:
         from twin.analytics.reports import report as compute
 
         while True:
-            _, _, key, stamp = self.jobs.get()
+            priority, order, key, stamp = self.jobs.get()
             if self.stopping:
                 return
+            if priority and time.monotonic() < self.drawing:  # back in its place, behind any new ask
+                self.jobs.put((priority, order, key, stamp))
+                time.sleep(0.05)
+                continue
             with self.lock:
                 waiting = self.queued.get(key)
                 if waiting is None or waiting[0] != stamp:
@@ -160,6 +170,8 @@ class Reports:
             with self.lock:
                 self.done[key] = result
                 self.queued.pop(key, None)
+            if not priority:
+                self.drawing = time.monotonic() + self.DRAW
 
 
 @st.cache_resource
