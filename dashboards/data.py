@@ -222,12 +222,17 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
 
 
 def pending(kind: str, since: str | None = None, until: str | None = None, rule: str = "nevi") -> None:
-    """Say that the ``kind`` report is computing, and run the page again the moment it is
-    ready: a fragment looks every second while it waits (AppTest runs it once)."""
+    """After ``report(..., block=False)`` gave None: while the report computes, say so and run
+    the page again the moment it is done (a fragment looks every second; AppTest runs it
+    once). A report that failed is not pending: ``report`` showed why."""
+    archive = source().archive
+    key, stamp = (kind, archive, since, until, rule), version(archive)
+    if reports().ask(key, stamp, wait=0) is not None:
+        return
 
     @st.fragment(run_every=1.0)
     def waiting() -> None:
-        if report(kind, since, until, rule, block=False) is not None:
+        if reports().ask(key, stamp, wait=0) is not None:
             st.rerun()
         st.caption(f"Computing the {kind} report ... it appears here when it is ready.")
 

@@ -142,3 +142,18 @@ def test_a_report_a_page_asks_for_overtakes_the_background_queue() -> None:
         assert computer.done[("sessions", archive, None, None, "nevi")] is sessions, "computed once"
     finally:
         computer.close()
+
+
+def test_a_report_that_failed_is_not_pending(archive_only: None) -> None:
+    """A section that does not block on its report says why it failed, once; it does not
+    go on saying it is computing."""
+
+    def page() -> None:
+        from dashboards import data
+
+        if data.report("sessions", "not a time", None, block=False) is None:
+            data.pending("sessions", "not a time")
+
+    at = settled(AppTest.from_function(page, default_timeout=60).run(), lambda at: len(at.error) > 0)
+    assert "The sessions report failed" in at.error[0].value and len(at.error) == 1
+    assert not [c.value for c in at.caption if "Computing" in c.value]
