@@ -23,9 +23,6 @@ from twin.analytics.sessions import EXPORT, IMPORT, P_EXPORT
 if TYPE_CHECKING:
     import polars as pl
 
-WITHIN = """(CAST($since AS TIMESTAMPTZ) IS NULL OR ms >= epoch_ms(CAST($since AS TIMESTAMPTZ)))
-    AND (CAST($until AS TIMESTAMPTZ) IS NULL OR ms < epoch_ms(CAST($until AS TIMESTAMPTZ)))"""
-
 SQL = f"""
 WITH events AS MATERIALIZED (
     -- typed fields (the archive's transaction_event column; see frames.transaction_events)
@@ -61,7 +58,9 @@ by_day AS (
            sum(greatest(rise, 0)) FILTER (WHERE measurand = '{EXPORT}') AS export_wh,
            sum(hours) FILTER (WHERE measurand = '{EXPORT}' AND rise > 0) AS discharge_hours,
            max(value) FILTER (WHERE measurand = '{P_EXPORT}') AS peak_export_w
-    FROM steps WHERE {WITHIN}  -- after the differences: a first reading rises from the one before
+    -- the window after the differences: a first reading rises from the one before it
+    FROM steps WHERE (CAST($since AS TIMESTAMPTZ) IS NULL OR ms >= epoch_ms(CAST($since AS TIMESTAMPTZ)))
+      AND (CAST($until AS TIMESTAMPTZ) IS NULL OR ms < epoch_ms(CAST($until AS TIMESTAMPTZ)))
     GROUP BY ALL HAVING bool_or(measurand <> '{P_EXPORT}')  -- a day of registers (a peak alone is no energy row)
 )
 SELECT b.station_id, strftime(make_timestamp(b.day * 86400000000), '%Y-%m-%d') AS day,

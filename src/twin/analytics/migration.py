@@ -19,16 +19,14 @@ from typing import Any
 import duckdb
 import orjson
 
-from twin.analytics.frames import connect, rows
+from twin.analytics.frames import connect, rows, sql_list
 
 ACTIONS = ("Connected", "NotifyEVChargingNeeds", "Get15118EVCertificate")
-
-_ACTIONS = ", ".join(f"'{a}'" for a in ACTIONS)
 
 SQL = f"""
 WITH latest AS (
     SELECT station_id, arg_max(protocol, ts) AS protocol, max(ts) AS last_seen
-    FROM frames WHERE action IN ({_ACTIONS}) GROUP BY ALL
+    FROM frames WHERE action IN ({sql_list(ACTIONS)}) GROUP BY ALL
 ),
 needs AS (
     SELECT station_id,

@@ -24,14 +24,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from twin.analytics.frames import connect
+from twin.analytics.frames import connect, sql_list
 from twin.analytics.migration import inventory_of
 
 UP = {"Available", "Occupied", "Reserved"}
 TARGET = {"nevi": 97.0, "uk": 99.0}  # NEVI: each port above it; UK: the network average at least it
 UK_MIN_KW = 50.0
-
-_NOT_DOWN = ", ".join(f"'{s}'" for s in sorted(UP | {"Unavailable"}))
 
 SQL = f"""
 WITH events AS (
@@ -69,7 +67,8 @@ spans AS (
     WHERE status IS NOT NULL  -- before the port's first status: not measured
 )
 SELECT station_id, evse_id, sum(minutes) AS measured,
-       sum(minutes) FILTER (WHERE online IS NOT DISTINCT FROM false OR status NOT IN ({_NOT_DOWN})) AS down,
+       sum(minutes) FILTER (WHERE online IS NOT DISTINCT FROM false
+                            OR status NOT IN ({sql_list(sorted(UP | {'Unavailable'}))})) AS down,
        sum(minutes) FILTER (WHERE online IS DISTINCT FROM false AND status = 'Unavailable') AS unavailable
 FROM spans GROUP BY ALL HAVING sum(minutes) > 0
 ORDER BY station_id, evse_id
