@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
@@ -72,23 +73,33 @@ EXPECTED = [
 ]  # fmt: skip
 
 
+def write_as(root: Path, records: list[dict[str, Any]], aged: Callable[[pa.Table], pa.Table]) -> None:
+    """Records as archive.write writes them, each file's table changed by ``aged`` first."""
+    for date, group in groupby(records, key=lambda r: r["ts"][:10]):
+        archive.write_file(root, f"date={date}", aged(archive.table(list(group))))
+
+
 def write_untyped(root: Path, records: list[dict[str, Any]]) -> None:
     """As an archive written before the ``transaction_event`` column."""
-    for date, group in groupby(records, key=lambda r: r["ts"][:10]):
-        archive.write_file(root, f"date={date}", archive.table(list(group)).drop_columns(["transaction_event"]))
+    write_as(root, records, lambda table: table.drop_columns(["transaction_event"]))
+
+
+SESSION_4 = pa.struct([
+    ("event_type", pa.string()), ("transaction_id", pa.string()), ("stopped_reason", pa.string()),
+    ("evse_id", pa.int64()), ("happened", pa.string()), ("offline", pa.bool_()), ("reservation_id", pa.int64()),
+    ("readings", pa.list_(pa.struct([("sampled", pa.string()), ("measurand", pa.string()), ("value", pa.float64())]))),
+])  # fmt: skip
+"""``transaction_event`` as session 4 wrote it: its timestamps as text."""
 
 
 def write_text_times(root: Path, records: list[dict[str, Any]]) -> None:
-    """As an archive of session 4, whose ``transaction_event`` held its timestamps as text."""
-    text = pa.struct([pa.field(f.name, pa.string()) if f.type == archive.INSTANT else
-                      pa.field(f.name, pa.list_(pa.struct([pa.field(g.name, pa.string() if g.type == archive.INSTANT
-                                                                    else g.type) for g in archive.READING])))
-                      if f.name == "readings" else f for f in archive.TRANSACTION_EVENT])  # fmt: skip
-    for date, group in groupby(records, key=lambda r: r["ts"][:10]):
-        table = archive.table(list(group))
-        column = table.column("transaction_event").cast(text)
-        archive.write_file(root, f"date={date}", table.set_column(table.schema.get_field_index("transaction_event"),
-                                                                  pa.field("transaction_event", text), column))
+    """As an archive of session 4."""
+
+    def aged(table: pa.Table) -> pa.Table:
+        at = table.schema.get_field_index("transaction_event")
+        return table.set_column(at, pa.field("transaction_event", SESSION_4), table.column(at).cast(SESSION_4))
+
+    write_as(root, records, aged)
 
 
 @pytest.fixture(params=["jsonl", "parquet", "parquet-untyped", "parquet-mixed", "parquet-three-ages"])
