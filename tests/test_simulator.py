@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from itertools import groupby, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,30 @@ def test_archive_files_appear_whole(tmp_path: Path) -> None:
     files = list(tmp_path.rglob("*"))
     assert not [f for f in files if f.name.endswith(".tmp")]
     assert len(list(captures.read(tmp_path))) == len(records)
+
+
+def test_archive_files_are_clustered_by_action(small: list[dict[str, Any]], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(archive, "ROW_GROUP_MIN", 200)  # the small capture's larger actions get their own
+    archive.write(tmp_path, small)
+    shared = 0
+    for file in tmp_path.rglob("*.parquet"):
+        meta = pq.ParquetFile(file).metadata
+        index = meta.schema.to_arrow_schema().get_field_index("action")
+        spans = [meta.row_group(i).column(index).statistics for i in range(meta.num_row_groups)]
+        assert all(a.max < b.min for a, b in pairwise(spans)), "an action in two row groups"
+        shared += sum(s.min != s.max for s in spans)
+        rows = pq.read_table(file, columns=["action", "station_id", "ts", "seq"]).to_pylist()
+        large = {a for a, n in Counter(r["action"] for r in rows).items() if n >= 200}
+        assert large and large <= {s.min for s in spans if s.min == s.max}, "a large action shares a row group"
+        for _, group in groupby(rows, key=lambda r: (r["action"], r["station_id"])):
+            order = [(r["ts"], r["seq"]) for r in group]
+            assert order == sorted(order), "a station's records of one action out of log order"
+    assert shared, "the small actions share row groups"
+    key = ("station_id", "ts", "conn_id", "seq")
+    assert list(captures.read(tmp_path)) == sorted(small, key=lambda r: tuple(r[k] for k in key))
 
 
 EXAMPLES = Path(__file__).parent.parent / "datasets" / "import-examples"
