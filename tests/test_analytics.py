@@ -31,6 +31,7 @@ from twin.analytics import (
     sessions_polars,
     uptime,
 )
+from twin.analytics.frames import bounds, connect
 from twin.analytics.reservations import reservations_duckdb, summary
 from twin.fold import fold
 
@@ -331,6 +332,25 @@ def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     body = json.loads(done.stdout)
     assert body["rule"] == "nevi" and body["ports"] == nevi["ports"] and body["network"] == nevi["network"]
+
+
+def test_uptime_over_the_whole_log_from_an_archive_with_or_without_statistics(tmp_path: Path) -> None:
+    """Without --from/--to the window is the log's first to last record: an archive's file
+    statistics give them, and a file written without statistics is read for them."""
+    import pyarrow.parquet as pq
+
+    records = outage_day("UP-1").records
+    captures.write_jsonl(tmp_path / "up.jsonl", records)
+    archive.write(tmp_path / "archive", records)
+    plain = tmp_path / "plain" / f"date={records[0]['ts'][:10]}"
+    plain.mkdir(parents=True)
+    pq.write_table(archive.table(records), plain / "part-0.parquet", write_statistics=False)
+    first, last = (datetime.fromisoformat(f(r["ts"] for r in records)) for f in (min, max))
+    whole = uptime.uptime(tmp_path / "up.jsonl", "nevi")
+    assert (whole["from"], whole["to"]) == tuple(t.isoformat().replace("+00:00", "Z") for t in (first, last))
+    for path in (tmp_path / "up.jsonl", tmp_path / "archive", tmp_path / "plain"):
+        assert bounds(connect(path), path) == (first, last), path
+        assert uptime.uptime(path, "nevi") == whole, path
 
 
 def test_afir_checks_per_pool(tmp_path: Path) -> None:

@@ -47,6 +47,9 @@ def connect(
         raise captures.CaptureError(f"no capture at {path}")
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # it writes to stdout, where --json goes
+    # Each file's footer read once, not at every query of a report (uptime at 9.8 M records:
+    # 0.22 -> 0.18 s). Archive files are never changed in place: a new file has a new name.
+    con.execute("SET parquet_metadata_cache = true")
     con.execute("SET TimeZone = 'UTC'")  # timestamps are formatted as the log's UTC
     if path.is_dir():
         source = f"read_parquet('{path.as_posix()}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
@@ -132,6 +135,23 @@ def _typed(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     except duckdb.Error:
         return "none"  # no file yet: the view fails later with DuckDB's own words, as before
     return "all" if typed == files and files else "none" if not typed else "some"
+
+
+def bounds(con: duckdb.DuckDBPyConnection, capture: str | Path) -> tuple[Any, Any]:
+    """The first and last ``ts`` of the log, as stored (a duplicate does not move them): from
+    an archive's statistics when every row group has them (at 9.8 M records 0.04 s, reading
+    the column 0.11 s), else from the column."""
+    path = Path(capture)
+    if path.is_dir():
+        first, last, whole = con.execute(f"""
+            SELECT min(stats_min_value::TIMESTAMPTZ), max(stats_max_value::TIMESTAMPTZ),
+                   bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL)
+            FROM parquet_metadata('{path.as_posix()}/**/*.parquet') WHERE path_in_schema = 'ts'
+        """).fetchone() or (None, None, False)  # fmt: skip
+        if whole:
+            return first, last
+    first, last = con.execute("SELECT min(ts), max(ts) FROM frames_all").fetchone() or (None, None)
+    return first, last
 
 
 Params = list[Any] | dict[str, Any] | None

@@ -20,11 +20,11 @@ percentage.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from twin.analytics.frames import connect, sql_list
+from twin.analytics.frames import bounds, connect, sql_list
 from twin.analytics.migration import inventory_of
 
 UP = {"Available", "Occupied", "Reserved"}
@@ -33,7 +33,7 @@ UK_MIN_KW = 50.0
 
 SQL = f"""
 WITH events AS (
-    SELECT station_id, ts, conn_id, seq, action,
+    SELECT station_id, epoch_ms(ts) AS ms, conn_id, seq, action,
            TRY_CAST(payload->>'$.evseId' AS BIGINT) AS evse_id, payload->>'$.connectorStatus' AS status
     FROM frames
     WHERE (msg_type = 0 AND action IN ('Connected', 'Disconnected'))
@@ -45,23 +45,23 @@ ports AS (
 ),
 -- each port's own statuses and every connection change of its station, in log order
 timeline AS (
-    SELECT p.station_id, p.evse_id, e.ts, e.conn_id, e.seq,
+    SELECT p.station_id, p.evse_id, e.ms, e.conn_id, e.seq,
            CASE e.action WHEN 'Connected' THEN true WHEN 'Disconnected' THEN false END AS online,
            CASE WHEN e.action = 'StatusNotification' THEN e.status END AS status
     FROM ports p JOIN events e ON e.station_id = p.station_id
     WHERE e.action <> 'StatusNotification' OR (e.evse_id = p.evse_id AND e.status <> '')
 ),
 -- the state from each event to the next (the last: to the window's end), clipped to the window
+-- (times in epoch milliseconds: TIMESTAMPTZ arithmetic goes through the ICU calendar)
 spans AS (
     SELECT station_id, evse_id, online, status,
-           greatest(date_diff('microsecond', greatest(ts, $start), least(coalesce(next, $end), $end)), 0)
-               / 60000000.0 AS minutes
+           greatest(least(coalesce(next, $end), $end) - greatest(ms, $start), 0) / 60000.0 AS minutes
     FROM (
-        SELECT station_id, evse_id, ts,
+        SELECT station_id, evse_id, ms,
                last_value(online IGNORE NULLS) OVER w AS online, last_value(status IGNORE NULLS) OVER w AS status,
-               lead(ts) OVER (PARTITION BY station_id, evse_id ORDER BY ts, conn_id, seq) AS next
+               lead(ms) OVER (PARTITION BY station_id, evse_id ORDER BY ms, conn_id, seq) AS next
         FROM timeline
-        WINDOW w AS (PARTITION BY station_id, evse_id ORDER BY ts, conn_id, seq
+        WINDOW w AS (PARTITION BY station_id, evse_id ORDER BY ms, conn_id, seq
                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
     )
     WHERE status IS NOT NULL  -- before the port's first status: not measured
@@ -73,8 +73,8 @@ SELECT station_id, evse_id, sum(minutes) AS measured,
 FROM spans GROUP BY ALL HAVING sum(minutes) > 0
 ORDER BY station_id, evse_id
 """
-"""Each port's measured, down and unavailable minutes between ``$start`` and ``$end`` (a
-station offline: every port down; a port is measured from its first status)."""
+"""Each port's measured, down and unavailable minutes between ``$start`` and ``$end`` (epoch
+milliseconds; a station offline: every port down; a port is measured from its first status)."""
 
 
 def uptime(
@@ -83,11 +83,12 @@ def uptime(
     if rule not in TARGET:
         raise ValueError(f"rule is one of {', '.join(TARGET)}")
     con = connect(capture, ("Connected", "Disconnected", "StatusNotification"))
-    bounds = con.execute("SELECT min(ts), max(ts) FROM frames_all").fetchone()
-    start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else bounds[0] if bounds else None
-    end = datetime.fromisoformat(until.replace("Z", "+00:00")) if until else bounds[1] if bounds else None
+    first, last = bounds(con, capture)
+    start = datetime.fromisoformat(since.replace("Z", "+00:00")) if since else first
+    end = datetime.fromisoformat(until.replace("Z", "+00:00")) if until else last
     known = inventory_of(capture)
-    ports = con.execute(SQL, {"start": start, "end": end}).fetchall() if start and end else []
+    window = {"start": _ms(start), "end": _ms(end)} if start and end else None
+    ports = con.execute(SQL, window).fetchall() if window else []
     out_ports: list[dict[str, Any]] = []
     for station, evse, measured, down, unavailable in ports:
         outage = (down or 0.0) + (unavailable or 0.0)
@@ -126,3 +127,8 @@ def uptime(
         "ports": out_ports, "stations": stations, "pools": pools,
         "network": {"uptime_pct": network, "ports_counted": len(counted), "pass": verdict},
     }  # fmt: skip
+
+
+def _ms(moment: datetime) -> int:
+    """Epoch milliseconds, as ``epoch_ms`` gives them (a time without an offset is UTC)."""
+    return round((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000)
