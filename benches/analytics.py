@@ -19,7 +19,8 @@ from pathlib import Path
 
 import orjson
 
-from twin.simulator import inventory, inventory_path, write
+from twin.captures import inventory_path
+from twin.simulator import inventory, write
 
 RECORDS_PER_STATION_DAY = 797  # benches/simulator.py
 

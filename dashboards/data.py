@@ -248,7 +248,7 @@ def _inventory(archive: str, mtime: float) -> dict[str, dict[str, Any]]:  # mtim
 
 def inventory() -> dict[str, dict[str, Any]]:
     """The stations' inventory (pool, coordinates, power) when the archive has one."""
-    from twin.simulator import inventory_path
+    from twin.captures import inventory_path
 
     archive = source().archive
     path = inventory_path(archive)

@@ -63,6 +63,13 @@ def _jsonl(path: Path) -> Iterator[Envelope]:
             yield record  # type: ignore[misc]
 
 
+def inventory_path(capture: str | Path) -> Path:
+    """Where a capture's station inventory lives: ``ARCHIVE/_stations.json`` (readers of
+    the hive layout skip ``_`` files) or ``CAPTURE.stations.json`` beside a ``.jsonl``."""
+    p = Path(capture)
+    return p.with_name(p.name + ".stations.json") if p.suffix == ".jsonl" else p / "_stations.json"
+
+
 def _parquet(path: Path, stations: Collection[str] | None = None) -> Iterator[Envelope]:
     import pyarrow.dataset as ds
 

@@ -50,8 +50,8 @@ profiles AS (
 ),
 status_delay AS (
     SELECT station_id,
-           quantile_cont(date_diff('millisecond', TRY_CAST(payload->>'$.timestamp' AS TIMESTAMPTZ), ts) / 1000.0, 0.95)
-               AS p95_s
+           quantile_cont((epoch_ms(ts) - epoch_ms(TRY_CAST(payload->>'$.timestamp' AS TIMESTAMPTZ))) / 1000.0, 0.95)
+               AS p95_s  -- epoch milliseconds: date_diff on TIMESTAMPTZ goes through the ICU calendar
     FROM frames WHERE action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid
     GROUP BY ALL
 )

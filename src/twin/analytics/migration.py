@@ -48,7 +48,7 @@ ORDER BY l.station_id
 
 
 def inventory_of(capture: str | Path) -> dict[str, dict[str, Any]]:
-    from twin.simulator import inventory_path
+    from twin.captures import inventory_path
 
     path = inventory_path(capture)
     if not path.exists():

@@ -12,8 +12,9 @@ import orjson
 import typer
 from rich.progress import Progress
 
+from twin.captures import inventory_path
 from twin.cli.app import Json, app, err, fail, print_json
-from twin.simulator import DEFAULT_START, Rates, inventory, inventory_path, write
+from twin.simulator import DEFAULT_START, Rates, inventory, write
 from twin.simulator import simulate as run_simulation
 
 Out = Annotated[

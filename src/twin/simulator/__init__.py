@@ -21,7 +21,7 @@ import orjson
 from twin.simulator.fleet import Pool, Station, build, inventory
 from twin.simulator.station import DAY_MS, Rates, StationSim
 
-__all__ = ["DEFAULT_START", "Pool", "Rates", "Station", "build", "inventory", "inventory_path", "simulate", "write"]
+__all__ = ["DEFAULT_START", "Pool", "Rates", "Station", "build", "inventory", "simulate", "write"]
 
 DEFAULT_START = "2026-03-02"
 """A Monday. The start is fixed, not today, so that a seed always gives the same capture."""
@@ -30,13 +30,6 @@ Run = tuple[int, float, int, str, Rates, str]
 """simulate's arguments: stations, days, seed, start, rates, prefix."""
 
 SHOWCASE = ("fault", "outage", "reboot", "firmware", "monitor", "security", "expired", "cancelled", "rejected")
-
-
-def inventory_path(capture: str | Path) -> Path:
-    """Where a capture's station inventory lives: ``ARCHIVE/_stations.json`` (readers of
-    the hive layout skip ``_`` files) or ``CAPTURE.stations.json`` beside a ``.jsonl``."""
-    p = Path(capture)
-    return p.with_name(p.name + ".stations.json") if p.suffix == ".jsonl" else p / "_stations.json"
 
 
 def start_ms(start: str) -> int:
