@@ -150,6 +150,39 @@ def test_the_typed_transaction_event_column_tolerates_any_payload() -> None:
     assert archive.table([{**hand_made()[0], **record, "payload": record["payload"]}]).num_rows == 1
 
 
+def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> None:
+    """Files of three ages, two of them batches written again: ``twin compact`` leaves one
+    file a date in today's layout, each record once, and the reports as they were. A date
+    with a file that is not Parquet is left as it was, and the exit status says so."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "archive"
+    records = hand_made()
+    write_text_times(root, records)
+    write_untyped(root, records[3:12])
+    archive.write(root, records[8:14])
+    before = list(captures.read(root)), sessions_duckdb(root), energy_days_duckdb(root)
+    broken = root / "date=2026-02-01" / "part-0.parquet"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not Parquet")
+    done = subprocess.run([sys.executable, "-m", "twin", "compact", str(root), "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    body = json.loads(done.stdout)
+    dates = {d["date"]: d for d in body["dates"]}
+    assert dates.pop("2026-02-01")["result"] == "unreadable" and broken.read_bytes() == b"not Parquet"
+    assert {d["result"] for d in dates.values()} == {"compacted"} and body["duplicates"] == 9 + 6
+    assert body["records"] == len(records) and body["files_before"] == 3 * len(dates) + 1
+    broken.unlink()
+    for date in dates:
+        (file,) = (root / f"date={date}").glob("*.parquet")
+        assert pq.read_schema(file).equals(archive.SCHEMA)
+    assert (list(captures.read(root)), sessions_duckdb(root), energy_days_duckdb(root)) == before
+    files = sorted(root.rglob("*.parquet"))
+    assert {r["result"] for r in archive.compact(root)} == {"already compact"}
+    assert sorted(root.rglob("*.parquet")) == files
+
+
 @pytest.mark.parametrize("engine", [sessions_duckdb, sessions_polars])
 def test_sessions_worked_out_by_hand(capture: Path, engine: Any) -> None:
     assert engine(capture) == EXPECTED

@@ -1,4 +1,5 @@
-"""``twin validate`` and ``twin import``: captures checked, and captures from elsewhere."""
+"""``twin validate``, ``twin import`` and ``twin compact``: captures checked, captures from
+elsewhere, and archives rewritten in the current layout."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import Progress
 from rich.table import Table
 
 from twin import archive, captures, importer
@@ -83,3 +85,47 @@ def import_(
         print_json(result)
     else:
         err.print(f"{len(records):,} records from {result['stations']} stations -> {out} ({invalid} invalid)")
+
+
+@app.command()
+def compact(
+    root: Annotated[
+        str, typer.Argument(metavar="ARCHIVE", help="A Parquet archive: a directory or an object-store URL (s3://...).")
+    ],  # fmt: skip
+    json_out: Json = False,
+) -> None:
+    """Rewrite a Parquet archive in the current layout, a date at a time: each date's files
+    merged into one, each record once, the typed columns added to files written before them,
+    rows clustered by action. Reports then read far fewer files and bytes.
+
+    Safe while the worker writes: a date's new file is in place before its old files go, and
+    files that appear meanwhile are left for the next run. A date already compact is skipped.
+    Exit status 1 when a date could not be read (it is left as it was)."""
+    if "://" not in root and not Path(root).is_dir():
+        fail(f"no archive directory at {root}")
+    results = []
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("compacting", total=None)
+        for result in archive.compact(root, lambda done, total: progress.update(task, completed=done, total=total)):
+            results.append(result)
+            progress.update(task, description=f"compacted {result['date']}")
+    totals = {key: sum(r[key] or 0 for r in results) for key in SUMMED}
+    if json_out:
+        print_json({"archive": root, **totals, "dates": results})
+    else:
+        table = Table(title=f"{root}: {len(results)} dates", caption=(
+            f"{totals['files_before']:,} files -> {totals['files_after']:,}, {totals['records']:,} records, "
+            f"{totals['duplicates']:,} duplicates dropped, {totals['bytes_before'] / 1e6:,.1f} -> "
+            f"{totals['bytes_after'] / 1e6:,.1f} MB"))  # fmt: skip
+        for column in ("date", "result", "files", "records", "duplicates", "MB"):
+            table.add_column(column, justify="left" if column in ("date", "result") else "right")
+        for r in results:
+            result = r["result"] + (f": {r['why']}" if r["why"] else "")
+            table.add_row(r["date"], result, f"{r['files_before']} -> {r['files_after']}", f"{r['records'] or 0:,}",
+                          f"{r['duplicates']:,}", f"{r['bytes_before'] / 1e6:.1f} -> {r['bytes_after'] / 1e6:.1f}")
+        err.print(table)
+    if any(r["result"] == "unreadable" for r in results):
+        raise typer.Exit(1)
+
+
+SUMMED = ("files_before", "files_after", "records", "duplicates", "bytes_before", "bytes_after")
