@@ -177,6 +177,8 @@ def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> No
     for date in dates:
         (file,) = (root / f"date={date}").glob("*.parquet")
         assert pq.read_schema(file).equals(archive.SCHEMA)
+    kept = pq.ParquetDataset(root).read(columns=["conn_id", "seq"]).to_pylist()
+    assert sorted(kept, key=str) == sorted(({"conn_id": r["conn_id"], "seq": r["seq"]} for r in records), key=str)
     assert (list(captures.read(root)), sessions_duckdb(root), energy_days_duckdb(root)) == before
     files = sorted(root.rglob("*.parquet"))
     assert {r["result"] for r in archive.compact(root)} == {"already compact"}

@@ -267,7 +267,8 @@ def _as_today(table: pa.Table) -> pa.Table:
 
 
 def _first_of_each(table: pa.Table) -> pa.Table:
-    """Each ``(conn_id, seq)`` once: its first row."""
+    """Each ``(conn_id, seq)`` once: its first row (the rows kept in their order)."""
     rows = pa.array(range(table.num_rows), pa.int64())
-    first = table.select(["conn_id", "seq"]).append_column("row", rows).group_by(["conn_id", "seq"], use_threads=False)
-    return table.take(pc.sort_indices(first.aggregate([("row", "min")]).column("row_min")))
+    keyed = table.select(["conn_id", "seq"]).append_column("row", rows)
+    first = keyed.group_by(["conn_id", "seq"], use_threads=False).aggregate([("row", "min")]).column("row_min")
+    return table.take(first.take(pc.sort_indices(first)))
