@@ -22,7 +22,7 @@ import orjson
 from twin.captures import inventory_path
 from twin.simulator import inventory, write
 
-RECORDS_PER_STATION_DAY = 797  # benches/simulator.py
+RECORDS_PER_STATION_DAY = 770  # over a week (one day, benches/simulator.py: 797); the archive reaches the size
 
 RUN = {
     "sessions duckdb": "from twin.analytics import sessions_duckdb as f; n = len(f(A))",

@@ -5,7 +5,7 @@ and the compaction itself with its peak memory.
 
     .venv/bin/python benches/compact.py [--stations 2000] [--days 6.13] [--batch 20000] [--json]
 
-The defaults give ~9.8 M records, the archive of benches/analytics.py.
+The defaults give ~10 M records, as benches/analytics.py does.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def prepare(tmp: Path, stations: int, days: float, batch: int) -> dict[str, int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stations", type=int, default=2000)
-    parser.add_argument("--days", type=float, default=6.13)
+    parser.add_argument("--days", type=float, default=6.5)
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)

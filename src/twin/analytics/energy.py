@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twin.analytics.frames import query, station_calls
+from twin.analytics.frames import query, rounded, transaction_events_polars
 from twin.analytics.sessions import EXPORT, IMPORT, P_EXPORT
 
 if TYPE_CHECKING:
@@ -80,43 +80,13 @@ def energy_days_duckdb(capture: str | Path, since: str | None = None, until: str
 def energy_days_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     import polars as pl
 
-    payload = pl.Struct({
-        "evse": pl.Struct({"id": pl.Int64}),
-        "transactionInfo": pl.Struct({"transactionId": pl.String}),
-        "meterValue": pl.List(pl.Struct({
-            "timestamp": pl.String,
-            "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
-        })),
-    })  # fmt: skip
     readings = (
-        station_calls(capture, "TransactionEvent")
-        .select("station_id", pl.col("payload").str.json_decode(payload).alias("p"))
-        .select(
-            "station_id",
-            pl.col("p").struct.field("evse").struct.field("id").alias("evse_id"),
-            pl.col("p").struct.field("transactionInfo").struct.field("transactionId").alias("tx"),
-            pl.col("p").struct.field("meterValue").alias("mv"),
-        )  # fmt: skip
+        transaction_events_polars(capture)[1]
         # only a transaction's first event must name its EVSE: the others are on the same one
-        .with_columns(pl.col("evse_id").fill_null(pl.col("evse_id").max().over(["station_id", "tx"])))
-        .explode("mv")
-        .select(
-            "station_id",
-            "evse_id",
-            pl.col("mv").struct.field("timestamp").str.to_datetime(time_zone="UTC", time_unit="us").alias("sampled"),
-            pl.col("mv").struct.field("sampledValue").alias("sv"),
-        )  # fmt: skip
-        .explode("sv")
-        .select(
-            "station_id",
-            "evse_id",
-            "sampled",
-            pl.col("sv").struct.field("measurand").fill_null(IMPORT).alias("measurand"),
-            pl.col("sv").struct.field("value").alias("value"),
-        )  # fmt: skip
+        .with_columns(pl.col("evse_id").fill_null(pl.col("evse_id").max().over(["station_id", "transaction_id"])))
+        .select("station_id", "evse_id", "sampled", pl.col("measurand").fill_null(IMPORT), "value")
         .filter(pl.col("evse_id").is_not_null() & pl.col("sampled").is_not_null())
         .unique()
-        .collect()
     )
     key = ["station_id", "evse_id", "measurand"]
     steps = (
@@ -158,10 +128,10 @@ def energy_days_polars(capture: str | Path, since: str | None = None, until: str
         .select(
             "station_id",
             "day",
-            (pl.col("import_wh").fill_null(0) / 1000).round(3).alias("import_kwh"),
-            (pl.col("export_wh").fill_null(0) / 1000).round(3).alias("export_kwh"),
-            pl.col("hours").fill_null(0).round(3).alias("discharge_hours"),
-            (pl.col("peak_export_w").fill_null(0) / 1000).round(3).alias("peak_export_kw"),
+            rounded(pl.col("import_wh").fill_null(0) / 1000, 3).alias("import_kwh"),
+            rounded(pl.col("export_wh").fill_null(0) / 1000, 3).alias("export_kwh"),
+            rounded(pl.col("hours").fill_null(0), 3).alias("discharge_hours"),
+            rounded(pl.col("peak_export_w").fill_null(0) / 1000, 3).alias("peak_export_kw"),
         )  # fmt: skip
     )
     return out.to_dicts()

@@ -118,6 +118,20 @@ FROM_PAYLOAD = """struct_pack(
 """archive.transaction_event in SQL, from a TransactionEvent's ``from_json(payload, PAYLOAD_TYPE) AS j``."""
 
 
+def _polars_payload() -> Any:
+    import polars as pl
+
+    return pl.Struct({
+        "eventType": pl.String, "timestamp": pl.String, "offline": pl.Boolean, "reservationId": pl.Int64,
+        "evse": pl.Struct({"id": pl.Int64}),
+        "transactionInfo": pl.Struct({"transactionId": pl.String, "stoppedReason": pl.String}),
+        "meterValue": pl.List(pl.Struct({
+            "timestamp": pl.String,
+            "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
+        })),
+    })  # fmt: skip
+
+
 def sql_list(values: Iterable[str]) -> str:
     """Text values as SQL literals, comma-separated: for ``IN (...)``."""
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
@@ -184,6 +198,77 @@ def station_calls(capture: str | Path, action: str) -> pl.LazyFrame:
 
     return frames_polars(capture, (action,)).filter(
         (pl.col("action") == action) & (pl.col("msg_type") == 2) & (pl.col("origin") == "cs") & pl.col("valid")
+    )
+
+
+def transaction_events_polars(capture: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The stations' valid TransactionEvent CALLs as ``(events, readings)``. ``events``: a row
+    an event, ``station_id`` and the fields of ``archive.TRANSACTION_EVENT`` but ``readings``;
+    ``readings``: a row a meter reading (an event without any: one of nulls), with
+    ``station_id``, ``transaction_id``, ``evse_id`` (as its event names it), ``sampled``,
+    ``measurand`` (null: the import register) and ``value``. From the archive's typed column
+    when every file holds it as written today (``twin compact`` rewrites older archives so;
+    at 10 M records sessions takes 3 s instead of 10), else parsed from ``payload``."""
+    import polars as pl
+
+    calls = station_calls(capture, "TransactionEvent")
+    if _typed_today(Path(capture)):
+        base = calls.select("station_id", "transaction_event").unnest("transaction_event").collect()
+        readings = base.select("station_id", "transaction_id", "evse_id", "readings").explode("readings")
+        return base.drop("readings"), readings.unnest("readings")
+    p = pl.col("p")
+    base = (
+        calls.select("station_id", pl.col("payload").str.json_decode(_polars_payload()).alias("p"))
+        .select(
+            "station_id",
+            p.struct.field("eventType").alias("event_type"),
+            p.struct.field("transactionInfo").struct.field("transactionId").alias("transaction_id"),
+            p.struct.field("transactionInfo").struct.field("stoppedReason").alias("stopped_reason"),
+            p.struct.field("evse").struct.field("id").alias("evse_id"),
+            p.struct.field("timestamp").str.to_datetime(time_zone="UTC", time_unit="us").alias("happened"),
+            p.struct.field("offline").alias("offline"),
+            p.struct.field("reservationId").alias("reservation_id"),
+            p.struct.field("meterValue").alias("mv"),
+        )  # fmt: skip
+        .collect()
+    )
+    readings = (
+        base.select("station_id", "transaction_id", "evse_id", "mv")
+        .explode("mv")
+        .select(
+            "station_id", "transaction_id", "evse_id",
+            pl.col("mv").struct.field("timestamp").str.to_datetime(time_zone="UTC", time_unit="us").alias("sampled"),
+            pl.col("mv").struct.field("sampledValue").alias("sv"),
+        )  # fmt: skip
+        .explode("sv")
+        .select(
+            "station_id", "transaction_id", "evse_id", "sampled",
+            pl.col("sv").struct.field("measurand"), pl.col("sv").struct.field("value"),
+        )  # fmt: skip
+    )
+    return base.drop("mv"), readings
+
+
+def rounded(value: pl.Expr, digits: int) -> pl.Expr:
+    """``value`` rounded as DuckDB's ``round`` does, half away from zero (Polars' default is
+    half to even: at 10 M records 1,251 sessions differed in the last digit)."""
+    return value.round(digits, mode="half_away_from_zero")
+
+
+def _typed_today(path: Path) -> bool:
+    """Whether every file of the archive has ``transaction_event`` as this version writes it
+    (a ``.jsonl`` capture goes through ``archive.table``: it has)."""
+    if not path.is_dir():
+        return True
+    import pyarrow.parquet as pq
+
+    from twin.archive import TRANSACTION_EVENT
+
+    files = list(path.rglob("*.parquet"))
+    return bool(files) and all(
+        "transaction_event" in (schema := pq.read_schema(f)).names
+        and schema.field("transaction_event").type == TRANSACTION_EVENT
+        for f in files
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from twin.analytics.frames import frames_polars, query
+from twin.analytics.frames import frames_polars, query, rounded
 
 ISO = "%Y-%m-%dT%H:%M:%S.%gZ"
 
@@ -65,7 +65,7 @@ def _iso(column: str) -> pl.Expr:
 
 
 def _minutes(start: str, end: pl.Expr) -> pl.Expr:
-    return ((end - pl.col(start)).dt.total_milliseconds() / 60000.0).round(3, mode="half_away_from_zero")  # as DuckDB
+    return rounded((end - pl.col(start)).dt.total_milliseconds() / 60000.0, 3)
 
 
 def status_intervals_polars(capture: str | Path) -> list[dict[str, Any]]:

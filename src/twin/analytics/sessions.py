@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twin.analytics.frames import query, station_calls
+from twin.analytics.frames import query, rounded, transaction_events_polars
 
 if TYPE_CHECKING:
     import polars as pl
@@ -84,41 +84,12 @@ def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | 
 def sessions_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
     import polars as pl
 
-    payload = pl.Struct({
-        "eventType": pl.String, "timestamp": pl.String, "offline": pl.Boolean, "reservationId": pl.Int64,
-        "evse": pl.Struct({"id": pl.Int64}),
-        "transactionInfo": pl.Struct({"transactionId": pl.String, "stoppedReason": pl.String}),
-        "meterValue": pl.List(pl.Struct({
-            "sampledValue": pl.List(pl.Struct({"value": pl.Float64, "measurand": pl.String})),
-        })),
-    })  # fmt: skip
-    te = (
-        station_calls(capture, "TransactionEvent")
-        .select("station_id", pl.col("payload").str.json_decode(payload).alias("p"))
-        .select(
-            "station_id",
-            pl.col("p").struct.field("eventType").alias("event_type"),
-            pl.col("p").struct.field("transactionInfo").struct.field("transactionId").alias("transaction_id"),
-            pl.col("p").struct.field("evse").struct.field("id").alias("evse_id"),
-            pl.col("p").struct.field("timestamp").str.to_datetime(time_zone="UTC", time_unit="us").alias("at"),
-            pl.col("p").struct.field("offline").fill_null(False).alias("offline"),
-            pl.col("p").struct.field("reservationId").alias("reservation_id"),
-            pl.col("p").struct.field("transactionInfo").struct.field("stoppedReason").alias("stopped_reason"),
-            pl.col("p").struct.field("meterValue").alias("mv"),
-        )
-        .filter(pl.col("transaction_id").is_not_null())
-    ).collect()
-    values = (
-        te.select("station_id", "transaction_id", "mv")
-        .explode("mv")
-        .select("station_id", "transaction_id", pl.col("mv").struct.field("sampledValue").alias("sv"))
-        .explode("sv")
-        .select(
-            "station_id",
-            "transaction_id",
-            pl.col("sv").struct.field("measurand").fill_null(IMPORT).alias("measurand"),
-            pl.col("sv").struct.field("value").alias("value"),
-        )
+    events, readings = transaction_events_polars(capture)
+    te = events.filter(pl.col("transaction_id").is_not_null()).with_columns(
+        pl.col("happened").alias("at"), pl.col("offline").fill_null(False)
+    )
+    values = readings.filter(pl.col("transaction_id").is_not_null()).select(
+        "station_id", "transaction_id", pl.col("measurand").fill_null(IMPORT), "value"
     )
 
     def rise(measurand: str) -> pl.Expr:
@@ -158,13 +129,13 @@ def sessions_polars(capture: str | Path, since: str | None = None, until: str | 
             "evse_id",
             pl.col("started_at").dt.strftime(fmt),
             pl.col("ended_at").dt.strftime(fmt),
-            ((pl.col("ended_at") - pl.col("started_at")).dt.total_milliseconds() // 600 / 100)
-            .round(2)
-            .alias("duration_min"),
-            (pl.col("import_wh").fill_null(0) / 1000).round(3).alias("import_kwh"),
-            (pl.col("export_wh").fill_null(0) / 1000).round(3).alias("export_kwh"),
-            (pl.col("peak_w").fill_null(0) / 1000).round(3).alias("peak_kw"),
-            (pl.col("peak_export_w").fill_null(0) / 1000).round(3).alias("peak_export_kw"),
+            rounded((pl.col("ended_at") - pl.col("started_at")).dt.total_milliseconds() // 600 / 100, 2).alias(
+                "duration_min"
+            ),
+            rounded(pl.col("import_wh").fill_null(0) / 1000, 3).alias("import_kwh"),
+            rounded(pl.col("export_wh").fill_null(0) / 1000, 3).alias("export_kwh"),
+            rounded(pl.col("peak_w").fill_null(0) / 1000, 3).alias("peak_kw"),
+            rounded(pl.col("peak_export_w").fill_null(0) / 1000, 3).alias("peak_export_kw"),
             "reservation_id",
             "stopped_reason",
             "offline",
