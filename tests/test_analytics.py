@@ -185,6 +185,18 @@ def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> No
     assert sorted(root.rglob("*.parquet")) == files
 
 
+def test_compact_knows_a_file_in_the_layout_by_its_declared_order(tmp_path: Path) -> None:
+    """A file of today's schema that is not clustered (as session 5 wrote them) is compacted;
+    the file that replaces it is not compacted again."""
+    import pyarrow.parquet as pq
+
+    plain = tmp_path / "date=2026-03-01" / "part-0.parquet"
+    plain.parent.mkdir()
+    pq.write_table(archive.table(hand_made()), plain)
+    assert [r["result"] for r in archive.compact(tmp_path)] == ["compacted"]
+    assert [r["result"] for r in archive.compact(tmp_path)] == ["already compact"]
+
+
 @pytest.mark.parametrize("engine", [sessions_duckdb, sessions_polars])
 def test_sessions_worked_out_by_hand(capture: Path, engine: Any) -> None:
     assert engine(capture) == EXPECTED

@@ -148,21 +148,28 @@ def test_archive_files_are_clustered_by_action(small: list[dict[str, Any]], tmp_
     import pyarrow.parquet as pq
 
     monkeypatch.setattr(archive, "ROW_GROUP_MIN", 200)  # the small capture's larger actions get their own
+    monkeypatch.setattr(archive, "ROW_GROUP_MAX", 500)  # ... and the largest several, a range of stations each
     archive.write(tmp_path, small)
-    shared = 0
+    declared = pq.SortingColumn.from_ordering(archive.SCHEMA, archive.CLUSTER)
+    shared = split = 0
     for file in tmp_path.rglob("*.parquet"):
         meta = pq.ParquetFile(file).metadata
-        index = meta.schema.to_arrow_schema().get_field_index("action")
-        spans = [meta.row_group(i).column(index).statistics for i in range(meta.num_row_groups)]
-        assert all(a.max < b.min for a, b in pairwise(spans)), "an action in two row groups"
-        shared += sum(s.min != s.max for s in spans)
+        groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+        assert all(g.sorting_columns == declared for g in groups)
+        action, station = (archive.SCHEMA.get_field_index(c) for c in ("action", "station_id"))
+        spans = [(g.column(action).statistics, g.column(station).statistics) for g in groups]
+        for (a, sa), (b, sb) in pairwise(spans):
+            assert a.max < b.min or (a.min == a.max == b.min == b.max and sa.max <= sb.min), "out of order"
+            split += a.max == b.min
+        shared += sum(a.min != a.max for a, _ in spans)
         rows = pq.read_table(file, columns=["action", "station_id", "ts", "seq"]).to_pylist()
         large = {a for a, n in Counter(r["action"] for r in rows).items() if n >= 200}
-        assert large and large <= {s.min for s in spans if s.min == s.max}, "a large action shares a row group"
+        assert large and large <= {a.min for a, _ in spans if a.min == a.max}, "a large action shares a row group"
         for _, group in groupby(rows, key=lambda r: (r["action"], r["station_id"])):
             order = [(r["ts"], r["seq"]) for r in group]
             assert order == sorted(order), "a station's records of one action out of log order"
     assert shared, "the small actions share row groups"
+    assert split, "the largest actions span row groups"
     key = ("station_id", "ts", "conn_id", "seq")
     assert list(captures.read(tmp_path)) == sorted(small, key=lambda r: tuple(r[k] for k in key))
 

@@ -6,11 +6,13 @@ with the envelope's fields (``payload`` as JSON text, ``ts`` as ``timestamp[ms, 
 readable as it is by DuckDB, Polars, pyarrow and Spark. Each file is written whole or not at
 all (written aside, then renamed into place); readers drop duplicate ``(conn_id, seq)``.
 
-Within a file, rows are clustered by action, then station (log order within each), and a
-row group ends only where the action changes: a reader asking for a few actions skips the
-other row groups by their statistics. At 10 M records uptime's three actions are 3% of the
-records; it runs in half the time, and the files are a fifth smaller. Nothing reads order
-from a file: readers order by ``ts``, ``conn_id`` and ``seq``.
+Within a file, rows are clustered by action, then station (log order within each), and
+declared so (each row group's ``sorting_columns``). A row group holds one action, or several
+small ones, and at most 131,072 rows: a reader asking for a few actions skips the other row
+groups by their statistics, and one asking for a station skips most of each large action's.
+At 10 M records uptime's three actions are 3% of the records; it runs in half the time, one
+station's records are read in a third of the time, and the files are a fifth smaller.
+Nothing reads order from a file: readers order by ``ts``, ``conn_id`` and ``seq``.
 
 One more column, ``transaction_event``, is derived: for a station's TransactionEvent CALL, the
 fields the session and energy reports read, typed, with its meter readings as one flat list
@@ -158,6 +160,9 @@ CLUSTER = [("action", "ascending"), ("station_id", "ascending")]
 ROW_GROUP_MIN = 8192
 """Actions with fewer rows than this share a row group, whose statistics then span them (a
 row group costs about 2 KB of footer); an action with more has its own."""
+ROW_GROUP_MAX = 131_072
+"""A large action's rows are split into row groups of at most this many, each a range of
+stations (the dashboard's station page at 10 M records: 2.9 -> 0.9 s, 1.9 -> 0.7 GB)."""
 
 
 def _write_clustered(data: pa.Table, where: str, filesystem: Any = None) -> None:
@@ -165,9 +170,10 @@ def _write_clustered(data: pa.Table, where: str, filesystem: Any = None) -> None
     action's rows keep their order."""
     data = data.take(pc.sort_indices(data, CLUSTER)) if data.num_rows else data
     runs = pc.run_end_encode(data.column("action").combine_chunks()).run_ends.to_pylist()
-    with pq.ParquetWriter(where, data.schema, filesystem=filesystem, compression="zstd") as writer:
+    with pq.ParquetWriter(where, data.schema, filesystem=filesystem, compression="zstd",
+                          sorting_columns=pq.SortingColumn.from_ordering(data.schema, CLUSTER)) as writer:  # fmt: skip
         for start, end in row_groups(runs):
-            writer.write_table(data.slice(start, end - start))  # pyarrow splits past 1 Mi rows
+            writer.write_table(data.slice(start, end - start), row_group_size=ROW_GROUP_MAX)
 
 
 def row_groups(run_ends: list[int]) -> Iterator[tuple[int, int]]:
@@ -238,14 +244,12 @@ def compact(root: str | Path, progress: Callable[[int, int], None] | None = None
 
 
 def _in_layout(footer: pq.ParquetFile) -> bool:
-    """Today's schema, clustered: each row group's actions after the one before's."""
-    if not footer.schema_arrow.equals(SCHEMA):
-        return False
-    meta, at = footer.metadata, SCHEMA.get_field_index("action")
-    spans = [meta.row_group(i).column(at).statistics for i in range(meta.num_row_groups)]
-    if any(s is None or not s.has_min_max for s in spans):
-        return False
-    return all(a.max < b.min for a, b in zip(spans, spans[1:], strict=False))
+    """Today's schema, and every row group declared clustered."""
+    clustered = pq.SortingColumn.from_ordering(SCHEMA, CLUSTER)
+    meta = footer.metadata
+    return footer.schema_arrow.equals(SCHEMA) and all(
+        meta.row_group(i).sorting_columns == clustered for i in range(meta.num_row_groups)
+    )
 
 
 def _as_today(table: pa.Table) -> pa.Table:
