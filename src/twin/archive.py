@@ -165,12 +165,19 @@ ROW_GROUP_MAX = 131_072
 stations (the dashboard's station page at 10 M records: 2.9 -> 0.9 s, 1.9 -> 0.7 GB)."""
 
 
+DICTIONARY = ["station_id", "origin", "action", "protocol", "conn_id", "error", "transaction_event.event_type",
+              "transaction_event.stopped_reason", "transaction_event.readings.list.element.measurand"]  # fmt: skip
+"""The columns of few distinct values, dictionary-encoded. The others (times, ids, numbers,
+payloads) are smaller without: a dictionary per row group for each made a day's file 28 MB
+at 1 Mi rows a row group and 36 MB at 128 Ki; now 24 MB either way."""
+
+
 def _write_clustered(data: pa.Table, where: str, filesystem: Any = None) -> None:
     """``data`` as one Parquet file, clustered (see the module): a stable sort, so each
     action's rows keep their order."""
     data = data.take(pc.sort_indices(data, CLUSTER)) if data.num_rows else data
     runs = pc.run_end_encode(data.column("action").combine_chunks()).run_ends.to_pylist()
-    with pq.ParquetWriter(where, data.schema, filesystem=filesystem, compression="zstd",
+    with pq.ParquetWriter(where, data.schema, filesystem=filesystem, compression="zstd", use_dictionary=DICTIONARY,
                           sorting_columns=pq.SortingColumn.from_ordering(data.schema, CLUSTER)) as writer:  # fmt: skip
         for start, end in row_groups(runs):
             writer.write_table(data.slice(start, end - start), row_group_size=ROW_GROUP_MAX)
