@@ -197,6 +197,24 @@ def test_compact_knows_a_file_in_the_layout_by_its_declared_order(tmp_path: Path
     assert [r["result"] for r in archive.compact(tmp_path)] == ["already compact"]
 
 
+def test_compact_keeps_a_record_whose_payload_is_not_json(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    records = hand_made()
+    at = next(i for i, r in enumerate(records) if r["action"] == "TransactionEvent")
+    table = archive.table(records).drop_columns(["transaction_event"])  # untyped: compact derives the column
+    payloads = table.column("payload").to_pylist()
+    payloads[at] = "{not JSON"
+    table = table.set_column(table.schema.get_field_index("payload"), "payload", pa.array(payloads, pa.string()))
+    (tmp_path / "date=2026-03-01").mkdir()
+    pq.write_table(table, tmp_path / "date=2026-03-01" / "part-0.parquet")
+    (done,) = archive.compact(tmp_path)
+    assert (done["result"], done["records"]) == ("compacted", len(records))
+    kept = pq.ParquetDataset(tmp_path).read().to_pylist()
+    (broken,) = [r for r in kept if r["payload"] == "{not JSON"]
+    assert broken["transaction_event"] is None and broken["msg_id"] == records[at]["msg_id"]
+
+
 @pytest.mark.parametrize("engine", [sessions_duckdb, sessions_polars])
 def test_sessions_worked_out_by_hand(capture: Path, engine: Any) -> None:
     assert engine(capture) == EXPECTED

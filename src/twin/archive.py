@@ -179,11 +179,11 @@ def _write_clustered(data: pa.Table, where: str, filesystem: Any = None) -> None
     runs = pc.run_end_encode(data.column("action").combine_chunks()).run_ends.to_pylist()
     with pq.ParquetWriter(where, data.schema, filesystem=filesystem, compression="zstd", use_dictionary=DICTIONARY,
                           sorting_columns=pq.SortingColumn.from_ordering(data.schema, CLUSTER)) as writer:  # fmt: skip
-        for start, end in row_groups(runs):
+        for start, end in _row_groups(runs):
             writer.write_table(data.slice(start, end - start), row_group_size=ROW_GROUP_MAX)
 
 
-def row_groups(run_ends: list[int]) -> Iterator[tuple[int, int]]:
+def _row_groups(run_ends: list[int]) -> Iterator[tuple[int, int]]:
     """Row groups ``(start, end)`` over runs of one action each (given by where they end): a
     run of ``ROW_GROUP_MIN`` rows or more alone, smaller neighbours together."""
     start = previous = 0
@@ -197,7 +197,6 @@ def row_groups(run_ends: list[int]) -> Iterator[tuple[int, int]]:
         previous = end
     if previous > start:
         yield start, previous
-
 
 
 def compact(root: str | Path, progress: Callable[[int, int], None] | None = None) -> Iterator[dict[str, Any]]:
@@ -270,11 +269,19 @@ def _as_today(table: pa.Table) -> pa.Table:
     action, msg_type, origin, payload = (arrays[SCHEMA.get_field_index(c)].to_pylist()
                                          for c in ("action", "msg_type", "origin", "payload"))  # fmt: skip
     events = [
-        transaction_event({"action": a, "msg_type": m, "origin": o, "payload": orjson.loads(p) if p else None})
+        transaction_event({"action": a, "msg_type": m, "origin": o, "payload": _json(p)})
         if a == "TransactionEvent" else None
         for a, m, o, p in zip(action, msg_type, origin, payload, strict=True)
     ]  # fmt: skip
     return pa.Table.from_arrays([*arrays, pa.array(events, TRANSACTION_EVENT)], schema=SCHEMA)
+
+
+def _json(text: str | None) -> Any:
+    """A payload's JSON, or None where it is not JSON (its ``transaction_event`` is then null)."""
+    try:
+        return orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _first_of_each(table: pa.Table) -> pa.Table:
