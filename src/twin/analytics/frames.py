@@ -52,7 +52,7 @@ def connect(
     con.execute("SET parquet_metadata_cache = true")
     con.execute("SET TimeZone = 'UTC'")  # timestamps are formatted as the log's UTC
     if path.is_dir():
-        source = f"read_parquet('{path.as_posix()}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
+        source = f"read_parquet({_files(path)}, hive_partitioning = true, union_by_name = true)"
     else:
         con.register("jsonl_capture", _arrow(path))
         source = "jsonl_capture"
@@ -137,6 +137,11 @@ def sql_list(values: Iterable[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
+def _files(archive: Path) -> str:
+    """An archive's Parquet files, as a SQL glob literal."""
+    return sql_list([f"{archive.as_posix()}/**/*.parquet"])
+
+
 def _typed(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     """Whether the archive's files have the ``transaction_event`` column: "all", "none" or "some"."""
     if not path.is_dir():
@@ -144,7 +149,7 @@ def _typed(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     try:
         files, typed = con.execute(f"""
             SELECT count(DISTINCT file_name), count(DISTINCT file_name) FILTER (WHERE name = 'transaction_event')
-            FROM parquet_schema('{path.as_posix()}/**/*.parquet')
+            FROM parquet_schema({_files(path)})
         """).fetchone() or (0, 0)  # fmt: skip
     except duckdb.Error:
         return "none"  # no file yet: the view fails later with DuckDB's own words, as before
@@ -160,7 +165,7 @@ def bounds(con: duckdb.DuckDBPyConnection, capture: str | Path) -> tuple[Any, An
         first, last, whole = con.execute(f"""
             SELECT min(stats_min_value::TIMESTAMPTZ), max(stats_max_value::TIMESTAMPTZ),
                    bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL)
-            FROM parquet_metadata('{path.as_posix()}/**/*.parquet') WHERE path_in_schema = 'ts'
+            FROM parquet_metadata({_files(path)}) WHERE path_in_schema = 'ts'
         """).fetchone() or (None, None, False)  # fmt: skip
         if whole:
             return first, last
@@ -293,7 +298,7 @@ def frames_polars(capture: str | Path, actions: tuple[str, ...] | None = None) -
 def recent(capture: str | Path, station: str, limit: int = 50) -> list[dict[str, Any]]:
     """A station's latest ``limit`` records, newest first, as the worker's
     ``/v1/stations/{id}/frames`` gives them (``payload`` as JSON text)."""
-    only = "station_id = '" + station.replace("'", "''") + "'"  # before the dedupe: its records, not all
+    only = f"station_id = {sql_list([station])}"  # before the dedupe: its records, not all
     rows = query(capture, (), f"""
         SELECT strftime(ts, '%Y-%m-%dT%H:%M:%S.%gZ') AS ts, origin, msg_type, action, msg_id, valid,
                payload::VARCHAR AS payload
