@@ -139,21 +139,29 @@ def write_file(root: str | Path, partition: str, data: pa.Table) -> str:
     """One file, under its final name only once it is whole: written aside and renamed on a
     local disk; on an object store, where an upload appears whole or not at all, directly."""
     name = f"part-{uuid.uuid4().hex}.parquet"
-    text = str(root)
-    if "://" in text and not text.startswith("file://"):
-        from pyarrow import fs
-
-        store, base = fs.FileSystem.from_uri(text)
+    store, base = location(root)
+    if store is not None:
         final = f"{base.rstrip('/')}/{partition}/{name}"
         store.create_dir(f"{base.rstrip('/')}/{partition}", recursive=True)
         _write_clustered(data, final, store)
         return final
-    directory = Path(text.removeprefix("file://")) / partition
+    directory = Path(base) / partition
     directory.mkdir(parents=True, exist_ok=True)
     aside = directory / f".{name}.tmp"
     _write_clustered(data, str(aside))
     os.replace(aside, directory / name)
     return str(directory / name)
+
+
+def location(root: str | Path) -> tuple[Any, str]:
+    """Where an archive lives: an object store's pyarrow filesystem and the path in it, or
+    None and a local directory (``file://`` URLs included)."""
+    text = str(root)
+    if "://" in text and not text.startswith("file://"):
+        from pyarrow import fs
+
+        return fs.FileSystem.from_uri(text)
+    return None, text.removeprefix("file://")
 
 
 CLUSTER = [("action", "ascending"), ("station_id", "ascending")]
@@ -214,11 +222,8 @@ def compact(root: str | Path, progress: Callable[[int, int], None] | None = None
     ``progress(done, dates)`` is called as each date starts."""
     from pyarrow import fs
 
-    text = str(root)
-    if "://" in text and not text.startswith("file://"):
-        store, base = fs.FileSystem.from_uri(text)
-    else:
-        store, base = fs.LocalFileSystem(), str(Path(text.removeprefix("file://")))
+    remote, base = location(root)
+    store = remote or fs.LocalFileSystem()
     dates: dict[str, list[Any]] = {}
     for info in store.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True)):
         parent, _, name = info.path.rpartition("/")

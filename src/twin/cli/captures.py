@@ -101,7 +101,8 @@ def compact(
     Safe while the worker writes: a date's new file is in place before its old files go, and
     files that appear meanwhile are left for the next run. A date already compact is skipped.
     Exit status 1 when a date could not be read (it is left as it was)."""
-    if "://" not in root and not Path(root).is_dir():
+    store, base = archive.location(root)
+    if store is None and not Path(base).is_dir():
         fail(f"no archive directory at {root}")
     results = []
     with Progress(console=err, transient=True) as progress:
