@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -134,17 +135,24 @@ def afir(path):
 '''
 
 
-def timed(code: str, archive: Path, workdir: Path) -> dict[str, float]:
-    """Run ``code`` in a fresh process; its wall time and peak memory."""
-    script = f"import sys; sys.path.insert(0, {str(workdir)!r}); A = {str(archive)!r}\n{code}\nprint(n)"
+def timed(command: list[str]) -> dict[str, Any]:
+    """Run ``command``; its wall time, peak memory and the last line it printed. (A child
+    forked from a large parent reports the parent's memory as its peak: keep the parent small.)"""
     began = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - began
-    out = proc.stdout.read().decode().strip().splitlines()[-1] if proc.stdout else ""
     if status != 0:
-        raise RuntimeError(f"{code!r} failed")
-    return {"seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024), "rows": int(out or 0)}
+        raise RuntimeError(f"{command} failed")
+    lines = proc.stdout.read().decode().strip().splitlines() if proc.stdout else []
+    return {"seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024), "out": lines[-1] if lines else ""}
+
+
+def timed_report(code: str, archive: Path, workdir: Path) -> dict[str, Any]:
+    """``code`` run on ``archive`` in a fresh process: its time, peak memory and rows."""
+    script = f"import sys; sys.path.insert(0, {str(workdir)!r}); A = {str(archive)!r}\n{code}\nprint(n)"
+    result = timed([sys.executable, "-c", script])
+    return {"seconds": result["seconds"], "peak_mib": result["peak_mib"], "rows": int(result["out"] or 0)}
 
 
 def main() -> None:
@@ -166,7 +174,7 @@ def main() -> None:
             row: dict[str, object] = {"records": n, "days": round(days, 2),
                                       "generate_s": round(time.perf_counter() - began, 1)}  # fmt: skip
             for name, code in RUN.items():
-                row[name] = timed(code, archive, work)
+                row[name] = timed_report(code, archive, work)
             for report in ("sessions", "uptime", "afir"):
                 ours = row[f"{report} duckdb"]["seconds"]  # type: ignore[index]
                 row[f"{report} pandas / duckdb"] = round(row[f"{report} pandas"]["seconds"] / ours, 1)  # type: ignore[index]

@@ -16,11 +16,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyarrow.parquet as pq
+from analytics import timed  # benches/ is on the path when a bench runs
 
 from twin import archive
 from twin.captures import inventory_path
@@ -34,19 +35,7 @@ REPORTS = {
 }
 
 
-def timed(command: list[str]) -> dict[str, float]:
-    """Run ``command``; its wall time and peak memory."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - began
-    if status != 0:
-        raise RuntimeError(f"{command} failed")
-    out = proc.stdout.read().decode().strip() if proc.stdout else ""
-    return {"seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024), "out": out.splitlines()[-1:]}
-
-
-def report(name: str, path: Path) -> dict[str, float]:
+def report(name: str, path: Path) -> dict[str, Any]:
     return timed([sys.executable, "-c", f"A = {str(path)!r}\n{REPORTS[name]}\nprint(n)"])
 
 
