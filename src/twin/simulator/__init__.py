@@ -74,7 +74,7 @@ def simulate(
         last = end >= horizon
         for sim in sims:
             sim.plan_day(day)
-            chunks.append(sim.emit_until(end, final=last))
+            chunks.append(sim.wire.emit_until(end, final=last))
         yield list(heapq.merge(*chunks, key=_order))
         day += 1
 

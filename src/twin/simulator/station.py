@@ -4,12 +4,10 @@ a gateway in csms mode would capture.
 A day is planned in three layers. First what stops charging (faults, with their repair),
 then sessions on each EVSE around them (reservations, ISO 15118 and V2G included), then
 station-wide events at idle moments (reboots, firmware updates) and at any moment
-(connection outages, monitoring and security events). Exchanges then leave in time order;
-those that fall into an outage are dropped, except TransactionEvents, which the station
-queues and sends on reconnection with ``offline: true`` (OCPP 2.0.1 E04).
-
-Every exchange keeps OCPP-J's rule of one outstanding CALL per direction: an exchange due
-while the previous one in its direction is unanswered waits for that answer.
+(connection outages, monitoring and security events). The exchanges planned go to the
+station's ``wire`` (``twin.simulator.wire``), which writes them as the gateway would have:
+in time order, one outstanding CALL per direction, outages dropping all but the queued
+TransactionEvents.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from typing import Any
 from twin import envelope
 from twin.gateway.responder import minimal
 from twin.simulator.fleet import Station
+from twin.simulator.wire import Wire
 
 DAY_MS = 86_400_000
 WH, W, PERCENT = {"unit": "Wh"}, {"unit": "W"}, {"unit": "Percent"}  # shared: payloads are never changed
@@ -56,18 +55,6 @@ class Rates:
     heartbeat_s: int = 1800
 
 
-@dataclass(slots=True)
-class Exchange:
-    """A CALL and its answer, a SEND, or a lifecycle record (``origin`` "gateway")."""
-
-    t: int  # ms since the epoch
-    origin: str  # who sends the call: "cs", "csms" or "gateway"
-    action: str
-    payload: dict[str, Any]
-    answer: dict[str, Any] | None = None  # None: a SEND or a lifecycle record
-    order: int = 0  # tie-break: creation order
-
-
 class StationSim:
     def __init__(self, station: Station, rates: Rates, seed: int, start_ms: int, opening: bool = False) -> None:
         self.s, self.rates = station, rates
@@ -77,41 +64,26 @@ class StationSim:
         self.rng = random.Random(f"station:{seed}:{station.index}")
         self.start = start_ms
         self.v21 = station.protocol == "ocpp2.1"
-        self.pending: list[Exchange] = []
         self.outages: list[tuple[int, int]] = []  # [down, up) in ms
         self.faults: dict[int, list[tuple[int, int]]] = {}
         self.busy: dict[int, int] = dict.fromkeys(range(1, station.evses + 1), start_ms)  # evse -> free from
         self.busy_spans: list[tuple[int, int]] = []
         self.import_wh = dict.fromkeys(range(1, station.evses + 1), float(self.rng.randint(100_000, 9_000_000)))
         self.export_wh = dict.fromkeys(range(1, station.evses + 1), 0.0)
-        self.order = 0
         self.tx_count = 0
         self.reservation_id = 0
         self.request_id = 0
         self.event_id = 0
         self.firmware = station.firmware
-        self.conn_count = 0
-        self.conn_id = ""
-        self.seqs: dict[str, int] = {}
-        self.msg = 0
-        self.free = {"cs": 0, "csms": 0}  # when each direction may send again
-        self.queued: list[Exchange] = []  # TransactionEvents held while offline
-        self.spill: list[tuple[int, int, dict[str, Any]]] = []
-        self.emitted = 0  # everything before this moment is written  # frames already due past the last end
         self.showcase: set[str] = set()
+        self.wire = Wire(station, self.rng)
 
     # -- building blocks ----------------------------------------------------------------------
-    def add(self, t: int, origin: str, action: str, payload: dict[str, Any], answer: dict[str, Any] | None) -> None:
-        """Plan an exchange. One planned before the last day already written (a reservation
-        made the evening before a session after midnight) happens as that day begins."""
-        self.order += 1
-        self.pending.append(Exchange(max(int(t), self.emitted), origin, action, payload, answer, self.order))
-
     def cs(self, t: float, action: str, payload: dict[str, Any], answer: dict[str, Any] | None = None) -> None:
-        self.add(int(t), "cs", action, payload, answer if answer is not None else self._answer(action))
+        self.wire.add(int(t), "cs", action, payload, answer if answer is not None else self._answer(action))
 
     def csms(self, t: float, action: str, payload: dict[str, Any], answer: dict[str, Any] | None = None) -> None:
-        self.add(int(t), "csms", action, payload, answer if answer is not None else {"status": "Accepted"})
+        self.wire.add(int(t), "csms", action, payload, answer if answer is not None else {"status": "Accepted"})
 
     def _answer(self, action: str) -> dict[str, Any]:
         return _minimal(self.s.protocol, action)
@@ -136,7 +108,7 @@ class StationSim:
 
     def connect(self, t: int, reason: str | None, first: bool = False) -> None:
         """A connection; with ``reason``, after a boot: BootNotification and the statuses."""
-        self.add(t, "gateway", "Connected", {}, None)
+        self.wire.add(t, "gateway", "Connected", {}, None)
         if reason is None:
             return
         s = self.s
@@ -349,7 +321,7 @@ class StationSim:
                 if stream and seq_no % 5 == 0:
                     data = [{"t": i * 60, "v": f"{kw:.1f}"} for i in range(5)]
                     stream_msg = {"id": self.tx_count, "pending": 0, "basetime": self.iso(t - 300_000), "data": data}
-                    self.add(t + 300, "cs", "NotifyPeriodicEventStream", stream_msg, None)
+                    self.wire.add(t + 300, "cs", "NotifyPeriodicEventStream", stream_msg, None)
         cost = round(delivered / 1000 * self.price(), 2)
         self.csms(t + 20_000, "CostUpdated", {"totalCost": cost, "transactionId": tx}, {})
         # the EV is full: suspended until the driver comes back
@@ -425,7 +397,7 @@ class StationSim:
             if any(a < up and down < b for a, b in self.outages):
                 continue
             self.outages.append((down, up))
-            self.add(down, "gateway", "Disconnected", {"code": 1006, "reason": ""}, None)
+            self.wire.add(down, "gateway", "Disconnected", {"code": 1006, "reason": ""}, None)
             self.connect(up, None)
         for _ in range(self.events(r.reboot_per_day, "reboot", day)):
             t = t0 + rng.randint(60, 23 * 60) * MIN_MS
@@ -446,7 +418,7 @@ class StationSim:
             self.certificate_status(t0 + rng.randint(0, 24 * 60 - 1) * MIN_MS)
 
     def reboot(self, t: int, reason: str) -> None:
-        self.add(t, "gateway", "Disconnected", {"code": 1000, "reason": "reboot"}, None)
+        self.wire.add(t, "gateway", "Disconnected", {"code": 1000, "reason": "reboot"}, None)
         self.outages.append((t, t + 90_000))
         self.busy_spans.append((t, t + 90_000))
         self.connect(t + 90_000, reason)
@@ -477,79 +449,6 @@ class StationSim:
             self.cs(
                 t + 5, "MeterValues", {"evseId": 0, "meterValue": [{"timestamp": self.iso(t), "sampledValue": values}]}
             )
-
-    # -- leaving, in order --------------------------------------------------------------------
-    def emit_until(self, end: int, final: bool = False) -> list[dict[str, Any]]:
-        """The envelopes of every exchange due before ``end``, in log order; the rest wait.
-        A frame of such an exchange that lands past ``end`` (an answer, a queued frame) waits
-        too, unless ``final``, so that ``seq`` follows capture time from one day to the next."""
-        due = [x for x in self.pending if x.t < end]
-        self.pending = [x for x in self.pending if x.t >= end]
-        self.emitted = end
-        due.sort(key=lambda x: (x.t, x.order))
-        out, self.spill = self.spill, []
-        for x in due:
-            if x.origin == "gateway":
-                if x.action == "Connected" and not self.conn_id:
-                    self.open_connection(x.t, out)
-                elif x.action == "Disconnected" and self.conn_id:
-                    self.record(out, max(x.t, *self.free.values()), "gateway", 0, None, x.action, x.payload)
-                    self.conn_id = ""
-                continue
-            if not self.conn_id:  # offline
-                if x.action == "TransactionEvent" and x.origin == "cs":
-                    x.payload["offline"] = True
-                    self.queued.append(x)
-                continue
-            self.exchange(out, x)
-        out.sort(key=lambda r: (r[0], r[1]))
-        if not final:
-            self.spill = [r for r in out if r[0] >= end]
-            out = [r for r in out if r[0] < end]
-        records = []
-        for _, _, r in out:  # numbered in the order a gateway would have written them
-            seq = self.seqs[r["conn_id"]] = self.seqs.get(r["conn_id"], 0) + 1
-            r["seq"] = seq
-            if r["msg_id"] is None:
-                r["msg_id"] = f"{r['conn_id']}:{seq}"
-            records.append(r)
-        return records
-
-    def open_connection(self, t: int, out: list[tuple[int, int, dict[str, Any]]]) -> None:
-        self.conn_count += 1
-        self.conn_id = f"{self.rng.getrandbits(64):016x}"
-        self.free = {"cs": t, "csms": t}
-        payload = {"subprotocol": self.s.protocol, "security_profile": 2,
-                   "remote_address": f"10.{self.s.index // 250 % 250}.{self.s.index % 250}.2:{40000 + self.conn_count}",
-                   "mode": "csms"}  # fmt: skip
-        self.record(out, t, "gateway", 0, None, "Connected", payload)
-        queued, self.queued = self.queued, []
-        for i, x in enumerate(queued):  # replayed after reconnection, in order
-            x.t = t + 3_000 + i * 100
-            self.exchange(out, x)
-
-    def exchange(self, out: list[tuple[int, int, dict[str, Any]]], x: Exchange) -> None:
-        t = max(x.t, self.free[x.origin])
-        self.msg += 1
-        msg_id = f"{self.s.index:x}-{self.msg}"
-        if x.answer is None:  # a SEND
-            self.record(out, t, x.origin, 6, msg_id, x.action, x.payload)
-            return
-        self.record(out, t, x.origin, 2, msg_id, x.action, x.payload)
-        latency = 15 + (self.msg * 7919) % 60
-        answerer = "csms" if x.origin == "cs" else "cs"
-        self.record(out, t + latency, answerer, 3, msg_id, x.action, x.answer)
-        self.free[x.origin] = t + latency + 1
-
-    def record(self, out: list[tuple[int, int, dict[str, Any]]], t: int, origin: str, msg_type: int,
-               msg_id: str | None, action: str, payload: dict[str, Any]) -> None:  # fmt: skip
-        self.order += 1
-        out.append((t, self.order, {
-            "station_id": self.s.station_id, "origin": origin, "msg_type": msg_type, "msg_id": msg_id,
-            "action": action, "payload": payload, "ts": envelope.iso_of_ms(t), "protocol": self.s.protocol,
-            "conn_id": self.conn_id, "seq": 0, "valid": True, "error": None,
-        }))  # fmt: skip
-
 
 _MINIMAL: dict[tuple[str, str], dict[str, Any]] = {}
 
