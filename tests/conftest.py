@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -106,18 +104,6 @@ async def read_until(
         return await asyncio.to_thread(reader.wait, predicate, timeout)
     finally:
         reader.close()
-
-
-def interrupt(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop a process as Ctrl-C does (by its own process id), killing it after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def of_station(records: list[dict[str, Any]], station: str) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TopicReader, interrupt
+from tests.conftest import TopicReader
 from tests.stations import BOOT, raw_station
+from twin import runtime
 from twin.broker import BrokerError, free_port, wait_for_broker
 
 pytestmark = pytest.mark.integration
@@ -27,7 +29,7 @@ def process(args: list[str], log: Path, env: dict[str, str] | None = None) -> It
     try:
         yield proc
     finally:
-        interrupt(proc, 10)
+        runtime.stop(proc, signal.SIGINT, 10)
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:

@@ -29,7 +29,7 @@ import websockets
 from tests.scenarios import SCENARIOS, Script, stable
 from tests.test_cli_processes import wait_port
 from tests.test_gateway_csms import produce_command
-from twin import captures
+from twin import captures, runtime
 from twin.broker import EmbeddedBroker, free_port
 from twin.fold import fold, public
 from twin.gateway.commands import command
@@ -92,13 +92,8 @@ class Pipeline:
         return (self.workdir / f"{name}.log").read_text()[-3000:]
 
     def stop(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGINT) -> None:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            runtime.stop(proc, sig, 15)
 
 
 @pytest.fixture(scope="module")

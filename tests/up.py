@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import interrupt
+from twin import runtime
 from twin.broker import free_port
 
 TWIN = [sys.executable, "-m", "twin"]
@@ -71,4 +71,4 @@ def twin_up(tmp: Path, *args: str, timeout: float = 180) -> Iterator[Up]:
         left = [name for name, pid in urls["pids"].items() if alive(pid)]
         assert not left, f"processes left behind: {left}"
     finally:
-        interrupt(proc, 60)
+        runtime.stop(proc, signal.SIGINT, 60)

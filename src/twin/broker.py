@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
+from twin import runtime
 from twin.settings import Settings
 
 
@@ -87,14 +88,8 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            runtime.stop(proc, signal.SIGTERM, timeout)
 
     def kill(self) -> None:
         """Stop abruptly, as a crashed broker would."""

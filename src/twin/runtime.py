@@ -1,8 +1,11 @@
-"""Process-level tuning shared by the long-running processes (gateway, worker)."""
+"""Process-level tuning shared by the long-running processes (gateway, worker), and how one
+process stops another."""
 
 from __future__ import annotations
 
 import gc
+import signal
+import subprocess
 
 
 def tune_gc() -> None:
@@ -13,3 +16,16 @@ def tune_gc() -> None:
     defaults, 58 ms with these, 61 ms with the collector off."""
     gc.freeze()
     gc.set_threshold(10_000, 50, 100)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
+    """Stop a child by its own process id: ``sig`` (SIGINT: as Ctrl-C does), then kill it if
+    it is still running after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
