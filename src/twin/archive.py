@@ -14,6 +14,14 @@ At 10 M records uptime's three actions are 3% of the records; it runs in half th
 station's records are read in a third of the time, and the files are a fifth smaller.
 Nothing reads order from a file: readers order by ``ts``, ``conn_id`` and ``seq``.
 
+A file whose writer knows each ``(conn_id, seq)`` occurs in it once says so in its footer
+(``twin.keys: unique``): the simulator makes each record once, and ``compact`` keeps each
+once. A record is written again only into its own date, so when each date's files say so and
+hold disjoint ranges of stations, no record is in the archive twice, and readers skip the
+dedupe (``twin.analytics.frames``; at 10 M records a third of uptime's query). The archive
+agent's files do not say so: a batch may be delivered again, and every batch spans the
+fleet; ``twin compact`` makes such dates one file that does.
+
 One more column, ``transaction_event``, is derived: for a station's TransactionEvent CALL, the
 fields the session and energy reports read, typed, with its meter readings as one flat list
 (``payload`` stays the record; every other row holds null). Half the log is
@@ -36,6 +44,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from twin.captures import KEYS
 
 INSTANT = pa.timestamp("us", tz="UTC")
 READING = pa.struct([("sampled", INSTANT), ("measurand", pa.string()), ("value", pa.float64())])
@@ -122,24 +132,27 @@ def _list(value: Any) -> list[dict[str, Any]]:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
-def write(root: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
+def write(root: str | Path, records: Iterable[Mapping[str, Any]], unique: bool = False) -> int:
     """Append envelopes to the archive, a file per run of records of one capture date (one
     per date for records in log order); returns how many. Order within a file is kept.
     ``root``: a directory, or an object-store URL pyarrow understands (``s3://bucket/path``,
-    ``gs://...``, ``file:///...``)."""
+    ``gs://...``, ``file:///...``). ``unique``: as for :func:`write_file`."""
     n = 0
     for date, group in groupby(records, key=lambda r: r["ts"][:10]):
         part = list(group)
-        write_file(root, f"date={date}", table(part))
+        write_file(root, f"date={date}", table(part), unique)
         n += len(part)
     return n
 
 
-def write_file(root: str | Path, partition: str, data: pa.Table) -> str:
+def write_file(root: str | Path, partition: str, data: pa.Table, unique: bool = False) -> str:
     """One file, under its final name only once it is whole: written aside and renamed on a
-    local disk; on an object store, where an upload appears whole or not at all, directly."""
+    local disk; on an object store, where an upload appears whole or not at all, directly.
+    ``unique``: the caller knows each ``(conn_id, seq)`` occurs once in ``data``, and the file
+    says so (checking it here would cost the simulator 0.3 s a day's file)."""
     name = f"part-{uuid.uuid4().hex}.parquet"
     store, base = location(root)
+    data = data.replace_schema_metadata({KEYS: "unique"} if unique else None)
     if store is not None:
         final = f"{base.rstrip('/')}/{partition}/{name}"
         store.create_dir(f"{base.rstrip('/')}/{partition}", recursive=True)
@@ -218,7 +231,8 @@ def compact(root: str | Path, progress: Callable[[int, int], None] | None = None
     between, readers see each record twice, and drop one). Files that appear meanwhile (the
     worker still writing) stay for the next run. A date already in the layout (one file,
     today's schema, clustered) is left alone; a date with a file that cannot be read is left
-    whole, with the reason (``why``). A date is read into memory at once.
+    whole, with the reason (``why``). A date is read into memory at once. The new file says
+    its keys are unique (see the module).
     ``progress(done, dates)`` is called as each date starts."""
     from pyarrow import fs
 
@@ -246,7 +260,7 @@ def compact(root: str | Path, progress: Callable[[int, int], None] | None = None
             yield {**as_was, "result": "unreadable", "why": str(exc)}
             continue
         kept = _first_of_each(merged)
-        written = write_file(root, partition, kept) if kept.num_rows else None
+        written = write_file(root, partition, kept, unique=True) if kept.num_rows else None
         for f in files:
             store.delete_file(f.path)
         yield {**as_was, "result": "compacted", "records": kept.num_rows, "duplicates": merged.num_rows - kept.num_rows,
@@ -255,11 +269,13 @@ def compact(root: str | Path, progress: Callable[[int, int], None] | None = None
 
 
 def _in_layout(footer: pq.ParquetFile) -> bool:
-    """Today's schema, and every row group declared clustered."""
+    """Today's schema, every row group declared clustered, and its keys said unique."""
     clustered = pq.SortingColumn.from_ordering(SCHEMA, CLUSTER)
     meta = footer.metadata
-    return footer.schema_arrow.equals(SCHEMA) and all(
-        meta.row_group(i).sorting_columns == clustered for i in range(meta.num_row_groups)
+    return (
+        footer.schema_arrow.equals(SCHEMA)
+        and (meta.metadata or {}).get(KEYS.encode()) == b"unique"
+        and all(meta.row_group(i).sorting_columns == clustered for i in range(meta.num_row_groups))
     )
 
 

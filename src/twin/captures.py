@@ -17,6 +17,10 @@ import orjson
 from twin import envelope
 from twin.envelope import Envelope
 
+KEYS = "twin.keys"
+"""An archive file's footer key for what its writer knows of the records' keys: ``unique``,
+each ``(conn_id, seq)`` once in the file (see ``twin.archive``)."""
+
 
 class CaptureError(ValueError):
     """The capture cannot be read; the message says why."""

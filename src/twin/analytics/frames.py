@@ -4,6 +4,7 @@ the archive's schema first."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,10 @@ def connect(
     # 0.22 -> 0.18 s). Archive files are never changed in place: a new file has a new name.
     con.execute("SET parquet_metadata_cache = true")
     con.execute("SET TimeZone = 'UTC'")  # timestamps are formatted as the log's UTC
-    if path.is_dir():
+    pinned = _duplicate_free(con, path) if path.is_dir() and _footers(con, path) else None
+    if pinned is not None:  # these files, whatever comes after: what makes them free of duplicates
+        source = f"read_parquet([{sql_list(pinned)}], hive_partitioning = true, union_by_name = true)"
+    elif path.is_dir():
         source = f"read_parquet({_files(path)}, hive_partitioning = true, union_by_name = true)"
     else:
         con.register("jsonl_capture", _arrow(path))
@@ -74,7 +78,10 @@ def connect(
     carried = ", transaction_event" if typed != "none" else ""
     columns = ("station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq, "
                "valid, error" + carried)  # fmt: skip
-    con.execute(f"""
+    if pinned is not None:  # no record twice: nothing to drop, and filters reach the scan
+        con.execute(f"CREATE VIEW frames AS SELECT {columns} FROM {source} {filtered}")
+    else:
+        con.execute(f"""
         CREATE {"TEMP TABLE" if once else "VIEW"} frames AS
         WITH src AS {"MATERIALIZED" if where else "NOT MATERIALIZED"} (SELECT * FROM {source} {filtered}),
              twice AS MATERIALIZED (SELECT hash(conn_id, seq) AS key FROM src GROUP BY key HAVING count(*) > 1)
@@ -142,6 +149,58 @@ def _files(archive: Path) -> str:
     return sql_list([f"{archive.as_posix()}/**/*.parquet"])
 
 
+def _footers(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """The table ``footers``: a row per file of the archive, from its footer alone: whether it
+    says its keys are unique, and the range of its stations and of its ``ts`` by the row groups'
+    statistics (null where a row group has none, and for a file without rows). False when
+    there is no file yet. (One read of the statistics serves the dedupe and ``bounds``: it
+    costs 0.02 s at 10 M records, however many columns it keeps.)"""
+    try:
+        con.execute(f"""
+            CREATE TEMP TABLE footers AS
+            WITH stamped AS (
+                SELECT file_name FROM parquet_kv_metadata({_files(path)})
+                WHERE decode(key) = '{captures.KEYS}' AND decode(value) = 'unique'
+            ),
+            stats AS (
+                SELECT file_name, path_in_schema AS col,
+                       CASE WHEN bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL)
+                            THEN min(stats_min_value) END AS lo,
+                       CASE WHEN bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL)
+                            THEN max(stats_max_value) END AS hi,
+                       sum(row_group_num_rows) AS n
+                FROM parquet_metadata({_files(path)}) WHERE path_in_schema IN ('station_id', 'ts') GROUP BY ALL
+            )
+            SELECT g.file, s.file_name IS NOT NULL AS unique_keys, coalesce(st.n, 0) AS records,
+                   st.lo AS first_station, st.hi AS last_station,
+                   t.lo::TIMESTAMPTZ AS first_ts, t.hi::TIMESTAMPTZ AS last_ts
+            FROM glob({_files(path)}) g LEFT JOIN stamped s ON s.file_name = g.file
+            LEFT JOIN stats st ON st.file_name = g.file AND st.col = 'station_id'
+            LEFT JOIN stats t ON t.file_name = g.file AND t.col = 'ts'
+        """)  # fmt: skip
+    except duckdb.Error:
+        return False  # no file yet: the view fails later with DuckDB's own words, as before
+    return True
+
+
+def _duplicate_free(con: duckdb.DuckDBPyConnection, path: Path) -> list[str] | None:
+    """The archive's files if no record can be in two rows of them, else None: each file says
+    its keys are unique (``captures.KEYS``), and the files of a date hold disjoint ranges of
+    stations (a record written again lands in its own date, with its own station)."""
+    found = con.execute("SELECT file, unique_keys, records, first_station, last_station FROM footers").fetchall()
+    dates: dict[str, list[tuple[str, str]]] = {}
+    for file, stamped, records, lo, hi in found:
+        if not stamped or (records and lo is None):
+            return None
+        if records:
+            dates.setdefault(file.rpartition("/")[0], []).append((lo, hi))
+    for ranges in dates.values():
+        ranges.sort()
+        if any(before[1] >= after[0] for before, after in itertools.pairwise(ranges)):
+            return None
+    return [file for file, *_ in found] or None
+
+
 def _typed(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     """Whether the archive's files have the ``transaction_event`` column: "all", "none" or "some"."""
     if not path.is_dir():
@@ -158,16 +217,16 @@ def _typed(con: duckdb.DuckDBPyConnection, path: Path) -> str:
 
 def bounds(con: duckdb.DuckDBPyConnection, capture: str | Path) -> tuple[Any, Any]:
     """The first and last ``ts`` of the log, as stored (a duplicate does not move them): from
-    an archive's statistics when every row group has them (at 9.8 M records 0.04 s, reading
-    the column 0.11 s), else from the column."""
-    path = Path(capture)
-    if path.is_dir():
-        first, last, whole = con.execute(f"""
-            SELECT min(stats_min_value::TIMESTAMPTZ), max(stats_max_value::TIMESTAMPTZ),
-                   bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL)
-            FROM parquet_metadata({_files(path)}) WHERE path_in_schema = 'ts'
-        """).fetchone() or (None, None, False)  # fmt: skip
-        if whole:
+    an archive's statistics (``footers``) when every row group has them (at 9.8 M records
+    0.04 s, reading the column 0.11 s), else from the column."""
+    if Path(capture).is_dir():
+        try:
+            first, last, whole = con.execute("""
+                SELECT min(first_ts), max(last_ts), bool_and(first_ts IS NOT NULL OR records = 0) FROM footers
+            """).fetchone() or (None, None, False)  # fmt: skip
+        except duckdb.CatalogException:  # no file when connect looked
+            first, last, whole = None, None, False
+        if whole and first is not None:
             return first, last
     first, last = con.execute("SELECT min(ts), max(ts) FROM frames_all").fetchone() or (None, None)
     return first, last

@@ -51,8 +51,10 @@ def simulate(
 ) -> Iterator[list[dict[str, Any]]]:
     """Each simulated day's envelopes, in capture order (the last day may be partial).
 
-    ``part=(k, n)``: only the stations whose index is k modulo n, for :func:`write` to share
-    a fleet among processes; the parts, merged by (``ts``, ``station_id``), are the whole.
+    ``part=(k, n)``: only the k-th of n runs of consecutive stations, for :func:`write` to
+    share a fleet among processes; the parts, merged by (``ts``, ``station_id``), are the
+    whole. (Runs, not every n-th station: each process's files then hold a range of stations
+    of their own, which tells readers no record is in two of them.)
     ``opening``: for live runs, cars arrive within the first minutes (see StationSim)."""
     rates = rates or Rates()
     t0 = start_ms(start)
@@ -65,7 +67,7 @@ def simulate(
         bidirectional = next((s for s in sims if s.s.bidirectional), None)
         if bidirectional is not None:
             bidirectional.showcase.add("v2g")
-    sims = sims[part[0] :: part[1]]
+    sims = sims[len(sims) * part[0] // part[1] : len(sims) * (part[0] + 1) // part[1]]
     horizon = t0 + int(days * DAY_MS)
     day = 0
     while t0 + day * DAY_MS < horizon:
@@ -159,7 +161,7 @@ def _write_part(path: Path, jsonl: bool, args: Run, part: tuple[int, int],
             if handle is not None:
                 handle.write(b"".join([orjson.dumps(r) + b"\n" for r in day]))
             else:
-                archive.write(path, day)
+                archive.write(path, day, unique=True)  # each record made once
             n += len(day)
             if progress is not None:
                 progress(1 if delta else i)
