@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
@@ -25,6 +26,8 @@ from twin.analytics import (
     afir,
     energy_days_duckdb,
     energy_days_polars,
+    frames,
+    intervals,
     migration,
     monitoring,
     sessions_duckdb,
@@ -75,14 +78,24 @@ EXPECTED = [
 
 
 def write_as(root: Path, records: list[dict[str, Any]], aged: Callable[[pa.Table], pa.Table]) -> None:
-    """Records as archive.write writes them, each file's table changed by ``aged`` first."""
+    """Records as an earlier version wrote them: a file a date, without a summary, each file's
+    table changed by ``aged`` first (every age lacks ``status_notification``)."""
+    import pyarrow.parquet as pq
+
     for date, group in groupby(records, key=lambda r: r["ts"][:10]):
-        archive.write_file(root, f"date={date}", aged(archive.table(list(group))))
+        (root / f"date={date}").mkdir(parents=True, exist_ok=True)
+        table = archive.table(list(group)).drop_columns(["status_notification"])
+        pq.write_table(aged(table), root / f"date={date}" / f"part-{uuid.uuid4().hex}.parquet")
 
 
 def write_untyped(root: Path, records: list[dict[str, Any]]) -> None:
     """As an archive written before the ``transaction_event`` column."""
     write_as(root, records, lambda table: table.drop_columns(["transaction_event"]))
+
+
+def write_session_6(root: Path, records: list[dict[str, Any]]) -> None:
+    """As sessions 5 and 6 wrote them: ``transaction_event`` typed, no ``status_notification``."""
+    write_as(root, records, lambda table: table)
 
 
 SESSION_4 = pa.struct([
@@ -103,26 +116,32 @@ def write_text_times(root: Path, records: list[dict[str, Any]]) -> None:
     write_as(root, records, aged)
 
 
-@pytest.fixture(params=["jsonl", "parquet", "parquet-untyped", "parquet-mixed", "parquet-three-ages"])
+@pytest.fixture(params=["jsonl", "parquet", "parquet-untyped", "parquet-mixed", "parquet-every-age"])
 def capture(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """The hand-made capture as JSONL and as Parquet: typed (the archive's
-    ``transaction_event`` column), untyped (written before it), a mix of both, and files of
-    all three ages at once (typed, with text timestamps as in session 4, untyped)."""
+    """The hand-made capture as JSONL and as Parquet: typed (the archive's derived columns),
+    untyped (written before them), a mix of both, and files of all four ages at once (today's,
+    session 6's without ``status_notification``, with text timestamps as in session 4, untyped)."""
     records = hand_made()
     if request.param == "jsonl":
         path = tmp_path / "hand.jsonl"
         captures.write_jsonl(path, records + records[5:9])  # redelivered records: dropped
         return path
-    if request.param == "parquet-three-ages":
-        write_text_times(tmp_path / "archive", records)
-        write_untyped(tmp_path / "archive", records[3:12])
-        archive.write(tmp_path / "archive", records[8:14])
+    if request.param == "parquet-every-age":
+        write_every_age(tmp_path / "archive", records)
         return tmp_path / "archive"
     first = write_untyped if request.param == "parquet-untyped" else archive.write
     again = archive.write if request.param == "parquet" else write_untyped
     first(tmp_path / "archive", records)
     again(tmp_path / "archive", records[3:12])  # at least once
     return tmp_path / "archive"
+
+
+def write_every_age(root: Path, records: list[dict[str, Any]]) -> None:
+    """The records in files of four ages, three batches written again in part."""
+    write_text_times(root, records)
+    write_untyped(root, records[3:12])
+    write_session_6(root, records[6:13])
+    archive.write(root, records[8:14], unique=True)
 
 
 def test_the_typed_transaction_event_column_tolerates_any_payload() -> None:
@@ -151,17 +170,17 @@ def test_the_typed_transaction_event_column_tolerates_any_payload() -> None:
 
 
 def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> None:
-    """Files of three ages, two of them batches written again: ``twin compact`` leaves one
+    """Files of four ages, three of them batches written again: ``twin compact`` leaves one
     file a date in today's layout, each record once, and the reports as they were. A date
     with a file that is not Parquet is left as it was, and the exit status says so."""
     import pyarrow.parquet as pq
 
     root = tmp_path / "archive"
     records = hand_made()
-    write_text_times(root, records)
-    write_untyped(root, records[3:12])
-    archive.write(root, records[8:14])
-    before = list(captures.read(root)), sessions_duckdb(root), energy_days_duckdb(root)
+    write_every_age(root, records)
+    reports = lambda: (list(captures.read(root)), sessions_duckdb(root), energy_days_duckdb(root),  # noqa: E731
+                       intervals.status_intervals_duckdb(root), uptime.uptime(root), afir.afir(root))  # fmt: skip
+    before = reports()
     broken = root / "date=2026-02-01" / "part-0.parquet"
     broken.parent.mkdir()
     broken.write_bytes(b"not Parquet")
@@ -171,23 +190,49 @@ def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> No
     body = json.loads(done.stdout)
     dates = {d["date"]: d for d in body["dates"]}
     assert dates.pop("2026-02-01")["result"] == "unreadable" and broken.read_bytes() == b"not Parquet"
-    assert {d["result"] for d in dates.values()} == {"compacted"} and body["duplicates"] == 9 + 6
-    assert body["records"] == len(records) and body["files_before"] == 3 * len(dates) + 1
+    assert {d["result"] for d in dates.values()} == {"compacted"} and body["duplicates"] == 9 + 7 + 6
+    assert body["records"] == len(records) and body["files_before"] == 4 * len(dates) + 1
     broken.unlink()
     for date in dates:
         (file,) = (root / f"date={date}").glob("*.parquet")
         assert pq.read_schema(file).equals(archive.SCHEMA)
+        said = json.loads(pq.read_metadata(file).metadata[captures.SUMMARY.encode()])
+        assert said["unique_keys"] is True and said["derived"] == ["transaction_event", "status_notification"]
     kept = pq.ParquetDataset(root).read(columns=["conn_id", "seq"]).to_pylist()
     assert sorted(kept, key=str) == sorted(({"conn_id": r["conn_id"], "seq": r["seq"]} for r in records), key=str)
-    assert (list(captures.read(root)), sessions_duckdb(root), energy_days_duckdb(root)) == before
+    assert frames._duplicate_free(connect(root), root), "read as it is, without the dedupe"
+    assert reports() == before
     files = sorted(root.rglob("*.parquet"))
     assert {r["result"] for r in archive.compact(root)} == {"already compact"}
     assert sorted(root.rglob("*.parquet")) == files
 
 
-def test_compact_knows_a_file_in_the_layout_by_its_declared_order(tmp_path: Path) -> None:
-    """A file of today's schema that is not clustered (as session 5 wrote them) is compacted;
-    the file that replaces it is not compacted again."""
+def test_reports_read_files_as_they_are_only_where_no_record_can_be_twice(tmp_path: Path) -> None:
+    """The simulator's processes write a date's files with unique keys and stations of their
+    own: reports read them without the dedupe. The same records written again, each file still
+    truthful about itself, overlap in stations: the dedupe comes back, and every report is the
+    same as from JSON lines."""
+    from twin import simulator
+
+    root = tmp_path / "archive"
+    assert simulator.write(root, 6, 1.5, seed=4, workers=2) == simulator.write(tmp_path / "sim.jsonl", 6, 1.5, seed=4)
+    files = frames._duplicate_free(connect(root), root)
+    assert files is not None and sorted(files) == sorted(str(f) for f in root.rglob("*.parquet")) and len(files) == 4
+
+    def reports(path: Path) -> tuple[Any, ...]:
+        return (sessions_duckdb(path), energy_days_duckdb(path), uptime.uptime(path), afir.afir(path),
+                intervals.status_intervals_duckdb(path), migration.migration_duckdb(path))  # fmt: skip
+
+    expected = reports(tmp_path / "sim.jsonl")
+    assert expected[0] and expected[2]["ports"] and reports(root) == expected
+    archive.write(root, [r for r in captures.read(root) if r["station_id"] == "CS-00002"], unique=True)
+    assert frames._duplicate_free(connect(root), root) is None
+    assert reports(root) == expected
+
+
+def test_compact_knows_a_file_in_the_layout_by_its_declared_order_and_summary(tmp_path: Path) -> None:
+    """A file of today's schema that is not clustered and has no summary (as session 5 wrote
+    them) is compacted; the file that replaces it is not compacted again."""
     import pyarrow.parquet as pq
 
     plain = tmp_path / "date=2026-03-01" / "part-0.parquet"
@@ -399,23 +444,58 @@ def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
     assert body["rule"] == "nevi" and body["ports"] == nevi["ports"] and body["network"] == nevi["network"]
 
 
-def test_uptime_over_the_whole_log_from_an_archive_with_or_without_statistics(tmp_path: Path) -> None:
-    """Without --from/--to the window is the log's first to last record: an archive's file
-    statistics give them, and a file written without statistics is read for them."""
+def test_uptime_afir_and_status_from_files_of_every_age(tmp_path: Path) -> None:
+    """Without --from/--to uptime's window is the log's first to last record: the files'
+    summaries give them, and a file without one is read for them. Files of every age (those
+    without ``status_notification`` derive it from the payload in SQL, a field of the wrong
+    JSON type null as in Python) give the same uptime, status intervals and afir as JSON lines,
+    before and after ``twin compact``."""
     import pyarrow.parquet as pq
 
-    records = outage_day("UP-1").records
+    s = outage_day("UP-1").at(500)
+    for odd in ({"evseId": "1", "connectorStatus": "Faulted"}, {"evseId": 1.0, "connectorStatus": "Faulted"},
+                {"evseId": True, "connectorStatus": "Faulted", "connectorId": "1"},
+                {"evseId": 2**63, "connectorStatus": "Faulted"}, {"evseId": 1, "connectorStatus": 5},
+                {"evseId": "3", "connectorStatus": "Available", "timestamp": "half past ten"},
+                {"evseId": "3", "connectorStatus": "Available", "timestamp": 7}):  # fmt: skip
+        s.cs("StatusNotification", {"timestamp": s.now, "connectorId": 1, **odd})
+    records = s.records
     captures.write_jsonl(tmp_path / "up.jsonl", records)
     archive.write(tmp_path / "archive", records)
+    write_session_6(tmp_path / "session-6", records)
     plain = tmp_path / "plain" / f"date={records[0]['ts'][:10]}"
     plain.mkdir(parents=True)
     pq.write_table(archive.table(records), plain / "part-0.parquet", write_statistics=False)
+    write_every_age(tmp_path / "every-age", records)
     first, last = (datetime.fromisoformat(f(r["ts"] for r in records)) for f in (min, max))
+
+    def derived(path: Path) -> list[Any]:
+        return [row[0] for row in connect(path).execute("""
+            SELECT status_notification FROM frames WHERE action = 'StatusNotification' AND msg_type = 2
+            ORDER BY ts, conn_id, seq
+        """).fetchall()]  # fmt: skip
+
+    statuses = derived(tmp_path / "up.jsonl")
+    at = [datetime.fromisoformat(r["payload"]["timestamp"]) for r in records[-14:-4:2]]
+    assert statuses[-7:] == [
+        {"evse_id": None, "connector_id": 1, "status": "Faulted", "happened": at[0]},
+        {"evse_id": None, "connector_id": 1, "status": "Faulted", "happened": at[1]},
+        {"evse_id": None, "connector_id": None, "status": "Faulted", "happened": at[2]},
+        {"evse_id": None, "connector_id": 1, "status": "Faulted", "happened": at[3]},
+        {"evse_id": 1, "connector_id": 1, "status": None, "happened": at[4]},
+        {"evse_id": None, "connector_id": 1, "status": "Available", "happened": None},
+        {"evse_id": None, "connector_id": 1, "status": "Available", "happened": None},
+    ]
     whole = uptime.uptime(tmp_path / "up.jsonl", "nevi")
     assert (whole["from"], whole["to"]) == tuple(t.isoformat().replace("+00:00", "Z") for t in (first, last))
-    for path in (tmp_path / "up.jsonl", tmp_path / "archive", tmp_path / "plain"):
+    assert [p["evse_id"] for p in whole["ports"]] == [1, 2], "the odd statuses name no port"
+    expected = (whole, intervals.status_intervals_duckdb(tmp_path / "up.jsonl"), afir.afir(tmp_path / "up.jsonl"))
+    for path in (tmp_path / "archive", tmp_path / "session-6", tmp_path / "plain", tmp_path / "every-age"):
+        assert derived(path) == statuses, path
         assert bounds(connect(path), path) == (first, last), path
-        assert uptime.uptime(path, "nevi") == whole, path
+        assert (uptime.uptime(path, "nevi"), intervals.status_intervals_duckdb(path), afir.afir(path)) == expected
+        archive.compact(path) and list(archive.compact(path))
+        assert derived(path) == statuses and uptime.uptime(path, "nevi") == whole, path
 
 
 def test_afir_checks_per_pool(tmp_path: Path) -> None:

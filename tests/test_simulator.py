@@ -210,11 +210,17 @@ def test_any_run_is_a_valid_capture(seed: int, stations: int, days: float) -> No
 
 
 def test_processes_share_the_fleet_and_the_capture_is_the_same(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
     one = simulator.write(tmp_path / "one.jsonl", 7, 0.5, seed=9, workers=1)
     two = simulator.write(tmp_path / "two.jsonl", 7, 0.5, seed=9, workers=2)
     assert one == two and (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"], "the parts are gone"
     assert simulator.write(tmp_path / "archive", 7, 0.5, seed=9, workers=2) == one
+    said = [json.loads(pq.read_metadata(f).metadata[captures.SUMMARY.encode()])
+            for f in (tmp_path / "archive").rglob("*.parquet")]  # fmt: skip
+    assert sorted(s["stations"] for s in said) == [["CS-00001", "CS-00003"], ["CS-00004", "CS-00007"]], "runs"
+    assert all(s["unique_keys"] for s in said)
     key = lambda r: (r["conn_id"], r["seq"])  # noqa: E731
     assert sorted(captures.read(tmp_path / "archive"), key=key) == sorted(
         captures.read(tmp_path / "one.jsonl"), key=key

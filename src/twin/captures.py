@@ -17,9 +17,10 @@ import orjson
 from twin import envelope
 from twin.envelope import Envelope
 
-KEYS = "twin.keys"
-"""An archive file's footer key for what its writer knows of the records' keys: ``unique``,
-each ``(conn_id, seq)`` once in the file (see ``twin.archive``)."""
+SUMMARY = "twin.summary"
+"""An archive file's footer key for its writer's summary of it, as JSON (see ``twin.archive``):
+``unique_keys`` (each ``(conn_id, seq)`` is in the file once), its first and last
+``stations`` and ``ts``, and the ``derived`` columns it has."""
 
 
 class CaptureError(ValueError):

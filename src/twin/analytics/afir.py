@@ -50,7 +50,7 @@ profiles AS (
 ),
 status_delay AS (
     SELECT station_id,
-           quantile_cont((epoch_ms(ts) - epoch_ms(TRY_CAST(payload->>'$.timestamp' AS TIMESTAMPTZ))) / 1000.0, 0.95)
+           quantile_cont((epoch_ms(ts) - epoch_ms(status_notification.happened)) / 1000.0, 0.95)
                AS p95_s  -- epoch milliseconds: date_diff on TIMESTAMPTZ goes through the ICU calendar
     FROM frames WHERE action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid
     GROUP BY ALL

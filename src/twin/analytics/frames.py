@@ -42,7 +42,8 @@ def connect(
     ``events``: ``frames`` holds only the stations' CALLs, and the view ``transaction_events``
     has their TransactionEvents as typed fields (the archive's ``transaction_event`` column,
     or the same parsed from the payload); without it ``frames`` does not carry that column (a
-    table of the frames would: afir 2.4 -> 4.3 s at 9.8 M records)."""
+    table of the frames would: afir 2.4 -> 4.3 s at 9.8 M records). ``frames`` always has
+    ``status_notification`` (the archive's column, or the same from the payload)."""
     path = Path(capture)
     if not path.exists():
         raise captures.CaptureError(f"no capture at {path}")
@@ -66,7 +67,8 @@ def connect(
     if events:  # only stations' CALLs go through the dedupe (at 9.8 M records: half the keys, energy 3.6 -> 3.3 s)
         conditions.append("msg_type = 2 AND origin = 'cs'")
     filtered = "WHERE " + " AND ".join(conditions) if conditions else ""
-    typed = _typed(con, path) if events else "none"
+    stored = _stored(con, path)
+    typed = stored["transaction_event"] if events else "none"
     con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
     # Duplicates are the same frame written twice (at least once): only the rows whose
     # (conn_id, seq) occurs more than once go through DISTINCT ON, found from those two
@@ -76,8 +78,10 @@ def connect(
     # DISTINCT ON, which keys on the real columns. With ``where`` (a test on the payload) the
     # few rows it keeps are read once, not three times.
     carried = ", transaction_event" if typed != "none" else ""
+    status = {"all": "status_notification", "none": STATUS_FROM_PAYLOAD,
+              "some": f"coalesce(status_notification, {STATUS_FROM_PAYLOAD})"}  # fmt: skip
     columns = ("station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq, "
-               "valid, error" + carried)  # fmt: skip
+               f"valid, error, {status[stored['status_notification']]} AS status_notification" + carried)  # fmt: skip
     if pinned is not None:  # no record twice: nothing to drop, and filters reach the scan
         con.execute(f"CREATE VIEW frames AS SELECT {columns} FROM {source} {filtered}")
     else:
@@ -99,8 +103,8 @@ def connect(
     elif typed == "none":
         derived = FROM_PAYLOAD
     else:  # as the stored files type it (session 4's files: timestamps as text, which readers cast)
-        stored = con.execute(f"DESCRIBE SELECT transaction_event FROM {source}").fetchone()[1]  # type: ignore[index]
-        derived = f"coalesce(transaction_event, CAST({FROM_PAYLOAD} AS {stored}))"
+        kind = con.execute(f"DESCRIBE SELECT transaction_event FROM {source}").fetchone()[1]  # type: ignore[index]
+        derived = f"coalesce(transaction_event, CAST({FROM_PAYLOAD} AS {kind}))"
     con.execute(f"""
         CREATE VIEW transaction_events AS
         SELECT station_id, e.*
@@ -123,6 +127,16 @@ FROM_PAYLOAD = """struct_pack(
         lambda v: struct_pack(sampled := TRY_CAST(m.timestamp AS TIMESTAMPTZ), measurand := v.measurand,
                               value := v.value)))))"""
 """archive.transaction_event in SQL, from a TransactionEvent's ``from_json(payload, PAYLOAD_TYPE) AS j``."""
+STATUS_FROM_PAYLOAD = """CASE WHEN action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' THEN struct_pack(
+    evse_id := CASE WHEN json_type(payload, '$.evseId') IN ('BIGINT', 'UBIGINT')
+                    THEN TRY_CAST(payload->>'$.evseId' AS BIGINT) END,
+    connector_id := CASE WHEN json_type(payload, '$.connectorId') IN ('BIGINT', 'UBIGINT')
+                         THEN TRY_CAST(payload->>'$.connectorId' AS BIGINT) END,
+    status := CASE WHEN json_type(payload, '$.connectorStatus') = 'VARCHAR' THEN payload->>'$.connectorStatus' END,
+    happened := CASE WHEN json_type(payload, '$.timestamp') = 'VARCHAR'
+                     THEN TRY_CAST(payload->>'$.timestamp' AS TIMESTAMPTZ) END) END"""
+"""archive.status_notification in SQL, from the stored columns (for files written before it): a
+field of the wrong JSON type is null there too."""
 
 
 def _polars_payload() -> Any:
@@ -150,33 +164,21 @@ def _files(archive: Path) -> str:
 
 
 def _footers(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
-    """The table ``footers``: a row per file of the archive, from its footer alone: whether it
-    says its keys are unique, and the range of its stations and of its ``ts`` by the row groups'
-    statistics (null where a row group has none, and for a file without rows). False when
-    there is no file yet. (One read of the statistics serves the dedupe and ``bounds``: it
-    costs 0.02 s at 10 M records, however many columns it keeps.)"""
+    """The table ``footers``: a row per file of the archive, with its writer's summary
+    (``captures.SUMMARY``; null for a file written without one): whether its keys are unique,
+    its first and last station and ``ts`` (null: no rows), and its derived columns. False when
+    there is no file yet."""
     try:
         con.execute(f"""
             CREATE TEMP TABLE footers AS
-            WITH stamped AS (
-                SELECT file_name FROM parquet_kv_metadata({_files(path)})
-                WHERE decode(key) = '{captures.KEYS}' AND decode(value) = 'unique'
-            ),
-            stats AS (
-                SELECT file_name, path_in_schema AS col,
-                       CASE WHEN bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL)
-                            THEN min(stats_min_value) END AS lo,
-                       CASE WHEN bool_and(stats_min_value IS NOT NULL AND stats_max_value IS NOT NULL)
-                            THEN max(stats_max_value) END AS hi,
-                       sum(row_group_num_rows) AS n
-                FROM parquet_metadata({_files(path)}) WHERE path_in_schema IN ('station_id', 'ts') GROUP BY ALL
-            )
-            SELECT g.file, s.file_name IS NOT NULL AS unique_keys, coalesce(st.n, 0) AS records,
-                   st.lo AS first_station, st.hi AS last_station,
-                   t.lo::TIMESTAMPTZ AS first_ts, t.hi::TIMESTAMPTZ AS last_ts
-            FROM glob({_files(path)}) g LEFT JOIN stamped s ON s.file_name = g.file
-            LEFT JOIN stats st ON st.file_name = g.file AND st.col = 'station_id'
-            LEFT JOIN stats t ON t.file_name = g.file AND t.col = 'ts'
+            SELECT g.file, j IS NOT NULL AS summarised, coalesce(j->>'$.unique_keys' = 'true', false) AS unique_keys,
+                   j->>'$.stations[0]' AS first_station, j->>'$.stations[1]' AS last_station,
+                   TRY_CAST(j->>'$.ts[0]' AS TIMESTAMPTZ) AS first_ts,
+                   TRY_CAST(j->>'$.ts[1]' AS TIMESTAMPTZ) AS last_ts, CAST(j->'$.derived' AS VARCHAR[]) AS derived
+            FROM glob({_files(path)}) g LEFT JOIN (
+                SELECT file_name, TRY_CAST(decode(value) AS JSON) AS j FROM parquet_kv_metadata({_files(path)})
+                WHERE decode(key) = '{captures.SUMMARY}'
+            ) k ON k.file_name = g.file
         """)  # fmt: skip
     except duckdb.Error:
         return False  # no file yet: the view fails later with DuckDB's own words, as before
@@ -184,16 +186,16 @@ def _footers(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
 
 
 def _duplicate_free(con: duckdb.DuckDBPyConnection, path: Path) -> list[str] | None:
-    """The archive's files if no record can be in two rows of them, else None: each file says
-    its keys are unique (``captures.KEYS``), and the files of a date hold disjoint ranges of
-    stations (a record written again lands in its own date, with its own station)."""
-    found = con.execute("SELECT file, unique_keys, records, first_station, last_station FROM footers").fetchall()
+    """The archive's files if no record can be in two rows of them, else None: each file's
+    keys are unique, and the files of a date hold disjoint ranges of stations (a record
+    written again lands in its own date, with its own station)."""
+    found = con.execute("SELECT file, unique_keys, first_station, last_station FROM footers").fetchall()
     dates: dict[str, list[tuple[str, str]]] = {}
-    for file, stamped, records, lo, hi in found:
-        if not stamped or (records and lo is None):
+    for file, unique_keys, first, last in found:
+        if not unique_keys:
             return None
-        if records:
-            dates.setdefault(file.rpartition("/")[0], []).append((lo, hi))
+        if first is not None:  # a file without rows holds no station
+            dates.setdefault(file.rpartition("/")[0], []).append((first, last))
     for ranges in dates.values():
         ranges.sort()
         if any(before[1] >= after[0] for before, after in itertools.pairwise(ranges)):
@@ -201,29 +203,43 @@ def _duplicate_free(con: duckdb.DuckDBPyConnection, path: Path) -> list[str] | N
     return [file for file, *_ in found] or None
 
 
-def _typed(con: duckdb.DuckDBPyConnection, path: Path) -> str:
-    """Whether the archive's files have the ``transaction_event`` column: "all", "none" or "some"."""
+def _stored(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
+    """Whether the archive's files have each derived column (``transaction_event``,
+    ``status_notification``): "all", "none" or "some"."""
+    derived = ("transaction_event", "status_notification")
     if not path.is_dir():
-        return "all"  # a .jsonl capture goes through archive.table
+        return dict.fromkeys(derived, "all")  # a .jsonl capture goes through archive.table
+    try:  # from the summaries when every file has one (10 ms less than the schemas)
+        files, summarised, *having = con.execute(f"""
+            SELECT count(*), count(derived), {", ".join(f"count(*) FILTER (WHERE list_contains(derived, '{d}'))"
+                                                       for d in derived)}
+            FROM footers
+        """).fetchone() or (0, 0, 0, 0)  # fmt: skip
+    except duckdb.CatalogException:  # no file when connect looked
+        files = summarised = 0
+    if files and summarised == files:
+        return {d: "all" if n == files else "none" if not n else "some" for d, n in zip(derived, having, strict=True)}
     try:
-        files, typed = con.execute(f"""
-            SELECT count(DISTINCT file_name), count(DISTINCT file_name) FILTER (WHERE name = 'transaction_event')
+        files, *having = con.execute(f"""
+            SELECT count(DISTINCT file_name),
+                   {", ".join(f"count(DISTINCT file_name) FILTER (WHERE name = '{d}')" for d in derived)}
             FROM parquet_schema({_files(path)})
-        """).fetchone() or (0, 0)  # fmt: skip
+        """).fetchone() or (0, 0, 0)  # fmt: skip
     except duckdb.Error:
-        return "none"  # no file yet: the view fails later with DuckDB's own words, as before
-    return "all" if typed == files and files else "none" if not typed else "some"
+        return dict.fromkeys(derived, "none")  # no file yet: the view fails later with DuckDB's own words
+    return {d: "all" if n == files and files else "none" if not n else "some"
+            for d, n in zip(derived, having, strict=True)}  # fmt: skip
 
 
 def bounds(con: duckdb.DuckDBPyConnection, capture: str | Path) -> tuple[Any, Any]:
     """The first and last ``ts`` of the log, as stored (a duplicate does not move them): from
-    an archive's statistics (``footers``) when every row group has them (at 9.8 M records
-    0.04 s, reading the column 0.11 s), else from the column."""
+    the files' summaries (``footers``) when every file has one, else from the column (at
+    9.8 M records 0.11 s)."""
     if Path(capture).is_dir():
         try:
-            first, last, whole = con.execute("""
-                SELECT min(first_ts), max(last_ts), bool_and(first_ts IS NOT NULL OR records = 0) FROM footers
-            """).fetchone() or (None, None, False)  # fmt: skip
+            first, last, whole = con.execute(
+                "SELECT min(first_ts), max(last_ts), bool_and(summarised) FROM footers"
+            ).fetchone() or (None, None, False)  # fmt: skip
         except duckdb.CatalogException:  # no file when connect looked
             first, last, whole = None, None, False
         if whole and first is not None:

@@ -22,8 +22,8 @@ ISO = "%Y-%m-%dT%H:%M:%S.%gZ"
 
 STATUS_SQL = f"""
 WITH s AS (
-    SELECT station_id, ts, TRY_CAST(payload->>'$.evseId' AS BIGINT) AS evse_id,
-           TRY_CAST(payload->>'$.connectorId' AS BIGINT) AS connector_id, payload->>'$.connectorStatus' AS status
+    SELECT station_id, ts, status_notification.evse_id AS evse_id,
+           status_notification.connector_id AS connector_id, status_notification.status AS status
     FROM frames WHERE action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid
 )
 SELECT station_id, evse_id, connector_id, status, strftime(ts, '{ISO}') AS started_at,

@@ -34,7 +34,7 @@ UK_MIN_KW = 50.0
 SQL = f"""
 WITH events AS (
     SELECT station_id, epoch_ms(ts) AS ms, conn_id, seq, action,
-           TRY_CAST(payload->>'$.evseId' AS BIGINT) AS evse_id, payload->>'$.connectorStatus' AS status
+           status_notification.evse_id AS evse_id, status_notification.status AS status
     FROM frames
     WHERE (msg_type = 0 AND action IN ('Connected', 'Disconnected'))
        OR (action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid)
