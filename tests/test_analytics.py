@@ -444,6 +444,27 @@ def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
     assert body["rule"] == "nevi" and body["ports"] == nevi["ports"] and body["network"] == nevi["network"]
 
 
+def test_an_older_connection_closing_after_a_newer_one_came_is_no_outage(tmp_path: Path) -> None:
+    """At 10:00 the station connects again while the gateway still holds its older connection,
+    which the gateway closes a minute later: no outage, as the twin folds it. At 12:00 the
+    latest connection drops for 30 minutes: an outage."""
+    s = Script("RC-1").connect().status(1, "Available")
+    older = s.conn, s.seq
+    s.at(120).connect()
+    newer = s.conn, s.seq
+    s.conn, s.seq = older
+    s.at(121).disconnect(4000)
+    s.conn, s.seq = newer
+    s.at(240).disconnect(1006)
+    s.at(270).connect()
+    path = tmp_path / "reconnect.jsonl"
+    captures.write_jsonl(path, s.records)
+    assert fold(s.records[:5])["RC-1"]["connection"]["online"] is True, "the twin: still online"
+    (port,) = uptime.uptime(path, "nevi", "2026-03-01T08:00:00Z", "2026-03-02T08:00:00Z")["ports"]
+    assert (port["down_minutes"], port["measured_minutes"]) == (30.0, 1440.0)
+    assert port["uptime_pct"] == round(100 * (1440 - 30) / 1440, 3)
+
+
 def test_uptime_afir_and_status_from_files_of_every_age(tmp_path: Path) -> None:
     """Without --from/--to uptime's window is the log's first to last record: the files'
     summaries give them, and a file without one is read for them. Files of every age (those

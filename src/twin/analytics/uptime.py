@@ -10,6 +10,10 @@ A port's state over time comes from its StatusNotifications and its station's co
 | excluded | Unavailable (set by the operator: maintenance) | outage, excluded | down |
 | not measured | before the port's first status in the window | — | — |
 
+The station is offline from the ``Disconnected`` of its latest connection to its next
+``Connected``; an older connection closing after a newer one came (the gateway closes it then)
+does not take it offline, as the twin folds it.
+
 ``uptime_pct = (T - (outage - excluded)) / T × 100`` with T the measured minutes (NEVI's
 formula, with the window in place of a year's 525,600 minutes). A station offline counts as
 down for every port it has. The network figure is the mean of the ports; NEVI asks more than
@@ -39,6 +43,19 @@ WITH events AS (
     WHERE (msg_type = 0 AND action IN ('Connected', 'Disconnected'))
        OR (action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid)
 ),
+-- a Disconnected counts for the station's latest connection only: an older connection closing
+-- after a newer one came (the gateway closes it then) is not the station going offline
+kept AS (
+    SELECT * EXCLUDE (latest) FROM (
+        SELECT *, last_value(CASE WHEN action = 'Connected' THEN conn_id END IGNORE NULLS) OVER (
+                      PARTITION BY station_id ORDER BY ms, conn_id, seq
+                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS latest
+        FROM events WHERE action <> 'StatusNotification'
+    )
+    WHERE action = 'Connected' OR latest IS NULL OR latest = conn_id
+    UNION ALL
+    SELECT * FROM events WHERE action = 'StatusNotification'
+),
 ports AS (
     SELECT DISTINCT station_id, evse_id FROM events
     WHERE action = 'StatusNotification' AND evse_id IS NOT NULL AND status <> ''
@@ -48,7 +65,7 @@ timeline AS (
     SELECT p.station_id, p.evse_id, e.ms, e.conn_id, e.seq,
            CASE e.action WHEN 'Connected' THEN true WHEN 'Disconnected' THEN false END AS online,
            CASE WHEN e.action = 'StatusNotification' THEN e.status END AS status
-    FROM ports p JOIN events e ON e.station_id = p.station_id
+    FROM ports p JOIN kept e ON e.station_id = p.station_id
     WHERE e.action <> 'StatusNotification' OR (e.evse_id = p.evse_id AND e.status <> '')
 ),
 -- the state from each event to the next (the last: to the window's end), clipped to the window
