@@ -38,7 +38,9 @@ def connect(
     are sorted and carried (at 10 M records: 8.8 s -> a fraction for uptime). ``where``: one
     more SQL condition on the stored columns, also before the dedupe (a duplicate is the same
     record, so it keeps both copies or neither). ``once``: ``frames`` is a table, read and
-    deduplicated once, for SQL that refers to it many times (a view is read at every mention).
+    deduplicated once, for SQL that refers to it many times (a view is read at every mention);
+    where no record can be twice (``_duplicate_free``), ``frames`` is a view whatever ``once``
+    says: nothing to drop, and each mention's filters reach the scan (afir 0.34 -> 0.25 s).
     ``events``: ``frames`` holds only the stations' CALLs, and the view ``transaction_events``
     has their TransactionEvents as typed fields (the archive's ``transaction_event`` column,
     or the same parsed from the payload); without it ``frames`` does not carry that column (a
