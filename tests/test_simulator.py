@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from itertools import accumulate, groupby
+from itertools import groupby, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -143,34 +143,35 @@ def test_archive_files_appear_whole(tmp_path: Path) -> None:
     assert len(list(captures.read(tmp_path))) == len(records)
 
 
-def test_archive_files_are_clustered_by_action_and_message_type(small: list[dict[str, Any]], tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_archive_files_are_clustered_by_action(small: list[dict[str, Any]], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import pyarrow.parquet as pq
 
-    monkeypatch.setattr(archive, "ROW_GROUP_MIN", 200)  # the small capture's larger runs get their own
+    monkeypatch.setattr(archive, "ROW_GROUP_MIN", 200)  # the small capture's larger actions get their own
     monkeypatch.setattr(archive, "ROW_GROUP_MAX", 500)  # ... and the largest several, a range of stations each
     archive.write(tmp_path, small)
     declared = pq.SortingColumn.from_ordering(archive.SCHEMA, archive.CLUSTER)
     shared = split = 0
     for file in tmp_path.rglob("*.parquet"):
         meta = pq.ParquetFile(file).metadata
-        assert all(meta.row_group(i).sorting_columns == declared for i in range(meta.num_row_groups))
-        rows = pq.read_table(file, columns=["action", "msg_type", "station_id", "ts", "seq"]).to_pylist()
-        keys = [(r["action"], r["msg_type"], r["station_id"]) for r in rows]
-        assert keys == sorted(keys), "rows out of the declared order"
-        for _, group in groupby(rows, key=lambda r: (r["action"], r["msg_type"], r["station_id"])):
+        groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+        assert all(g.sorting_columns == declared for g in groups)
+        action, station = (archive.SCHEMA.get_field_index(c) for c in ("action", "station_id"))
+        spans = [(g.column(action).statistics, g.column(station).statistics) for g in groups]
+        for (a, sa), (b, sb) in pairwise(spans):
+            assert a.max < b.min or (a.min == a.max == b.min == b.max and sa.max <= sb.min), "out of order"
+            split += a.max == b.min
+        shared += sum(a.min != a.max for a, _ in spans)
+        rows = pq.read_table(file, columns=["action", "station_id", "ts", "seq"]).to_pylist()
+        large = {a for a, n in Counter(r["action"] for r in rows).items() if n >= 200}
+        assert large and large <= {a.min for a, _ in spans if a.min == a.max}, "a large action shares a row group"
+        for _, group in groupby(rows, key=lambda r: (r["action"], r["station_id"])):
             order = [(r["ts"], r["seq"]) for r in group]
-            assert order == sorted(order), "a station's records of one run out of log order"
-        ends = list(accumulate(meta.row_group(i).num_rows for i in range(meta.num_row_groups)))
-        groups = [{k[:2] for k in keys[start:end]} for start, end in zip([0, *ends], ends, strict=False)]
-        runs = Counter(k[:2] for k in keys)
-        large = {run for run, n in runs.items() if n >= 200}
-        assert ("TransactionEvent", 2) in large and ("TransactionEvent", 3) in large, "CALLs apart from answers"
-        assert all(len(g) == 1 for g in groups if g & large), "a large run shares a row group"
-        shared += sum(len(g) > 1 for g in groups)
-        split += sum(sum(g == {run} for g in groups) > 1 for run in large)
-    key_of = ("station_id", "ts", "conn_id", "seq")
-    assert list(captures.read(tmp_path)) == sorted(small, key=lambda r: tuple(r[k] for k in key_of))
+            assert order == sorted(order), "a station's records of one action out of log order"
+    assert shared, "the small actions share row groups"
+    assert split, "the largest actions span row groups"
+    key = ("station_id", "ts", "conn_id", "seq")
+    assert list(captures.read(tmp_path)) == sorted(small, key=lambda r: tuple(r[k] for k in key))
 
 
 EXAMPLES = Path(__file__).parent.parent / "datasets" / "import-examples"

@@ -6,26 +6,22 @@ with the envelope's fields (``payload`` as JSON text, ``ts`` as ``timestamp[ms, 
 readable as it is by DuckDB, Polars, pyarrow and Spark. Each file is written whole or not at
 all (written aside, then renamed into place); readers drop duplicate ``(conn_id, seq)``.
 
-Within a file, rows are clustered by action, then message type, then station (log order
-within each), and declared so (each row group's ``sorting_columns``). A row group holds one
-action's CALLs, or its answers, or several small such runs, and at most 131,072 rows: a reader
-asking for a few actions skips the other row groups by their statistics, one asking for the
-stations' CALLs skips the answers, and one asking for a station skips most of each large
-run's. At 10 M records uptime's three actions are 3% of the records; it runs in half the
-time, one station's records are read in a third of the time, and the files are a fifth
-smaller. Keeping CALLs apart from their answers costs 12% in size (a message id is stored
-twice, and apart) and saves sessions 17% and uptime 8%.
+Within a file, rows are clustered by action, then station (log order within each), and
+declared so (each row group's ``sorting_columns``). A row group holds one action, or several
+small ones, and at most 131,072 rows: a reader asking for a few actions skips the other row
+groups by their statistics, and one asking for a station skips most of each large action's.
+At 10 M records uptime's three actions are 3% of the records; it runs in half the time, one
+station's records are read in a third of the time, and the files are a fifth smaller.
 Nothing reads order from a file: readers order by ``ts``, ``conn_id`` and ``seq``.
 
 Each file's footer holds its writer's summary (``twin.summary``, JSON): its first and last
-station and ``ts``, its derived columns (below), and whether each ``(conn_id, seq)`` is in it
-once (``unique_keys``: the simulator makes each record once, and ``compact`` keeps each once;
-the archive agent's batches may be delivered again). A record written again lands in its own
-date, so when each date's files have unique keys and disjoint ranges of stations, no record
-is in the archive twice, and readers skip the dedupe; ``twin compact`` makes any date one
-such file. DuckDB reads these summaries in a few milliseconds, the row groups' statistics in
-25 (at 10 M records); uptime's window is the summaries' first and last ``ts``
-(``twin.analytics.frames``).
+station and ``ts``, its derived columns (below), and whether each ``(conn_id, seq)`` is in it once (``unique_keys``: the
+simulator makes each record once, and ``compact`` keeps each once; the archive agent's batches
+may be delivered again). A record written again lands in its own date, so when each date's
+files have unique keys and disjoint ranges of stations, no record is in the archive twice, and
+readers skip the dedupe; ``twin compact`` makes any date one such file. DuckDB reads these
+summaries in a few milliseconds, the row groups' statistics in 25 (at 10 M records);
+uptime's window is the summaries' first and last ``ts`` (``twin.analytics.frames``).
 
 Two more columns are derived, each for a station's CALL of one action (``payload`` stays the
 record; every other row holds null):
@@ -225,12 +221,12 @@ def location(root: str | Path) -> tuple[Any, str]:
     return None, text.removeprefix("file://")
 
 
-CLUSTER = [("action", "ascending"), ("msg_type", "ascending"), ("station_id", "ascending")]
+CLUSTER = [("action", "ascending"), ("station_id", "ascending")]
 ROW_GROUP_MIN = 8192
-"""Runs of one action and message type with fewer rows than this share a row group, whose
-statistics then span them (a row group costs about 2 KB of footer); a run with more has its own."""
+"""Actions with fewer rows than this share a row group, whose statistics then span them (a
+row group costs about 2 KB of footer); an action with more has its own."""
 ROW_GROUP_MAX = 131_072
-"""A large run's rows are split into row groups of at most this many, each a range of
+"""A large action's rows are split into row groups of at most this many, each a range of
 stations (the dashboard's station page at 10 M records: 2.9 -> 0.9 s, 1.9 -> 0.7 GB)."""
 
 
@@ -246,8 +242,7 @@ def _write_clustered(data: pa.Table, where: str, filesystem: Any = None) -> None
     """``data`` as one Parquet file, clustered (see the module): a stable sort, so each
     action's rows keep their order."""
     data = data.take(pc.sort_indices(data, CLUSTER)) if data.num_rows else data
-    ends = (pc.run_end_encode(data.column(c).combine_chunks()).run_ends.to_pylist() for c in ("action", "msg_type"))
-    runs = sorted(set().union(*ends))  # where the action or the message type changes
+    runs = pc.run_end_encode(data.column("action").combine_chunks()).run_ends.to_pylist()
     with pq.ParquetWriter(where, data.schema, filesystem=filesystem, compression="zstd", use_dictionary=DICTIONARY,
                           sorting_columns=pq.SortingColumn.from_ordering(data.schema, CLUSTER)) as writer:  # fmt: skip
         for start, end in _row_groups(runs):
@@ -255,8 +250,8 @@ def _write_clustered(data: pa.Table, where: str, filesystem: Any = None) -> None
 
 
 def _row_groups(run_ends: list[int]) -> Iterator[tuple[int, int]]:
-    """Row groups ``(start, end)`` over runs of one action and message type each (given by
-    where they end): a run of ``ROW_GROUP_MIN`` rows or more alone, smaller neighbours together."""
+    """Row groups ``(start, end)`` over runs of one action each (given by where they end): a
+    run of ``ROW_GROUP_MIN`` rows or more alone, smaller neighbours together."""
     start = previous = 0
     for end in run_ends:
         if end - previous >= ROW_GROUP_MIN and previous > start:

@@ -96,7 +96,7 @@ def compact(
 ) -> None:
     """Rewrite a Parquet archive in the current layout, a date at a time: each date's files
     merged into one, each record once, the typed columns added to files written before them,
-    rows clustered by action and message type. Reports then read far fewer files and bytes.
+    rows clustered by action. Reports then read far fewer files and bytes.
 
     Safe while the worker writes: a date's new file is in place before its old files go, and
     files that appear meanwhile are left for the next run. A date already compact is skipped.
