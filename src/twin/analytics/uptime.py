@@ -45,28 +45,25 @@ WITH events AS (
 ),
 -- a Disconnected counts for the station's latest connection only: an older connection closing
 -- after a newer one came (the gateway closes it then) is not the station going offline
-kept AS (
-    SELECT * EXCLUDE (latest) FROM (
+changes AS (
+    SELECT station_id, ms, conn_id, seq, action = 'Connected' AS online FROM (
         SELECT *, last_value(CASE WHEN action = 'Connected' THEN conn_id END IGNORE NULLS) OVER (
                       PARTITION BY station_id ORDER BY ms, conn_id, seq
                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS latest
         FROM events WHERE action <> 'StatusNotification'
     )
     WHERE action = 'Connected' OR latest IS NULL OR latest = conn_id
-    UNION ALL
-    SELECT * FROM events WHERE action = 'StatusNotification'
 ),
-ports AS (
-    SELECT DISTINCT station_id, evse_id FROM events
+statuses AS (
+    SELECT station_id, evse_id, ms, conn_id, seq, status FROM events
     WHERE action = 'StatusNotification' AND evse_id IS NOT NULL AND status <> ''
 ),
 -- each port's own statuses and every connection change of its station, in log order
 timeline AS (
-    SELECT p.station_id, p.evse_id, e.ms, e.conn_id, e.seq,
-           CASE e.action WHEN 'Connected' THEN true WHEN 'Disconnected' THEN false END AS online,
-           CASE WHEN e.action = 'StatusNotification' THEN e.status END AS status
-    FROM ports p JOIN kept e ON e.station_id = p.station_id
-    WHERE e.action <> 'StatusNotification' OR (e.evse_id = p.evse_id AND e.status <> '')
+    SELECT p.station_id, p.evse_id, c.ms, c.conn_id, c.seq, c.online, NULL AS status
+    FROM (SELECT DISTINCT station_id, evse_id FROM statuses) p JOIN changes c ON c.station_id = p.station_id
+    UNION ALL
+    SELECT station_id, evse_id, ms, conn_id, seq, NULL, status FROM statuses
 ),
 -- the state from each event to the next (the last: to the window's end), clipped to the window
 -- (times in epoch milliseconds: TIMESTAMPTZ arithmetic goes through the ICU calendar)
