@@ -72,13 +72,6 @@ def connect(
     stored = _stored(con, path)
     typed = stored["transaction_event"] if events else "none"
     con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
-    # Duplicates are the same frame written twice (at least once): only the rows whose
-    # (conn_id, seq) occurs more than once go through DISTINCT ON, found from those two
-    # narrow columns; the rest pass straight through. A window over every row carried the
-    # payloads through a sort: at 9.8 M records 4.9 s of a 5.4 M-row read, now 1.9 s; grouped by
-    # a hash of the key (an integer), 0.7 -> 0.45 s: a collision only sends a few more rows through
-    # DISTINCT ON, which keys on the real columns. With ``where`` (a test on the payload) the
-    # few rows it keeps are read once, not three times.
     carried = ", transaction_event" if typed != "none" else ""
     status = {"all": "status_notification", "none": STATUS_FROM_PAYLOAD,
               "some": f"coalesce(status_notification, {STATUS_FROM_PAYLOAD})"}  # fmt: skip
@@ -87,6 +80,13 @@ def connect(
     if pinned is not None:  # no record twice: nothing to drop, and filters reach the scan
         con.execute(f"CREATE VIEW frames AS SELECT {columns} FROM {source} {filtered}")
     else:
+        # Duplicates are the same frame written twice (at least once): only the rows whose
+        # (conn_id, seq) occurs more than once go through DISTINCT ON, found from those two
+        # narrow columns; the rest pass straight through. A window over every row carried the
+        # payloads through a sort: at 9.8 M records 4.9 s of a 5.4 M-row read, now 1.9 s; grouped
+        # by a hash of the key (an integer), 0.7 -> 0.45 s: a collision only sends a few more rows
+        # through DISTINCT ON, which keys on the real columns. With ``where`` (a test on the
+        # payload) the few rows it keeps are read once, not three times.
         con.execute(f"""
         CREATE {"TEMP TABLE" if once else "VIEW"} frames AS
         WITH src AS {"MATERIALIZED" if where else "NOT MATERIALIZED"} (SELECT * FROM {source} {filtered}),
@@ -219,16 +219,15 @@ def _stored(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
         """).fetchone() or (0, 0, 0, 0)  # fmt: skip
     except duckdb.CatalogException:  # no file when connect looked
         files = summarised = 0
-    if files and summarised == files:
-        return {d: "all" if n == files else "none" if not n else "some" for d, n in zip(derived, having, strict=True)}
-    try:
-        files, *having = con.execute(f"""
-            SELECT count(DISTINCT file_name),
-                   {", ".join(f"count(DISTINCT file_name) FILTER (WHERE name = '{d}')" for d in derived)}
-            FROM parquet_schema({_files(path)})
-        """).fetchone() or (0, 0, 0)  # fmt: skip
-    except duckdb.Error:
-        return dict.fromkeys(derived, "none")  # no file yet: the view fails later with DuckDB's own words
+    if not files or summarised < files:
+        try:
+            files, *having = con.execute(f"""
+                SELECT count(DISTINCT file_name),
+                       {", ".join(f"count(DISTINCT file_name) FILTER (WHERE name = '{d}')" for d in derived)}
+                FROM parquet_schema({_files(path)})
+            """).fetchone() or (0, 0, 0)  # fmt: skip
+        except duckdb.Error:
+            return dict.fromkeys(derived, "none")  # no file yet: the view fails later with DuckDB's own words
     return {d: "all" if n == files and files else "none" if not n else "some"
             for d, n in zip(derived, having, strict=True)}  # fmt: skip
 
