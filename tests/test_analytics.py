@@ -465,6 +465,20 @@ def test_an_older_connection_closing_after_a_newer_one_came_is_no_outage(tmp_pat
     assert port["uptime_pct"] == round(100 * (1440 - 30) / 1440, 3)
 
 
+def test_a_window_opening_in_an_outage_counts_the_outage_from_its_start(tmp_path: Path) -> None:
+    """The station offline 10:00-11:30 and a StatusNotification in the log at 10:10 (a late
+    frame): from 10:30, the port is down for 60 minutes, however its statuses before the window
+    fall (a status span wholly before the window overlaps nothing)."""
+    s = Script("LATE-1").connect().status(1, "Available")
+    s.at(120).disconnect(1006)
+    s.at(130).status(1, "Available")
+    s.at(210).connect()
+    path = tmp_path / "late.jsonl"
+    captures.write_jsonl(path, s.records)
+    (port,) = uptime.uptime(path, "nevi", "2026-03-01T10:30:00Z", "2026-03-02T08:00:00Z")["ports"]
+    assert (port["down_minutes"], port["measured_minutes"]) == (60.0, 1290.0)
+
+
 def test_uptime_afir_and_status_from_files_of_every_age(tmp_path: Path) -> None:
     """Without --from/--to uptime's window is the log's first to last record: the files'
     summaries give them, and a file without one is read for them. Files of every age (those

@@ -32,59 +32,66 @@ from twin.analytics.frames import bounds, connect, sql_list
 from twin.analytics.migration import inventory_of
 
 UP = {"Available", "Occupied", "Reserved"}
+KEPT = sql_list(sorted(UP | {"Unavailable"}))  # not down by the status itself (Unavailable: excluded, or down)
 TARGET = {"nevi": 97.0, "uk": 99.0}  # NEVI: each port above it; UK: the network average at least it
 UK_MIN_KW = 50.0
 
 SQL = f"""
-WITH events AS (
-    SELECT station_id, epoch_ms(ts) AS ms, conn_id, seq, action,
-           status_notification.evse_id AS evse_id, status_notification.status AS status
-    FROM frames
-    WHERE (msg_type = 0 AND action IN ('Connected', 'Disconnected'))
-       OR (action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid)
-),
 -- a Disconnected counts for the station's latest connection only: an older connection closing
 -- after a newer one came (the gateway closes it then) is not the station going offline
-changes AS (
+WITH changes AS (
     SELECT station_id, ms, conn_id, seq, action = 'Connected' AS online FROM (
         SELECT *, last_value(CASE WHEN action = 'Connected' THEN conn_id END IGNORE NULLS) OVER (
                       PARTITION BY station_id ORDER BY ms, conn_id, seq
                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS latest
-        FROM events WHERE action <> 'StatusNotification'
+        FROM (SELECT station_id, epoch_ms(ts) AS ms, conn_id, seq, action FROM frames
+              WHERE msg_type = 0 AND action IN ('Connected', 'Disconnected'))
     )
     WHERE action = 'Connected' OR latest IS NULL OR latest = conn_id
 ),
-statuses AS (
-    SELECT station_id, evse_id, ms, conn_id, seq, status FROM events
-    WHERE action = 'StatusNotification' AND evse_id IS NOT NULL AND status <> ''
-),
--- each port's own statuses and every connection change of its station, in log order
-timeline AS (
-    SELECT p.station_id, p.evse_id, c.ms, c.conn_id, c.seq, c.online, NULL AS status
-    FROM (SELECT DISTINCT station_id, evse_id FROM statuses) p JOIN changes c ON c.station_id = p.station_id
-    UNION ALL
-    SELECT station_id, evse_id, ms, conn_id, seq, NULL, status FROM statuses
-),
--- the state from each event to the next (the last: to the window's end), clipped to the window
+-- the station offline: from such a Disconnected to its next change (the last: to the window's end)
 -- (times in epoch milliseconds: TIMESTAMPTZ arithmetic goes through the ICU calendar)
-spans AS (
-    SELECT station_id, evse_id, online, status,
-           greatest(least(coalesce(next, $end), $end) - greatest(ms, $start), 0) / 60000.0 AS minutes
-    FROM (
-        SELECT station_id, evse_id, ms,
-               last_value(online IGNORE NULLS) OVER w AS online, last_value(status IGNORE NULLS) OVER w AS status,
-               lead(ms) OVER (PARTITION BY station_id, evse_id ORDER BY ms, conn_id, seq) AS next
-        FROM timeline
-        WINDOW w AS (PARTITION BY station_id, evse_id ORDER BY ms, conn_id, seq
-                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+offline AS (
+    SELECT station_id, ms AS left_at, coalesce(next, $end) AS back_at FROM (
+        SELECT station_id, ms, online, lead(ms) OVER (PARTITION BY station_id ORDER BY ms, conn_id, seq) AS next
+        FROM changes
     )
-    WHERE status IS NOT NULL  -- before the port's first status: not measured
+    WHERE NOT online
+),
+-- each port's status from one StatusNotification to its next (the last: to the window's end),
+-- clipped to the window; before the port's first status it is not measured
+spans AS (
+    SELECT station_id, evse_id, status, greatest(ms, $start) AS since,
+           least(coalesce(lead(ms) OVER (PARTITION BY station_id, evse_id ORDER BY ms, conn_id, seq), $end), $end)
+               AS until
+    FROM (SELECT station_id, status_notification.evse_id AS evse_id, status_notification.status AS status,
+                 epoch_ms(ts) AS ms, conn_id, seq
+          FROM frames
+          WHERE action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid
+            AND status_notification.evse_id IS NOT NULL AND status_notification.status <> '')
+),
+-- a port up (or excluded) while its station is offline is down for that time
+cut AS (
+    SELECT s.station_id, s.evse_id,
+           sum(least(s.until, o.back_at) - greatest(s.since, o.left_at)) AS offline,
+           sum(least(s.until, o.back_at) - greatest(s.since, o.left_at))
+               FILTER (WHERE s.status = 'Unavailable') AS offline_unavailable
+    FROM spans s JOIN offline o
+      ON o.station_id = s.station_id AND o.left_at < s.until AND o.back_at > s.since
+    WHERE s.since < s.until AND s.status IN ({KEPT})
+    GROUP BY ALL
+),
+ports AS (
+    SELECT station_id, evse_id, sum(greatest(until - since, 0)) AS measured,
+           sum(greatest(until - since, 0)) FILTER (WHERE status NOT IN ({KEPT})) AS down,
+           sum(greatest(until - since, 0)) FILTER (WHERE status = 'Unavailable') AS unavailable
+    FROM spans GROUP BY ALL
 )
-SELECT station_id, evse_id, sum(minutes) AS measured,
-       sum(minutes) FILTER (WHERE online IS NOT DISTINCT FROM false
-                            OR status NOT IN ({sql_list(sorted(UP | {'Unavailable'}))})) AS down,
-       sum(minutes) FILTER (WHERE online IS DISTINCT FROM false AND status = 'Unavailable') AS unavailable
-FROM spans GROUP BY ALL HAVING sum(minutes) > 0
+SELECT station_id, evse_id, measured / 60000.0 AS measured,
+       (coalesce(down, 0) + coalesce(offline, 0)) / 60000.0 AS down,
+       (coalesce(unavailable, 0) - coalesce(offline_unavailable, 0)) / 60000.0 AS unavailable
+FROM ports LEFT JOIN cut USING (station_id, evse_id)
+WHERE measured > 0
 ORDER BY station_id, evse_id
 """
 """Each port's measured, down and unavailable minutes between ``$start`` and ``$end`` (epoch
