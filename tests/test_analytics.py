@@ -16,6 +16,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -200,11 +201,17 @@ def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> No
         assert said["unique_keys"] is True and said["derived"] == ["transaction_event", "status_notification"]
     kept = pq.ParquetDataset(root).read(columns=["conn_id", "seq"]).to_pylist()
     assert sorted(kept, key=str) == sorted(({"conn_id": r["conn_id"], "seq": r["seq"]} for r in records), key=str)
-    assert frames._duplicate_free(connect(root), root), "read as it is, without the dedupe"
+    assert duplicate_free(root), "read as it is, without the dedupe"
     assert reports() == before
     files = sorted(root.rglob("*.parquet"))
     assert {r["result"] for r in archive.compact(root)} == {"already compact"}
     assert sorted(root.rglob("*.parquet")) == files
+
+
+def duplicate_free(root: Path) -> list[str] | None:
+    """The files ``frames.connect`` reads as they are (no dedupe), or None."""
+    footers = frames._footers(duckdb.connect(), root)
+    return frames._duplicate_free(footers) if footers else None
 
 
 def test_reports_read_files_as_they_are_only_where_no_record_can_be_twice(tmp_path: Path) -> None:
@@ -216,7 +223,7 @@ def test_reports_read_files_as_they_are_only_where_no_record_can_be_twice(tmp_pa
 
     root = tmp_path / "archive"
     assert simulator.write(root, 6, 1.5, seed=4, workers=2) == simulator.write(tmp_path / "sim.jsonl", 6, 1.5, seed=4)
-    files = frames._duplicate_free(connect(root), root)
+    files = duplicate_free(root)
     assert files is not None and sorted(files) == sorted(str(f) for f in root.rglob("*.parquet")) and len(files) == 4
 
     def reports(path: Path) -> tuple[Any, ...]:
@@ -226,8 +233,31 @@ def test_reports_read_files_as_they_are_only_where_no_record_can_be_twice(tmp_pa
     expected = reports(tmp_path / "sim.jsonl")
     assert expected[0] and expected[2]["ports"] and reports(root) == expected
     archive.write(root, [r for r in captures.read(root) if r["station_id"] == "CS-00002"], unique=True)
-    assert frames._duplicate_free(connect(root), root) is None
+    assert duplicate_free(root) is None
     assert reports(root) == expected
+
+
+@pytest.mark.parametrize("said", [b"not JSON", b"[]", b'{"unique_keys": true}', b'{"unique_keys": true, "stations":'
+                                  b' [1, 2], "ts": [null, null], "derived": []}', b'{"unique_keys": true, "stations": '
+                                  b'["A", "B"], "ts": ["noon", null], "derived": []}'])  # fmt: skip
+def test_a_summary_this_version_cannot_read_is_no_summary(tmp_path: Path, said: bytes) -> None:
+    """A file whose ``twin.summary`` is not JSON, or not of the shape written, is read as a file
+    without one: the dedupe, the schema and the column give what its summary would have, and
+    every report is the same as from JSON lines."""
+    import pyarrow.parquet as pq
+
+    records = outage_day("UP-1").records
+    captures.write_jsonl(tmp_path / "up.jsonl", records)
+    root = tmp_path / "archive"
+    archive.write(root, records, unique=True)
+    assert duplicate_free(root)
+    (file,) = root.rglob("*.parquet")
+    table = pq.read_table(file)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, captures.SUMMARY.encode(): said}), file)
+    assert duplicate_free(root) is None
+    assert bounds(connect(root), root) == bounds(connect(tmp_path / "up.jsonl"), tmp_path / "up.jsonl")
+    for report in (uptime.uptime, afir.afir, intervals.status_intervals_duckdb, sessions_duckdb):
+        assert report(root) == report(tmp_path / "up.jsonl"), report
 
 
 def test_compact_knows_a_file_in_the_layout_by_its_declared_order_and_summary(tmp_path: Path) -> None:
