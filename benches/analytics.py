@@ -10,7 +10,10 @@ so both see the same machine):
 - ``call``: the report's call alone, its libraries imported before (DuckDB and twin's
   module; pandas and pyarrow): what computing the metric costs.
 
+Pandas' uptime is checked to be ours, port by port, before either is timed.
+
     .venv/bin/python benches/analytics.py [--sizes 1000000,10000000] [--stations 2000] [--repeats 3] [--json]
+    .venv/bin/python benches/analytics.py --archive DIR   # an archive already written (with _stations.json)
 """
 
 from __future__ import annotations
@@ -72,31 +75,45 @@ def sessions(path):
     return [{"station_id": k[0], "transaction_id": k[1], "import_kwh": ((v["hi"] or 0) - (v["lo"] or 0)) / 1000,
              "started_at": v["start"], "ended_at": v["end"]} for k, v in acc.items()]
 
+UP_OR_EXCLUDED = ("Available", "Occupied", "Reserved", "Unavailable")
+
 def uptime(path):
-    columns = ["station_id", "ts", "action", "msg_type", "origin", "payload", "conn_id", "seq"]
+    """Each port's NEVI uptime % from its first status to the log's last record: the station
+    offline (from its latest connection's Disconnected to the next Connected) and any status but
+    these down; Unavailable excluded."""
+    columns = ["station_id", "ts", "action", "msg_type", "origin", "payload", "conn_id", "seq", "valid"]
     df = pd.read_parquet(path, columns=columns,
                          filters=[("action", "in", ["Connected", "Disconnected", "StatusNotification"])])
-    df = df[(df.msg_type == 0) | ((df.msg_type == 2) & (df.origin == "cs"))].drop_duplicates(["conn_id", "seq"])
-    df = df.sort_values(["station_id", "ts", "conn_id", "seq"])
-    start, end = df.ts.min(), df.ts.max()
+    df = df[(df.msg_type == 0) | ((df.msg_type == 2) & (df.origin == "cs") & df.valid)]
+    df = df.drop_duplicates(["conn_id", "seq"]).sort_values(["station_id", "ts", "conn_id", "seq"])
+    end = pd.read_parquet(path, columns=["ts"]).ts.max()  # the log's last record
     ports = {}
+
+    def accrue(station, status, online, minutes):
+        for evse, state in status.items():
+            t = ports.setdefault((station, evse), [0.0, 0.0])  # measured, down
+            t[0] += minutes
+            if online is False or state not in UP_OR_EXCLUDED:
+                t[1] += minutes
+
     for station, group in df.groupby("station_id"):
-        online, status, last = None, {}, start
-        for ts, action, text in zip(group.ts, group.action, group.payload):
-            span = (ts - last).total_seconds() / 60
-            for evse, state in status.items():
-                t = ports.setdefault((station, evse), [0.0, 0.0])
-                t[0] += span
-                if online is False or state not in ("Available", "Occupied", "Reserved", "Unavailable"):
-                    t[1] += span
+        online, latest, status, last = None, None, {}, None
+        for ts, action, conn, text in zip(group.ts, group.action, group.conn_id, group.payload):
+            if status:
+                accrue(station, status, online, (ts - last).total_seconds() / 60)
             last = ts
             if action == "Connected":
-                online = True
+                online, latest = True, conn
             elif action == "Disconnected":
-                online = False
+                if latest is None or latest == conn:  # an older connection closing after a newer one came: no outage
+                    online = False
             else:
                 p = json.loads(text)
-                status[p["evseId"]] = p["connectorStatus"]
+                evse, state = p.get("evseId"), p.get("connectorStatus")
+                if type(evse) is int and type(state) is str and state:
+                    status[evse] = state
+        if status:
+            accrue(station, status, online, (end - last).total_seconds() / 60)  # the last state lasts to the end
     return {k: 100 * (m - d) / m for k, (m, d) in ports.items() if m}
 
 def afir(path):
@@ -168,6 +185,35 @@ def timed_report(run: tuple[str, str], archive: Path, workdir: Path) -> dict[str
     return {"process_s": result["seconds"], "call_s": float(call_s), "peak_mib": result["peak_mib"], "rows": int(rows)}
 
 
+AGREE = """
+import sys; sys.path.insert(0, {work!r})
+import benches_pandas as b
+from twin.analytics.uptime import uptime
+theirs = b.uptime({archive!r})
+ours = {{(p["station_id"], p["evse_id"]): p["uptime_pct"] for p in uptime({archive!r})["ports"]}}
+print(len(ours), sorted(theirs) == sorted(ours) and max(abs(round(theirs[k], 3) - ours[k]) for k in ours))
+"""
+
+
+def uptime_agrees(archive: Path, workdir: Path) -> dict[str, Any]:
+    """Whether pandas' uptime is ours: the same ports, each the same percentage (to the
+    0.001 ours rounds to). A ratio between two metrics that differ would mean nothing."""
+    done = subprocess.run([sys.executable, "-c", AGREE.format(work=str(workdir), archive=str(archive))],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    ports, difference = done.stdout.split()
+    if difference == "False":
+        raise AssertionError("pandas' uptime found other ports than ours")
+    if float(difference) > 0.001:
+        raise AssertionError(f"pandas' uptime differs from ours by up to {difference} points")
+    return {"ports": int(ports), "max_difference_pct": float(difference)}
+
+
+def records_in(archive: Path) -> int:
+    """How many records an archive holds (counted in a child: the parent stays small)."""
+    count = f"import duckdb; print(duckdb.execute(\"SELECT count(*) FROM '{archive}/**/*.parquet'\").fetchone()[0])"
+    return int(subprocess.run([sys.executable, "-c", count], capture_output=True, text=True, check=True).stdout)
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median time of each kind over ``runs``, the largest peak, and the rows (all equal)."""
     assert len({r["rows"] for r in runs}) == 1, "a report gave different rows from one run to the next"
@@ -181,20 +227,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--stations", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--archive", help="time the reports on this archive instead of writing one (--sizes ignored)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "benches_pandas.py").write_text(PANDAS)
-        for size in [int(s) for s in args.sizes.split(",")]:
-            days = size / (args.stations * RECORDS_PER_STATION_DAY)
-            archive = work / f"archive-{size}"
-            began = time.perf_counter()
-            n = write(archive, args.stations, days, seed=1, workers=os.cpu_count() or 1)
-            inventory_path(archive).write_bytes(orjson.dumps(inventory(args.stations, 1)))
-            generated = round(time.perf_counter() - began, 1)
-            row: dict[str, Any] = {"records": n, "days": round(days, 2), "generate_s": generated}
+        for size in [int(s) for s in args.sizes.split(",")] if not args.archive else [0]:
+            if args.archive:
+                archive = Path(args.archive)
+                row: dict[str, Any] = {"records": records_in(archive), "archive": str(archive)}
+            else:
+                days = size / (args.stations * RECORDS_PER_STATION_DAY)
+                archive = work / f"archive-{size}"
+                began = time.perf_counter()
+                n = write(archive, args.stations, days, seed=1, workers=os.cpu_count() or 1)
+                inventory_path(archive).write_bytes(orjson.dumps(inventory(args.stations, 1)))
+                generated = round(time.perf_counter() - began, 1)
+                row = {"records": n, "days": round(days, 2), "generate_s": generated}
+            row["uptime agrees"] = uptime_agrees(archive, work)
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUN}
             for _ in range(args.repeats):  # round-robin: a slow minute of the machine falls on every report
                 for name, run in RUN.items():
@@ -206,8 +258,8 @@ def main() -> None:
             ]:
                 row[f"{slower} / {faster.split()[1]}"] = {kind: round(row[slower][kind] / row[faster][kind], 2)
                                                            for kind in ("process_s", "call_s")}  # fmt: skip
-            results[str(size)] = row
-            print(json.dumps({size: row}), file=sys.stderr, flush=True)
+            results[str(row["records"])] = row
+            print(json.dumps({row['records']: row}), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=2))
 
 
