@@ -38,12 +38,14 @@ SQL = """
 WITH tariffs AS (
     SELECT c.station_id, bool_or((c.payload->'$.tariff.energy') IS NOT NULL) AS per_kwh
     FROM frames c JOIN frames a ON a.conn_id = c.conn_id AND a.msg_id = c.msg_id AND a.origin = 'cs' AND a.msg_type = 3
+                                   AND a.action = 'SetDefaultTariff'  -- an answer's is its CALL's: fewer row groups
     WHERE c.action = 'SetDefaultTariff' AND c.msg_type = 2 AND c.origin = 'csms' AND a.payload->>'$.status' = 'Accepted'
     GROUP BY ALL
 ),
 profiles AS (
     SELECT c.station_id, true AS accepted
     FROM frames c JOIN frames a ON a.conn_id = c.conn_id AND a.msg_id = c.msg_id AND a.origin = 'cs' AND a.msg_type = 3
+                                   AND a.action = 'SetChargingProfile'
     WHERE c.action = 'SetChargingProfile' AND c.msg_type = 2 AND c.origin = 'csms'
       AND a.payload->>'$.status' = 'Accepted'
     GROUP BY ALL
