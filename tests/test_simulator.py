@@ -225,3 +225,36 @@ def test_processes_share_the_fleet_and_the_capture_is_the_same(tmp_path: Path) -
     assert sorted(captures.read(tmp_path / "archive"), key=key) == sorted(
         captures.read(tmp_path / "one.jsonl"), key=key
     )
+
+
+def test_a_fault_takes_a_bay_only_when_no_car_is_in_it() -> None:
+    """Faults are planned after the day's cars: with them, the first day brings the same
+    sessions as without any (a fault used to claim its bay from the morning, and every car
+    before it went elsewhere), and no bay is Faulted while a transaction runs on it."""
+    from twin.simulator.station import Rates
+
+    def started(records: list[dict[str, Any]], before: str) -> list[tuple[str, str]]:
+        return [(r["station_id"], r["payload"]["transactionInfo"]["transactionId"]) for r in records
+                if r["action"] == "TransactionEvent" and r["msg_type"] == 2 and r["ts"] < before
+                and r["payload"]["eventType"] == "Started"]  # fmt: skip
+
+    calm = [r for day in simulate(8, 2, 3, rates=Rates(fault_per_day=0.0)) for r in day]
+    faulty = [r for day in simulate(8, 2, 3, rates=Rates(fault_per_day=3.0)) for r in day]
+    first_day = calm[0]["ts"][:10] + "T23:59:59.999Z"
+    assert started(faulty, first_day) == started(calm, first_day) != []
+    faults = charging = 0
+    for station, own in groupby(sorted(faulty, key=lambda r: r["station_id"]), key=lambda r: r["station_id"]):
+        on: dict[str, int] = {}  # a running transaction -> its EVSE (only Started names it)
+        for r in sorted(own, key=lambda r: r["ts"]):
+            p = r["payload"] if r["msg_type"] == 2 and r["origin"] == "cs" else {}
+            if r["action"] == "TransactionEvent" and p:
+                tx = p["transactionInfo"]["transactionId"]
+                if p["eventType"] == "Started":
+                    on[tx] = p["evse"]["id"]
+                    charging += 1
+                elif p["eventType"] == "Ended":
+                    on.pop(tx, None)
+            elif r["action"] == "StatusNotification" and p.get("connectorStatus") == "Faulted":
+                faults += 1
+                assert p["evseId"] not in on.values(), (station, r["ts"], on)
+    assert faults >= 8 and charging

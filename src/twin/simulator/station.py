@@ -67,6 +67,8 @@ class StationSim:
         self.outages: list[tuple[int, int]] = []  # [down, up) in ms
         self.faults: dict[int, list[tuple[int, int]]] = {}
         self.busy: dict[int, int] = dict.fromkeys(range(1, station.evses + 1), start_ms)  # evse -> free from
+        self.visits: dict[int, list[tuple[int, int]]] = {evse: [] for evse in range(1, station.evses + 1)}
+        """Each EVSE's cars, ``[arrived, bay free)`` in ms, in order."""
         self.busy_spans: list[tuple[int, int]] = []
         self.import_wh = dict.fromkeys(range(1, station.evses + 1), float(self.rng.randint(100_000, 9_000_000)))
         self.export_wh = dict.fromkeys(range(1, station.evses + 1), 0.0)
@@ -96,13 +98,9 @@ class StationSim:
         t0 = self.start + day * DAY_MS
         if day == 0:
             self.connect(t0 + self.rng.randint(0, 10 * MIN_MS), "PowerUp", first=True)
-        sessions_first = self.opening and day == 0  # the opening cars come before any fault can claim the bay
-        if not sessions_first:
-            self.plan_faults(day, t0)
         for evse in range(1, self.s.evses + 1):
             self.plan_sessions(day, t0, evse)
-        if sessions_first:
-            self.plan_faults(day, t0)
+        self.plan_faults(day, t0)  # after the day's cars: a fault takes a bay when no car is in it
         self.plan_station_events(day, t0)
         self.plan_periodic(t0)
 
@@ -168,14 +166,18 @@ class StationSim:
         return n
 
     def plan_faults(self, day: int, t0: int) -> None:
+        """The day's connector faults, each while its bay is empty: one that would come while a
+        car is there (or another fault) comes 5 minutes after the bay is free."""
         for _ in range(self.events(self.rates.fault_per_day, "fault", day)):
             evse = self.rng.randint(1, self.s.evses)
             down = t0 + self.rng.randint(6 * 60, 20 * 60) * MIN_MS
-            if down < self.busy[evse]:
-                down = self.busy[evse] + 5 * MIN_MS
-            up = down + int(self.rng.uniform(30, 240) * MIN_MS)
+            lasts = int(self.rng.uniform(30, 240) * MIN_MS)
+            taken = sorted(self.visits[evse] + self.faults.get(evse, []))
+            for arrived, free in taken:
+                if arrived < down + lasts and down < free:
+                    down = free + 5 * MIN_MS
+            up = down + lasts
             self.faults.setdefault(evse, []).append((down, up))
-            self.busy[evse] = up
             self.busy_spans.append((down, up))
             status = {"timestamp": self.iso(down), "connectorStatus": "Faulted", "evseId": evse, "connectorId": 1}
             self.cs(down, "StatusNotification", status)
@@ -216,6 +218,7 @@ class StationSim:
             if arrive < self.busy[evse] or self.faulted(evse, arrive):
                 continue  # occupied or out of order: the driver goes elsewhere
             self.busy[evse] = self.session(arrive, evse, showcase and day == 0 and arrive == special)
+            self.visits[evse].append((arrive, self.busy[evse]))
 
     def session(self, arrive: int, evse: int, showcase: bool) -> int:
         """One visit; returns when the bay is free again."""
