@@ -27,15 +27,29 @@ class CaptureError(ValueError):
     """The capture cannot be read; the message says why."""
 
 
+def local(capture: str | Path) -> Path:
+    """Where ``capture`` is on this machine, or a :class:`CaptureError` that says why it is
+    nowhere. The archive agent and ``twin compact`` also write to an object store; reading
+    one is for a copy of it here."""
+    text = str(capture)
+    if "://" in text:
+        raise CaptureError(
+            f"{text} is a URL; captures are read from a path on this machine (an object-store archive: "
+            "copy it to a directory first, its date=... layout as it is, e.g. with `aws s3 sync`)"
+        )
+    path = Path(text)
+    if not path.exists():
+        raise CaptureError(f"no capture at {path}")
+    return path
+
+
 def read(
     path: str | Path, *, until: str | None = None, dedupe: bool = True, stations: Collection[str] | None = None
 ) -> Iterator[Envelope]:
     """Every record of a capture, duplicates dropped (unless ``dedupe`` is False); with
     ``until``, only those captured at or before that moment (an ISO timestamp); with
     ``stations``, only those stations' records (an archive reads no others)."""
-    p = Path(path)
-    if not p.exists():
-        raise CaptureError(f"no capture at {p}")
+    p = local(path)
     if p.is_dir():
         records = _parquet(p, stations)
     else:

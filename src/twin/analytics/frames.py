@@ -48,9 +48,7 @@ def connect(
     or the same parsed from the payload); without it ``frames`` does not carry that column (a
     table of the frames would: afir 2.4 -> 4.3 s at 9.8 M records). ``frames`` always has
     ``status_notification`` (the archive's column, or the same from the payload)."""
-    path = Path(capture)
-    if not path.exists():
-        raise captures.CaptureError(f"no capture at {path}")
+    path = captures.local(capture)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # it writes to stdout, where --json goes
     # Each file's footer read once, not at every query of a report (uptime at 9.8 M records:
@@ -370,9 +368,7 @@ def frames_polars(capture: str | Path, actions: tuple[str, ...] | None = None) -
     """The same table as a Polars LazyFrame (``payload`` as JSON text)."""
     import polars as pl
 
-    path = Path(capture)
-    if not path.exists():
-        raise captures.CaptureError(f"no capture at {path}")
+    path = captures.local(capture)
     if path.is_dir():
         # archives written before the transaction_event column may sit beside newer files
         lf = pl.scan_parquet(path / "**" / "*.parquet", hive_partitioning=True, missing_columns="insert",
