@@ -1,10 +1,13 @@
-"""The archive on an object store: what the archive agent (``archive.write``, batch by batch)
-and ``twin compact`` do when ``--archive`` is a URL, against a real S3-protocol server
-(moto's, in its own process on 127.0.0.1), through pyarrow's S3 client as in production.
-Reports read a copy on this machine; the copy must be the archive, record for record."""
+"""The archive on an object store: what the archive agent (``twin worker --archive URL``, and
+``archive.write`` batch by batch as it calls it) and ``twin compact`` do when the archive is a
+URL, against a real S3-protocol server (moto's, in its own process on 127.0.0.1), through
+pyarrow's S3 client as in production. Reports read a copy on this machine; the copy must be
+the archive, record for record."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,13 +17,16 @@ from pathlib import Path
 
 import orjson
 import pytest
+from kafka import KafkaProducer
 from pyarrow import fs
 
-from twin import archive, captures
+from twin import archive, captures, envelope
 from twin.analytics.sessions import sessions_duckdb
-from twin.broker import free_port
+from twin.broker import EmbeddedBroker, free_port
 from twin.envelope import Envelope
+from twin.settings import Settings
 
+pytestmark = pytest.mark.integration
 SAMPLE = Path(__file__).parent.parent / "datasets" / "sample"
 
 
@@ -44,15 +50,16 @@ def bucket() -> Iterator[tuple[str, fs.S3FileSystem]]:
         store = fs.S3FileSystem(access_key="twin", secret_key="twin", endpoint_override=f"127.0.0.1:{port}",
                                 scheme="http", region="us-east-1", allow_bucket_creation=True)  # fmt: skip
         store.create_dir("archive")
-        yield f"s3://twin:twin@archive/fleet?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1", store
+        store.create_dir("worker")
+        yield f"s3://twin:twin@{{}}?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1", store
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def copied(store: fs.S3FileSystem, to: Path) -> Path:
+def copied(store: fs.S3FileSystem, to: Path, where: str = "archive/fleet") -> Path:
     """The archive as it is on the store, copied here (``aws s3 sync``'s part)."""
-    fs.copy_files("archive/fleet", str(to), source_filesystem=store, destination_filesystem=fs.LocalFileSystem())
+    fs.copy_files(where, str(to), source_filesystem=store, destination_filesystem=fs.LocalFileSystem())
     return to
 
 
@@ -67,7 +74,7 @@ def test_an_archive_on_an_object_store_takes_batches_again_and_compacts(
     as whole files under ``date=...``, nothing else (no file written aside); ``twin compact``
     on the URL leaves a file a date with every record once; a copy of it reports the sample's
     sessions exactly; compacting again changes nothing."""
-    url, store = bucket
+    url, store = bucket[0].format("archive/fleet"), bucket[1]
     records = list(captures.read(SAMPLE))
     batches = [records[i : i + 5000] for i in range(0, len(records), 5000)]
     for batch in [*batches, batches[1]]:
@@ -84,6 +91,7 @@ def test_an_archive_on_an_object_store_takes_batches_again_and_compacts(
     done = subprocess.run([sys.executable, "-m", "twin", "compact", url, "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     body = orjson.loads(done.stdout)
+    assert body["archive"].startswith("s3://twin:***@archive/fleet?"), "its secret not printed"
     assert [d["date"] for d in body["dates"]] == [d.removeprefix("date=") for d in dates]
     assert {d["result"] for d in body["dates"]} == {"compacted"}
     assert (body["duplicates"], body["records"], body["files_after"]) == (len(batches[1]), len(records), len(dates))
@@ -91,18 +99,52 @@ def test_an_archive_on_an_object_store_takes_batches_again_and_compacts(
     after = copied(store, tmp_path / "after")
     assert sorted(p.parent.name for p in after.rglob("*.parquet")) == dates
     kept = list(captures.read(after, dedupe=False))
-    assert sorted(map(key, kept)) == sorted(map(key, records)) and {key(r): r for r in kept} == {
-        key(r): r for r in records
-    }
+    assert sorted(map(key, kept)) == sorted(map(key, records)), "each record once"
+    assert {key(r): r for r in kept} == {key(r): r for r in records}, "as it was"
     assert sessions_duckdb(after) == sessions_duckdb(SAMPLE)
 
     again = subprocess.run([sys.executable, "-m", "twin", "compact", url, "--json"], capture_output=True, text=True)
     assert {d["result"] for d in orjson.loads(again.stdout)["dates"]} == {"already compact"}
 
 
+def test_the_worker_archives_ocpp_frames_to_an_object_store(
+    broker: EmbeddedBroker, settings: Settings, bucket: tuple[str, fs.S3FileSystem], tmp_path: Path
+) -> None:
+    """``twin worker --archive URL``: every frame on ``ocpp.frames`` lands on the store, as it was."""
+    url, store = bucket[0].format("worker/frames"), bucket[1]
+    records = [r for r in captures.read(SAMPLE) if r["ts"] < "2026-03-02T06"]
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    for record in records:
+        producer.send(settings.topics.frames, key=record["station_id"].encode(), value=envelope.dumps(record))
+    producer.flush()
+    producer.close()
+    env = {**os.environ, "TWIN_TOPIC_PREFIX": settings.topic_prefix, "TWIN_PARTITIONS": str(settings.partitions)}
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "twin", "worker", "-b", broker.bootstrap, "--web-port",
+                                   str(free_port()), "--data-dir", str(tmp_path / "worker"), "--archive", url],
+                                  stdout=out, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    try:
+        deadline, archived = time.monotonic() + 90, {}
+        while len(archived) < len(records) and time.monotonic() < deadline:
+            assert worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+            if store.get_file_info("worker/frames").type == fs.FileType.Directory:
+                copy = copied(store, tmp_path / f"copy-{time.monotonic_ns()}", "worker/frames")
+                archived = {key(r): r for r in captures.read(copy, dedupe=False)}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert archived == {key(r): r for r in records}, log.read_text()[-3000:]
+    assert "archiving ocpp.frames to s3://twin:***@worker/frames" in " ".join(log.read_text().split())
+    assert "twin:twin" not in log.read_text(), "its secret not printed"
+
+
 def test_a_report_on_an_object_store_url_says_to_copy_the_archive_here() -> None:
-    done = subprocess.run([sys.executable, "-m", "twin", "report", "uptime", "--archive", "s3://fleet/archive"],
+    url = "s3://key:hush@fleet/archive?region=eu-west-1&secret_key=hush&session_token=hush"
+    done = subprocess.run([sys.executable, "-m", "twin", "report", "uptime", "--archive", url],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 1
-    said = " ".join(done.stderr.split())  # the console wraps
-    assert "s3://fleet/archive is a URL" in said and "copy it to a directory" in said, said
+    said = "".join(done.stderr.split())  # the console wraps, wherever
+    assert "s3://key:***@fleet/archive?region=eu-west-1&secret_key=***&session_token=***isaURL" in said, said
+    assert "copyittoadirectory" in said and "hush" not in said

@@ -8,6 +8,7 @@ station's records in log order.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,17 @@ class CaptureError(ValueError):
     """The capture cannot be read; the message says why."""
 
 
+def shown(where: str | Path) -> str:
+    """``where`` (a capture or an archive) fit to print: an object-store URL without the
+    secrets it may carry (a password before ``@``, ``secret_key`` and ``session_token`` in
+    the query)."""
+    text = str(where)
+    if "://" not in text:
+        return text
+    text = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", text)
+    return re.sub(r"([?&](?:secret_key|session_token)=)[^&]*", r"\1***", text)
+
+
 def local(capture: str | Path) -> Path:
     """Where ``capture`` is on this machine, or a :class:`CaptureError` that says why it is
     nowhere. The archive agent and ``twin compact`` also write to an object store; reading
@@ -34,7 +46,7 @@ def local(capture: str | Path) -> Path:
     text = str(capture)
     if "://" in text:
         raise CaptureError(
-            f"{text} is a URL; captures are read from a path on this machine (an object-store archive: "
+            f"{shown(text)} is a URL; captures are read from a path on this machine (an object-store archive: "
             "copy it to a directory first, its date=... layout as it is, e.g. with `aws s3 sync`)"
         )
     path = Path(text)

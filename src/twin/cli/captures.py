@@ -103,7 +103,7 @@ def compact(
     Exit status 1 when a date could not be read (it is left as it was)."""
     store, base = archive.location(root)
     if store is None and not Path(base).is_dir():
-        fail(f"no archive directory at {root}")
+        fail(f"no archive directory at {captures.shown(root)}")
     results = []
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("compacting", total=None)
@@ -112,9 +112,9 @@ def compact(
             progress.update(task, description=f"compacted {result['date']}")
     totals = {key: sum(r[key] or 0 for r in results) for key in SUMMED}
     if json_out:
-        print_json({"archive": root, **totals, "dates": results})
+        print_json({"archive": captures.shown(root), **totals, "dates": results})
     else:
-        table = Table(title=f"{root}: {len(results)} dates", caption=(
+        table = Table(title=f"{captures.shown(root)}: {len(results)} dates", caption=(
             f"{totals['files_before']:,} files -> {totals['files_after']:,}, {totals['records']:,} records, "
             f"{totals['duplicates']:,} duplicates dropped, {totals['bytes_before'] / 1e6:,.1f} -> "
             f"{totals['bytes_after'] / 1e6:,.1f} MB"))  # fmt: skip

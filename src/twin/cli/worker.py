@@ -65,7 +65,9 @@ def worker(
     faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to)
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
     if archive_to:
-        err.print(f"worker: archiving ocpp.frames to {archive_to}")
+        from twin.captures import shown
+
+        err.print(f"worker: archiving ocpp.frames to {shown(archive_to)}")
     tune_gc()
     try:
         sys.argv = ["twin-worker"]  # faust's Worker reads the command line
