@@ -5,6 +5,9 @@
 with the envelope's fields (``payload`` as JSON text, ``ts`` as ``timestamp[ms, UTC]``),
 readable as it is by DuckDB, Polars, pyarrow and Spark. Each file is written whole or not at
 all (written aside, then renamed into place); readers drop duplicate ``(conn_id, seq)``.
+``ARCHIVE`` is a directory or an object-store URL pyarrow understands (``s3://``, ``gs://``),
+where an upload appears whole or not at all; twin's readers read a directory, so an archive
+on a store is read from a copy (``aws s3 sync``: the layout is the same).
 
 Within a file, rows are clustered by action, then station (log order within each), and
 declared so (each row group's ``sorting_columns``). A row group holds one action, or several
