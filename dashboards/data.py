@@ -60,6 +60,18 @@ def has_archive() -> bool:
     return version(source().archive)[0] > 0
 
 
+def absent(archive: str, short: bool = False) -> str:
+    """Why there is no archive to show: not written yet, or on an object store (the worker
+    writes there; reports read a copy on this machine)."""
+    from twin.captures import shown
+
+    if "://" in archive:
+        said = f"the archive is on an object store (`{shown(archive)}`), and pages read a directory"
+        return said if short else f"{said[0].upper()}{said[1:]}: copy it here (`aws s3 sync`) and set TWIN_ARCHIVE."
+    said = f"no archive at `{archive}` yet"
+    return said if short else f"No archive at `{archive}` yet: the worker writes one as frames arrive."
+
+
 def version(archive: str) -> tuple[int, float]:
     """Changes when the archive does: its files' count and newest modification time."""
     path = Path(archive)
@@ -192,7 +204,7 @@ def report(kind: str, since: str | None = None, until: str | None = None, rule: 
     if not stamp[0]:  # no archive (yet): see has_archive
         if not block:
             return None
-        st.info(f"No archive at `{archive}` yet: the worker writes one as frames arrive.")
+        st.info(absent(archive))
         st.stop()
     computer = reports()
     key = (kind, archive, since, until, rule)
@@ -311,7 +323,7 @@ def status(live_data: bool = True) -> bool:
     """What the page shows: live twins, the archive, or the archive alone (and why)."""
     src = source()
     summary, problem = live("/v1/fleet/summary") if live_data else (None, None)
-    history = f"history from the archive `{src.archive}`" if has_archive() else f"no archive at `{src.archive}` yet"
+    history = f"history from the archive `{src.archive}`" if has_archive() else absent(src.archive, short=True)
     if not live_data:
         st.caption(history[0].upper() + history[1:] + ".")
     elif summary is not None:

@@ -125,6 +125,17 @@ def test_no_archive_and_no_api_says_so(page: str, tmp_path: Path, monkeypatch: p
     assert any("archive" in text for text in said), said
 
 
+@pytest.mark.parametrize("page", ["energy", "uptime"])
+def test_an_archive_on_an_object_store_is_named_without_its_secret(page: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``twin up --archive s3://...``: the worker writes there; the pages say they read a copy."""
+    monkeypatch.setenv("TWIN_ARCHIVE", "s3://key:hush@fleet/archive?endpoint_override=127.0.0.1:9")
+    monkeypatch.setenv("TWIN_API", f"http://127.0.0.1:{free_port()}")
+    at = run(page)
+    said = [i.value for i in at.info] + [w.value for w in at.warning] + [c.value for c in at.caption]
+    assert any("object store (`s3://key:***@fleet/archive" in text and "copy it here" in text for text in said), said
+    assert not any("hush" in text for text in said), said
+
+
 def test_a_report_a_page_asks_for_overtakes_the_background_queue() -> None:
     """The defaults are queued in the background; a page's ask for one of them (the last,
     sessions) is computed next, ahead of the others, and only once."""

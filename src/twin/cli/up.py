@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from twin import captures
 from twin.broker import BrokerError, port_is_free, wait_for_broker
 from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
 from twin.settings import Settings
@@ -50,7 +51,7 @@ def dashboard(
     shown = archive_path(archive or os.environ.get("TWIN_ARCHIVE"), settings.archive)
     os.environ.update(TWIN_API=settings.api_url, TWIN_ARCHIVE=shown)
     err.print(f"dashboard on [bold]http://{settings.host}:{settings.dashboard_port}[/] "
-              f"(API {settings.api_url}, archive {shown})")  # fmt: skip
+              f"(API {settings.api_url}, archive {captures.shown(shown)})")  # fmt: skip
     argv = streamlit_argv(settings.dashboard_port, settings.host)
     os.execv(argv[0], argv)  # the same process id: whoever started us can stop us
 
@@ -110,7 +111,7 @@ def up(
         "api": f"http://{host}:{settings.web_port}/v1/stations",
         "dashboard": None if no_dashboard else f"http://{host}:{settings.dashboard_port}",
         "broker": target,
-        "archive": settings.archive,
+        "archive": captures.shown(settings.archive),
         "logs": str(data / "logs"),
     }
     try:
