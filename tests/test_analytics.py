@@ -210,8 +210,8 @@ def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> No
 
 def duplicate_free(root: Path) -> list[str] | None:
     """The files ``frames.connect`` reads as they are (no dedupe), or None."""
-    footers = frames._footers(duckdb.connect(), root)
-    return frames._duplicate_free(footers) if footers else None
+    summaries = frames._summaries(duckdb.connect(), root)
+    return frames._duplicate_free(summaries) if summaries else None
 
 
 def test_reports_read_files_as_they_are_only_where_no_record_can_be_twice(tmp_path: Path) -> None:

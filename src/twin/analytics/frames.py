@@ -55,8 +55,8 @@ def connect(
     # 0.22 -> 0.18 s). Archive files are never changed in place: a new file has a new name.
     con.execute("SET parquet_metadata_cache = true")
     con.execute("SET TimeZone = 'UTC'")  # timestamps are formatted as the log's UTC
-    footers = _footers(con, path) if path.is_dir() else None
-    pinned = _duplicate_free(footers) if footers else None
+    summaries = _summaries(con, path) if path.is_dir() else None
+    pinned = _duplicate_free(summaries) if summaries else None
     if pinned is not None:  # these files, whatever comes after: what makes them free of duplicates
         source = f"read_parquet([{sql_list(pinned)}], hive_partitioning = true, union_by_name = true)"
     elif path.is_dir():
@@ -70,9 +70,9 @@ def connect(
     if events:  # only stations' CALLs go through the dedupe (at 9.8 M records: half the keys, energy 3.6 -> 3.3 s)
         conditions.append("msg_type = 2 AND origin = 'cs'")
     filtered = "WHERE " + " AND ".join(conditions) if conditions else ""
-    stored = _stored(con, path, footers)
-    if footers and all(footers.values()):  # the log's first and last ts, for bounds
-        spans = [said["ts"] for said in footers.values() if said and said["ts"][0]]
+    stored = _stored(con, path, summaries)
+    if summaries:  # the log's first and last ts, for bounds
+        spans = [said["ts"] for said in summaries.values() if said["ts"][0]]
         if spans:
             first, last = min(ts[0] for ts in spans), max(ts[1] for ts in spans)
             con.execute("SET VARIABLE twin_ts = ?", [[first.isoformat(), last.isoformat()]])  # text: see bounds
@@ -171,11 +171,12 @@ def _files(archive: Path) -> str:
     return sql_list([f"{archive.as_posix()}/**/*.parquet"])
 
 
-def _footers(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, dict[str, Any] | None] | None:
+def _summaries(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, dict[str, Any]] | None:
     """Each Parquet file of the archive and its writer's summary (``captures.SUMMARY``: whether
     its keys are unique, its first and last station and ``ts``, null when it has no rows, and its
-    derived columns), None for a file written without one; None when there is no file yet. One
-    query, about 10 ms for 14 files (in SQL, JSON and a table: 20 ms)."""
+    derived columns); None when there is no file yet, or a file has none this version can read
+    (what the summaries decide, they decide for every file or not at all). One query, about
+    10 ms for 14 files (in SQL, JSON and a table: 20 ms)."""
     try:
         found = con.execute(f"""
             SELECT g.file, k.value FROM glob({_files(path)}) g LEFT JOIN (
@@ -185,7 +186,13 @@ def _footers(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, dict[str, 
         """).fetchall()  # fmt: skip
     except duckdb.Error:
         return None  # no file yet: the view fails later with DuckDB's own words, as before
-    return {file: _summary(value) for file, value in found} or None
+    summaries = {}
+    for file, value in found:
+        said = _summary(value)
+        if said is None:
+            return None
+        summaries[file] = said
+    return summaries or None
 
 
 def _summary(value: bytes | None) -> dict[str, Any] | None:
@@ -206,13 +213,13 @@ def _summary(value: bytes | None) -> dict[str, Any] | None:
     return said
 
 
-def _duplicate_free(footers: dict[str, dict[str, Any] | None]) -> list[str] | None:
+def _duplicate_free(summaries: dict[str, dict[str, Any]]) -> list[str] | None:
     """The archive's files if no record can be in two rows of them, else None: each file's
     keys are unique, and the files of a date hold disjoint ranges of stations (a record
     written again lands in its own date, with its own station)."""
     dates: dict[str, list[tuple[str, str]]] = {}
-    for file, said in footers.items():
-        if not said or said.get("unique_keys") is not True:
+    for file, said in summaries.items():
+        if said.get("unique_keys") is not True:
             return None
         first, last = said["stations"]
         if first is not None:  # a file without rows holds no station
@@ -221,20 +228,20 @@ def _duplicate_free(footers: dict[str, dict[str, Any] | None]) -> list[str] | No
         ranges.sort()
         if any(before[1] >= after[0] for before, after in itertools.pairwise(ranges)):
             return None
-    return list(footers) or None
+    return list(summaries) or None
 
 
 def _stored(
-    con: duckdb.DuckDBPyConnection, path: Path, footers: dict[str, dict[str, Any] | None] | None
+    con: duckdb.DuckDBPyConnection, path: Path, summaries: dict[str, dict[str, Any]] | None
 ) -> dict[str, str]:
     """Whether the archive's files have each derived column (``transaction_event``,
     ``status_notification``): "all", "none" or "some"."""
     derived = ("transaction_event", "status_notification")
     if not path.is_dir():
         return dict.fromkeys(derived, "all")  # a .jsonl capture goes through archive.table
-    if footers and all(footers.values()):  # from the summaries when every file has one (10 ms less than the schemas)
-        files = len(footers)
-        having = [sum(d in said["derived"] for said in footers.values() if said) for d in derived]
+    if summaries:  # from the summaries when every file has one (10 ms less than the schemas)
+        files = len(summaries)
+        having = [sum(d in said["derived"] for said in summaries.values()) for d in derived]
     else:
         try:
             files, *having = con.execute(f"""

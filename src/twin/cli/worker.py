@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from twin.captures import shown
 from twin.cli.app import Bootstrap, Verbose, app, err, fail
 from twin.cli.gateway import resolve_bootstrap
 from twin.runtime import tune_gc
@@ -65,8 +66,6 @@ def worker(
     faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to)
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
     if archive_to:
-        from twin.captures import shown
-
         err.print(f"worker: archiving ocpp.frames to {shown(archive_to)}")
     tune_gc()
     try:
