@@ -114,7 +114,8 @@ def edges(until_s: float, step_s: float) -> np.ndarray:
     return np.array(out)
 
 
-def _per_period(values: Callable[[int], float], bounds: np.ndarray, step_s: float, how: Callable[..., Any]) -> np.ndarray:
+def _per_period(values: Callable[[int], float], bounds: np.ndarray, step_s: float,
+                how: Callable[..., Any]) -> np.ndarray:  # fmt: skip
     """A per-step series (``values(step)``) over each period: ``how`` of its steps."""
     out = []
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
@@ -125,7 +126,8 @@ def _per_period(values: Callable[[int], float], bounds: np.ndarray, step_s: floa
 
 def _hours(demand: Demand, bounds: np.ndarray) -> np.ndarray:
     """Hours of each period the EV is there (a partial period counts in part)."""
-    return np.clip(np.minimum(bounds[1:], demand.departure_s) - np.maximum(bounds[:-1], demand.arrival_s), 0, None) / 3600
+    there = np.minimum(bounds[1:], demand.departure_s) - np.maximum(bounds[:-1], demand.arrival_s)
+    return np.clip(there, 0, None) / 3600
 
 
 class _Programme:
