@@ -14,6 +14,7 @@ import typer
 from twin import captures
 from twin.broker import BrokerError, port_is_free, wait_for_broker
 from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.cli.broker import Engine
 from twin.settings import Settings
 from twin.stack import Stack, StackError, http_probe, tcp_probe
 
@@ -64,6 +65,10 @@ def up(
     speed: Annotated[str, typer.Option(help="The simulated fleet's speed: simulated seconds per second.")] = "60",
     bootstrap: Bootstrap = None,
     broker_port: Annotated[int | None, typer.Option(help="The embedded broker's port. (default 9092)")] = None,
+    broker_engine: Annotated[
+        Engine, typer.Option("--broker", help="The broker to start: tansu (embedded, in memory) or kafka "
+                             "(Apache Kafka, durable in DATA_DIR/kafka; `make kafka` installs it).")
+    ] = Engine.tansu,  # fmt: skip
     port: Annotated[int | None, typer.Option(help="The gateway's websocket port. (default 9000)")] = None,
     web_port: Annotated[int | None, typer.Option(help="The worker's API port. (default 6066)")] = None,
     dashboard_port: Annotated[int | None, typer.Option(help="The dashboard's port. (default 8501)")] = None,
@@ -117,9 +122,11 @@ def up(
     try:
         with err.status("starting twin") as status:
             if not settings.bootstrap:
-                status.update("starting the embedded broker")
-                stack.start("broker", [*twin, "broker", "--port", str(settings.broker_port)],
-                            tcp_probe(host, settings.broker_port))  # fmt: skip
+                status.update(f"starting the broker ({broker_engine.value})")
+                kafka = broker_engine is Engine.kafka  # a JVM: seconds to start, longer on a busy machine
+                engine = ["--engine", "kafka", "--data-dir", str(data / "kafka")] if kafka else []
+                stack.start("broker", [*twin, "broker", "--port", str(settings.broker_port), *engine],
+                            tcp_probe(host, settings.broker_port), timeout=120 if kafka else 60)  # fmt: skip
             status.update("starting the gateway")
             stack.start("gateway", [*twin, "gateway", "--bootstrap", target, "--port", str(settings.gateway_port)],
                         tcp_probe(host, settings.gateway_port))  # fmt: skip
