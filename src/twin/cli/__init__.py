@@ -5,6 +5,7 @@ from __future__ import annotations
 from twin.cli import (  # noqa: F401  - register the commands
     broker,
     captures,
+    control,
     gateway,
     pki,
     replay,

@@ -184,20 +184,24 @@ class _Programme:
         return None if result.x is None else np.asarray(result.x)
 
 
-def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0) -> Plan:
-    """The plan of the linear programme described in the module's docstring."""
+def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0, uniform: bool = False) -> Plan:
+    """The plan of the linear programme described in the module's docstring; ``uniform``:
+    every period one step, however far (the offline optimum's days)."""
     live = [d for d in demands if d.departure_s > d.arrival_s and (d.max_kw > 0 or d.max_discharge_kw > 0)]
     if not live:
         return Plan.idle(demands)
-    bounds = edges(max(d.departure_s for d in live), step_s)
+    until = max(d.departure_s for d in live)
+    bounds = np.arange(0, until + step_s, step_s) if uniform else edges(until, step_s)
     periods = bounds.size - 1
     width_h = np.diff(bounds) / 3600
     dear = np.zeros(periods)  # 0 in the cheapest period, 1 in the dearest
+    priced = False
     if limits.price is not None and len(limits.price):
         prices = limits.price
         price = _per_period(lambda t: prices[min(t, len(prices) - 1)], bounds, step_s, np.mean)
         if price.max() > price.min():
             dear = (price - price.min()) / (price.max() - price.min())
+            priced = True
     worth = 1.0 - SOONER * (bounds[:-1] + bounds[1:]) / 2 / bounds[-1] - PRICE_WEIGHT * dear
     # a kWh given back costs a kWh delivered now, less what the grid pays for it; no "sooner"
     # term, or charging early to give back late would pay for itself
@@ -220,7 +224,10 @@ def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0) -
         energy = lp.rows([max(d.energy_kwh, 0.0)])  # never more than it asked for
         lp.at_most(np.repeat(energy, there.size), charge, h)
         if d.max_discharge_kw > 0:
-            discharge = lp.variables(give_back[there] * h, np.full(there.size, d.max_discharge_kw))
+            # V2G serves the grid: an EV gives back only where the site is asked to export or
+            # prices pay for it, never to charge another EV behind the same meter
+            serves = (imports[there] < 0) | priced
+            discharge = lp.variables(give_back[there] * h, np.where(serves, d.max_discharge_kw, 0.0))
             site.append((there, discharge, -1.0))
             lp.at_most(np.repeat(energy, there.size), discharge, -h)
             if math.isfinite(d.battery_kwh):  # the battery's floor: given back so far <= battery_kwh
