@@ -60,7 +60,7 @@ def round_robin(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0
     the rest split what is left."""
     room = max(0.0, limits.import_at(0))
     power = {d.key: 0.0 for d in demands}
-    wanting = sorted(((most(d, step_s), d.key) for d in _present(demands)))
+    wanting = sorted((most(d, step_s), d.key) for d in _present(demands))
     while wanting:
         share = room / len(wanting)
         need, key = wanting[0]
