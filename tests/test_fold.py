@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.scenarios import Script
+from twin import ocpp_j
 from twin.fold import apply, fold, folded_actions, new_twin, public
 
 
@@ -123,9 +124,12 @@ def test_a_csms_call_takes_effect_on_its_accepted_answer_only() -> None:
                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 11000, "dischargeLimit": -7000,
                                            "operationMode": "ExternalLimits"}]}]}}  # fmt: skip
     s = Script("CS-P").connect()
-    s.csms("SetChargingProfile", profile, {"status": "Rejected"})
-    assert twin_of(s)["evses"] == {}
+    s.csms("SetChargingProfile", profile, {"status": "Rejected", "statusInfo": {"reasonCode": "NoV2X"}})
+    evse = twin_of(s)["evses"]["1"]
+    assert "profiles" not in evse  # not in force
+    assert evse["profile_status"] | {"at": None} == {"status": "Rejected", "profile_id": 3, "reason": "NoV2X", "at": None}
     s.csms("SetChargingProfile", profile, {"status": "Accepted"})
+    assert twin_of(s)["evses"]["1"]["profile_status"]["status"] == "Accepted"
     p = twin_of(s)["evses"]["1"]["profiles"]["3"]
     assert p | {} == {
         **p,
@@ -282,3 +286,21 @@ def test_the_fold_survives_records_that_are_not_records(junk: list[Any]) -> None
     for item in junk:
         twin = apply(twin, item if isinstance(item, dict) else {"station_id": "CS-J", "value": item})
     assert twin is None or twin["fold_errors"] >= 0
+
+
+def test_a_profile_the_station_never_answered_or_refused_is_the_evses_profile_status() -> None:
+    """The controller plans around an EVSE that does not obey: the twin says why."""
+    profile = {"evseId": 2, "chargingProfile": {"id": 9, "stackLevel": 5, "chargingProfilePurpose": "TxProfile",
+               "chargingProfileKind": "Relative", "chargingSchedule": [{"id": 1, "chargingRateUnit": "W",
+               "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 7000}]}]}}  # fmt: skip
+    s = Script("CS-T").connect()
+    s._frame(ocpp_j.call("t1", "SetChargingProfile", profile), "csms")
+    s.lifecycle("CallTimeout", {"msg_id": "t1", "action": "SetChargingProfile", "timeout_s": 60, "command_id": "c"})
+    twin = twin_of(s)
+    assert twin["evses"]["2"]["profile_status"]["status"] == "Timeout"
+    assert fold(s.records)["CS-T"]["_pending"] == {}  # the call is over
+    s._frame(ocpp_j.call("t2", "SetChargingProfile", profile), "csms")
+    s._frame(ocpp_j.Frame(4, "t2", "SetChargingProfile", {"errorCode": "NotSupported", "errorDescription": "",
+                                                          "errorDetails": {}}), "cs")  # fmt: skip
+    assert twin_of(s)["evses"]["2"]["profile_status"] | {"at": None} == {
+        "status": "Error", "profile_id": 9, "reason": "NotSupported", "at": None}

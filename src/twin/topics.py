@@ -36,6 +36,16 @@ class Topics:
     def alerts(self) -> str:
         return f"{self.prefix}twin.alerts"
 
+    @cached_property
+    def signals(self) -> str:
+        """Grid signals (OpenADR events, an operator's limits), every version received."""
+        return f"{self.prefix}grid.signals"
+
+    @cached_property
+    def plans(self) -> str:
+        """The controller's last plan per site (key: site id), with why: what it decided."""
+        return f"{self.prefix}control.plans"
+
     def specs(self) -> list[TopicSpec]:
         return [
             TopicSpec(self.frames),
@@ -43,4 +53,6 @@ class Topics:
             TopicSpec(self.deadletter),
             TopicSpec(self.state, compacted=True),
             TopicSpec(self.alerts),
+            TopicSpec(self.signals),
+            TopicSpec(self.plans, compacted=True),
         ]

@@ -51,13 +51,43 @@ def _summary(profile: dict[str, Any], ts: str) -> dict[str, Any]:
     }
 
 
+def _profile_status(change: Change, request: dict[str, Any], status: str, reason: Any, ts: str) -> None:
+    """The station's last answer to a SetChargingProfile for this EVSE: whoever plans its
+    power needs to know whether it is obeyed."""
+    change.at("evses", str(request.get("evseId", 0)))["profile_status"] = {
+        "status": status, "profile_id": (request.get("chargingProfile") or {}).get("id"), "reason": reason, "at": ts,
+    }  # fmt: skip
+
+
 @on("SetChargingProfile", "result")
 def profile_set(change: Change, event: Event) -> None:
-    if not event.accepted or event.request is None:
+    if event.request is None:
+        return
+    info = event.payload.get("statusInfo") or {}
+    _profile_status(change, event.request, str(event.payload.get("status")), info.get("reasonCode"), event.ts)
+    if not event.accepted:
         return
     profile = event.request.get("chargingProfile", {})
     evse_id = str(event.request.get("evseId", 0))
     change.at("evses", evse_id, "profiles")[str(profile.get("id"))] = _summary(profile, event.ts)
+
+
+@on("SetChargingProfile", "error")
+def profile_failed(change: Change, event: Event) -> None:
+    if event.request is not None:
+        _profile_status(change, event.request, "Error", event.payload.get("errorCode"), event.ts)
+
+
+@on("CallTimeout", "lifecycle")
+def profile_unanswered(change: Change, event: Event) -> None:
+    """The gateway gave up waiting for the station's answer to a call it sent."""
+    pending = change.twin["_pending"].get(event.payload.get("msg_id"))
+    if pending is None:
+        return
+    change.remove("_pending", event.payload["msg_id"])
+    if pending["action"] == "SetChargingProfile":
+        _profile_status(change, pending["payload"], "Timeout", f"no answer in {event.payload.get('timeout_s')} s",
+                        event.ts)  # fmt: skip
 
 
 @on("ClearChargingProfile", "result")
