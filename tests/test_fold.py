@@ -127,7 +127,8 @@ def test_a_csms_call_takes_effect_on_its_accepted_answer_only() -> None:
     s.csms("SetChargingProfile", profile, {"status": "Rejected", "statusInfo": {"reasonCode": "NoV2X"}})
     evse = twin_of(s)["evses"]["1"]
     assert "profiles" not in evse  # not in force
-    assert evse["profile_status"] | {"at": None} == {"status": "Rejected", "profile_id": 3, "reason": "NoV2X", "at": None}
+    assert evse["profile_status"] | {"at": None} == {"status": "Rejected", "profile_id": 3, "reason": "NoV2X",
+                                                     "at": None}  # fmt: skip
     s.csms("SetChargingProfile", profile, {"status": "Accepted"})
     assert twin_of(s)["evses"]["1"]["profile_status"]["status"] == "Accepted"
     p = twin_of(s)["evses"]["1"]["profiles"]["3"]
