@@ -266,6 +266,11 @@ class KafkaBroker:
             "share.coordinator.state.topic.min.isr": "1",
             # a lone consumer joins at once instead of waiting 3 s for others
             "group.initial.rebalance.delay.ms": "0",
+            # after a crash the restarted broker waits until the controller (itself) has fenced
+            # its dead incarnation, at the session timeout: 9 s by default, 3 s here. Broker and
+            # controller share one process, so the heartbeats cross no network
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
         }
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
