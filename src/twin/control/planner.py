@@ -240,7 +240,7 @@ def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0, u
                 ), strict=True):  # fmt: skip
                     part.append(value)
         if d.min_energy_kwh > EPS_KWH:  # delivered + shortfall >= minimum, the shortfall costly
-            short = lp.variables(np.array([SHORTFALL]), np.array([d.min_energy_kwh]))
+            short = lp.variables(np.array([SHORTFALL]), np.array([np.inf]))
             row = lp.rows([-min(d.min_energy_kwh, d.energy_kwh)])
             lp.at_most(np.repeat(row, there.size + 1), np.concatenate([charge, short]), np.concatenate([-h, [-1.0]]))
             if discharge is not None:
