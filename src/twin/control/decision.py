@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from twin import envelope
-from twin.control.needs import Defaults, Need, plugged
+from twin.control.needs import DEFAULTS, Defaults, Need, plugged
 from twin.control.planner import Limits, adaptive, edges
 from twin.control.profiles import charging_profile, periods, why
 from twin.sites import Site, limit_at, limits_ahead
@@ -27,7 +27,7 @@ class Decision:
 
 def decide(site: Site, twins: Mapping[str, Mapping[str, Any]], signals: Sequence[Mapping[str, Any]],
            inventory: Mapping[str, Mapping[str, Any]], now: datetime, step_s: float = 300.0,
-           defaults: Defaults = Defaults()) -> Decision:  # fmt: skip
+           defaults: Defaults = DEFAULTS) -> Decision:  # fmt: skip
     """Plan the site's plugged-in EVs under the limits in force from ``now`` on. EVSEs that
     do not take profiles are counted at their maximum and planned around."""
     needs = plugged(site, twins, now, inventory, defaults)

@@ -29,6 +29,9 @@ class Defaults:
     """When neither the EV nor the inventory says what an EVSE can give."""
 
 
+DEFAULTS = Defaults()
+
+
 @dataclass(frozen=True, slots=True)
 class Need:
     """One plugged-in EV as the controller plans it."""
@@ -81,7 +84,7 @@ def _requested_wh(needs: Mapping[str, Any]) -> float | None:
 
 
 def plugged(site: Site, twins: Mapping[str, Mapping[str, Any]], now: datetime,
-            inventory: Mapping[str, Mapping[str, Any]], defaults: Defaults = Defaults()) -> list[Need]:  # fmt: skip
+            inventory: Mapping[str, Mapping[str, Any]], defaults: Defaults = DEFAULTS) -> list[Need]:  # fmt: skip
     """Every EV in a running transaction at an online station of the site."""
     out = []
     for station_id in site.stations:

@@ -73,7 +73,8 @@ def why(need: Need, kw: float, others: int, limit_kw: float, binding: bool) -> s
     hours = d.departure_s / 3600
     asked = f"needs {d.energy_kwh:.1f} kWh by {need.departure:%H:%M} ({hours:.1f} h, {need.source})"
     if not need.obeys:
-        return f"{asked}; its EVSE did not take the last profile ({need.profile_status}): counted at its {d.max_kw:g} kW"
+        return (f"{asked}; its EVSE did not take the last profile ({need.profile_status}): counted at its "
+                f"{d.max_kw:g} kW")  # fmt: skip
     if kw < -1e-3:
         return f"{asked}; gives back {-kw:.1f} kW: the site is asked to export (or the price pays for it)"
     if d.energy_kwh <= 1e-3:
