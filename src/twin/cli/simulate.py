@@ -15,7 +15,6 @@ from rich.progress import Progress
 from twin.captures import inventory_path
 from twin.cli.app import Json, app, err, fail, print_json
 from twin.simulator import DEFAULT_START, Rates, inventory, write
-from twin.simulator import simulate as run_simulation
 
 Out = Annotated[
     str | None,
@@ -48,22 +47,50 @@ def simulate(
     faults: Annotated[float, typer.Option(help="Connector faults per station and day.")] = Rates.fault_per_day,
     outages: Annotated[float, typer.Option(help="Connection outages per station and day.")] = Rates.outage_per_day,
     workers: Annotated[int, typer.Option(help="Processes sharing the stations (offline).")] = os.cpu_count() or 1,
+    sessions: Annotated[
+        str | None,
+        typer.Option("--sessions", help="Live: EV arrivals from this CSV (session_id,evse_id,arrival,departure,"
+                                        "energy_kwh,max_kw[,v2g,max_discharge_kw]) instead of drawn from the seed."),
+    ] = None,  # fmt: skip
+    reject_profiles: Annotated[
+        str | None,
+        typer.Option("--reject-profiles", help="Live: these stations (ID,ID,...) reject every SetChargingProfile."),
+    ] = None,
     json_out: Json = False,
 ) -> None:
     """Generate a fleet's OCPP traffic: AC and DC stations in pools along European corridors,
     sessions, V2G, reservations, faults and outages, monitoring, certificates, firmware and
     tariffs, every frame schema-valid and as the gateway would capture it.
 
-    Deterministic for a seed. Offline (--out) it writes as fast as it can; live (--live URL)
-    it connects every station to a CSMS and plays the traffic in real time (or --speed X), with
-    a car arriving at each station within its first twenty simulated minutes.
+    Deterministic for a seed. Offline (--out) it writes as fast as it can.
+
+    Live (--live URL) every station connects to URL/<station id> with its own subprotocol and
+    runs on a simulated clock (now, at --speed simulated seconds a second; 'max' is 3600):
+    BootNotification, a StatusNotification per EVSE, Heartbeats at the interval the CSMS
+    gives. EVs arrive (drawn from the seed, a car at each station's EVSE 1 within twenty
+    simulated minutes; or from --sessions FILE.csv, its times shifted to start a minute
+    after now; an evse_id STATION:N names that EVSE, any other is given the fleet's EVSEs in
+    order). Each session: Authorize, TransactionEvent Started, NotifyEVChargingNeeds on ISO
+    15118 (and, from a file, every OCPP 2.1) EVs with V2X parameters from those that discharge,
+    TransactionEvent Updated every --meter-interval with the energy registers, power and SoC
+    of what the EV actually drew, Ended at departure. The stations obey: an accepted
+    SetChargingProfile (TxProfile or TxDefaultProfile, the highest stack level; limits in W,
+    or A at 230 V x 3 phases on AC and 400 V on DC) caps what the EV draws; CentralSetpoint
+    follows the setpoint, discharging when negative down to a fifth of the battery. V2X on an
+    OCPP 2.0.1 or unidirectional station, an unknown EVSE or a TxProfile for a transaction not
+    running is Rejected (so is everything for --reject-profiles stations); other calls get the
+    smallest valid answer. Dropped connections are retried with backoff. Ctrl-C stops; --json
+    prints a summary (sessions, frames sent, answers, profiles accepted and rejected).
     """
     rates = Rates(meter_interval_s=meter_interval, fault_per_day=faults, outage_per_day=outages)
     if live:
         if inventory_to:
             _inventory(inventory_to, stations, seed, prefix)
-        _live(stations, days, seed, rates, prefix, live, speed, json_out)
+        rejecting = frozenset(x.strip() for x in (reject_profiles or "").split(",") if x.strip())
+        _live(stations, days, seed, rates, prefix, live, speed, json_out, sessions, rejecting)
         return
+    if sessions or reject_profiles:
+        fail("--sessions and --reject-profiles drive a live fleet: add --live URL")
     if not out:
         fail("say where the capture goes: --out capture.jsonl or --out archive-dir/ (or --live URL)")
     path = Path(out)
@@ -96,20 +123,46 @@ def _inventory(capture: str | Path, stations: int, seed: int, prefix: str) -> Pa
 
 
 def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, target: str, speed: str,
-          json_out: bool) -> None:  # fmt: skip
+          json_out: bool, sessions_csv: str | None, rejecting: frozenset[str]) -> None:  # fmt: skip
+    import signal
     from datetime import UTC, datetime
 
-    from replay import Options, Selection, run, scripts
-    from twin.cli.replay import parse_speed, report
+    from twin.cli.replay import parse_speed
+    from twin.simulator import build, live
+    from twin.simulator import sessions as visits_of
 
-    factor = parse_speed(speed)
-    now = datetime.now(UTC).replace(microsecond=0)
-    days_ = run_simulation(stations, days, seed, now.isoformat(), rates, prefix, opening=True)
-    records = [r for day in days_ for r in day]
-    plans = scripts(records, Selection())
-    err.print(f"driving {len(plans)} stations against {target} at speed {speed} (Ctrl-C stops)")
-    total = sum(p.frames for p in plans)
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("frames sent", total=total)
-        results = asyncio.run(run(plans, Options(target, factor), lambda n: progress.update(task, completed=n)))
-    report(results, json_out)
+    if not target.startswith(("ws://", "wss://")):
+        fail(f"--live takes a websocket URL (ws://host:port/path), not {target!r}")
+    factor = parse_speed(speed) or live.SPEED_MAX
+    _, fleet = build(stations, seed, prefix)
+    start = datetime.now(UTC).replace(microsecond=0)
+    if sessions_csv:
+        try:
+            visits = visits_of.from_rows(visits_of.read(sessions_csv), fleet, start)
+        except visits_of.SessionsError as exc:
+            fail(f"{sessions_csv}: {exc}")
+        days = min(days, (max(v.departure for v in visits) + 120 - start.timestamp()) / 86_400)
+    else:
+        visits = [v for s in fleet for v in visits_of.generate(s, seed, start, days, rates)]
+    unknown = sorted(rejecting - {s.station_id for s in fleet})
+    if unknown:
+        err.print(f"[yellow]warning:[/] --reject-profiles names stations not in the fleet: {', '.join(unknown)}")
+    opts = live.Options(target, factor, days, rates.meter_interval_s, rejecting, start=start)
+
+    async def drive() -> live.Summary:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await live.run(fleet, visits_of.by_station(visits), opts, stop)
+
+    err.print(f"driving {len(fleet)} stations ({len(visits)} EV visits planned) against {target} at "
+              f"{factor:g}x, for {days * 24:.3g} simulated hours (Ctrl-C stops)")  # fmt: skip
+    summary = asyncio.run(drive())
+    if json_out:
+        print_json(summary.as_json())
+    else:
+        s = summary
+        err.print(f"{s.stations} stations, {s.sessions} sessions, {s.frames_sent:,} calls sent, "
+                  f"{s.answers_received:,} answers, profiles {s.profiles_accepted} accepted / "
+                  f"{s.profiles_rejected} rejected, {s.errors} errors, {s.reconnects} reconnects")  # fmt: skip

@@ -1,0 +1,554 @@
+"""Stations that obey: the reactive live simulator behind ``twin simulate --live``.
+
+Each station is a websocket client of the CSMS (``URL/<station id>``, its own subprotocol):
+it boots, reports its EVSEs, beats, and plays the visits planned for it
+(``twin.simulator.sessions``) on a simulated clock, ``start + elapsed * speed``. What an EV
+draws comes from ``twin.simulator.ev`` under the charging profiles the station accepted, so
+meter values, SoC and registers show what the CSMS asked for. The station answers every
+CSMS call: SetChargingProfile Accepted, or Rejected for what it cannot do; anything else
+the smallest valid answer.
+
+One CALL outstanding at a time, as OCPP-J allows; a dropped connection is retried with
+backoff, and TransactionEvents due meanwhile go on reconnection with ``offline: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.typing import Subprotocol
+
+from twin import envelope
+from twin.gateway.responder import minimal
+from twin.simulator import ev as physics
+from twin.simulator.ev import EV, FREE, EVState, Profile, Setting
+from twin.simulator.fleet import Station
+from twin.simulator.sessions import Visit
+
+log = logging.getLogger("twin.simulator")
+SPEED_MAX = 3_600.0
+"""``--speed max`` on a clock: an hour a second."""
+WH, W, PERCENT = {"unit": "Wh"}, {"unit": "W"}, {"unit": "Percent"}
+V2X_MODES = ("ChargingOnly", "Idle")  # the operation modes every station can follow
+"""Any other operationMode, a negative setpoint or a dischargeLimit needs a V2X station."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A frame a simulated station sent: a CALL (``Request``) or its answer to the CSMS."""
+
+    station_id: str
+    protocol: str
+    kind: str  # "Request" or "Response"
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class Options:
+    target: str  # ws://host:port/path: the station id is appended
+    speed: float = 1.0  # simulated seconds per real second
+    days: float = 2.0  # the run ends this long (simulated) after the start
+    meter_interval_s: float = 60.0  # simulated seconds between TransactionEvent Updated
+    reject_profiles: frozenset[str] = frozenset()  # stations that turn every profile down
+    call_timeout: float = 30.0  # real seconds for the CSMS to answer a call
+    start: datetime | None = None  # the simulated clock's start; None: now
+    on_sent: Callable[[Sent], None] | None = None
+
+
+@dataclass
+class Summary:
+    stations: int = 0
+    sessions: int = 0
+    sessions_missed: int = 0  # gone before their station could take them (offline, the bay taken)
+    frames_sent: int = 0  # CALLs the stations sent
+    answers_received: int = 0
+    calls_answered: int = 0  # the CSMS's CALLs the stations answered
+    profiles_accepted: int = 0
+    profiles_rejected: int = 0
+    reconnects: int = 0
+    errors: int = 0  # CALLERRORs received and calls the CSMS left unanswered
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 2)}
+
+
+class Clock:
+    def __init__(self, start: float, speed: float) -> None:
+        self.start, self.speed, self.began = start, speed, time.monotonic()
+
+    def now(self) -> float:
+        return self.start + (time.monotonic() - self.began) * self.speed
+
+    async def until(self, t: float) -> None:
+        delay = (t - self.now()) / self.speed
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(seconds, 0.0) / self.speed)
+
+
+def iso(t: float) -> str:
+    return envelope.iso_of_ms(int(t * 1000))
+
+
+@cache
+def _minimal(protocol: str, action: str) -> dict[str, Any]:
+    return minimal(protocol, action)
+
+
+def review(station: Station, request: Mapping[str, Any], running: Mapping[int, str | None],
+           discharging: Mapping[int, bool], refuse: bool = False) -> tuple[str, str | None, str | None]:  # fmt: skip
+    """Whether ``station`` takes a SetChargingProfile: ``(status, reasonCode, why)``.
+    ``running``: each EVSE's transaction id; ``discharging``: whether its EV can give energy
+    back. A station turns down what it cannot do: V2X on OCPP 2.0.1 or a unidirectional
+    station (or for an EV that cannot discharge), an EVSE it does not have, a TxProfile for
+    a transaction it is not running."""
+    if refuse:
+        return "Rejected", "NotSupported", "this station takes no charging profiles"
+    evse = int(request.get("evseId", 0))
+    if not 0 <= evse <= station.evses:
+        return "Rejected", "UnknownEvse", f"the station has EVSEs 1 to {station.evses}"
+    profile = request["chargingProfile"]
+    periods = [p for schedule in profile["chargingSchedule"] for p in schedule["chargingSchedulePeriod"]]
+    v2x = any(p.get("operationMode", "ChargingOnly") not in V2X_MODES or (p.get("setpoint") or 0) < 0
+              or "dischargeLimit" in p for p in periods)  # fmt: skip
+    if v2x and (station.protocol != "ocpp2.1" or not station.bidirectional):
+        return "Rejected", "UnsupportedParam", "V2X needs a bidirectional OCPP 2.1 station"
+    if profile["chargingProfilePurpose"] == "TxProfile":
+        tx = profile.get("transactionId")
+        if evse == 0 or tx is None or running.get(evse) != tx:
+            return "Rejected", "TxNotFound", f"no transaction {tx} on EVSE {evse}"
+        if v2x and not discharging.get(evse):
+            return "Rejected", "UnsupportedParam", "the EV on this EVSE does not discharge"
+    return "Accepted", None, None
+
+
+@dataclass
+class Evse:
+    n: int
+    import_wh: float  # the registers before the session in progress
+    export_wh: float = 0.0
+    status: str = "Available"
+    visit: Visit | None = None
+    ev: EV | None = None
+    state: EVState | None = None
+    setting: Setting = FREE
+    tx_id: str | None = None
+    tx_start: float | None = None
+    seq_no: int = 0
+    last_t: float = 0.0  # the EV's state is worked out up to here
+    reported: str = ""  # the chargingState last sent
+    queued: dict[str, Any] | None = None  # the last periodic TransactionEvent posted
+
+
+@dataclass
+class StationAgent:
+    s: Station
+    visits: list[Visit]
+    opts: Options
+    clock: Clock
+    summary: Summary
+    evses: dict[int, Evse] = field(init=False)
+    profiles: dict[int, Profile] = field(default_factory=dict)  # accepted, by id
+
+    def __post_init__(self) -> None:
+        rng = random.Random(f"registers:{self.s.index}")
+        self.evses = {n: Evse(n, float(rng.randint(100_000, 9_000_000))) for n in range(1, self.s.evses + 1)}
+        self.v21 = self.s.protocol == "ocpp2.1"
+        self.ws: ClientConnection | None = None
+        self.online, self.booted, self.mail = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.outbox: deque[tuple[str, dict[str, Any]]] = deque()
+        self.waiting: dict[str, asyncio.Future[list[Any]]] = {}
+        self.lock = asyncio.Lock()
+        self.msg = 0
+        self.heartbeat_s = 1800.0
+        self.run_id = secrets.token_hex(3)  # transaction ids differ from one run to the next
+        self.tx_count = 0
+
+    async def run(self) -> None:
+        by_evse: dict[int, list[Visit]] = {}
+        for visit in self.visits:
+            by_evse.setdefault(visit.evse, []).append(visit)
+        jobs = [self._connection(), self._sender(), self._heartbeat(),
+                *(self._evse(self.evses[n], by_evse.get(n, [])) for n in self.evses)]  # fmt: skip
+        tasks = [asyncio.create_task(job) for job in jobs]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    # -- the connection -----------------------------------------------------------------------
+    async def _connection(self) -> None:
+        url = self.opts.target.rstrip("/") + "/" + self.s.station_id
+        backoff, connected = 0.5, False
+        while True:
+            try:
+                ws = await asyncio.wait_for(connect(url, subprotocols=[Subprotocol(self.s.protocol)],
+                                                    open_timeout=10, max_size=2**20), 11)  # fmt: skip
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                log.warning("%s cannot connect to %s (%s); again in %.1f s", self.s.station_id, url, exc, backoff)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self.summary.reconnects += connected
+            connected, backoff, self.ws = True, 0.5, ws
+            reader = asyncio.create_task(self._read(ws))
+            try:
+                await self._hello()
+                self.online.set()
+                await reader
+            except ConnectionError:
+                pass
+            finally:
+                self.online.clear()
+                self.ws = None
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 5)
+            log.warning("%s lost its connection; reconnecting", self.s.station_id)
+            await asyncio.sleep(backoff)
+
+    async def _hello(self) -> None:
+        """Boot (once per run: a dropped connection is no reboot), then every EVSE's status."""
+        s = self.s
+        while not self.booted.is_set():
+            station = {"model": s.model, "vendorName": s.vendor, "serialNumber": s.serial,
+                       "firmwareVersion": s.firmware}  # fmt: skip
+            boot = {"reason": "PowerUp", "chargingStation": station}
+            answer = await self._call("BootNotification", boot)
+            if answer is not None and isinstance(answer.get("interval"), int) and answer["interval"] > 0:
+                self.heartbeat_s = float(answer["interval"])
+            if answer is not None and answer.get("status") == "Accepted":
+                self.booted.set()
+            else:
+                await asyncio.sleep(max(0.5, min(self.heartbeat_s / self.clock.speed, 10.0)))
+        for evse in self.evses.values():
+            await self._call("StatusNotification", self._status(evse))
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for text in ws:
+                try:
+                    frame = orjson.loads(text)
+                    kind, msg_id = frame[0], frame[1]
+                except Exception:
+                    log.warning("%s got an unreadable frame: %r", self.s.station_id, str(text)[:80])
+                    continue
+                if kind in (3, 4, 5) and msg_id in self.waiting:
+                    future = self.waiting[msg_id]
+                    if not future.done():
+                        future.set_result(frame)
+                elif kind == 2 and len(frame) >= 4:
+                    action, payload = str(frame[2]), frame[3] if isinstance(frame[3], dict) else {}
+                    answer = self.answer(action, payload)
+                    await ws.send(orjson.dumps([3, msg_id, answer]).decode())
+                    self.summary.calls_answered += 1
+                    self._sent("Response", action, answer)
+        except ConnectionClosed:
+            pass
+        finally:
+            for future in self.waiting.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("connection closed"))
+
+    async def _call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Send a CALL and wait for its answer: the payload of a CALLRESULT, None otherwise.
+        ConnectionError when there is no connection or it drops meanwhile."""
+        async with self.lock:
+            ws = self.ws
+            if ws is None:
+                raise ConnectionError("offline")
+            self.msg += 1
+            msg_id = f"{self.run_id}-{self.msg}"
+            future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            self.waiting[msg_id] = future
+            try:
+                try:
+                    await ws.send(orjson.dumps([2, msg_id, action, payload]).decode())
+                except ConnectionClosed:
+                    raise ConnectionError("connection closed") from None
+                self.summary.frames_sent += 1
+                self._sent("Request", action, payload)
+                try:
+                    answer = await asyncio.wait_for(future, self.opts.call_timeout)
+                except TimeoutError:
+                    self.summary.errors += 1
+                    log.warning("%s: no answer to %s in %g s", self.s.station_id, action, self.opts.call_timeout)
+                    return None
+            finally:
+                self.waiting.pop(msg_id, None)
+            self.summary.answers_received += 1
+            if answer[0] != 3 or not isinstance(answer[2], dict):
+                self.summary.errors += 1
+                log.warning("%s: %s answered with %s", self.s.station_id, action, answer[2:4])
+                return None
+            return answer[2]
+
+    def _sent(self, kind: str, action: str, payload: dict[str, Any]) -> None:
+        if self.opts.on_sent is not None:
+            self.opts.on_sent(Sent(self.s.station_id, self.s.protocol, kind, action, payload))
+
+    def post(self, action: str, payload: dict[str, Any]) -> None:
+        """Queue a CALL. Offline, statuses and heartbeats are dropped (the statuses are sent
+        again on reconnection) and TransactionEvents marked ``offline``."""
+        if not self.online.is_set():
+            if action in ("StatusNotification", "Heartbeat"):
+                return
+            if action == "TransactionEvent":
+                payload["offline"] = True
+        self.outbox.append((action, payload))
+        self.mail.set()
+
+    async def _sender(self) -> None:
+        while True:
+            while not self.outbox:
+                self.mail.clear()
+                await self.mail.wait()
+            await self.online.wait()
+            action, payload = self.outbox[0]
+            try:
+                await self._call(action, payload)
+            except ConnectionError:
+                if action == "TransactionEvent":
+                    payload["offline"] = True
+                    continue  # sent again once reconnected
+            self.outbox.popleft()
+
+    async def _heartbeat(self) -> None:
+        await self.booted.wait()
+        while True:
+            await self.clock.sleep(self.heartbeat_s)
+            if self.online.is_set():
+                self.post("Heartbeat", {})
+
+    # -- the CSMS's calls ---------------------------------------------------------------------
+    def answer(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if action == "SetChargingProfile":
+            return self._set_profile(payload)
+        if action == "ClearChargingProfile":
+            return self._clear_profiles(payload)
+        return _minimal(self.s.protocol, action)
+
+    def _set_profile(self, request: dict[str, Any]) -> dict[str, Any]:
+        now = self._catch_up()
+        running = {n: e.tx_id for n, e in self.evses.items()}
+        discharging = {n: e.ev is not None and e.ev.max_discharge_w > 0 for n, e in self.evses.items()}
+        status, reason, why = review(self.s, request, running, discharging,
+                                     self.s.station_id in self.opts.reject_profiles)  # fmt: skip
+        if status != "Accepted":
+            self.summary.profiles_rejected += 1
+            info = {"reasonCode": reason or "Unspecified", "additionalInfo": why or ""}
+            return {"status": status, "statusInfo": info}
+        new = physics.profile_of(request, now, ac=self.s.kind == "AC")
+        # a profile replaces the one of its id, and the one of its purpose and stack level on its EVSE
+        slot = (new.purpose, new.stack_level, new.evse_id)
+        self.profiles = {i: p for i, p in self.profiles.items()
+                         if i != new.id and (p.purpose, p.stack_level, p.evse_id) != slot}  # fmt: skip
+        self.profiles[new.id] = new
+        self.summary.profiles_accepted += 1
+        return {"status": "Accepted"}
+
+    def _clear_profiles(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._catch_up()
+        pid, criteria = request.get("chargingProfileId"), request.get("chargingProfileCriteria") or {}
+
+        def matches(p: Profile) -> bool:
+            return ((pid is None or p.id == pid) and criteria.get("evseId", p.evse_id) == p.evse_id
+                    and criteria.get("chargingProfilePurpose", p.purpose) == p.purpose
+                    and criteria.get("stackLevel", p.stack_level) == p.stack_level)  # fmt: skip
+
+        kept = {i: p for i, p in self.profiles.items() if not matches(p)}
+        cleared = len(kept) < len(self.profiles)
+        self.profiles = kept
+        return {"status": "Accepted" if cleared else "Unknown"}
+
+    def _catch_up(self) -> float:
+        """Every EV's state worked out to now under the profiles in force so far."""
+        now = self.clock.now()
+        for evse in self.evses.values():
+            self._advance(evse, now)
+        return now
+
+    def _advance(self, e: Evse, t: float) -> None:
+        if e.ev is None or e.state is None or t <= e.last_t:
+            return
+        profiles = self.profiles.values()
+        e.state, e.setting = physics.advance(e.ev, e.state, profiles, e.last_t, t, e.n, e.tx_id, e.tx_start)
+        e.last_t = t
+
+    # -- the EVs ------------------------------------------------------------------------------
+    async def _evse(self, e: Evse, visits: Iterable[Visit]) -> None:
+        await self.booted.wait()
+        for visit in visits:
+            if visit.departure <= self.clock.now():
+                self.summary.sessions_missed += 1
+                continue
+            await self.clock.until(visit.arrival)
+            await self._session(e, visit)
+
+    async def _session(self, e: Evse, visit: Visit) -> None:
+        s, clock = self.s, self.clock
+        t = clock.now()
+        e.status = "Occupied"
+        self.post("StatusNotification", self._status(e, t))
+        seed = zlib.crc32(f"{s.station_id}:{visit.session_id}".encode())
+        token = ({"idToken": f"EMAID{seed:010X}", "type": "eMAID"} if visit.iso15118
+                 else {"idToken": f"04{seed:012X}", "type": "ISO14443"})  # fmt: skip
+        self.post("Authorize", {"idToken": token})
+        bidirectional = s.bidirectional and self.v21
+        e.visit, e.ev = visit, EV(visit.battery_wh, min(visit.max_charge_w, s.max_kw * 1000),
+                                  min(visit.max_discharge_w, s.max_kw * 1000) if bidirectional else 0.0,
+                                  visit.floor_wh)  # fmt: skip
+        e.state = EVState(visit.stored_wh, visit.stored_wh + visit.energy_wh)
+        self.tx_count += 1
+        e.tx_id = f"{s.station_id}-{self.run_id}-T{self.tx_count}"
+        e.tx_start, e.last_t, e.seq_no, e.reported = t, t, 0, "EVConnected"
+        self.summary.sessions += 1
+        started = {"eventType": "Started", "timestamp": iso(t), "triggerReason": "Authorized", "seqNo": 0,
+                   "transactionInfo": {"transactionId": e.tx_id, "chargingState": "EVConnected"}, "idToken": token,
+                   "evse": {"id": e.n, "connectorId": 1}, "meterValue": [self._meter(e, t)]}  # fmt: skip
+        self.post("TransactionEvent", started)
+        if visit.iso15118 or (visit.from_file and self.v21):
+            self.post("NotifyEVChargingNeeds", {"evseId": e.n, "chargingNeeds": self._needs(e, visit)})
+        tick = t
+        while tick < visit.departure:
+            tick = min(tick + self.opts.meter_interval_s, visit.departure)
+            await clock.until(tick)
+            self._advance(e, tick)
+            if tick < visit.departure and not self._waiting(e.queued):
+                e.queued = self._updated(e, max(tick, e.last_t))
+                self.post("TransactionEvent", e.queued)
+        e.seq_no += 1
+        t = max(visit.departure, e.last_t)
+        ended = {"eventType": "Ended", "timestamp": iso(t), "triggerReason": "EVDeparted", "seqNo": e.seq_no,
+                 "transactionInfo": {"transactionId": e.tx_id, "chargingState": "Idle",
+                                     "stoppedReason": "EVDisconnected"},
+                 "evse": {"id": e.n, "connectorId": 1}, "meterValue": [self._meter(e, t, ended=True)]}  # fmt: skip
+        self.post("TransactionEvent", ended)
+        assert e.state is not None
+        e.import_wh += e.state.imported_wh
+        e.export_wh += e.state.exported_wh
+        self.profiles = {i: p for i, p in self.profiles.items() if p.transaction_id != e.tx_id}  # ends with it
+        e.visit = e.ev = e.state = e.tx_id = e.tx_start = None
+        e.setting, e.status = FREE, "Available"
+        self.post("StatusNotification", self._status(e, t + 1))
+
+    def _waiting(self, payload: dict[str, Any] | None) -> bool:
+        """Whether a CALL is still in the outbox. A reading due while the last is unsent is
+        skipped (the next covers its time): when the CSMS answers slower than the stations
+        read their meters, the readings it gets stay current instead of queueing up."""
+        return payload is not None and any(p is payload for _, p in self.outbox)
+
+    def _updated(self, e: Evse, t: float) -> dict[str, Any]:
+        assert e.state is not None
+        e.seq_no += 1
+        state = physics.charging_state(e.state)
+        trigger = "MeterValuePeriodic" if state == e.reported else "ChargingStateChanged"
+        e.reported = state
+        info: dict[str, Any] = {"transactionId": e.tx_id, "chargingState": state}
+        if self.v21 and self.s.bidirectional:
+            info["operationMode"] = e.setting.mode
+        return {"eventType": "Updated", "timestamp": iso(t), "triggerReason": trigger, "seqNo": e.seq_no,
+                "transactionInfo": info, "meterValue": [self._meter(e, t)]}  # fmt: skip
+
+    def _meter(self, e: Evse, t: float, ended: bool = False) -> dict[str, Any]:
+        st = e.state
+        power = 0.0 if st is None or ended else st.power_w
+        imported = e.import_wh + (st.imported_wh if st else 0.0)
+        values: list[dict[str, Any]] = [
+            {"value": round(imported, 1), "measurand": "Energy.Active.Import.Register", "unitOfMeasure": WH},
+            {"value": round(max(power, 0.0), 1), "measurand": "Power.Active.Import", "unitOfMeasure": W},
+        ]
+        if self.s.bidirectional:
+            exported = e.export_wh + (st.exported_wh if st else 0.0)
+            values += [
+                {"value": round(exported, 1), "measurand": "Energy.Active.Export.Register", "unitOfMeasure": WH},
+                {"value": round(max(-power, 0.0), 1), "measurand": "Power.Active.Export", "unitOfMeasure": W},
+            ]
+        if st is not None and e.ev is not None:
+            values.append({"value": round(st.soc(e.ev), 1), "measurand": "SoC", "unitOfMeasure": PERCENT})
+        return {"timestamp": iso(t), "sampledValue": values}
+
+    def _needs(self, e: Evse, visit: Visit) -> dict[str, Any]:
+        """ISO 15118's charging needs: the energy (Wh), the EV's limits and departure; V2X
+        parameters from an EV that can discharge on a station that can take it."""
+        assert e.ev is not None and e.state is not None
+        ev, st, s = e.ev, e.state, self.s
+        v2x = ev.max_discharge_w > 0
+        mode = s.transfer_mode if v2x else ("DC" if s.kind == "DC" else "AC_three_phase")
+        needs: dict[str, Any] = {"requestedEnergyTransfer": mode, "departureTime": iso(visit.departure)}
+        energy = round(st.need_wh)  # integers: OCPP 2.0.1 asks for them (2.1 takes any number)
+        if s.kind == "AC":
+            amps = round(ev.max_charge_w / physics.AC_VOLTS / physics.AC_PHASES)
+            needs["acChargingParameters"] = {"energyAmount": energy, "evMinCurrent": 6, "evMaxCurrent": amps,
+                                             "evMaxVoltage": 400}  # fmt: skip
+        else:
+            needs["dcChargingParameters"] = {
+                "evMaxCurrent": round(ev.max_charge_w / physics.DC_VOLTS), "evMaxVoltage": 500,
+                "evMaxPower": round(ev.max_charge_w), "energyAmount": energy,
+                "stateOfCharge": min(100, max(0, round(st.soc(ev)))), "evEnergyCapacity": round(ev.battery_wh),
+                "fullSoC": 100, "bulkSoC": 80}  # fmt: skip
+        if self.v21:
+            needs["controlMode"] = "DynamicControl" if v2x else "ScheduledControl"
+            if v2x:
+                needs["v2xChargingParameters"] = {
+                    "maxChargePower": ev.max_charge_w, "maxDischargePower": ev.max_discharge_w,
+                    "evMinEnergyRequest": round(energy / 2), "evTargetEnergyRequest": energy,
+                    "evMaxEnergyRequest": round(ev.battery_wh - st.stored_wh),
+                    "targetSoC": round(100 * st.target_wh / ev.battery_wh)}  # fmt: skip
+        return needs
+
+    def _status(self, e: Evse, t: float | None = None) -> dict[str, Any]:
+        return {"timestamp": iso(self.clock.now() if t is None else t), "connectorStatus": e.status,
+                "evseId": e.n, "connectorId": 1}  # fmt: skip
+
+
+async def run(fleet: Iterable[Station], visits: Mapping[str, list[Visit]], opts: Options,
+              stop: asyncio.Event | None = None) -> Summary:  # fmt: skip
+    """Drive the fleet until ``opts.days`` have passed on the simulated clock or ``stop`` is
+    set; every websocket is closed on return. An agent that fails stops the run and its
+    exception is raised."""
+    began = time.monotonic()
+    start = (opts.start or datetime.now(UTC)).timestamp()
+    clock = Clock(start, opts.speed)
+    stations = list(fleet)
+    summary = Summary(stations=len(stations))
+    agents = [StationAgent(s, visits.get(s.station_id, []), opts, clock, summary) for s in stations]
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    ending = [asyncio.create_task(clock.until(start + opts.days * 86_400)),
+              asyncio.create_task((stop or asyncio.Event()).wait())]  # fmt: skip
+    try:
+        await asyncio.wait([*tasks, *ending], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [*tasks, *ending]:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, *ending, return_exceptions=True)
+        summary.seconds = time.monotonic() - began
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    if failed:
+        raise failed[0]
+    return summary
