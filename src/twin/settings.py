@@ -31,6 +31,8 @@ class Settings:
     store: str = "memory"
     """Where the worker keeps its table of twins: "memory" (rebuilt from the changelog at
     start) or "rocksdb" (on disk in the worker's data directory, via rocksdict)."""
+    sites: str = ""
+    """A sites file (JSON list of sites); empty: the sites of the archive's station inventory."""
     spool: str = "twin-data/spool"
     max_frame_bytes: int = 65536
     """Frames larger than this are answered with a FormatViolation and dead-lettered."""

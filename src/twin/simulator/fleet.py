@@ -8,6 +8,7 @@ in six, OCPP 2.0.1 on one in four (never bidirectional: V2G needs 2.1). What is 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
 
@@ -68,12 +69,31 @@ class Pool:
     lon: float
 
 
+SITE_SHARE = 0.6
+"""A pool's grid connection imports at most this share of its stations' rated power (rounded
+up to 5 kW): enough for most hours, binding when every bay charges at once, as operators size
+them; it may export half as much."""
+
+
 def inventory(stations: int, seed: int, prefix: str = "CS") -> list[dict[str, object]]:
-    """The fleet's static data, a row per station with its pool: what an operator keeps
-    outside OCPP (and AFIR's static data), and what per-pool reports and maps need."""
+    """The fleet's static data, a row per station with its pool and its pool's site (the
+    grid connection: ``site_id``, ``ean``, ``import_limit_kw``, ``export_limit_kw``): what an
+    operator keeps outside OCPP (and AFIR's static data), and what per-pool reports, maps and
+    the smart-charging controller need."""
+    from twin.sites import ean_of
+
     pools, fleet = build(stations, seed, prefix)
     by_id = {p.pool_id: p for p in pools}
-    return [{**asdict(s), "pool_name": by_id[s.pool_id].name, "transfer_mode": s.transfer_mode} for s in fleet]
+    rated: dict[str, float] = {}
+    for s in fleet:
+        rated[s.pool_id] = rated.get(s.pool_id, 0.0) + s.max_kw * s.evses
+    sites = {}
+    for number, pool in enumerate(pools, 1):
+        limit = 5 * math.ceil(rated.get(pool.pool_id, 0.0) * SITE_SHARE / 5)
+        sites[pool.pool_id] = {"site_id": f"SITE-{number:04d}", "ean": ean_of(number),
+                               "import_limit_kw": float(limit), "export_limit_kw": float(5 * math.ceil(limit / 10))}
+    return [{**asdict(s), "pool_name": by_id[s.pool_id].name, "transfer_mode": s.transfer_mode, **sites[s.pool_id]}
+            for s in fleet]  # fmt: skip
 
 
 def build(stations: int, seed: int, prefix: str = "CS") -> tuple[list[Pool], list[Station]]:
