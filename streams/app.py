@@ -21,11 +21,13 @@ import faust
 import orjson
 from faust.streams import _current_event
 
+from streams import sites as site_views
 from streams import views
 from streams.continuity import QUIET, Continuity, read_range
 from twin import archive, fold
 from twin.alerts import alerts
 from twin.settings import Settings
+from twin.sites import Site
 
 log = logging.getLogger("twin.worker")
 
@@ -136,10 +138,12 @@ def create_app(
     refold: dict[int, list[dict[str, Any]]] | None = None,
     expect: dict[int, int] | None = None,
     archive_to: str | None = None,
+    sites: list[Site] | None = None,
 ) -> faust.App:
     """The worker; ``refold``: per partition, records to fold again before its first new
     event (see :func:`backlog`); ``expect``: per partition, the first offset it should see
-    (the committed position); ``archive_to``: write ocpp.frames to this Parquet archive too."""
+    (the committed position); ``archive_to``: write ocpp.frames to this Parquet archive too;
+    ``sites``: the grid connections ``/v1/sites`` shows."""
     _quick_fetches()
     refold = dict(refold or {})
     folded = Continuity("fold", bootstrap, settings.topics.frames, expect)
@@ -250,4 +254,5 @@ def create_app(
                 await asyncio.to_thread(archive.write, archive_to, records)
 
     views.register(app, twins, frames, recent)
+    site_views.register(app, twins, settings, bootstrap, sites or [])
     return app

@@ -70,18 +70,22 @@ def recovering(app: faust.App) -> bool:
     return bool(getattr(app, "rebalancing", False) or getattr(app, "in_recovery", False))
 
 
+def peers(app: faust.App) -> list[str]:
+    """The other workers' base URLs, from the group's last assignment."""
+    me = str(app.conf.canonical_url).rstrip("/")
+    try:
+        hosts = app.router.external_topics_metadata()
+    except Exception:
+        return []
+    return sorted({str(host).rstrip("/") for host in hosts} - {me})
+
+
 def register(app: faust.App, twins: Any, frames: Any, recent: dict[str, Any]) -> None:
     def local_rows() -> list[dict[str, Any]]:
         return [row(t) for t in twins.values() if t]
 
     def others() -> list[str]:
-        """The other workers' base URLs, from the group's last assignment."""
-        me = str(app.conf.canonical_url).rstrip("/")
-        try:
-            hosts = app.router.external_topics_metadata()
-        except Exception:
-            return []
-        return sorted({str(host).rstrip("/") for host in hosts} - {me})
+        return peers(app)
 
     async def all_rows(request: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """Every worker's rows (this one's alone with ``?scope=local``), and the workers

@@ -30,6 +30,15 @@ def _severity(ocpp_severity: int | None) -> str:
     return "high" if ocpp_severity <= 2 else "medium" if ocpp_severity <= 5 else "low"
 
 
+def _profile_refused(record: dict[str, Any], p: dict[str, Any]) -> bool:
+    """A charging profile the station refused, failed or never answered: whoever planned
+    its power must plan around it."""
+    kind = record.get("msg_type")
+    if record.get("action") == "CallTimeout":
+        return bool(p.get("action") == "SetChargingProfile")
+    return kind in (4, 5) or (kind == 3 and p.get("status") != "Accepted")
+
+
 def alerts(record: dict[str, Any], before: dict[str, Any] | None, after: dict[str, Any]) -> list[Alert]:
     if after is before or not record.get("valid", True):
         return []
@@ -60,6 +69,12 @@ def alerts(record: dict[str, Any], before: dict[str, Any] | None, after: dict[st
                   cn=cert.get("cn"), not_after=cert.get("not_after"), days_left=days)  # fmt: skip
     elif action == "NotifyDERAlarm" and record.get("msg_type") == 2:
         alert("der", "high", control_type=p.get("controlType"), fault=p.get("gridEventFault"))
+    elif action in ("SetChargingProfile", "CallTimeout") and _profile_refused(record, p):
+        evse = next((k for k, e in after.get("evses", {}).items() if (e.get("profile_status") or {}).get("at") == ts),
+                    None)  # fmt: skip
+        status = (after.get("evses", {}).get(evse) or {}).get("profile_status") or {}
+        alert("smart_charging", "medium", type="ProfileNotApplied", evse_id=evse, status=status.get("status"),
+              reason=status.get("reason"))  # fmt: skip
     elif action == "Disconnected":
         was_online = bool(before and before.get("connection", {}).get("online"))
         if was_online and not after["connection"]["online"]:

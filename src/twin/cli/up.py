@@ -75,16 +75,22 @@ def up(
     archive: Annotated[str | None, typer.Option(help="Where the worker archives the log.")] = None,
     data_dir: Annotated[str, typer.Option(help="Logs, the worker's state and the spool go here.")] = "twin-data",
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Leave the dashboard out.")] = False,
+    no_control: Annotated[bool, typer.Option("--no-control", help="Leave the smart-charging controller out.")] = False,
+    sites: Annotated[str | None, typer.Option("--sites", help="A sites file (JSON list of site_id, ean, "
+                                              "import_limit_kw, export_limit_kw, stations); default: the sites of "
+                                              "the station inventory beside the archive. (env TWIN_SITES)")] = None,
     json_out: Json = False,
 ) -> None:
     """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
-    stream worker with its API and the archive, and the dashboard; --simulate N adds a live
-    fleet driving the gateway. Prints every URL it serves; Ctrl-C stops everything.
+    stream worker with its API and the archive, the smart-charging controller (unless
+    --no-control) and the dashboard; --simulate N adds a live fleet driving the gateway, its
+    stations behind sites whose limits the controller keeps. Prints every URL it serves;
+    Ctrl-C stops everything.
 
     Each process logs to DATA_DIR/logs/NAME.log."""
     settings = Settings.load(
         bootstrap=bootstrap, broker_port=broker_port, gateway_port=port, web_port=web_port,
-        dashboard_port=dashboard_port, archive=archive,
+        dashboard_port=dashboard_port, archive=archive, sites=sites,
     )  # fmt: skip
     host = settings.host
     wanted = {"gateway (--port)": settings.gateway_port, "API (--web-port)": settings.web_port}
@@ -130,10 +136,20 @@ def up(
             status.update("starting the gateway")
             stack.start("gateway", [*twin, "gateway", "--bootstrap", target, "--port", str(settings.gateway_port)],
                         tcp_probe(host, settings.gateway_port))  # fmt: skip
+            if simulate and "://" not in settings.archive:  # the fleet's sites, before the worker reads them
+                from twin.cli.simulate import _inventory
+
+                _inventory(settings.archive, simulate, 1, "CS")
+            sites_flag = ["--sites", settings.sites] if settings.sites else []
             status.update("starting the stream worker")
             stack.start("worker", [*twin, "worker", "--bootstrap", target, "--web-port", str(settings.web_port),
-                                   "--archive", settings.archive, "--data-dir", str(data / "worker")],
+                                   "--archive", settings.archive, "--data-dir", str(data / "worker"), *sites_flag],
                         http_probe(f"http://{host}:{settings.web_port}/v1/fleet/summary"), timeout=120)  # fmt: skip
+            if not no_control:
+                status.update("starting the controller")
+                scale = ["--time-scale", speed] if simulate and speed != "max" else []
+                stack.start("controller", [*twin, "controller", "--bootstrap", target, "--archive", settings.archive,
+                                           *sites_flag, *scale])  # fmt: skip
             if not no_dashboard:
                 status.update("starting the dashboard")
                 stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive)

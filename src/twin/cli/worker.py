@@ -33,6 +33,8 @@ def worker(
         str | None,
         typer.Option(help="The twins table: memory (default) or rocksdb (on disk in --data-dir). (env TWIN_STORE)"),
     ] = None,
+    sites: Annotated[str | None, typer.Option("--sites", help="A sites file for /v1/sites (default: the sites of "
+                                              "the station inventory beside the archive). (env TWIN_SITES)")] = None,
     verbose: Verbose = False,
 ) -> None:
     """Fold ocpp.frames into one twin per station and serve them on http://127.0.0.1:PORT/v1/.
@@ -43,8 +45,10 @@ def worker(
     import faust
 
     from streams.app import backlog, committed, create_app
+    from twin.cli.control import load_sites
 
-    settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive, store=store)
+    settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive, store=store, sites=sites)
+    found, _ = load_sites(settings)
     if settings.store not in ("memory", "rocksdb"):
         fail(f"--store is memory or rocksdb, not {settings.store!r}")
     if settings.store == "rocksdb":
@@ -63,7 +67,7 @@ def worker(
         counts = {p: len(r) for p, r in refold.items()}
         err.print(f"folding again the last records behind the committed position: {counts}")
     archive_to = archive or os.environ.get("TWIN_ARCHIVE")  # only when asked: not the default location
-    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to)
+    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to, found)
     err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
     if archive_to:
         err.print(f"worker: archiving ocpp.frames to {shown(archive_to)}")
