@@ -433,6 +433,54 @@ async def test_a_2_0_1_station_rejects_v2x_sent_to_it_directly() -> None:
     assert not sent.problems()
 
 
+async def test_a_dropped_station_reconnects_without_a_reboot_and_sends_what_it_held() -> None:
+    calls: list[tuple[int, str, dict[str, Any]]] = []  # (connection, action, payload)
+    connections = 0
+
+    async def csms(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        n = connections
+        async for text in ws:
+            frame = orjson.loads(text)
+            if frame[0] != 2:
+                continue
+            calls.append((n, frame[2], frame[3]))
+            answer = respond(frame[2], frame[3], Context("ocpp2.1", 60))
+            await ws.send(orjson.dumps([3, frame[1], answer]).decode())
+            if n == 1 and frame[2] == "TransactionEvent" and frame[3]["eventType"] == "Updated":
+                await ws.close(1011)  # the CSMS drops the station
+                return
+
+    async with serve(csms, "127.0.0.1", 0, subprotocols=["ocpp2.1"]) as server:  # type: ignore[list-item]
+        port = server.sockets[0].getsockname()[1]
+        visits = csv_visits("a,CS-00001:1,2025-06-01T08:00:00Z,2025-06-01T20:00:00Z,40,50,,\n", stations=1)
+        async with simulating(f"ws://127.0.0.1:{port}/ocpp", visits, stations=1) as sent:
+            for _ in range(100):
+                if sum(n == 2 and action == "TransactionEvent" for n, action, _ in calls) >= 3:
+                    break
+                await asyncio.sleep(0.1)
+    again = [(action, payload) for n, action, payload in calls if n == 2]
+    assert again and again[0][0] == "StatusNotification" and "BootNotification" not in [a for a, _ in again]
+    assert any(p.get("offline") for a, p in again if a == "TransactionEvent")  # due while it was away
+    seq = [p["seqNo"] for _, a, p in calls if a == "TransactionEvent"]
+    assert seq == list(range(len(seq)))  # nothing lost, nothing twice
+    assert not sent.problems()
+
+
+def test_clear_charging_profile_removes_what_it_names() -> None:
+    station = build(1, 1)[1][0]
+    agent = live.StationAgent(station, [], live.Options("ws://unused"), live.Clock(T0, 1), live.Summary())
+    cap = profile(7, "TxDefaultProfile", [{"startPeriod": 0, "limit": 5_000}], evse=0)
+    assert agent.answer("SetChargingProfile", cap) == {"status": "Accepted"} and set(agent.profiles) == {7}
+    assert agent.answer("ClearChargingProfile", {"chargingProfileId": 8}) == {"status": "Unknown"}
+    criteria = {"chargingProfileCriteria": {"chargingProfilePurpose": "TxDefaultProfile", "evseId": 0}}
+    assert agent.answer("ClearChargingProfile", criteria) == {"status": "Accepted"} and not agent.profiles
+    assert agent.answer("ClearChargingProfile", {}) == {"status": "Unknown"}
+    for action in ("GetVariables", "TriggerMessage", "RequestStartTransaction"):  # the smallest valid answer
+        assert schemas.problem(station.protocol, action, "Response", agent.answer(action, {})) is None
+
+
 # -- the command --------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ def simulate(
             "--live", help="Drive the fleet against this CSMS (ws://host:port/path) instead of writing a capture."
         ),
     ] = None,  # fmt: skip
-    speed: Annotated[str, typer.Option(help="Live: simulated seconds per real second, or 'max'.")] = "1",
+    speed: Annotated[str, typer.Option(help="Live: simulated seconds per real second, or 'max' (3600).")] = "1",
     inventory_to: Annotated[
         str | None,
         typer.Option("--inventory", help="Live: write the station inventory for this archive directory (or capture)."),
@@ -44,8 +44,8 @@ def simulate(
     meter_interval: Annotated[
         int, typer.Option(help="Seconds between TransactionEvent Updated while charging.")
     ] = 60,  # fmt: skip
-    faults: Annotated[float, typer.Option(help="Connector faults per station and day.")] = Rates.fault_per_day,
-    outages: Annotated[float, typer.Option(help="Connection outages per station and day.")] = Rates.outage_per_day,
+    faults: Annotated[float, typer.Option(help="Offline: connector faults per station-day.")] = Rates.fault_per_day,
+    outages: Annotated[float, typer.Option(help="Offline: connection outages per station-day.")] = Rates.outage_per_day,
     workers: Annotated[int, typer.Option(help="Processes sharing the stations (offline).")] = os.cpu_count() or 1,
     sessions: Annotated[
         str | None,
@@ -58,29 +58,31 @@ def simulate(
     ] = None,
     json_out: Json = False,
 ) -> None:
-    """Generate a fleet's OCPP traffic: AC and DC stations in pools along European corridors,
-    sessions, V2G, reservations, faults and outages, monitoring, certificates, firmware and
-    tariffs, every frame schema-valid and as the gateway would capture it.
+    """Generate a fleet's OCPP traffic: AC and DC stations in pools along European corridors.
 
-    Deterministic for a seed. Offline (--out) it writes as fast as it can.
+    Offline (--out) it writes a capture as fast as it can, deterministic for a seed: sessions,
+    V2G, reservations, faults and outages, monitoring, certificates, firmware and tariffs,
+    every frame schema-valid and as the gateway would capture it.
 
-    Live (--live URL) every station connects to URL/<station id> with its own subprotocol and
-    runs on a simulated clock (now, at --speed simulated seconds a second; 'max' is 3600):
-    BootNotification, a StatusNotification per EVSE, Heartbeats at the interval the CSMS
-    gives. EVs arrive (drawn from the seed, a car at each station's EVSE 1 within twenty
-    simulated minutes; or from --sessions FILE.csv, its times shifted to start a minute
-    after now; an evse_id STATION:N names that EVSE, any other is given the fleet's EVSEs in
-    order). Each session: Authorize, TransactionEvent Started, NotifyEVChargingNeeds on ISO
-    15118 (and, from a file, every OCPP 2.1) EVs with V2X parameters from those that discharge,
-    TransactionEvent Updated every --meter-interval with the energy registers, power and SoC
-    of what the EV actually drew, Ended at departure. The stations obey: an accepted
-    SetChargingProfile (TxProfile or TxDefaultProfile, the highest stack level; limits in W,
-    or A at 230 V x 3 phases on AC and 400 V on DC) caps what the EV draws; CentralSetpoint
-    follows the setpoint, discharging when negative down to a fifth of the battery. V2X on an
-    OCPP 2.0.1 or unidirectional station, an unknown EVSE or a TxProfile for a transaction not
-    running is Rejected (so is everything for --reject-profiles stations); other calls get the
-    smallest valid answer. Dropped connections are retried with backoff. Ctrl-C stops; --json
-    prints a summary (sessions, frames sent, answers, profiles accepted and rejected).
+    Live (--live URL) the stations obey. Each connects to URL/STATION_ID with its own
+    subprotocol, boots, reports its EVSEs and beats, on a simulated clock starting now (at
+    --speed; 'max' is 3600). EVs arrive, drawn from the seed (a car at every station's EVSE 1
+    within twenty simulated minutes), or from --sessions FILE.csv (columns
+    session_id,evse_id,arrival,departure,energy_kwh,max_kw and optionally v2g,max_discharge_kw;
+    times shifted so the first car comes a minute after now; an evse_id STATION:N is that EVSE,
+    any other takes the fleet's next EVSE). Each session: Authorize, TransactionEvent Started,
+    NotifyEVChargingNeeds (ISO 15118 EVs, and every EV from a file on OCPP 2.1; V2X parameters
+    from EVs that discharge), Updated every --meter-interval with the registers, power and SoC
+    of what the EV drew, Ended at departure.
+
+    An accepted SetChargingProfile caps what the EV draws (the TxProfile of its transaction,
+    else a TxDefaultProfile, the highest stack level; A count at 230 V x 3 phases on AC, 400 V
+    on DC); CentralSetpoint follows the setpoint, a negative one discharging down to a fifth
+    of the battery. Rejected: V2X on OCPP 2.0.1 or unidirectional stations, an unknown EVSE,
+    a TxProfile for a transaction not running, anything for --reject-profiles stations. Other
+    calls get the smallest valid answer. Dropped connections are retried with backoff.
+    Ctrl-C stops; --json then prints a summary (sessions, frames sent, answers received,
+    profiles accepted and rejected).
     """
     rates = Rates(meter_interval_s=meter_interval, fault_per_day=faults, outage_per_day=outages)
     if live:
