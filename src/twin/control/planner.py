@@ -272,5 +272,5 @@ def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0, u
         series[there] = x[charge]
         if discharge is not None:
             series[there] -= x[discharge]
-        power[d.key] = [round(float(v), 4) for v in series]
+        power[d.key] = [float(v) for v in series]  # unrounded: rounding up would put the site over its limit
     return Plan(bounds[:-1].tolist(), power)
