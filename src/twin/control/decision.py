@@ -57,7 +57,7 @@ def decide(site: Site, twins: Mapping[str, Mapping[str, Any]], signals: Sequence
         "limit": {"import_kw": in_force.import_kw, "export_kw": in_force.export_kw, "source": in_force.source},
         "fixed_kw": fixed_kw,
         "plan_import_kw": round(sum(max(0.0, r["plan_kw"]) for r in rows), 3),
-        "plan_export_kw": round(-sum(min(0.0, r["plan_kw"]) for r in rows), 3),
+        "plan_export_kw": round(-sum(min(0.0, r["plan_kw"]) for r in rows), 3) + 0.0,
         "evses": rows,
     }
     profiles = [(n.station_id, charging_profile(n, plan, now)) for n in obeying]
@@ -70,7 +70,7 @@ def _row(n: Need, kw: float, schedule: list[tuple[float, float]], reason: str) -
         "station_id": n.station_id, "evse_id": n.evse_id, "transaction_id": n.transaction_id,
         "need_kwh": round(d.energy_kwh, 3), "min_kwh": round(d.min_energy_kwh, 3),
         "departure": envelope.iso_ms(n.departure.timestamp()), "source": n.source,
-        "max_kw": d.max_kw, "max_discharge_kw": d.max_discharge_kw, "plan_kw": round(kw, 3),
+        "max_kw": d.max_kw, "max_discharge_kw": d.max_discharge_kw, "plan_kw": round(kw, 3) + 0.0,
         "schedule": [[int(start), kw] for start, kw in schedule],
         "profile_status": n.profile_status if n.obeys or n.profile_status else None,
         "obeys": n.obeys, "why": reason,

@@ -105,7 +105,7 @@ def _need(station_id: str, evse_id: int, evse: Mapping[str, Any], tx: Mapping[st
           listed: Mapping[str, Any], now: datetime, defaults: Defaults) -> Need:  # fmt: skip
     started = _time(tx.get("started_at")) or now
     needs = evse.get("charging_needs")
-    if needs and (_time(needs.get("received_at")) or started) < started - timedelta(minutes=1):
+    if needs and needs.get("transaction_id") not in (None, tx.get("id")):
         needs = None  # an earlier session's
     moved_kwh = (float(tx.get("import_wh") or 0) - float(tx.get("export_wh") or 0)) / 1000
     rated = listed.get("max_kw")

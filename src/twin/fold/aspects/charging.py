@@ -13,7 +13,9 @@ def needs(change: Change, event: Event) -> None:
     p = event.payload
     n = p.get("chargingNeeds", {})
     requested = n.get("requestedEnergyTransfer")
-    change.at("evses", str(p.get("evseId")))["charging_needs"] = {
+    evse_id = str(p.get("evseId"))
+    tx = change.get("evses", evse_id, "transaction") or {}
+    change.at("evses", evse_id)["charging_needs"] = {
         "requested_energy_transfer": requested,
         "available_energy_transfer": n.get("availableEnergyTransfer"),
         "bidirectional": "BPT" in (requested or ""),
@@ -24,6 +26,7 @@ def needs(change: Change, event: Event) -> None:
         "ac": n.get("acChargingParameters"),
         "dc": n.get("dcChargingParameters"),
         "received_at": event.ts,
+        "transaction_id": tx.get("id") if tx.get("state") in ("started", "updated") else None,
         "status": None,
     }
 
