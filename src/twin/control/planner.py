@@ -11,7 +11,8 @@ arrives next; Lee et al.'s "quick charge" objective in ACN), within:
 - each step's site import limit (a negative one asks the site to export at least that much,
   met as far as the V2G EVs present can) and export limit;
 - each EV's maximum charge and discharge power, and what it asked for;
-- each EV's minimum energy by departure (V2X ``evMinEnergyRequest``), met whenever it can be;
+- each EV's minimum energy by departure (V2X ``evMinEnergyRequest``), met whenever it can be,
+  before anything else: a driver's minimum outranks the grid's request for export;
 - each V2G battery's energy above its floor: discharge never takes more than that.
 
 With a price per step (the grid issue's signals), the objective also saves cost: charging
@@ -42,7 +43,7 @@ SOONER = 0.1
 PRICE_WEIGHT = 0.4
 """What the dearest step's price takes off a kWh's worth (the cheapest: nothing): below the
 worth of energy itself, so prices move energy in time but never withhold it."""
-SHORTFALL = 100.0
+SHORTFALL = 10_000.0
 """The cost of a kWh of an EV's minimum energy not delivered by its departure."""
 EXPORT_SHORTFALL = 1000.0
 """The cost of a kWh the site was asked to export and did not."""
