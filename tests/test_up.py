@@ -37,7 +37,7 @@ def get(url: str, within: float = 60) -> Any:
 async def test_up_serves_every_part_and_stops_them_all(tmp_path: Path) -> None:
     with twin_up(tmp_path) as up:
         pids = up.urls["pids"]
-        assert set(pids) == {"broker", "gateway", "worker", "dashboard"}
+        assert set(pids) == {"broker", "gateway", "worker", "controller", "dashboard"}
         assert all(alive(pid) for pid in pids.values())
         with urllib.request.urlopen(up.urls["dashboard"] + "/_stcore/health", timeout=5) as response:
             assert response.read() == b"ok"
@@ -55,6 +55,7 @@ async def test_up_serves_every_part_and_stops_them_all(tmp_path: Path) -> None:
                 raise AssertionError(f"the twin never appeared: {up.stderr.read_text()[-2000:]}")
         frames = get(f"{up.api}/stations/UP-1/frames?limit=5")["frames"]
         assert [f["action"] for f in frames][-2:] == ["BootNotification", "Connected"]  # newest first
+        assert get(f"{up.api}/sites") == {"sites": []}  # no inventory names a site: the controller idles
     assert (tmp_path / "twin-data" / "logs" / "worker.log").exists()
 
 
