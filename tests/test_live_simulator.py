@@ -76,7 +76,7 @@ def test_a_negative_setpoint_discharges_down_to_the_floor() -> None:
         powers.append(st.power_w)
     assert powers[:2] == [-7_000, -7_000]  # its max discharge, under the setpoint's 10 kW
     assert powers[2] == pytest.approx(-4_000)  # the last 66.7 Wh above the floor, over the minute
-    assert powers[3:] == [0, 0]
+    assert powers[3:] == [0, 0] and str(powers[3]) == "0.0"  # not -0.0
     assert st.stored_wh == pytest.approx(12_000) and st.exported_wh == pytest.approx(300)
     assert st.imported_wh == 0 and charging_state(st) == "SuspendedEVSE"
     limited = Setting(mode="CentralSetpoint", setpoint_w=-10_000, discharge_limit_w=-2_000)
@@ -374,6 +374,9 @@ async def test_a_negative_setpoint_makes_a_v2g_ev_give_energy_back(gateway: Any,
         updates = updates_after(records, "CS-00002", answer)[1:]
         meters = [meter_of(r) for r in updates]
         assert all(m["Power.Active.Export"] == 5_000 and m["Power.Active.Import"] == 0 for m in meters)
+        earlier = [meter_of(r) for r in of_station(records, "CS-00002") if r["action"] == "TransactionEvent"
+                   and r["msg_type"] == 2 and r["seq"] < answer["seq"]]  # fmt: skip
+        assert all(str(m["Power.Active.Export"]) == "0.0" for m in earlier)  # charging: no export, and not -0.0
         exports = [m["Energy.Active.Export.Register"] for m in meters]
         assert exports == sorted(exports) and exports[-1] > exports[0]
         assert all(r["payload"]["transactionInfo"]["operationMode"] == "CentralSetpoint" for r in updates)

@@ -80,7 +80,8 @@ def power(ev: EV, state: EVState, setting: Setting, dt_s: float) -> float:
             if setting.discharge_limit_w is not None:
                 cap = min(cap, abs(setting.discharge_limit_w))
             above_floor = max(0.0, state.stored_wh - ev.floor_wh)
-            return -max(0.0, min(-setting.setpoint_w, cap, above_floor * per_s))
+            w = min(-setting.setpoint_w, cap, above_floor * per_s)
+            return -w if w > 0 else 0.0
         room = max(0.0, ev.battery_wh - state.stored_wh)
         return max(0.0, min(setting.setpoint_w, ev.max_charge_w, limit, room * per_s))
     need = state.need_wh if state.need_wh >= MET_WH else 0.0

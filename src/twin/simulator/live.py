@@ -477,17 +477,17 @@ class StationAgent:
 
     def _meter(self, e: Evse, t: float, ended: bool = False) -> dict[str, Any]:
         st = e.state
-        power = 0.0 if st is None or ended else st.power_w
+        power = 0.0 if st is None or ended else st.power_w  # max(0.0, ...) below: never -0.0
         imported = e.import_wh + (st.imported_wh if st else 0.0)
         values: list[dict[str, Any]] = [
             {"value": round(imported, 1), "measurand": "Energy.Active.Import.Register", "unitOfMeasure": WH},
-            {"value": round(max(power, 0.0), 1), "measurand": "Power.Active.Import", "unitOfMeasure": W},
+            {"value": round(max(0.0, power), 1), "measurand": "Power.Active.Import", "unitOfMeasure": W},
         ]
         if self.s.bidirectional:
             exported = e.export_wh + (st.exported_wh if st else 0.0)
             values += [
                 {"value": round(exported, 1), "measurand": "Energy.Active.Export.Register", "unitOfMeasure": WH},
-                {"value": round(max(-power, 0.0), 1), "measurand": "Power.Active.Export", "unitOfMeasure": W},
+                {"value": round(max(0.0, -power), 1), "measurand": "Power.Active.Export", "unitOfMeasure": W},
             ]
         if st is not None and e.ev is not None:
             values.append({"value": round(st.soc(e.ev), 1), "measurand": "SoC", "unitOfMeasure": PERCENT})
