@@ -214,14 +214,15 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 
 def read(path: str) -> list[SessionRow]:
-    """:func:`parse` of a file; an unreadable file is a :class:`SessionsError` too."""
+    """:func:`parse` of a file; an unreadable file is a :class:`SessionsError` too (its
+    message does not repeat the path: the caller names the file)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             return parse(f.read())
     except OSError as exc:
-        raise SessionsError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise SessionsError(f"cannot read it: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise SessionsError(f"{path} is not UTF-8 text") from None
+        raise SessionsError("not UTF-8 text") from None
 
 
 def by_station(visits: Iterable[Visit]) -> dict[str, list[Visit]]:
