@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from twin.settings import Settings
+
 app = typer.Typer(
     name="twin",
     help="An event-sourced digital twin and analytics pipeline for OCPP 2.1 / 2.0.1 fleets.",
@@ -47,6 +49,19 @@ def setup_logging(verbose: bool = False) -> None:
 def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
+
+
+def reachable(settings: Settings) -> str:
+    """The broker a command talks to (``--bootstrap``, else this machine's), once it answers;
+    else one clear line and exit 1."""
+    from twin.broker import BrokerError, wait_for_broker
+
+    target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
+    try:
+        wait_for_broker(target, timeout=5)
+    except BrokerError as exc:
+        fail(str(exc))
+    return target
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

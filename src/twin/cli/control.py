@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from twin.cli.app import Bootstrap, Json, Verbose, app, err, fail, print_json, setup_logging
+from twin.cli.app import Bootstrap, Json, Verbose, app, err, fail, print_json, reachable, setup_logging
 from twin.settings import Settings
 from twin.sites import Site
 
@@ -203,14 +203,8 @@ def control_explain(
 ) -> None:
     """Print the controller's last plan for SITE: per EVSE what its EV needs and by when, the
     power planned now, and why."""
-    from twin.broker import BrokerError, wait_for_broker
-
     settings = Settings.load(bootstrap=bootstrap)
-    target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
-    try:
-        wait_for_broker(target, timeout=5)
-    except BrokerError as exc:
-        fail(str(exc))
+    target = reachable(settings)
     plan = latest_plan(settings, target, site)
     if plan is None:
         fail(f"no plan for site {site!r} on {settings.topics.plans} (is `twin controller` running, and is "
@@ -273,18 +267,18 @@ def control_limit(
     from datetime import UTC, datetime
 
     from twin import envelope
-    from twin.broker import BrokerError, wait_for_broker
     from twin.sites import EXPORT_LIMIT, IMPORT_LIMIT
 
     if import_kw is None and export_kw is None:
         fail("say which limit: --import-kw and/or --export-kw", code=2)
-    settings = Settings.load(bootstrap=bootstrap)
-    target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
     try:
-        wait_for_broker(target, timeout=5)
-        begins = (datetime.fromisoformat(start.replace("Z", "+00:00")) if start else datetime.now(UTC))
-    except (BrokerError, ValueError) as exc:
-        fail(str(exc))
+        begins = datetime.fromisoformat(start.replace("Z", "+00:00")) if start else datetime.now(UTC)
+    except ValueError as exc:
+        fail(f"--start: {exc}", code=2)
+    if begins.tzinfo is None:
+        begins = begins.replace(tzinfo=UTC)
+    settings = Settings.load(bootstrap=bootstrap)
+    target = reachable(settings)
     import secrets
 
     import orjson

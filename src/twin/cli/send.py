@@ -7,8 +7,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from twin.broker import BrokerError, wait_for_broker
-from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.cli.app import Bootstrap, Json, app, err, fail, print_json, reachable
 from twin.gateway.commands import command, command_problem
 from twin.settings import Settings
 
@@ -36,11 +35,7 @@ def send(
     if problem is not None:
         fail(f"not sent: {problem}")
     settings = Settings.load(bootstrap=bootstrap)
-    target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
-    try:
-        wait_for_broker(target, timeout=5)
-    except BrokerError as exc:
-        fail(str(exc))
+    target = reachable(settings)
     from kafka import KafkaProducer
 
     cmd = command(station, action, body, by)

@@ -14,7 +14,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twin import captures, fold
-from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.cli.app import Bootstrap, Json, app, err, fail, print_json, reachable
 from twin.fold.engine import Record
 from twin.settings import Settings
 
@@ -179,13 +179,8 @@ def differences(station: str, rebuilt: Any, live: Any, path: str = "") -> list[d
 def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
     """Fold ocpp.frames from the beginning to its end as it is now (records still arriving
     while it reads are folded too)."""
-    from twin.broker import BrokerError, wait_for_broker
     from twin.captures import TopicLog
 
-    target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
-    try:
-        wait_for_broker(target, timeout=5)
-    except BrokerError as exc:
-        fail(str(exc))
+    target = reachable(settings)
     log = TopicLog(target, settings.topics.frames)
     return fold_counted(log, f"folding {settings.topics.frames}", total=log.total)
