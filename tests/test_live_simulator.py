@@ -20,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from tests.conftest import has, of_station, read_until, url
 from tests.test_gateway_csms import produce_command
 from twin import schemas
+from twin.control.sessions import SessionsError, parse
 from twin.gateway.commands import command
 from twin.gateway.responder import Context, respond
 from twin.settings import Settings
@@ -180,7 +181,7 @@ def test_a_sessions_file_drives_the_named_evses_and_maps_the_others_in_order() -
         "s4,garage-8,2025-06-01T10:00:00Z,2025-06-01T11:00:00Z,5,7.4,,\n"
         "s5,garage-7,2025-06-01T13:00:00Z,2025-06-01T15:00:00Z,5,11,,\n"
     )  # fmt: skip
-    rows = sessions.parse(text)
+    rows = parse(text)
     assert [r.line for r in rows] == [2, 3, 4, 5, 6] and rows[2].v2g and rows[2].max_discharge_kw == 7
     fleet = build(3, 1)[1]
     start = datetime(2026, 3, 2, 12, tzinfo=UTC)
@@ -211,22 +212,22 @@ def test_a_sessions_file_drives_the_named_evses_and_maps_the_others_in_order() -
 )  # fmt: skip
 def test_a_bad_row_names_its_line(row: str, says: str) -> None:
     good = "s1,e1,2025-06-01T07:00:00Z,2025-06-01T08:00:00Z,5,11,,\n"
-    with pytest.raises(sessions.SessionsError, match=f"^line 3: .*{says}"):
-        sessions.parse(HEADER + good + row + "\n")
+    with pytest.raises(SessionsError, match=f"^line 3: .*{says}"):
+        parse(HEADER + good + row + "\n")
 
 
 def test_a_sessions_file_that_does_not_fit_the_fleet_says_so() -> None:
     fleet = build(2, 1)[1]
     start = datetime(2026, 3, 2, tzinfo=UTC)
-    with pytest.raises(sessions.SessionsError, match="^line 1: the header lacks max_kw"):
-        sessions.parse("session_id,evse_id,arrival,departure,energy_kwh\n")
-    unknown = sessions.parse(HEADER + "s1,CS-00009:1,2025-06-01T07:00:00Z,2025-06-01T08:00:00Z,5,11,,\n")
-    with pytest.raises(sessions.SessionsError, match="^line 2: CS-00009 is not one of the fleet's 2 stations"):
+    with pytest.raises(SessionsError, match="^line 1: the header lacks max_kw"):
+        parse("session_id,evse_id,arrival,departure,energy_kwh\n")
+    unknown = parse(HEADER + "s1,CS-00009:1,2025-06-01T07:00:00Z,2025-06-01T08:00:00Z,5,11,,\n")
+    with pytest.raises(SessionsError, match="^line 2: CS-00009 is not one of the fleet's 2 stations"):
         sessions.from_rows(unknown, fleet, start)
     evses = sum(s.evses for s in fleet)
     many = HEADER + "".join(f"s{i},bay{i},2025-06-01T07:00:00Z,2025-06-01T08:00:00Z,5,11,,\n" for i in range(evses + 1))
-    with pytest.raises(sessions.SessionsError, match=f"^line {evses + 2}: the sessions name more EVSEs"):
-        sessions.from_rows(sessions.parse(many), fleet, start)
+    with pytest.raises(SessionsError, match=f"^line {evses + 2}: the sessions name more EVSEs"):
+        sessions.from_rows(parse(many), fleet, start)
 
 
 def test_the_cli_names_the_bad_line_without_a_traceback(tmp_path: Path) -> None:
@@ -275,7 +276,7 @@ async def simulating(target: str, visits: list[sessions.Visit], stations: int = 
 
 
 def csv_visits(rows: str, stations: int = 5) -> list[sessions.Visit]:
-    return sessions.from_rows(sessions.parse(HEADER + rows), build(stations, 1)[1], datetime.now(UTC))
+    return sessions.from_rows(parse(HEADER + rows), build(stations, 1)[1], datetime.now(UTC))
 
 
 def meter_of(record: dict[str, Any]) -> dict[str, float]:

@@ -139,10 +139,12 @@ def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, targ
     _, fleet = build(stations, seed, prefix)
     start = datetime.now(UTC).replace(microsecond=0)
     if sessions_csv:
+        from twin.control.sessions import SessionsError, read
+
         try:
-            visits = visits_of.from_rows(visits_of.read(sessions_csv), fleet, start)
-        except visits_of.SessionsError as exc:
-            fail(f"{sessions_csv}: {exc}")
+            visits = visits_of.from_rows(read(sessions_csv), fleet, start)
+        except SessionsError as exc:
+            fail(str(exc))
         days = min(days, (max(v.departure for v in visits) + 120 - start.timestamp()) / 86_400)
     else:
         visits = [v for s in fleet for v in visits_of.generate(s, seed, start, days, rates)]

@@ -69,7 +69,7 @@ def _demand(s: Session, t: float, delivered: float, step_s: float) -> Demand:
         energy_kwh=max(0.0, s.energy_kwh - delivered),
         departure_s=s.departure.timestamp() - t,
         max_kw=s.max_kw,
-        max_discharge_kw=s.max_discharge_kw if s.v2g else 0.0,
+        max_discharge_kw=s.discharge_kw,
         arrival_s=max(0.0, arrival - t),
     )
 

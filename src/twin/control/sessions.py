@@ -6,6 +6,8 @@ them; ``twin simulate --live --sessions`` drives simulated EVs with them."""
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,79 +29,96 @@ class Session:
     energy_kwh: float
     max_kw: float
     v2g: bool = False
-    max_discharge_kw: float = 0.0
+    max_discharge_kw: float | None = None
+    """A V2G EV's discharge limit; None: as much as it charges."""
+    line: int = 0
+    """Where it is in its file (for errors about it)."""
+
+    @property
+    def discharge_kw(self) -> float:
+        """What it may give back: 0 unless V2G."""
+        if not self.v2g:
+            return 0.0
+        return self.max_kw if self.max_discharge_kw is None else self.max_discharge_kw
 
 
-def _time(text: str) -> datetime:
-    moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+TRUE, FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f", ""}
 
 
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("", "0", "false", "no", "n"):
-        return False
-    if value in ("1", "true", "yes", "y"):
-        return True
-    raise ValueError(f"{text!r} is not true or false")
-
-
-def read(path: str | Path) -> list[Session]:
-    """Every session of the file, in the file's order; the first bad row raises
-    :class:`SessionsError` with its line number."""
-    where = Path(path)
-    try:
-        handle = where.open(newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise SessionsError(f"{where}: {exc.strerror or exc}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise SessionsError(f"{where} line 1: missing column(s) {', '.join(missing)} "
-                                f"(the columns: {','.join(COLUMNS)}, optionally {','.join(OPTIONAL)})")  # fmt: skip
-        out = []
-        seen: set[str] = set()
-        for row in reader:
-            line = reader.line_num
-            out.append(_session(row, f"{where} line {line}"))
-            if out[-1].session_id in seen:
-                raise SessionsError(f"{where} line {line}: session_id {out[-1].session_id!r} appears twice")
-            seen.add(out[-1].session_id)
+def parse(text: str) -> list[Session]:
+    """The sessions of a CSV's text, in file order; :class:`SessionsError` at the first bad
+    line, naming it (``line N: ...``)."""
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SessionsError(f"line 1: the header lacks {', '.join(missing)} (columns: {','.join(COLUMNS)}, "
+                            f"optionally {','.join(OPTIONAL)})")  # fmt: skip
+    out: list[Session] = []
+    seen: set[str] = set()
+    for record in reader:
+        line = reader.line_num
+        try:
+            session = _session(line, record)
+        except ValueError as exc:
+            raise SessionsError(f"line {line}: {exc}") from None
+        if session.session_id in seen:
+            raise SessionsError(f"line {line}: session_id {session.session_id!r} appears twice")
+        seen.add(session.session_id)
+        out.append(session)
+    if not out:
+        raise SessionsError("no sessions: the file has a header and no rows")
     return out
 
 
-def _session(row: dict[str, str | None], where: str) -> Session:
-    def field(name: str) -> str:
-        value = row.get(name)
-        if value is None or not value.strip():
-            raise SessionsError(f"{where}: {name} is empty")
-        return value.strip()
-
-    values: dict[str, object] = {"session_id": field("session_id"), "evse_id": field("evse_id")}
-    for name, parse in (("arrival", _time), ("departure", _time), ("energy_kwh", float), ("max_kw", float)):
-        try:
-            values[name] = parse(field(name))  # type: ignore[operator]
-        except ValueError as exc:
-            raise SessionsError(f"{where}: {name} {row.get(name)!r} is not {_what(name)} ({exc})") from None
+def read(path: str | Path) -> list[Session]:
+    """:func:`parse` of a file; its errors name the file too."""
+    where = Path(path)
     try:
-        values["v2g"] = _flag(row.get("v2g") or "")
-        values["max_discharge_kw"] = float((row.get("max_discharge_kw") or "0").strip() or 0)
-    except ValueError as exc:
+        return parse(where.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise SessionsError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SessionsError(f"{where}: not UTF-8 text") from None
+    except SessionsError as exc:
         raise SessionsError(f"{where}: {exc}") from None
-    session = Session(**values)  # type: ignore[arg-type]
-    if session.departure <= session.arrival:
-        raise SessionsError(f"{where}: departure {session.departure.isoformat()} is not after arrival")
-    for name in ("energy_kwh", "max_kw", "max_discharge_kw"):
-        if getattr(session, name) < 0:
-            raise SessionsError(f"{where}: {name} is negative")
-    if session.max_kw == 0:
-        raise SessionsError(f"{where}: max_kw is 0: this EV could never charge")
-    return session
 
 
-def _what(name: str) -> str:
-    return "an ISO-8601 time" if name in ("arrival", "departure") else "a number"
+def _session(line: int, r: dict[str, str | None]) -> Session:
+    def text(key: str) -> str:
+        value = (r.get(key) or "").strip()
+        if not value and key in COLUMNS:
+            raise ValueError(f"{key} is empty")
+        return value
+
+    def number(key: str) -> float:
+        raw = text(key)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{key} is not a number: {raw!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{key} must be a number >= 0, not {raw!r}")
+        return value
+
+    arrival, departure = _time(text("arrival"), "arrival"), _time(text("departure"), "departure")
+    if departure <= arrival:
+        raise ValueError(f"departure {text('departure')} is not after arrival {text('arrival')}")
+    max_kw = number("max_kw")
+    if max_kw <= 0:
+        raise ValueError("max_kw must be above 0: this EV could never charge")
+    flag = text("v2g").lower()
+    if flag not in TRUE | FALSE:
+        raise ValueError(f"v2g is true or false, not {flag!r}")
+    return Session(text("session_id"), text("evse_id"), arrival, departure, number("energy_kwh"), max_kw,
+                   flag in TRUE, number("max_discharge_kw") if text("max_discharge_kw") else None, line)  # fmt: skip
+
+
+def _time(value: str, key: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{key} is not an ISO-8601 time: {value!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def synthetic(evses: int = 50, sessions: int = 100, seed: int = 1, day: str = "2026-03-02",
@@ -113,7 +132,7 @@ def synthetic(evses: int = 50, sessions: int = 100, seed: int = 1, day: str = "2
     from datetime import timedelta
 
     rng = random.Random(f"sessions:{seed}")
-    midnight = _time(day)
+    midnight = _time(day, "day")
     free = dict.fromkeys(range(1, evses + 1), midnight)
     out: list[Session] = []
     tries = 0

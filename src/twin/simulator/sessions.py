@@ -1,44 +1,23 @@
-"""Which EVs come to which EVSE, and when: drawn from the seed, or read from a sessions CSV
-(``session_id,evse_id,arrival,departure,energy_kwh,max_kw``, optional
-``v2g,max_discharge_kw``). Pure: the live simulator plays the visits planned here.
+"""Which EVs come to which EVSE, and when: drawn from the seed, or from an operator's
+sessions (read by :mod:`twin.control.sessions`, the one reader of that CSV). Pure: the live
+simulator plays the visits planned here.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from twin.control.sessions import Session, SessionsError
 from twin.simulator.fleet import Station
 from twin.simulator.station import AC_HOURS, DC_HOURS, Rates
 
-COLUMNS = ("session_id", "evse_id", "arrival", "departure", "energy_kwh", "max_kw")
-OPTIONAL = ("v2g", "max_discharge_kw")
 FIRST_ARRIVAL_S = 60.0
 """A sessions file's first car arrives this long (simulated) after the start."""
 FLOOR_SOC = 0.2  # EVs keep a fifth of their battery when they give energy back
-TRUE, FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f", ""}
-
-
-class SessionsError(ValueError):
-    """A sessions file that cannot be read; the message names the line."""
-
-
-@dataclass(frozen=True)
-class SessionRow:
-    line: int
-    session_id: str
-    evse_id: str
-    arrival: datetime
-    departure: datetime
-    energy_kwh: float
-    max_kw: float
-    v2g: bool = False
-    max_discharge_kw: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,63 +42,7 @@ class Visit:
         return FLOOR_SOC * self.battery_wh
 
 
-def parse(text: str) -> list[SessionRow]:
-    """The rows of a sessions CSV, in file order; :class:`SessionsError` at the first bad line."""
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise SessionsError(f"line 1: the header lacks {', '.join(missing)} (columns: {','.join(COLUMNS)})")
-    rows = []
-    for record in reader:
-        line = reader.line_num
-        try:
-            rows.append(_row(line, record))
-        except (ValueError, TypeError) as exc:
-            raise SessionsError(f"line {line}: {exc}") from None
-    if not rows:
-        raise SessionsError("no sessions: the file has a header and no rows")
-    return rows
-
-
-def _row(line: int, r: dict[str, str | None]) -> SessionRow:
-    def text(key: str) -> str:
-        value = (r.get(key) or "").strip()
-        if not value and key in COLUMNS:
-            raise ValueError(f"{key} is empty")
-        return value
-
-    def number(key: str) -> float:
-        raw = text(key)
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"{key} is not a number: {raw!r}") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{key} must be a number >= 0, not {raw!r}")
-        return value
-
-    arrival, departure = _time(text("arrival"), "arrival"), _time(text("departure"), "departure")
-    if departure <= arrival:
-        raise ValueError(f"departure {text('departure')} is not after arrival {text('arrival')}")
-    max_kw = number("max_kw")
-    if max_kw <= 0:
-        raise ValueError("max_kw must be above 0")
-    flag = text("v2g").lower()
-    if flag not in TRUE | FALSE:
-        raise ValueError(f"v2g is true or false, not {flag!r}")
-    return SessionRow(line, text("session_id"), text("evse_id"), arrival, departure, number("energy_kwh"), max_kw,
-                      flag in TRUE, number("max_discharge_kw") if text("max_discharge_kw") else None)  # fmt: skip
-
-
-def _time(value: str, key: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{key} is not an ISO-8601 time: {value!r}") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-def from_rows(rows: Sequence[SessionRow], fleet: Sequence[Station], start: datetime) -> list[Visit]:
+def from_rows(rows: Sequence[Session], fleet: Sequence[Station], start: datetime) -> list[Visit]:
     """The rows as visits to the fleet's EVSEs, shifted so the first car comes
     :data:`FIRST_ARRIVAL_S` after ``start``. ``STATION:N`` names an EVSE of the fleet; any
     other ``evse_id`` takes the fleet's next EVSE (stations in order, their EVSEs in order)
@@ -153,7 +76,7 @@ def from_rows(rows: Sequence[SessionRow], fleet: Sequence[Station], start: datet
         energy = row.energy_kwh * 1000
         battery = max(60_000.0, energy / 0.55)  # room for the energy asked, above 40% at arrival
         v2g = row.v2g and station.bidirectional
-        discharge = (row.max_discharge_kw if row.max_discharge_kw is not None else row.max_kw) * 1000 if v2g else 0.0
+        discharge = row.discharge_kw * 1000 if v2g else 0.0
         visits.append(Visit(row.session_id, station.station_id, evse, (row.arrival + shift).timestamp(),
                             (row.departure + shift).timestamp(), battery, 0.4 * battery, energy, row.max_kw * 1000,
                             discharge, station.iso15118 or v2g, from_file=True))  # fmt: skip
@@ -211,18 +134,6 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
         p *= rng.random()
     return k
-
-
-def read(path: str) -> list[SessionRow]:
-    """:func:`parse` of a file; an unreadable file is a :class:`SessionsError` too (its
-    message does not repeat the path: the caller names the file)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            return parse(f.read())
-    except OSError as exc:
-        raise SessionsError(f"cannot read it: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise SessionsError("not UTF-8 text") from None
 
 
 def by_station(visits: Iterable[Visit]) -> dict[str, list[Visit]]:
