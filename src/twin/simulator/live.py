@@ -33,17 +33,17 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
-from twin import envelope
 from twin.gateway.responder import minimal
 from twin.simulator import ev as physics
-from twin.simulator.ev import EV, FREE, EVState, Profile, Setting
+from twin.simulator import payloads
+from twin.simulator.ev import EV, FREE, EVState, Profile
 from twin.simulator.fleet import Station
+from twin.simulator.payloads import Evse, iso
 from twin.simulator.sessions import Visit
 
 log = logging.getLogger("twin.simulator")
 SPEED_MAX = 3_600.0
 """``--speed max`` on a clock: an hour a second."""
-WH, W, PERCENT = {"unit": "Wh"}, {"unit": "W"}, {"unit": "Percent"}
 V2X_MODES = ("ChargingOnly", "Idle")  # the operation modes every station can follow
 """Any other operationMode, a negative setpoint or a dischargeLimit needs a V2X station."""
 
@@ -105,10 +105,6 @@ class Clock:
         await asyncio.sleep(max(seconds, 0.0) / self.speed)
 
 
-def iso(t: float) -> str:
-    return envelope.iso_of_ms(int(t * 1000))
-
-
 @cache
 def _minimal(protocol: str, action: str) -> dict[str, Any]:
     return minimal(protocol, action)
@@ -139,24 +135,6 @@ def review(station: Station, request: Mapping[str, Any], running: Mapping[int, s
         if v2x and not discharging.get(evse):
             return "Rejected", "UnsupportedParam", "the EV on this EVSE does not discharge"
     return "Accepted", None, None
-
-
-@dataclass
-class Evse:
-    n: int
-    import_wh: float  # the registers before the session in progress
-    export_wh: float = 0.0
-    status: str = "Available"
-    visit: Visit | None = None
-    ev: EV | None = None
-    state: EVState | None = None
-    setting: Setting = FREE
-    tx_id: str | None = None
-    tx_start: float | None = None
-    seq_no: int = 0
-    last_t: float = 0.0  # the EV's state is worked out up to here
-    reported: str = ""  # the chargingState last sent
-    queued: dict[str, Any] | None = None  # the last periodic TransactionEvent posted
 
 
 @dataclass
@@ -247,7 +225,7 @@ class StationAgent:
             else:
                 await asyncio.sleep(max(0.5, min(self.heartbeat_s / self.clock.speed, 10.0)))
         for evse in self.evses.values():
-            await self._call("StatusNotification", self._status(evse))
+            await self._call("StatusNotification", payloads.status(evse, self.clock.now()))
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -414,7 +392,7 @@ class StationAgent:
         s, clock = self.s, self.clock
         t = clock.now()
         e.status = "Occupied"
-        self.post("StatusNotification", self._status(e, t))
+        self.post("StatusNotification", payloads.status(e, t))
         seed = zlib.crc32(f"{s.station_id}:{visit.session_id}".encode())
         token = ({"idToken": f"EMAID{seed:010X}", "type": "eMAID"} if visit.iso15118
                  else {"idToken": f"04{seed:012X}", "type": "ISO14443"})  # fmt: skip
@@ -430,24 +408,25 @@ class StationAgent:
         self.summary.sessions += 1
         started = {"eventType": "Started", "timestamp": iso(t), "triggerReason": "Authorized", "seqNo": 0,
                    "transactionInfo": {"transactionId": e.tx_id, "chargingState": "EVConnected"}, "idToken": token,
-                   "evse": {"id": e.n, "connectorId": 1}, "meterValue": [self._meter(e, t)]}  # fmt: skip
+                   "evse": {"id": e.n, "connectorId": 1}, "meterValue": [payloads.meter(self.s, e, t)]}  # fmt: skip
         self.post("TransactionEvent", started)
         if visit.iso15118 or (visit.from_file and self.v21):
-            self.post("NotifyEVChargingNeeds", {"evseId": e.n, "chargingNeeds": self._needs(e, visit)})
+            self.post("NotifyEVChargingNeeds", {"evseId": e.n, "chargingNeeds": payloads.needs(self.s, e, visit)})
         tick = t
         while tick < visit.departure:
             tick = min(tick + self.opts.meter_interval_s, visit.departure)
             await clock.until(tick)
             self._advance(e, tick)
             if tick < visit.departure and not self._waiting(e.queued):
-                e.queued = self._updated(e, max(tick, e.last_t))
+                e.queued = payloads.updated(self.s, e, max(tick, e.last_t))
                 self.post("TransactionEvent", e.queued)
         e.seq_no += 1
         t = max(visit.departure, e.last_t)
         ended = {"eventType": "Ended", "timestamp": iso(t), "triggerReason": "EVDeparted", "seqNo": e.seq_no,
                  "transactionInfo": {"transactionId": e.tx_id, "chargingState": "Idle",
                                      "stoppedReason": "EVDisconnected"},
-                 "evse": {"id": e.n, "connectorId": 1}, "meterValue": [self._meter(e, t, ended=True)]}  # fmt: skip
+                 "evse": {"id": e.n, "connectorId": 1},
+                 "meterValue": [payloads.meter(self.s, e, t, ended=True)]}  # fmt: skip
         self.post("TransactionEvent", ended)
         assert e.state is not None
         e.import_wh += e.state.imported_wh
@@ -455,77 +434,13 @@ class StationAgent:
         self.profiles = {i: p for i, p in self.profiles.items() if p.transaction_id != e.tx_id}  # ends with it
         e.visit = e.ev = e.state = e.tx_id = e.tx_start = None
         e.setting, e.status = FREE, "Available"
-        self.post("StatusNotification", self._status(e, t + 1))
+        self.post("StatusNotification", payloads.status(e, t + 1))
 
     def _waiting(self, payload: dict[str, Any] | None) -> bool:
         """Whether a CALL is still in the outbox. A reading due while the last is unsent is
         skipped (the next covers its time): when the CSMS answers slower than the stations
         read their meters, the readings it gets stay current instead of queueing up."""
         return payload is not None and any(p is payload for _, p in self.outbox)
-
-    def _updated(self, e: Evse, t: float) -> dict[str, Any]:
-        assert e.state is not None
-        e.seq_no += 1
-        state = physics.charging_state(e.state)
-        trigger = "MeterValuePeriodic" if state == e.reported else "ChargingStateChanged"
-        e.reported = state
-        info: dict[str, Any] = {"transactionId": e.tx_id, "chargingState": state}
-        if self.v21 and self.s.bidirectional:
-            info["operationMode"] = e.setting.mode
-        return {"eventType": "Updated", "timestamp": iso(t), "triggerReason": trigger, "seqNo": e.seq_no,
-                "transactionInfo": info, "meterValue": [self._meter(e, t)]}  # fmt: skip
-
-    def _meter(self, e: Evse, t: float, ended: bool = False) -> dict[str, Any]:
-        st = e.state
-        power = 0.0 if st is None or ended else st.power_w  # max(0.0, ...) below: never -0.0
-        imported = e.import_wh + (st.imported_wh if st else 0.0)
-        values: list[dict[str, Any]] = [
-            {"value": round(imported, 1), "measurand": "Energy.Active.Import.Register", "unitOfMeasure": WH},
-            {"value": round(max(0.0, power), 1), "measurand": "Power.Active.Import", "unitOfMeasure": W},
-        ]
-        if self.s.bidirectional:
-            exported = e.export_wh + (st.exported_wh if st else 0.0)
-            values += [
-                {"value": round(exported, 1), "measurand": "Energy.Active.Export.Register", "unitOfMeasure": WH},
-                {"value": round(max(0.0, -power), 1), "measurand": "Power.Active.Export", "unitOfMeasure": W},
-            ]
-        if st is not None and e.ev is not None:
-            values.append({"value": round(st.soc(e.ev), 1), "measurand": "SoC", "unitOfMeasure": PERCENT})
-        return {"timestamp": iso(t), "sampledValue": values}
-
-    def _needs(self, e: Evse, visit: Visit) -> dict[str, Any]:
-        """ISO 15118's charging needs: the energy (Wh), the EV's limits and departure; V2X
-        parameters from an EV that can discharge on a station that can take it."""
-        assert e.ev is not None and e.state is not None
-        ev, st, s = e.ev, e.state, self.s
-        v2x = ev.max_discharge_w > 0
-        mode = s.transfer_mode if v2x else ("DC" if s.kind == "DC" else "AC_three_phase")
-        needs: dict[str, Any] = {"requestedEnergyTransfer": mode, "departureTime": iso(visit.departure)}
-        energy = round(st.need_wh)  # integers: OCPP 2.0.1 asks for them (2.1 takes any number)
-        if s.kind == "AC":
-            amps = round(ev.max_charge_w / physics.AC_VOLTS / physics.AC_PHASES)
-            needs["acChargingParameters"] = {"energyAmount": energy, "evMinCurrent": 6, "evMaxCurrent": amps,
-                                             "evMaxVoltage": 400}  # fmt: skip
-        else:
-            needs["dcChargingParameters"] = {
-                "evMaxCurrent": round(ev.max_charge_w / physics.DC_VOLTS), "evMaxVoltage": 500,
-                "evMaxPower": round(ev.max_charge_w), "energyAmount": energy,
-                "stateOfCharge": min(100, max(0, round(st.soc(ev)))), "evEnergyCapacity": round(ev.battery_wh),
-                "fullSoC": 100, "bulkSoC": 80}  # fmt: skip
-        if self.v21:
-            needs["controlMode"] = "DynamicControl" if v2x else "ScheduledControl"
-            if v2x:
-                needs["v2xChargingParameters"] = {
-                    "maxChargePower": ev.max_charge_w, "maxDischargePower": ev.max_discharge_w,
-                    "evMinEnergyRequest": round(energy / 2), "evTargetEnergyRequest": energy,
-                    "evMaxEnergyRequest": round(ev.battery_wh - st.stored_wh),
-                    "targetSoC": round(100 * st.target_wh / ev.battery_wh)}  # fmt: skip
-        return needs
-
-    def _status(self, e: Evse, t: float | None = None) -> dict[str, Any]:
-        return {"timestamp": iso(self.clock.now() if t is None else t), "connectorStatus": e.status,
-                "evseId": e.n, "connectorId": 1}  # fmt: skip
-
 
 async def run(fleet: Iterable[Station], visits: Mapping[str, list[Visit]], opts: Options,
               stop: asyncio.Event | None = None) -> Summary:  # fmt: skip
