@@ -12,8 +12,8 @@ from twin import fold, schemas
 from twin.alerts import alerts
 from twin.control.decision import decide
 from twin.control.needs import Defaults, plugged
-from twin.control.profiles import MAX_PERIODS, charging_profile, periods
 from twin.control.planner import Plan
+from twin.control.profiles import MAX_PERIODS, charging_profile, periods
 from twin.sites import IMPORT_LIMIT, Site
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

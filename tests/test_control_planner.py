@@ -192,11 +192,7 @@ def test_uncontrolled_gives_every_ev_its_most_whatever_the_limit() -> None:
 
 # ---------------------------------------------------------------- departure-aware order
 
-INDIFFERENT = pytest.mark.xfail(strict=True, reason=(
-    "planner.adaptive: when both EVs can still be served by their departures the programme is "
-    "indifferent to who charges first, and HiGHS may give the later one the power now"))  # fmt: skip
-ORDERED = [pytest.param("adaptive", marks=INDIFFERENT), pytest.param("offline-lp", marks=INDIFFERENT),
-           "edf", "llf", "round-robin"]  # fmt: skip
+ORDERED = ["adaptive", "offline-lp", "edf", "llf", "round-robin"]
 
 
 @pytest.mark.parametrize("name", ORDERED)
@@ -342,13 +338,6 @@ def test_v2g_meets_export_minimum_and_floor_when_it_can(
     assert _energy(plan, ev, STEP_S) >= need - 1e-5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "planner.adaptive: while the site exports, discharging a V2G EV beyond the request to charge "
-        "another EV sooner pays (the 'sooner' worth exceeds give_back's 1e-3 margin over a later recharge)"
-    ),
-)
 def test_while_the_site_exports_v2g_charges_no_other_ev() -> None:
     """Asked to export 1 kW for a step, the V2G EV gives back just that: discharging more to
     charge the EV beside it cycles energy through its battery for nothing (the module: V2G

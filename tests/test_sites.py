@@ -112,7 +112,8 @@ def test_what_a_site_draws_comes_from_its_online_twins_in_a_transaction() -> Non
             "2": {"transaction": running, "energy": {"power_w": -5000, "direction": "discharging"},
                   "profile_status": {"status": "Accepted"}},
             "0": {"energy": {"power_w": 99_000}}}},  # the station's grid meter: not an EVSE
-        "CS-2": {"connection": {"online": False}, "evses": {"1": {"transaction": running, "energy": {"power_w": 7000}}}},
+        "CS-2": {"connection": {"online": False},
+                 "evses": {"1": {"transaction": running, "energy": {"power_w": 7000}}}},
         "CS-9": {"connection": {"online": True}, "evses": {"1": {"transaction": running, "energy": {"power_w": 7000}}}},
     }  # fmt: skip
     rows = sites.evses(site, twins)

@@ -43,6 +43,9 @@ SOONER = 0.1
 PRICE_WEIGHT = 0.4
 """What the dearest step's price takes off a kWh's worth (the cheapest: nothing): below the
 worth of energy itself, so prices move energy in time but never withhold it."""
+URGENCY = 0.02
+"""At most this much more is a kWh now worth to the EV leaving first than to the one leaving
+last: a tie-break, small beside the worth of energy itself."""
 SHORTFALL = 10_000.0
 """The cost of a kWh of an EV's minimum energy not delivered by its departure."""
 EXPORT_SHORTFALL = 1000.0
@@ -203,7 +206,8 @@ def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0, u
         if price.max() > price.min():
             dear = (price - price.min()) / (price.max() - price.min())
             priced = True
-    worth = 1.0 - SOONER * (bounds[:-1] + bounds[1:]) / 2 / bounds[-1] - PRICE_WEIGHT * dear
+    mid = (bounds[:-1] + bounds[1:]) / 2
+    worth = 1.0 - SOONER * mid / bounds[-1] - PRICE_WEIGHT * dear
     # a kWh given back costs a kWh delivered now, less what the grid pays for it; no "sooner"
     # term, or charging early to give back late would pay for itself
     give_back = 1.0 + 1e-3 - PRICE_WEIGHT * dear
@@ -219,7 +223,10 @@ def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0, u
         if there.size == 0:
             continue
         h = hours[there]
-        charge = lp.variables(-worth[there] * h, np.full(there.size, max(d.max_kw, 0.0)))
+        # the sooner it leaves, the more its kWh now are worth: of two EVs that can both
+        # finish, the one leaving first charges first (EDF's order where it costs nothing)
+        urgency = URGENCY * (1 - mid[there] / bounds[-1]) * (1 - min(d.departure_s, bounds[-1]) / bounds[-1])
+        charge = lp.variables(-(worth[there] + urgency) * h, np.full(there.size, max(d.max_kw, 0.0)))
         site.append((there, charge, 1.0))
         discharge = None
         energy = lp.rows([max(d.energy_kwh, 0.0)])  # never more than it asked for
@@ -263,6 +270,13 @@ def adaptive(demands: Sequence[Demand], limits: Limits, step_s: float = 300.0, u
         lp.at_most(import_rows[there], columns, np.full(there.size, sign))
         keep = bounded[there]
         lp.at_most(export_rows[there[keep]], columns[keep], np.full(int(keep.sum()), -sign))
+    if forced.size and not priced:  # what is given back goes to the grid: no more than it asked for
+        cap_rows = np.full(periods, -1)
+        cap_rows[forced] = lp.rows((-imports[forced]).tolist())
+        for there, columns, sign in site:
+            keep = imports[there] < 0
+            if sign < 0 and keep.any():
+                lp.at_most(cap_rows[there[keep]], columns[keep], np.ones(int(keep.sum())))
 
     x = lp.solve()
     if x is None:
