@@ -1,0 +1,586 @@
+"""Tariffs as data (OCPP 2.1's ``TariffType``), the price in force and a session's cost.
+
+A tariff is exactly the JSON a CSMS sends in SetDefaultTariff, ChangeTransactionTariff or an
+AuthorizeResponse. Everything here is pure: the moment is an argument, never a clock, so the
+fold, the reports, the simulated stations, central cost and the publication feeds agree.
+
+How a tariff is read (OCPP 2.1 part 2, I01-I12, where it leaves a choice, the choice made):
+
+- Each component (``energy``, ``chargingTime``, ``idleTime``, ``fixedFee``,
+  ``reservationTime``, ``reservationFixed``) lists prices with optional conditions; the
+  first price whose conditions all hold applies (as OCPI reads its elements). No price
+  matching: that component costs nothing then.
+- Times of day, days of the week and dates are local time (``tz``, UTC unless given);
+  an ``endTimeOfDay`` before the start wraps past midnight, ``00:00`` ends the day.
+- A condition on something unknown (power or current outside a session, an EVSE kind, a
+  payment brand not given) does not hold.
+- ``validFrom`` in the future: the tariff is not in force yet. Of several tariffs on one
+  EVSE, the one in force has the latest ``validFrom`` not after the moment.
+- A session keeps the tariff it started with until a ChangeTransactionTariff replaces it
+  from that moment on; the cost so far stays.
+- Prices are excluding tax; the ``..._incl_tax`` figures come from the component's
+  ``taxRates`` (``stack`` 0 on the net price, each higher stack on top of the one below)
+  and are None where it gives none. ``minCost``/``maxCost`` bound the total.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+Tariff = Mapping[str, Any]
+COMPONENTS = ("energy", "chargingTime", "idleTime", "fixedFee", "reservationTime", "reservationFixed")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+HORIZON_DAYS = 8
+"""How far ahead :func:`next_change` looks: past a week every calendar condition repeats."""
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+_DATE = re.compile(r"^[12][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+
+
+class TariffError(ValueError):
+    """A tariff that is not valid OCPP 2.1; the message names the field."""
+
+
+# -- tariffs as data ------------------------------------------------------------------------------
+
+
+@cache
+def _validator() -> Any:
+    import fastjsonschema
+
+    from twin.schemas import schema
+
+    request = schema("ocpp2.1", "SetDefaultTariff", "Request")
+    assert request is not None
+    document = {"$schema": request["$schema"], "definitions": request["definitions"],
+                "$ref": "#/definitions/TariffType"}  # fmt: skip
+    return fastjsonschema.compile(document, use_default=False)
+
+
+def check(tariff: Any) -> dict[str, Any]:
+    """``tariff`` if it is a valid ``TariffType`` of OCPP 2.1; else :class:`TariffError` naming
+    the field (``energy.prices[0].conditions.startTimeOfDay: ...``)."""
+    import fastjsonschema
+
+    try:
+        _validator()(tariff)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        said = exc.message.split(" ", 1)[1] if exc.message.startswith("data") else exc.message
+        raise TariffError(f"{_path(exc.path or [])}: {said}") from None
+    for name in COMPONENTS:
+        for i, price in enumerate((tariff.get(name) or {}).get("prices", ())):
+            conditions = price.get("conditions") or {}
+            where = f"{name}.prices[{i}].conditions"
+            for key in ("startTimeOfDay", "endTimeOfDay"):
+                if key in conditions and not _HHMM.match(conditions[key]):
+                    raise TariffError(f"{where}.{key}: {conditions[key]!r} is not a time of day HH:MM (00:00-23:59)")
+            for key in ("validFromDate", "validToDate"):
+                if key in conditions and not _DATE.match(conditions[key]):
+                    raise TariffError(f"{where}.{key}: {conditions[key]!r} is not a date YYYY-MM-DD")
+    for key in ("minCost", "maxCost"):
+        if key in tariff and not {"exclTax", "inclTax"} & set(tariff[key]):
+            raise TariffError(f"{key}: needs exclTax or inclTax")
+    return dict(tariff)
+
+
+def _path(parts: Sequence[Any]) -> str:
+    out = ""
+    for p in parts[1:]:
+        out += f"[{p}]" if isinstance(p, int) or str(p).isdigit() else f".{p}"
+    return out.lstrip(".") or "tariff"
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A tariff file: one ``TariffType`` as JSON, checked; :class:`TariffError` otherwise."""
+    try:
+        value = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise TariffError(f"{path}: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise TariffError(f"{path}: not JSON ({exc})") from None
+    try:
+        return check(value)
+    except TariffError as exc:
+        raise TariffError(f"{path}: {exc}") from None
+
+
+def instant(value: str | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def iso(value: datetime) -> str:
+    utc = value.astimezone(_zone("UTC"))
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def valid_from(tariff: Tariff) -> datetime | None:
+    return instant(tariff["validFrom"]) if tariff.get("validFrom") else None
+
+
+def in_force(tariffs: Iterable[Tariff], at: datetime) -> Tariff | None:
+    """Of the tariffs on one EVSE, the one in force at ``at``: the latest ``validFrom`` not
+    after it (an absent ``validFrom`` ranks below any; of equals, the later listed)."""
+    best: tuple[bool, datetime, int] | None = None
+    chosen: Tariff | None = None
+    for i, tariff in enumerate(tariffs):
+        start = valid_from(tariff)
+        if start is not None and start > at:
+            continue
+        rank = (start is not None, start or at, i)
+        if best is None or rank > best:
+            best, chosen = rank, tariff
+    return chosen
+
+
+# -- the price at a moment ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A session's state at a moment, for the conditions that depend on it. The defaults are
+    a session about to start with nothing known about its power."""
+
+    energy_wh: float = 0.0
+    duration_s: float = 0.0
+    charging_s: float = 0.0
+    idle_s: float = 0.0
+    power_w: float | None = None
+    current_a: float | None = None
+    evse_kind: str | None = None  # "AC" or "DC"
+    payment_brand: str | None = None
+    payment_recognition: str | None = None
+
+
+START = Usage()
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """The prices in force: per kWh, per minute charging, per minute idle, the fixed fee of a
+    session starting now; excluding tax, and including it where the tariff gives tax rates.
+    None: no price of that kind applies."""
+
+    energy_per_kwh: float | None = None
+    time_per_min: float | None = None
+    idle_per_min: float | None = None
+    fixed_fee: float | None = None
+    energy_per_kwh_incl_tax: float | None = None
+    time_per_min_incl_tax: float | None = None
+    idle_per_min_incl_tax: float | None = None
+    fixed_fee_incl_tax: float | None = None
+
+    def as_json(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in ("energy_per_kwh", "time_per_min", "fixed_fee", "idle_per_min"):
+            out[name] = getattr(self, name)
+            if getattr(self, f"{name}_incl_tax") is not None:
+                out[f"{name}_incl_tax"] = getattr(self, f"{name}_incl_tax")
+        return out
+
+
+def tax_factor(rates: Iterable[Mapping[str, Any]] | None) -> float | None:
+    """What a net price is multiplied by to include tax; None when no rates are given."""
+    rates = list(rates or ())
+    if not rates:
+        return None
+    stacks: dict[int, float] = {}
+    for r in rates:
+        stacks[int(r.get("stack", 0))] = stacks.get(int(r.get("stack", 0)), 0.0) + float(r["tax"])
+    factor = 1.0
+    for level in sorted(stacks):
+        factor *= 1 + stacks[level] / 100
+    return factor
+
+
+def _local(at: datetime, tz: str) -> datetime:
+    return at.astimezone(_zone(tz))
+
+
+@cache
+def _zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(tz)
+
+
+def _minutes(hhmm: str) -> int:
+    return int(hhmm[:2]) * 60 + int(hhmm[3:5])
+
+
+def _calendar_ok(c: Mapping[str, Any], local: datetime) -> bool:
+    if "dayOfWeek" in c and DAYS[local.weekday()] not in c["dayOfWeek"]:
+        return False
+    today = local.date().isoformat()
+    if "validFromDate" in c and today < c["validFromDate"]:
+        return False
+    if "validToDate" in c and today >= c["validToDate"]:
+        return False
+    if "startTimeOfDay" in c or "endTimeOfDay" in c:
+        now = local.hour * 60 + local.minute + local.second / 60
+        start = _minutes(c.get("startTimeOfDay", "00:00"))
+        end = _minutes(c.get("endTimeOfDay", "00:00")) or 24 * 60
+        if start < end and not start <= now < end:
+            return False
+        if start >= end and end <= now < start:  # wraps past midnight
+            return False
+    return True
+
+
+def _within(value: float | None, low: float | None, high: float | None) -> bool:
+    """``low`` inclusive, ``high`` exclusive, both read as distances from zero (a negative pair
+    is a discharge range); an unknown value meets no bound."""
+    if low is None and high is None:
+        return True
+    if value is None:
+        return False
+    sign = -1.0 if (low is not None and low < 0) or (high is not None and high < 0) else 1.0
+    v = value * sign
+    eps = 1e-3  # a threshold met at a cut rounded to the microsecond
+    return (low is None or v >= low * sign - eps) and (high is None or v < high * sign - eps)
+
+
+def _conditions_ok(c: Mapping[str, Any], local: datetime, u: Usage) -> bool:
+    if not c:
+        return True
+    if not _calendar_ok(c, local):
+        return False
+    if "evseKind" in c and c["evseKind"] != u.evse_kind:
+        return False
+    return (
+        _within(u.energy_wh, c.get("minEnergy"), c.get("maxEnergy"))
+        and _within(u.duration_s, c.get("minTime"), c.get("maxTime"))
+        and _within(u.charging_s, c.get("minChargingTime"), c.get("maxChargingTime"))
+        and _within(u.idle_s, c.get("minIdleTime"), c.get("maxIdleTime"))
+        and _within(u.power_w, c.get("minPower"), c.get("maxPower"))
+        and _within(u.current_a, c.get("minCurrent"), c.get("maxCurrent"))
+    )
+
+
+def _fixed_ok(c: Mapping[str, Any], local: datetime, u: Usage) -> bool:
+    if not c:
+        return True
+    if not _calendar_ok(c, local) or ("evseKind" in c and c["evseKind"] != u.evse_kind):
+        return False
+    if "paymentBrand" in c and c["paymentBrand"] != u.payment_brand:
+        return False
+    return not ("paymentRecognition" in c and c["paymentRecognition"] != u.payment_recognition)
+
+
+def component_price(tariff: Tariff, name: str, at: datetime, usage: Usage = START,
+                    tz: str = "UTC") -> tuple[float | None, float | None]:  # fmt: skip
+    """The price of one component at ``at``: ``(excl_tax, incl_tax)``; None where none applies."""
+    part = tariff.get(name)
+    if not part:
+        return None, None
+    local = _local(at, tz)
+    fixed = name in ("fixedFee", "reservationFixed")
+    key = "priceFixed" if fixed else "priceKwh" if name == "energy" else "priceMinute"
+    for p in part.get("prices", ()):
+        ok = _fixed_ok if fixed else _conditions_ok
+        if ok(p.get("conditions") or {}, local, usage):
+            net = float(p[key])
+            factor = tax_factor(part.get("taxRates"))
+            return net, None if factor is None else _round(net * factor)
+    return None, None
+
+
+def _round(x: float) -> float:
+    return round(x, 6)
+
+
+def price_at(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage = START,
+             tz: str = "UTC") -> Price | None:  # fmt: skip
+    """The price in force at ``at``: of one tariff, or of the tariffs on an EVSE (the one in
+    force, :func:`in_force`). None when no tariff is in force yet."""
+    tariff = _pick(tariffs, at)
+    if tariff is None:
+        return None
+    energy = component_price(tariff, "energy", at, usage, tz)
+    charging = component_price(tariff, "chargingTime", at, usage, tz)
+    idle = component_price(tariff, "idleTime", at, usage, tz)
+    fixed = component_price(tariff, "fixedFee", at, usage, tz)
+    return Price(energy[0], charging[0], idle[0], fixed[0], energy[1], charging[1], idle[1], fixed[1])
+
+
+def _pick(tariffs: Tariff | Sequence[Tariff], at: datetime) -> Tariff | None:
+    if isinstance(tariffs, Mapping):
+        start = valid_from(tariffs)
+        return None if start is not None and start > at else tariffs
+    return in_force(tariffs, at)
+
+
+def _as_list(tariffs: Tariff | Sequence[Tariff]) -> list[Tariff]:
+    return [tariffs] if isinstance(tariffs, Mapping) else list(tariffs)
+
+
+def boundaries(tariffs: Tariff | Sequence[Tariff], after: datetime, until: datetime,
+               tz: str = "UTC") -> list[datetime]:  # fmt: skip
+    """Every instant in ``(after, until]`` where a calendar condition or a ``validFrom`` may
+    change the price, ascending: local midnights, times of day, dates, validFrom."""
+    zone = _zone(tz)
+    times: set[int] = {0}
+    dates: set[str] = set()
+    out: set[datetime] = set()
+    for tariff in _as_list(tariffs):
+        start = valid_from(tariff)
+        if start is not None:
+            out.add(start)
+        for name in COMPONENTS:
+            for p in (tariff.get(name) or {}).get("prices", ()):
+                c = p.get("conditions") or {}
+                times.update(_minutes(c[k]) for k in ("startTimeOfDay", "endTimeOfDay") if k in c)
+                dates.update(c[k] for k in ("validFromDate", "validToDate") if k in c)
+    day = _local(after, tz).date()
+    last = _local(until, tz).date()
+    while day <= last:
+        for m in times:
+            out.add(datetime.combine(day, time(m // 60, m % 60), zone))
+        day += timedelta(days=1)
+    for d in dates:
+        out.add(datetime.combine(date.fromisoformat(d), time(0), zone))
+    return sorted(t for t in out if after < t <= until)
+
+
+def next_change(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage = START, tz: str = "UTC",
+                horizon_days: int = HORIZON_DAYS) -> tuple[datetime, Price | None] | None:  # fmt: skip
+    """When the price in force next changes after ``at`` (calendar conditions and validFrom;
+    a session's own progress is not foreseen), and to what; None within the horizon."""
+    now = price_at(tariffs, at, usage, tz)
+    for t in boundaries(tariffs, at, at + timedelta(days=horizon_days), tz):
+        then = price_at(tariffs, t, usage, tz)
+        if then != now:
+            return t, then
+    return None
+
+
+def quote(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage = START,
+          tz: str = "UTC") -> dict[str, Any] | None:  # fmt: skip
+    """The twin's view of an EVSE's tariffs at ``at``: the tariff in force (or, none being in
+    force yet, the next one), its price now and the next change."""
+    listed = _as_list(tariffs)
+    if not listed:
+        return None
+    tariff = _pick(listed, at)
+    shown = tariff
+    if shown is None:  # every tariff still to come: show the first of them
+        shown = min(listed, key=lambda t: valid_from(t) or at)
+    price = price_at(listed, at, usage, tz)
+    change = next_change(listed, at, usage, tz)
+    upcoming = _pick(listed, change[0]) if change else None
+    return {
+        "tariff_id": shown.get("tariffId"),
+        "currency": shown.get("currency"),
+        "valid_from": shown.get("validFrom"),
+        "in_force": tariff is not None,
+        "price_now": price.as_json() if price else None,
+        "next_change_at": iso(change[0]) if change else None,
+        "price_next": change[1].as_json() if change and change[1] else None,
+        "next_tariff_id": upcoming.get("tariffId") if upcoming is not None and upcoming is not tariff else None,
+    }
+
+
+# -- a session's cost ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A reading of a session: when, the energy moved since its start (Wh), the power then."""
+
+    at: datetime
+    energy_wh: float
+    power_w: float | None = None
+
+
+@dataclass(slots=True)
+class Cost:
+    """A session's cost by component (excluding tax; including it where the tariff says), its
+    usage, and the total after ``minCost``/``maxCost``."""
+
+    currency: str | None = None
+    tariff_id: str | None = None
+    energy_wh: float = 0.0
+    duration_s: float = 0.0
+    charging_s: float = 0.0
+    idle_s: float = 0.0
+    parts: dict[str, list[float | None]] = field(default_factory=dict)  # component -> [excl, incl]
+    total_excl_tax: float = 0.0
+    total_incl_tax: float | None = None
+    type_of_cost: str = "NormalCost"
+
+    def add(self, name: str, excl: float, incl: float | None) -> None:
+        part = self.parts.setdefault(name, [0.0, 0.0])
+        part[0] = (part[0] or 0.0) + excl
+        part[1] = None if incl is None or part[1] is None else part[1] + incl
+
+    def cost_details(self) -> dict[str, Any]:
+        """As OCPP 2.1's ``CostDetailsType`` (TransactionEvent.costDetails)."""
+        total: dict[str, Any] = {"currency": self.currency or "EUR", "typeOfCost": self.type_of_cost,
+                                 "total": _price_type(self.total_excl_tax, self.total_incl_tax)}  # fmt: skip
+        names = {"fixedFee": "fixed", "energy": "energy", "chargingTime": "chargingTime", "idleTime": "idleTime",
+                 "reservationTime": "reservationTime", "reservationFixed": "reservationFixed"}  # fmt: skip
+        for name, (excl, incl) in self.parts.items():
+            total[names[name]] = _price_type(excl or 0.0, incl)
+        return {"totalCost": total, "totalUsage": {"energy": round(self.energy_wh, 3),
+                                                   "chargingTime": int(self.charging_s),
+                                                   "idleTime": int(self.idle_s)}}  # fmt: skip
+
+
+def _price_type(excl: float, incl: float | None) -> dict[str, float]:
+    out = {"exclTax": round(excl, 4)}
+    if incl is not None:
+        out["inclTax"] = round(incl, 4)
+    return out
+
+
+TariffTimeline = Sequence[tuple[datetime | None, Tariff]]
+"""A session's tariffs: each from its moment on (the first from the session's start)."""
+
+
+def _tariff_then(timeline: TariffTimeline, at: datetime) -> Tariff:
+    current = timeline[0][1]
+    for since, tariff in timeline:
+        if since is None or since <= at:
+            current = tariff
+    return current
+
+
+def session_cost(tariff: Tariff | TariffTimeline, start: datetime, samples: Sequence[Sample],
+                 end: datetime | None = None, usage: Usage = START, tz: str = "UTC",
+                 reservation_s: float | None = None) -> Cost:  # fmt: skip
+    """The cost of a session from its start, its readings (energy since the start, rising) and
+    its end (default: the last reading). Between two readings the energy flows evenly; a
+    stretch where it rises is charging time, one where it does not is idle. Each stretch is
+    cut where the price may change and priced by the price in force at its start, given the
+    session so far. ``tariff``: one tariff, or a timeline of them (a mid-session change)."""
+    timeline: TariffTimeline = [(None, tariff)] if isinstance(tariff, Mapping) else list(tariff)
+    if not timeline:
+        raise ValueError("no tariff")
+    first = _tariff_then(timeline, start)
+    cost = Cost(currency=first.get("currency"), tariff_id=first.get("tariffId"))
+    state = replace(usage, energy_wh=0.0, duration_s=0.0, charging_s=0.0, idle_s=0.0)
+    fixed = component_price(first, "fixedFee", start, state, tz)
+    if fixed[0] is not None:
+        cost.add("fixedFee", fixed[0], fixed[1])
+    if reservation_s is not None:
+        r_fixed = component_price(first, "reservationFixed", start, state, tz)
+        if r_fixed[0] is not None:
+            cost.add("reservationFixed", r_fixed[0], r_fixed[1])
+        r_time = component_price(first, "reservationTime", start, state, tz)
+        if r_time[0] is not None:
+            cost.add("reservationTime", r_time[0] * reservation_s / 60,
+                     None if r_time[1] is None else r_time[1] * reservation_s / 60)  # fmt: skip
+    points = [Sample(start, 0.0)] + sorted((s for s in samples if s.at >= start), key=lambda s: s.at)
+    stop = end or points[-1].at
+    if points[-1].at < stop:
+        points.append(Sample(stop, points[-1].energy_wh, 0.0))
+    changes = [since for since, _ in timeline if since is not None]
+    limits = _thresholds(t for _, t in timeline)
+    for a, b in zip(points, points[1:], strict=False):
+        span = (b.at - a.at).total_seconds()
+        if span <= 0:
+            continue
+        moved = max(0.0, b.energy_wh - a.energy_wh)
+        charging = moved > 0
+        cuts = {*boundaries([t for _, t in timeline], a.at, b.at, tz), *(c for c in changes if a.at < c < b.at),
+                *_crossings(limits, state, a.at, b.at, charging, moved / span)}
+        edges = [a.at, *sorted(c for c in cuts if c < b.at), b.at]
+        for p, q in zip(edges, edges[1:], strict=False):
+            share = (q - p).total_seconds() / span
+            seconds, wh = span * share, moved * share
+            power = b.power_w if b.power_w is not None else wh / seconds * 3600
+            state = replace(state, power_w=power)
+            tariff_now = _tariff_then(timeline, p)
+            if charging:
+                _charge(cost, tariff_now, "energy", p, state, tz, wh / 1000)
+                _charge(cost, tariff_now, "chargingTime", p, state, tz, seconds / 60)
+            else:
+                _charge(cost, tariff_now, "idleTime", p, state, tz, seconds / 60)
+            state = replace(state, energy_wh=state.energy_wh + wh, duration_s=state.duration_s + seconds,
+                            charging_s=state.charging_s + (seconds if charging else 0.0),
+                            idle_s=state.idle_s + (0.0 if charging else seconds))  # fmt: skip
+    cost.energy_wh, cost.duration_s = state.energy_wh, state.duration_s
+    cost.charging_s, cost.idle_s = state.charging_s, state.idle_s
+    _total(cost, _tariff_then(timeline, stop))
+    return cost
+
+
+_PROGRESS = {"minTime": "duration_s", "maxTime": "duration_s", "minChargingTime": "charging_s",
+             "maxChargingTime": "charging_s", "minIdleTime": "idle_s", "maxIdleTime": "idle_s",
+             "minEnergy": "energy_wh", "maxEnergy": "energy_wh"}  # fmt: skip
+
+
+def _thresholds(tariffs: Iterable[Tariff]) -> dict[str, set[float]]:
+    """The values a session's progress (time, charging and idle time, energy) is compared with."""
+    out: dict[str, set[float]] = {}
+    for tariff in tariffs:
+        for name in ("energy", "chargingTime", "idleTime"):
+            for p in (tariff.get(name) or {}).get("prices", ()):
+                for key, value in (p.get("conditions") or {}).items():
+                    if key in _PROGRESS:
+                        out.setdefault(_PROGRESS[key], set()).add(abs(float(value)))
+    return out
+
+
+def _crossings(limits: Mapping[str, set[float]], state: Usage, a: datetime, b: datetime, charging: bool,
+               wh_per_s: float) -> list[datetime]:  # fmt: skip
+    """Where within ``(a, b)`` the session's progress crosses a condition's threshold: its
+    price may change there."""
+    rates = {"duration_s": 1.0, "charging_s": 1.0 if charging else 0.0, "idle_s": 0.0 if charging else 1.0,
+             "energy_wh": wh_per_s}  # fmt: skip
+    out = []
+    for key, values in limits.items():
+        rate, now = rates[key], getattr(state, key)
+        for value in values:
+            if rate > 0 and value > now:
+                t = a + timedelta(seconds=(value - now) / rate)
+                if a < t < b:
+                    out.append(t)
+    return out
+
+
+def _charge(cost: Cost, tariff: Tariff, name: str, at: datetime, state: Usage, tz: str, amount: float) -> None:
+    excl, incl = component_price(tariff, name, at, state, tz)
+    if excl is not None and amount > 0:
+        cost.add(name, excl * amount, None if incl is None else incl * amount)
+
+
+def _total(cost: Cost, tariff: Tariff) -> None:
+    excl = sum(p[0] or 0.0 for p in cost.parts.values())
+    incls = [p[1] for p in cost.parts.values()]
+    incl = None if not cost.parts or any(i is None for i in incls) else sum(i or 0.0 for i in incls)
+    low, high = tariff.get("minCost"), tariff.get("maxCost")
+    if low and _below(excl, incl, low):
+        cost.type_of_cost = "MinCost"
+        excl, incl = low.get("exclTax", excl), low.get("inclTax", incl)
+    elif high and _below_or(high, excl, incl):
+        cost.type_of_cost = "MaxCost"
+        excl, incl = high.get("exclTax", excl), high.get("inclTax", incl)
+    cost.total_excl_tax = round(excl, 6)
+    cost.total_incl_tax = None if incl is None else round(incl, 6)
+
+
+def _below(excl: float, incl: float | None, bound: Mapping[str, Any]) -> bool:
+    """Whether the total is below the bound (compared without tax where the bound has it)."""
+    if "exclTax" in bound:
+        return excl < bound["exclTax"]
+    return incl is not None and incl < bound["inclTax"]
+
+
+def _below_or(bound: Mapping[str, Any], excl: float, incl: float | None) -> bool:
+    """Whether the total is above the bound."""
+    if "exclTax" in bound:
+        return excl > bound["exclTax"]
+    return incl is not None and incl > bound["inclTax"]
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

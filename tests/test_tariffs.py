@@ -1,0 +1,186 @@
+"""The price in force and a session's cost (twin.tariffs), against tariffs worked by hand."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twin import schemas
+from twin.tariffs import (
+    Price,
+    Sample,
+    TariffError,
+    Usage,
+    check,
+    in_force,
+    load,
+    next_change,
+    price_at,
+    quote,
+    session_cost,
+    tax_factor,
+)
+
+VAT = [{"type": "VAT", "tax": 21}]
+TIME_OF_DAY: dict[str, Any] = {  # 0.40 by day (07:00-22:00), 0.25 at night; 21% VAT
+    "tariffId": "TOD", "currency": "EUR",
+    "energy": {"prices": [{"priceKwh": 0.40, "conditions": {"startTimeOfDay": "07:00", "endTimeOfDay": "22:00"}},
+                          {"priceKwh": 0.25}], "taxRates": VAT},
+}  # fmt: skip
+WEEKEND: dict[str, Any] = {
+    "tariffId": "WE", "currency": "EUR",
+    "energy": {"prices": [{"priceKwh": 0.30, "conditions": {"dayOfWeek": ["Saturday", "Sunday"]}},
+                          {"priceKwh": 0.35}]},
+}  # fmt: skip
+MONDAY = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
+
+
+def at(day: datetime, hh: int, mm: int = 0) -> datetime:
+    return day + timedelta(hours=hh, minutes=mm)
+
+
+def test_time_of_day_prices_and_the_next_change() -> None:
+    day = price_at(TIME_OF_DAY, at(MONDAY, 8))
+    assert day == Price(energy_per_kwh=0.40, energy_per_kwh_incl_tax=pytest.approx(0.484))
+    assert day is not None and day.as_json() == {"energy_per_kwh": 0.40, "energy_per_kwh_incl_tax": 0.484,
+                                                 "time_per_min": None, "fixed_fee": None, "idle_per_min": None}
+    change = next_change(TIME_OF_DAY, at(MONDAY, 8))
+    assert change is not None and change[0] == at(MONDAY, 22) and change[1] is not None
+    assert change[1].energy_per_kwh == 0.25 and change[1].energy_per_kwh_incl_tax == pytest.approx(0.3025)
+    night = next_change(TIME_OF_DAY, at(MONDAY, 23))
+    assert night is not None and night[0] == at(MONDAY, 24 + 7) and night[1] and night[1].energy_per_kwh == 0.40
+    assert price_at(TIME_OF_DAY, at(MONDAY, 22)).energy_per_kwh == 0.25  # type: ignore[union-attr]  # end: exclusive
+    assert price_at(TIME_OF_DAY, at(MONDAY, 7)).energy_per_kwh == 0.40  # type: ignore[union-attr]  # start: inclusive
+
+
+def test_a_night_window_wraps_past_midnight_and_local_time_is_the_tariffs() -> None:
+    night = {"tariffId": "N", "currency": "EUR", "energy": {"prices": [
+        {"priceKwh": 0.20, "conditions": {"startTimeOfDay": "22:00", "endTimeOfDay": "06:00"}}, {"priceKwh": 0.40}]}}
+    assert [price_at(night, at(MONDAY, h)).energy_per_kwh for h in (1, 5, 6, 12, 22, 23)] == [  # type: ignore[union-attr]
+        0.20, 0.20, 0.40, 0.40, 0.20, 0.20]  # fmt: skip
+    # Amsterdam is UTC+1 in March: 22:00 there is 21:00 UTC
+    assert price_at(night, at(MONDAY, 21), tz="Europe/Amsterdam").energy_per_kwh == 0.20  # type: ignore[union-attr]
+    change = next_change(night, at(MONDAY, 12), tz="Europe/Amsterdam")
+    assert change is not None and change[0] == at(MONDAY, 21)
+
+
+def test_day_of_week_prices_change_at_saturday_midnight() -> None:
+    friday = at(MONDAY + timedelta(days=4), 12)
+    assert price_at(WEEKEND, friday).energy_per_kwh == 0.35  # type: ignore[union-attr]
+    change = next_change(WEEKEND, friday)
+    assert change is not None and change[0] == MONDAY + timedelta(days=5) and change[1]
+    assert change[1].energy_per_kwh == 0.30
+    later = next_change(WEEKEND, change[0])
+    assert later is not None and later[0] == MONDAY + timedelta(days=7)  # back to weekdays on Monday
+
+
+def test_valid_from_in_the_future_and_the_tariff_in_force_among_several() -> None:
+    old = {"tariffId": "A", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.30}]}}
+    new = {"tariffId": "B", "currency": "EUR", "validFrom": "2026-03-03T00:00:00Z",
+           "energy": {"prices": [{"priceKwh": 0.35}]}}  # fmt: skip
+    assert price_at(new, at(MONDAY, 12)) is None  # not yet in force
+    assert in_force([old, new], at(MONDAY, 12)) is old and in_force([new, old], at(MONDAY, 24)) is new
+    q = quote([old, new], at(MONDAY, 12))
+    assert q == {"tariff_id": "A", "currency": "EUR", "valid_from": None, "in_force": True,
+                 "price_now": {"energy_per_kwh": 0.30, "time_per_min": None, "fixed_fee": None, "idle_per_min": None},
+                 "next_change_at": "2026-03-03T00:00:00.000Z",
+                 "price_next": {"energy_per_kwh": 0.35, "time_per_min": None, "fixed_fee": None, "idle_per_min": None},
+                 "next_tariff_id": "B"}  # fmt: skip
+    alone = quote(new, at(MONDAY, 12))
+    assert alone is not None and alone["in_force"] is False and alone["price_now"] is None
+    assert alone["tariff_id"] == "B" and alone["next_change_at"] == "2026-03-03T00:00:00.000Z"
+
+
+def test_tax_rates_stack() -> None:
+    assert tax_factor([{"type": "VAT", "tax": 21}]) == pytest.approx(1.21)
+    assert tax_factor([{"type": "A", "tax": 10}, {"type": "B", "tax": 5, "stack": 1}]) == pytest.approx(1.155)
+    assert tax_factor([{"type": "A", "tax": 10}, {"type": "B", "tax": 5}]) == pytest.approx(1.15)
+    assert tax_factor(None) is None
+
+
+def test_a_session_priced_across_a_time_of_day_change() -> None:
+    # 21:00-23:00, 22 kWh evenly, read only at the end: 11 kWh at 0.40 by day, 11 at 0.25 by night
+    cost = session_cost(TIME_OF_DAY, at(MONDAY, 21), [Sample(at(MONDAY, 23), 22_000)])
+    assert cost.total_excl_tax == pytest.approx(4.40 + 2.75)
+    assert cost.total_incl_tax == pytest.approx(7.15 * 1.21)
+    assert cost.energy_wh == 22_000 and cost.charging_s == 7_200 and cost.idle_s == 0
+    details = cost.cost_details()
+    assert details["totalCost"]["total"] == {"exclTax": 7.15, "inclTax": 8.6515}
+    assert details["totalUsage"] == {"energy": 22_000, "chargingTime": 7_200, "idleTime": 0}
+    payload = {"eventType": "Updated", "timestamp": "2026-03-02T23:00:00Z", "triggerReason": "MeterValuePeriodic",
+               "seqNo": 1, "transactionInfo": {"transactionId": "T1"}, "costDetails": details}  # fmt: skip
+    assert schemas.problem("ocpp2.1", "TransactionEvent", "Request", payload) is None
+
+
+def test_idle_fees_after_a_grace_hour_and_a_fixed_fee_with_tax() -> None:
+    tariff = {"tariffId": "IDLE", "currency": "EUR",
+              "energy": {"prices": [{"priceKwh": 0.30}]},
+              "idleTime": {"prices": [{"priceMinute": 0.10, "conditions": {"minIdleTime": 3_600}}]},
+              "fixedFee": {"prices": [{"priceFixed": 1.00}], "taxRates": [{"type": "VAT", "tax": 20}]}}  # fmt: skip
+    # 10:00-11:00 charging 20 kWh, then idle until 13:00: 6.00 energy, 60 free idle minutes, 60 at 0.10, 1.00 fixed
+    samples = [Sample(at(MONDAY, 11), 20_000), Sample(at(MONDAY, 13), 20_000)]
+    cost = session_cost(tariff, at(MONDAY, 10), samples)
+    assert cost.parts["energy"][0] == pytest.approx(6.00) and cost.parts["idleTime"][0] == pytest.approx(6.00)
+    assert cost.parts["fixedFee"] == [1.00, pytest.approx(1.20)]
+    assert cost.total_excl_tax == pytest.approx(13.00)
+    assert cost.total_incl_tax is None  # energy and idle time give no tax rates
+    assert cost.idle_s == 7_200 and cost.charging_s == 3_600 and cost.duration_s == 10_800
+
+
+def test_min_and_max_cost_bound_the_total() -> None:
+    tariff = {"tariffId": "MM", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.50}]},
+              "minCost": {"exclTax": 5.0, "inclTax": 6.05}, "maxCost": {"exclTax": 20.0}}  # fmt: skip
+    small = session_cost(tariff, at(MONDAY, 10), [Sample(at(MONDAY, 11), 4_000)])
+    assert (small.total_excl_tax, small.total_incl_tax, small.type_of_cost) == (5.0, 6.05, "MinCost")
+    big = session_cost(tariff, at(MONDAY, 10), [Sample(at(MONDAY, 11), 50_000)])
+    assert (big.total_excl_tax, big.type_of_cost) == (20.0, "MaxCost")
+    normal = session_cost(tariff, at(MONDAY, 10), [Sample(at(MONDAY, 11), 20_000)])
+    assert (normal.total_excl_tax, normal.type_of_cost) == (10.0, "NormalCost")
+
+
+def test_a_tariff_change_in_mid_session_prices_the_rest_only() -> None:
+    a = {"tariffId": "A", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.30}]},
+         "chargingTime": {"prices": [{"priceMinute": 0.02}]}}  # fmt: skip
+    b = {"tariffId": "B", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.50}]}}
+    samples = [Sample(at(MONDAY, 10, 30), 5_500), Sample(at(MONDAY, 12), 22_000)]  # 11 kW throughout
+    cost = session_cost([(None, a), (at(MONDAY, 11), b)], at(MONDAY, 10), samples)
+    assert cost.parts["energy"][0] == pytest.approx(11 * 0.30 + 11 * 0.50)
+    assert cost.parts["chargingTime"][0] == pytest.approx(60 * 0.02)
+    assert cost.total_excl_tax == pytest.approx(10.00)
+
+
+def test_energy_and_power_conditions() -> None:
+    tariff = {"tariffId": "E", "currency": "EUR", "energy": {"prices": [
+        {"priceKwh": 0.20, "conditions": {"minEnergy": 10_000}},  # past 10 kWh: cheaper
+        {"priceKwh": 0.60, "conditions": {"minPower": 50_000}},  # fast charging: dearer
+        {"priceKwh": 0.40}]}}  # fmt: skip
+    assert price_at(tariff, at(MONDAY, 9)).energy_per_kwh == 0.40  # type: ignore[union-attr]  # power unknown
+    assert price_at(tariff, at(MONDAY, 9), Usage(power_w=60_000)).energy_per_kwh == 0.60  # type: ignore[union-attr]
+    # 20 kWh at 11 kW: the first 10 at 0.40, the rest at 0.20, cut where the 10th kWh is reached
+    cost = session_cost(tariff, at(MONDAY, 9), [Sample(at(MONDAY, 9) + timedelta(hours=20 / 11), 20_000)])
+    assert cost.total_excl_tax == pytest.approx(10 * 0.40 + 10 * 0.20)
+
+
+def test_a_tariff_is_checked_against_the_2_1_schema_naming_the_field(tmp_path: Path) -> None:
+    assert check(TIME_OF_DAY)["tariffId"] == "TOD"
+    with pytest.raises(TariffError, match=r"^tariff: must contain \['currency'\]"):
+        check({"tariffId": "X"})
+    with pytest.raises(TariffError, match=r"^energy\.prices\[0\]\.priceKwh: must be number"):
+        check({"tariffId": "X", "currency": "EUR", "energy": {"prices": [{"priceKwh": "cheap"}]}})
+    with pytest.raises(TariffError, match=r"^energy\.prices\[1\]\.conditions\.startTimeOfDay: '25:00'"):
+        check({"tariffId": "X", "currency": "EUR",
+               "energy": {"prices": [{"priceKwh": 1}, {"priceKwh": 2, "conditions": {"startTimeOfDay": "25:00"}}]}})
+    with pytest.raises(TariffError, match=r"^currency: must be shorter than or equal to 3"):
+        check({"tariffId": "X", "currency": "EURO"})
+    with pytest.raises(TariffError, match=r"^tariff: must not contain \{'price'\}|additional"):
+        check({"tariffId": "X", "currency": "EUR", "price": 1})
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(WEEKEND))
+    assert load(path) == WEEKEND
+    path.write_text("{")
+    with pytest.raises(TariffError, match="t.json: not JSON"):
+        load(path)
