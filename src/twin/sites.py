@@ -26,6 +26,7 @@ import orjson
 from twin.envelope import parse_ts
 
 IMPORT_LIMIT, EXPORT_LIMIT = "IMPORT_CAPACITY_LIMIT", "EXPORT_CAPACITY_LIMIT"
+PRICE, EXPORT_PRICE = "PRICE", "EXPORT_PRICE"
 
 
 class SitesError(ValueError):
@@ -160,16 +161,22 @@ def _covering(signal: Mapping[str, Any], at: datetime) -> float | None:
     return None
 
 
-def latest(signals: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+def latest(signals: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], Mapping[str, Any]]:
     """The newest version of each event (by program, event id and modification number;
-    later in the log wins a tie): what a VEN obeys."""
-    out: dict[tuple[str, str], Mapping[str, Any]] = {}
+    later in the log wins a tie): what a VEN obeys. An event carrying several payloads (a
+    price and a limit) is a record per payload type: the newest version's records, all of
+    them; a newer version replaces every record of the older."""
+    newest: dict[tuple[str, str], int] = {}
+    out: dict[tuple[str, str, str], Mapping[str, Any]] = {}
     for signal in signals:
-        key = (str(signal.get("program_id")), str(signal.get("event_id")))
-        if key not in out or int(signal.get("modification_number") or 0) >= int(
-            out[key].get("modification_number") or 0
-        ):
-            out[key] = signal
+        event = (str(signal.get("program_id")), str(signal.get("event_id")))
+        number = int(signal.get("modification_number") or 0)
+        if event not in newest or number > newest[event]:
+            newest[event] = number
+            for key in [k for k in out if k[:2] == event]:
+                del out[key]
+        if number == newest[event]:
+            out[(*event, str(signal.get("payload_type")))] = signal
     return out
 
 
@@ -205,6 +212,33 @@ def limits_ahead(site: Site, signals: Sequence[Mapping[str, Any]], now: datetime
     """Import and export limits for each planning step from ``now`` (each step's start)."""
     ahead = [limit_at(site, signals, now + timedelta(seconds=k * step_s)) for k in range(steps)]
     return [a.import_kw for a in ahead], [a.export_kw for a in ahead]
+
+
+def price_at(site: Site, signals: Sequence[Mapping[str, Any]], at: datetime) -> float | None:
+    """The price per kWh at ``at``: an accepted ``PRICE`` interval covering it (the latest
+    version of each event, the one received last among events), else ``EXPORT_PRICE``'s,
+    else None. One price steers both ways: charge when it is low, give back when high."""
+    found: dict[str, float] = {}
+    ordered = sorted(latest(s for s in signals if s.get("site_id") == site.site_id).values(),
+                     key=lambda s: str(s.get("received_at") or ""))  # fmt: skip
+    for signal in ordered:
+        if signal.get("status") == "accepted" and signal.get("payload_type") in (PRICE, EXPORT_PRICE):
+            value = _covering(signal, at)
+            if value is not None:
+                found[str(signal["payload_type"])] = value
+    return found.get(PRICE, found.get(EXPORT_PRICE))
+
+
+def prices_ahead(site: Site, signals: Sequence[Mapping[str, Any]], now: datetime, step_s: float,
+                 steps: int) -> list[float] | None:  # fmt: skip
+    """The price for each planning step from ``now``, or None where no price signal covers
+    any; a step no price covers takes the mean of those that are (no pull either way)."""
+    ahead = [price_at(site, signals, now + timedelta(seconds=k * step_s)) for k in range(steps)]
+    known = [p for p in ahead if p is not None]
+    if not known:
+        return None
+    mean = sum(known) / len(known)
+    return [mean if p is None else p for p in ahead]
 
 
 # -- what the site draws now -------------------------------------------------------------------

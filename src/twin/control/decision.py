@@ -14,7 +14,7 @@ from twin import envelope
 from twin.control.needs import DEFAULTS, Defaults, Need, plugged
 from twin.control.planner import Limits, adaptive, edges
 from twin.control.profiles import charging_profile, periods, why
-from twin.sites import Site, limit_at, limits_ahead
+from twin.sites import Site, limit_at, limits_ahead, prices_ahead
 
 
 @dataclass
@@ -36,7 +36,7 @@ def decide(site: Site, twins: Mapping[str, Mapping[str, Any]], signals: Sequence
     horizon = max((n.demand.departure_s for n in obeying), default=step_s)
     steps = max(1, int(edges(horizon, step_s)[-1] // step_s))
     imports, exports = limits_ahead(site, signals, now, step_s, steps)
-    limits = Limits([kw - fixed_kw for kw in imports], exports)
+    limits = Limits([kw - fixed_kw for kw in imports], exports, prices_ahead(site, signals, now, step_s, steps))
     began = time.perf_counter()
     plan = adaptive([n.demand for n in obeying], limits, step_s)
     decision_ms = (time.perf_counter() - began) * 1000
