@@ -1,11 +1,21 @@
-"""Fixtures: one embedded broker per test session (a real Kafka-protocol broker), topics
-isolated per test by a prefix, gateways started in the test's event loop, and a reader
-that waits for records on a topic with kafka-python."""
+"""Fixtures: one broker per engine per test session, topics isolated per test by a prefix,
+gateways started in the test's event loop, and a reader that waits for records on a topic
+with kafka-python.
+
+The integration suite is written once and runs on every engine, as pyeventsourcing runs one
+suite on every recorder: the ``engine`` fixture is parametrised over Tansu (embedded, in
+memory) and Apache Kafka (KRaft, durable), and ``broker`` (on one session's broker) and
+``new_broker`` (a broker of the test's own, to kill and restart) follow it. Test ids say the
+engine: ``test_x[tansu]``, ``test_x[kafka]``. ``TWIN_TEST_ENGINES=tansu`` (or ``kafka``, or
+``tansu,kafka``, the default) runs a subset; ``make test`` runs both. Where Kafka cannot run
+(no Java 17+, or no jars: ``make kafka``), its tests are skipped, saying why.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,22 +25,77 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from twin.broker import EmbeddedBroker, ensure_topics, free_port
+from twin.broker import BrokerError, EmbeddedBroker, KafkaBroker, ensure_topics, free_port, java_binary, kafka_lib
 from twin.gateway.server import Gateway
 from twin.settings import Settings
 
 _prefixes = itertools.count(1)
 
+Broker = EmbeddedBroker | KafkaBroker
+ENGINES = ("tansu", "kafka")
+
+
+def engines() -> list[str]:
+    """The engines to run the suite on: ``TWIN_TEST_ENGINES`` (comma-separated), else all."""
+    wanted = [e.strip() for e in os.environ.get("TWIN_TEST_ENGINES", ",".join(ENGINES)).split(",") if e.strip()]
+    unknown = set(wanted) - set(ENGINES)
+    if unknown or not wanted:
+        raise pytest.UsageError(f"TWIN_TEST_ENGINES: {sorted(unknown) or 'nothing'}; choose from {', '.join(ENGINES)}")
+    return wanted
+
+
+def kafka_missing() -> str | None:
+    """Why Apache Kafka cannot run here (no Java 17+, or no jars), or None."""
+    try:
+        java_binary()
+        kafka_lib()
+    except BrokerError as exc:
+        return str(exc)
+    return None
+
+
+def make_broker(engine: str, port: int, workdir: Path) -> Broker:
+    """A broker (not started) of ``engine`` on ``port``; Kafka keeps its data in ``workdir``, so
+    a second one made on the same ``workdir`` finds the first one's topics and records."""
+    if engine == "kafka":
+        return KafkaBroker(port, workdir / "kafka")
+    return EmbeddedBroker(port, log=workdir / "tansu.log")
+
+
+@pytest.fixture(scope="session", params=engines())
+def engine(request: pytest.FixtureRequest) -> str:
+    """The broker engine of this run of the test: ``tansu`` or ``kafka``."""
+    name: str = request.param
+    if name == "kafka" and (missing := kafka_missing()) is not None:
+        pytest.skip(f"Apache Kafka cannot run here: {missing}")
+    return name
+
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    log = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(free_port(), log=log) as embedded:
-        yield embedded
+def broker(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The session's broker of this engine, started once, stopped by its process id."""
+    with make_broker(engine, free_port(), tmp_path_factory.mktemp(f"broker-{engine}")) as running:
+        yield running
 
 
 @pytest.fixture
-def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+def new_broker(engine: str, tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Brokers of the test's own, of this engine: ``new_broker(port)`` makes one (not started),
+    on this test's data directory (Kafka finds its topics again after a restart; Tansu starts
+    empty). Whatever is still running at the end is stopped."""
+    made: list[Broker] = []
+
+    def make(port: int | None = None) -> Broker:
+        made.append(make_broker(engine, port or free_port(), tmp_path))
+        return made[-1]
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def settings(broker: Broker, tmp_path: Path) -> Settings:
     """Settings with topics of this test's own (a fresh prefix) on the session's broker."""
     s = Settings(
         bootstrap=broker.bootstrap,
