@@ -14,6 +14,7 @@ from twin.cli import (  # noqa: F401  - register the commands
     simulate,
     twins,
     up,
+    ven,
     worker,
 )
 from twin.cli.app import app
