@@ -6,7 +6,7 @@ The last accepted schedule holds until it ends; after it, the program's safe-mod
 (GAC: its safe-mode event), else the site's static limit. So on an outage the VEN writes,
 for each site with a safe-mode limit, an accepted ``IMPORT_CAPACITY_LIMIT`` record of
 protocol ``safe-mode`` starting where the site's last accepted OpenADR limit ends (now, if
-none runs), until further notice; when the VTN answers again it cancels it. A site without
+it had none), until further notice; when the VTN answers again it cancels it. A site without
 a safe-mode limit needs no record: its static limit follows by itself.
 """
 
@@ -42,16 +42,18 @@ def safe_limit_kw(site: Site, signals: Sequence[Mapping[str, Any]]) -> float | N
 
 
 def schedule_end(site: Site, signals: Sequence[Mapping[str, Any]], now: datetime) -> datetime:
-    """Where the site's accepted OpenADR import limits end (``now`` if they ended before)."""
-    end = now
+    """Where the site's accepted OpenADR import limits end; ``now`` without any. The end is
+    taken in the schedule's own clock, not compared with ours: a simulated fleet's clock (and
+    the VTN's events, in it) may run behind or ahead of the wall clock."""
+    end: datetime | None = None
     for s in latest(x for x in signals if x.get("site_id") == site.site_id).values():
         if s.get("protocol") != PROTOCOL or s.get("status") != "accepted" or s.get("payload_type") != IMPORT_LIMIT:
             continue
         for interval in s.get("intervals") or ():
             start = datetime.fromisoformat(str(interval["start"]).replace("Z", "+00:00"))
             finish = start + timedelta(seconds=min(float(interval["duration_s"]), FOREVER_S))
-            end = max(end, finish)
-    return end
+            end = finish if end is None else max(end, finish)
+    return end or now
 
 
 def enter(site: Site, signals: Sequence[Mapping[str, Any]], now: datetime, reason: str) -> dict[str, Any] | None:
