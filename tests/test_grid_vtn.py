@@ -154,7 +154,8 @@ class Vtn:
             self.unknown.append(f"{request.method} {request.path}")
             return web.json_response({"title": "Not Found", "status": 404}, status=404)
         except Exception as exc:
-            self.violations.append(f"request {request.method} {request.path_qs}: {exc!r} {getattr(exc, '__cause__', '')}")
+            self.violations.append(f"request {request.method} {request.path_qs}: {exc!r} "
+                                   f"{getattr(exc, '__cause__', '')}")  # fmt: skip
         misbehaving = await self._misbehave(request)
         if misbehaving is not None:
             return misbehaving
