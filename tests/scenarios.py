@@ -251,3 +251,36 @@ def stable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: stable(v) for k, v in value.items() if k not in MOMENT_KEYS}
     return value
+
+
+# -- tariffs and cost (issue 21): flat prices, so the live twin's as_of (now) prices alike ---------
+FLAT_TARIFF = {"tariffId": "FLAT", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.35}],
+                                                                 "taxRates": [{"type": "VAT", "tax": 20}]},
+               "idleTime": {"prices": [{"priceMinute": 0.05}]}}  # fmt: skip
+
+
+def tariff_costs() -> Script:
+    s = Script("SC-TARIFF").connect().boot().status(1, "Available").status(2, "Available")
+    s.csms("SetDefaultTariff", {"evseId": 0, "tariff": FLAT_TARIFF}, {"status": "Accepted"})
+    s.tx("Started", "T9", 0, imp=1000, chargingState="EVConnected")
+    cost = {"totalCost": {"currency": "EUR", "typeOfCost": "NormalCost", "total": {"exclTax": 0.7, "inclTax": 0.84}},
+            "totalUsage": {"energy": 2000, "chargingTime": 600, "idleTime": 0}}  # fmt: skip
+    updated = {"eventType": "Updated", "timestamp": s.now, "seqNo": 1, "triggerReason": "MeterValuePeriodic",
+               "transactionInfo": {"transactionId": "T9"}, "evse": {"id": 1, "connectorId": 1},
+               "costDetails": cost}  # fmt: skip
+    s.cs("TransactionEvent", updated)
+    driver = {"tariffId": "DRIVER", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.2}]}}
+    s.csms("ChangeTransactionTariff", {"transactionId": "T9", "tariff": driver}, {"status": "Accepted"})
+    return s.csms("CostUpdated", {"transactionId": "T9", "totalCost": 0.9}, {})
+
+
+def _expect_tariff_costs(t: dict[str, Any]) -> None:
+    e1, e2 = t["evses"]["1"], t["evses"]["2"]
+    assert e1["tariff"]["source"] == "driver" and e1["tariff"]["price_now"]["energy_per_kwh"] == 0.2
+    assert e2["tariff"]["price_now"] == {"energy_per_kwh": 0.35, "energy_per_kwh_incl_tax": 0.42,
+                                         "time_per_min": None, "fixed_fee": None, "idle_per_min": 0.05}  # fmt: skip
+    assert e1["transaction"]["cost"]["source"] == "central" and e1["transaction"]["cost"]["total_incl_tax"] == 0.9
+    assert [x["tariff"]["tariffId"] for x in e1["transaction"]["tariffs"].values()] == ["FLAT", "DRIVER"]
+
+
+SCENARIOS["tariffs"] = (tariff_costs, _expect_tariff_costs)

@@ -10,4 +10,5 @@ from twin.fold.aspects import (  # noqa: F401
     operations,
     reservations,
     security,
+    tariffs,
 )

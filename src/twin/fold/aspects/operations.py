@@ -1,6 +1,5 @@
-"""Firmware (FirmwareStatusNotification), tariffs and cost (SetDefaultTariff,
-ChangeTransactionTariff, CostUpdated, SetDisplayMessage) and DER (SetDERControl,
-NotifyDERAlarm)."""
+"""Firmware (FirmwareStatusNotification), display messages (SetDisplayMessage) and DER
+(SetDERControl, NotifyDERAlarm). Tariffs and cost are the ``tariffs`` aspect."""
 
 from __future__ import annotations
 
@@ -12,29 +11,6 @@ def firmware(change: Change, event: Event) -> None:
     change.at("firmware").update(
         status=event.payload.get("status"), request_id=event.payload.get("requestId"), updated_at=event.ts
     )
-
-
-@on("SetDefaultTariff", "result")
-def default_tariff(change: Change, event: Event) -> None:
-    if event.accepted and event.request is not None:
-        tariff = event.request.get("tariff", {})
-        change.at("tariffs", "default")[str(event.request.get("evseId", 0))] = {
-            "tariff_id": tariff.get("tariffId"), "currency": tariff.get("currency"),
-            "energy": tariff.get("energy"), "set_at": event.ts,
-        }  # fmt: skip
-
-
-@on("ChangeTransactionTariff", "result")
-def transaction_tariff(change: Change, event: Event) -> None:
-    if event.accepted and event.request is not None:
-        tariff = event.request.get("tariff", {})
-        change.at("tariffs", "transactions")[str(event.request.get("transactionId"))] = tariff.get("tariffId")
-
-
-@on("CostUpdated", "result")
-def cost(change: Change, event: Event) -> None:
-    if event.request is not None:
-        change.at("tariffs", "costs")[str(event.request.get("transactionId"))] = event.request.get("totalCost")
 
 
 @on("SetDisplayMessage", "result")

@@ -1,0 +1,250 @@
+"""Tariffs and cost (OCPP 2.1 I01-I12): the tariffs a station holds, each EVSE's price in
+force at the twin's ``as_of``, a transaction's driver tariff and its running cost.
+
+- ``tariffs.installed``: per EVSE (``"0"``: all of them) the default tariffs a station
+  accepted (SetDefaultTariff; a tariff of the same id replaces it; ClearTariffs removes);
+  ``tariffs.default`` the last one set per EVSE, in brief.
+- ``tariffs.drivers``: the tariff an AuthorizeResponse gave an id token, for the
+  transaction it starts.
+- ``evses.{id}.tariff``: the tariff in force on the EVSE (its transaction's driver tariff
+  while one runs, else the EVSE's default, else the station's), its price now and the next
+  change (:func:`twin.tariffs.quote`), computed at the record's time. It is computed again
+  when a record arrives past ``next_change_at``, so the price shown is never older than the
+  station's last frame.
+- ``evses.{id}.transaction.tariffs``: the tariffs of the transaction from its start, each
+  from when it was set (ChangeTransactionTariff), for cost computed centrally: an object
+  ``{"1": {"tariff", "set_at"}, "2": ...}`` in order (an object, not a list, so that the
+  moments are found where the twin's other moments are);
+  ``transaction.cost``: the running cost, from ``costDetails`` (``local``) or CostUpdated and
+  TransactionEventResponse.totalCost (``central``), ``final`` at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twin.fold.engine import Change, Event, on
+from twin.tariffs import instant, quote
+
+DRIVERS_KEPT = 32
+"""Id tokens whose driver tariff a twin keeps, waiting for their transaction."""
+
+
+def evse_tariffs(twin: dict[str, Any], evse_id: str) -> list[dict[str, Any]]:
+    """The default tariffs that apply on an EVSE: its own, else the station's (``0``)."""
+    installed = (twin.get("tariffs") or {}).get("installed") or {}
+    return list(installed.get(evse_id) or installed.get("0") or ())
+
+
+def _running(evse: dict[str, Any]) -> dict[str, Any] | None:
+    tx = evse.get("transaction")
+    return tx if tx and tx.get("state") != "ended" else None
+
+
+def refresh(change: Change, force: bool = False) -> None:
+    """Each EVSE's tariff and price at the twin's ``as_of``: when forced, when a price change
+    is due, or when an EVSE has none yet though tariffs apply."""
+    twin = change.twin
+    tariffs = twin.get("tariffs")
+    if not force and not (tariffs and (tariffs.get("installed") or tariffs.get("has_driver"))):
+        return
+    as_of = twin.get("as_of")
+    if not as_of:
+        return
+    due = tariffs is not None and tariffs.get("next_change_at") is not None and tariffs["next_change_at"] <= as_of
+    if not force and not due and all("tariff" in e for e in twin["evses"].values()):
+        return
+    at = instant(as_of)
+    soonest: str | None = None
+    drivers = False
+    for evse_id in list(twin["evses"]):
+        evse = twin["evses"][evse_id]
+        tx = _running(evse)
+        if tx is not None and tx.get("driver_tariff"):
+            q, source = quote(tx["driver_tariff"], at), "driver"
+            drivers = True
+        else:
+            q, source = quote(evse_tariffs(twin, evse_id), at), "default"
+        shown = None if q is None else {**q, "source": source}
+        if "tariff" not in evse or evse["tariff"] != shown:
+            change.at("evses", evse_id)["tariff"] = shown
+        if shown and shown["next_change_at"] and (soonest is None or shown["next_change_at"] < soonest):
+            soonest = shown["next_change_at"]
+    if tariffs is not None or soonest is not None:
+        node = change.at("tariffs")
+        if node.get("next_change_at") != soonest:
+            node["next_change_at"] = soonest
+        if node.get("has_driver", False) != drivers:
+            node["has_driver"] = drivers
+
+
+@on("SetDefaultTariff", "result")
+def default_tariff(change: Change, event: Event) -> None:
+    if not (event.accepted and event.request is not None):
+        return
+    tariff = event.request.get("tariff") or {}
+    evse_id = str(event.request.get("evseId", 0))
+    change.at("tariffs", "default")[evse_id] = {
+        "tariff_id": tariff.get("tariffId"), "currency": tariff.get("currency"),
+        "energy": tariff.get("energy"), "valid_from": tariff.get("validFrom"), "set_at": event.ts,
+    }  # fmt: skip
+    installed = change.at("tariffs", "installed")
+    kept = [t for t in installed.get(evse_id, ()) if t.get("tariffId") != tariff.get("tariffId")]
+    installed[evse_id] = [*kept, tariff]
+    refresh(change, force=True)
+
+
+@on("ClearTariffs", "result")
+def clear_tariffs(change: Change, event: Event) -> None:
+    request = event.request or {}
+    cleared = {r.get("tariffId") for r in event.payload.get("clearTariffsResult", ()) if r.get("status") == "Accepted"}
+    if not cleared:
+        return
+    installed = change.at("tariffs", "installed")
+    evse = request.get("evseId")
+    for key in list(installed):
+        if evse is None or str(evse) == key:
+            installed[key] = [t for t in installed[key] if t.get("tariffId") not in cleared]
+            if not installed[key]:
+                del installed[key]
+    defaults = change.at("tariffs", "default")
+    for key in [k for k, v in defaults.items() if v.get("tariff_id") in cleared and (evse is None or str(evse) == k)]:
+        del defaults[key]
+    refresh(change, force=True)
+
+
+@on("GetTariffs", "result")
+def get_tariffs(change: Change, event: Event) -> None:
+    """What the station says it holds (ids and EVSEs only: GetTariffs gives no prices)."""
+    change.at("tariffs")["reported"] = {
+        "status": event.payload.get("status"), "assignments": event.payload.get("tariffAssignments", []),
+        "reported_at": event.ts,
+    }  # fmt: skip
+
+
+@on("Authorize", "result")
+def driver_tariff(change: Change, event: Event) -> None:
+    tariff = event.payload.get("tariff")
+    token = ((event.request or {}).get("idToken") or {}).get("idToken")
+    if not tariff or not token:
+        return
+    drivers = change.at("tariffs", "drivers")
+    drivers.pop(token, None)
+    drivers[token] = tariff
+    while len(drivers) > DRIVERS_KEPT:
+        del drivers[next(iter(drivers))]
+
+
+@on("TransactionEvent")
+def transaction_event(change: Change, event: Event) -> None:
+    """Runs after the transactions aspect: the transaction is in place."""
+    p = event.payload
+    tx_id = (p.get("transactionInfo") or {}).get("transactionId")
+    evse_id = _evse_of_tx(change, tx_id)
+    if evse_id is None:
+        return
+    tx = change.get("evses", evse_id, "transaction") or {}
+    token = (p.get("idToken") or {}).get("idToken")
+    drivers = change.get("tariffs", "drivers") or {}
+    if "tariffs" not in tx:
+        tx = change.at("evses", evse_id, "transaction")
+        start = tx.get("started_at") or p.get("timestamp") or event.ts
+        if token and token in drivers:
+            tx["driver_tariff"] = drivers[token]
+            change.at("tariffs", "drivers").pop(token, None)
+            first = drivers[token]
+        else:
+            from twin.tariffs import in_force
+
+            first = in_force(evse_tariffs(change.twin, evse_id), instant(start))
+        tx["tariffs"] = {} if first is None else {"1": {"tariff": first, "set_at": start}}
+    elif token and token in drivers and not tx.get("driver_tariff"):  # authorized after the start
+        tx = change.at("evses", evse_id, "transaction")
+        tx["driver_tariff"] = drivers[token]
+        tx["tariffs"] = _then(tx, drivers[token], p.get("timestamp") or event.ts)
+        change.at("tariffs", "drivers").pop(token, None)
+    details = p.get("costDetails")
+    if details:
+        total = (details.get("totalCost") or {}).get("total") or {}
+        change.at("evses", evse_id, "transaction")["cost"] = {
+            "total_excl_tax": total.get("exclTax"), "total_incl_tax": total.get("inclTax"),
+            "currency": (details.get("totalCost") or {}).get("currency"), "source": "local",
+            "type_of_cost": (details.get("totalCost") or {}).get("typeOfCost"),
+            "updated_at": p.get("timestamp") or event.ts, "final": p.get("eventType") == "Ended",
+            "failed": bool(details.get("failureToCalculate")),
+        }  # fmt: skip
+    refresh(change, force=p.get("eventType") in ("Started", "Ended") or "driver_tariff" in tx)
+
+
+@on("TransactionEvent", "result")
+def central_total(change: Change, event: Event) -> None:
+    """TransactionEventResponse.totalCost: the CSMS's running cost, the final one at Ended."""
+    if "totalCost" not in event.payload or event.request is None:
+        return
+    tx_id = (event.request.get("transactionInfo") or {}).get("transactionId")
+    _central(change, tx_id, event.payload["totalCost"], event.ts, final=event.request.get("eventType") == "Ended")
+
+
+@on("CostUpdated", "result")
+def cost_updated(change: Change, event: Event) -> None:
+    if event.request is None:
+        return
+    tx_id = event.request.get("transactionId")
+    change.at("tariffs", "costs")[str(tx_id)] = event.request.get("totalCost")
+    while len(change.twin["tariffs"]["costs"]) > DRIVERS_KEPT:
+        del change.twin["tariffs"]["costs"][next(iter(change.twin["tariffs"]["costs"]))]
+    _central(change, tx_id, event.request.get("totalCost"), event.ts, final=False)
+
+
+def _central(change: Change, tx_id: Any, total: Any, ts: str, final: bool) -> None:
+    evse_id = _evse_of_tx(change, tx_id)
+    if evse_id is None or not isinstance(total, int | float):
+        return
+    tx = change.at("evses", evse_id, "transaction")
+    if (tx.get("cost") or {}).get("final") and not final:
+        return  # the final cost stands
+    timeline = list((tx.get("tariffs") or {}).values())
+    currency = timeline[-1]["tariff"].get("currency") if timeline else None
+    tx["cost"] = {"total_excl_tax": None, "total_incl_tax": total, "currency": currency, "source": "central",
+                  "type_of_cost": None, "updated_at": ts, "final": final, "failed": False}  # fmt: skip
+
+
+@on("ChangeTransactionTariff", "result")
+def transaction_tariff(change: Change, event: Event) -> None:
+    if not (event.accepted and event.request is not None):
+        return
+    tariff = event.request.get("tariff") or {}
+    tx_id = event.request.get("transactionId")
+    change.at("tariffs", "transactions")[str(tx_id)] = tariff.get("tariffId")
+    evse_id = _evse_of_tx(change, tx_id)
+    if evse_id is None:
+        return
+    tx = change.at("evses", evse_id, "transaction")
+    tx["driver_tariff"] = tariff
+    tx["tariffs"] = _then(tx, tariff, event.ts)
+    refresh(change, force=True)
+
+
+def _then(tx: dict[str, Any], tariff: Any, at: str) -> dict[str, Any]:
+    timeline = dict(tx.get("tariffs") or {})
+    timeline[str(len(timeline) + 1)] = {"tariff": tariff, "set_at": at}
+    return timeline
+
+
+def _evse_of_tx(change: Change, tx_id: Any) -> str | None:
+    if tx_id is None:
+        return None
+    for key, evse in change.twin["evses"].items():
+        if (evse.get("transaction") or {}).get("id") == tx_id:
+            return str(key)
+    return None
+
+
+def _refresh(change: Change, event: Event) -> None:
+    refresh(change)
+
+
+for _action, _phase in (("Heartbeat", "call"), ("StatusNotification", "call"), ("MeterValues", "call"),
+                        ("NotifyEvent", "call"), ("BootNotification", "call"), ("Connected", "lifecycle"),
+                        ("Disconnected", "lifecycle")):  # fmt: skip
+    on(_action, _phase)(_refresh)
