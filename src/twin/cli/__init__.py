@@ -12,6 +12,7 @@ from twin.cli import (  # noqa: F401  - register the commands
     report,
     send,
     simulate,
+    tariff,
     twins,
     up,
     ven,

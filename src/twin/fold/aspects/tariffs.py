@@ -46,7 +46,8 @@ def refresh(change: Change, force: bool = False) -> None:
     is due, or when an EVSE has none yet though tariffs apply."""
     twin = change.twin
     tariffs = twin.get("tariffs")
-    if not force and not (tariffs and (tariffs.get("installed") or tariffs.get("has_driver"))):
+    active = bool(tariffs and (tariffs.get("installed") or tariffs.get("has_driver")))
+    if not force and not active:
         return
     as_of = twin.get("as_of")
     if not as_of:
@@ -66,6 +67,8 @@ def refresh(change: Change, force: bool = False) -> None:
         else:
             q, source = quote(evse_tariffs(twin, evse_id), at), "default"
         shown = None if q is None else {**q, "source": source}
+        if shown is None and evse.get("tariff") is None and not active and source == "default":
+            continue  # a station without tariffs: nothing to say
         if "tariff" not in evse or evse["tariff"] != shown:
             change.at("evses", evse_id)["tariff"] = shown
         if shown and shown["next_change_at"] and (soonest is None or shown["next_change_at"] < soonest):
@@ -146,7 +149,7 @@ def transaction_event(change: Change, event: Event) -> None:
     tx = change.get("evses", evse_id, "transaction") or {}
     token = (p.get("idToken") or {}).get("idToken")
     drivers = change.get("tariffs", "drivers") or {}
-    if "tariffs" not in tx:
+    if "tariffs" not in tx and (evse_tariffs(change.twin, evse_id) or (token and token in drivers)):
         tx = change.at("evses", evse_id, "transaction")
         start = tx.get("started_at") or p.get("timestamp") or event.ts
         if token and token in drivers:
@@ -157,8 +160,9 @@ def transaction_event(change: Change, event: Event) -> None:
             from twin.tariffs import in_force
 
             first = in_force(evse_tariffs(change.twin, evse_id), instant(start))
-        tx["tariffs"] = {} if first is None else {"1": {"tariff": first, "set_at": start}}
-    elif token and token in drivers and not tx.get("driver_tariff"):  # authorized after the start
+        if first is not None:
+            tx["tariffs"] = {"1": {"tariff": first, "set_at": start}}
+    elif "tariffs" in tx and token and token in drivers and not tx.get("driver_tariff"):  # authorized later
         tx = change.at("evses", evse_id, "transaction")
         tx["driver_tariff"] = drivers[token]
         tx["tariffs"] = _then(tx, drivers[token], p.get("timestamp") or event.ts)
