@@ -105,17 +105,19 @@ class Ven:
                 out.append(entered)
         return self._keep(out)
 
-    def active(self, now: datetime) -> list[dict[str, Any]]:
-        """Accepted capacity-limit records with an interval running now (what to report on)."""
+    def active(self, moments: Mapping[str, datetime]) -> list[dict[str, Any]]:
+        """Accepted capacity-limit records with an interval running at their site's moment
+        (``moments``: site id -> the stations' time there), each with that interval's index."""
         out = []
         for records in self.written.values():
             for r in records:
-                if r["status"] != "accepted" or r["payload_type"] not in openadr.CAPACITY:
+                moment = moments.get(r["site_id"])
+                if moment is None or r["status"] != "accepted" or r["payload_type"] not in openadr.CAPACITY:
                     continue
                 for i, interval in enumerate(r["intervals"]):
                     start = datetime.fromisoformat(interval["start"].replace("Z", "+00:00"))
-                    if start <= now and (now - start).total_seconds() < interval["duration_s"]:
-                        out.append({**r, "interval_index": i})
+                    if start <= moment and (moment - start).total_seconds() < interval["duration_s"]:
+                        out.append({**r, "interval_index": i, "at": moment})
         return out
 
 
@@ -221,15 +223,20 @@ async def run(vtn: str, client_id: str, client_secret: str, sites: Sequence[Site
 
 async def _report(client: VtnClient, ven: Ven, client_name: str, sites_now: Mapping[str, Mapping[str, Any]],
                   now: datetime) -> None:  # fmt: skip
+    """Report what each site under a running limit draws. A site's moment is the stations'
+    time its last plan was made at (a simulated fleet's clock is not ours), else now."""
+    moments = {}
+    for site_id, site in sites_now.items():
+        planned = site.get("planned_at")
+        moments[site_id] = datetime.fromisoformat(planned.replace("Z", "+00:00")) if planned else now
     by_event: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in ven.active(now):
-        site = sites_now.get(r["site_id"])
-        if site is not None:
-            by_event.setdefault((r["program_id"], r["event_id"]), []).append(
-                {"site_id": r["site_id"], "interval_id": r["interval_index"], "import_kw": site.get("import_kw"),
-                 "export_kw": site.get("export_kw")})  # fmt: skip
+    for r in ven.active(moments):
+        site = sites_now[r["site_id"]]
+        by_event.setdefault((r["program_id"], r["event_id"]), []).append(
+            {"site_id": r["site_id"], "interval_id": r["interval_index"], "import_kw": site.get("import_kw"),
+             "export_kw": site.get("export_kw"), "at": r["at"]})  # fmt: skip
     for (program_id, event_id), rows in by_event.items():
-        await client.report(report(client_name, event_id, program_id, rows, now))
+        await client.report(report(client_name, event_id, program_id, rows, rows[0]["at"]))
 
 
 async def _wait(stop: asyncio.Event, wake: asyncio.Event, pause: Any) -> None:
