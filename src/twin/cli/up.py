@@ -79,6 +79,10 @@ def up(
     sites: Annotated[str | None, typer.Option("--sites", help="A sites file (JSON list of site_id, ean, "
                                               "import_limit_kw, export_limit_kw, stations); default: the sites of "
                                               "the station inventory beside the archive. (env TWIN_SITES)")] = None,
+    openadr_vtn: Annotated[str | None, typer.Option("--openadr-vtn", help="Also run the OpenADR VEN (`twin ven`) "
+                                                    "against this VTN.")] = None,
+    openadr_client_id: Annotated[str, typer.Option("--openadr-client-id", help="The VEN's OAuth2 client id.")] = "twin",
+    openadr_client_secret: Annotated[str, typer.Option("--openadr-client-secret", help="Its secret.")] = "",
     json_out: Json = False,
 ) -> None:
     """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
@@ -150,6 +154,10 @@ def up(
                 scale = ["--time-scale", speed] if simulate and speed != "max" else []
                 stack.start("controller", [*twin, "controller", "--bootstrap", target, "--archive", settings.archive,
                                            *sites_flag, *scale])  # fmt: skip
+            if openadr_vtn:
+                stack.start("ven", [*twin, "ven", "--vtn", openadr_vtn, "--client-id", openadr_client_id,
+                                    "--client-secret", openadr_client_secret, "--bootstrap", target, "--archive",
+                                    settings.archive, "--api", f"http://{host}:{settings.web_port}", *sites_flag])
             if not no_dashboard:
                 status.update("starting the dashboard")
                 stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive)
