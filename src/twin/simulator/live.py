@@ -40,6 +40,7 @@ from twin.simulator.ev import EV, FREE, EVState, Profile
 from twin.simulator.fleet import Station
 from twin.simulator.payloads import Evse, iso
 from twin.simulator.sessions import Visit
+from twin.tariffs_station import StationTariffs
 
 log = logging.getLogger("twin.simulator")
 SPEED_MAX = 3_600.0
@@ -160,6 +161,7 @@ class StationAgent:
         self.heartbeat_s = 1800.0
         self.run_id = secrets.token_hex(3)  # transaction ids differ from one run to the next
         self.tx_count = 0
+        self.tariffs = StationTariffs(self.s.evses, simple=self.s.index % 5 == 4)  # every fifth: no conditions
 
     async def run(self) -> None:
         by_evse: dict[int, list[Visit]] = {}
@@ -298,6 +300,10 @@ class StationAgent:
                 return
             if action == "TransactionEvent":
                 payload["offline"] = True
+        if action == "TransactionEvent" and self.v21:  # local cost from the tariff the station holds
+            tx = payload["transactionInfo"]["transactionId"]
+            evse = next((n for n, e in self.evses.items() if e.tx_id == tx), 0)
+            self.tariffs.cost(evse, payload)
         self.outbox.append((action, payload))
         self.mail.set()
 
@@ -329,7 +335,17 @@ class StationAgent:
             return self._set_profile(payload)
         if action == "ClearChargingProfile":
             return self._clear_profiles(payload)
+        if self.v21 and action in ("SetDefaultTariff", "ChangeTransactionTariff", "ClearTariffs", "GetTariffs"):
+            return self._tariff_call(action, payload)
         return _minimal(self.s.protocol, action)
+
+    def _tariff_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        t = self.tariffs
+        if action == "SetDefaultTariff":
+            return t.set_default(payload)
+        if action == "ChangeTransactionTariff":
+            return t.change(payload, datetime.fromtimestamp(self._catch_up(), UTC))
+        return t.clear(payload) if action == "ClearTariffs" else t.get(payload)
 
     def _set_profile(self, request: dict[str, Any]) -> dict[str, Any]:
         now = self._catch_up()
