@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration", "status", "connectivity")
+KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration", "status", "connectivity",
+         "tariffs")
 ENGINES = ("duckdb", "polars")
 RULES = ("nevi", "uk")
 BOTH = ("sessions", "energy", "status", "connectivity")
@@ -60,6 +61,11 @@ def report(
         }[(kind, polars)]  # fmt: skip
         rows = [r for r in compute(capture) if _within(r, since, until)]
         return {"intervals": rows}, rows
+    if kind == "tariffs":
+        from twin.analytics.tariffs import tariffs_report
+
+        document = tariffs_report(capture, since, until)
+        return document, document["sessions"]
     if kind == "uptime":
         document = uptime.uptime(capture, rule, since, until)
         return document, document["ports"]
