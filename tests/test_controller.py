@@ -228,3 +228,65 @@ def _epoch(ts: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_grid_page_shows_each_site_its_limit_and_plan(stack: SiteStack, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """The dashboard's Grid & smart charging page, run by AppTest against the worker's API:
+    both sites, SITE-A under an operator's limit (and until when), each EVSE's plan and
+    profile status, and CS-00003's refusal on SITE-B."""
+    from streamlit.testing.v1 import AppTest
+
+    def refused() -> dict[str, Any] | None:
+        plan = stack.plan("SITE-B")
+        rows = {e["station_id"]: e for e in (plan or {}).get("evses", ())}
+        refusing = rows.get("CS-00003")
+        return plan if refusing and refusing["profile_status"] == "Rejected" and not refusing["obeys"] else None
+
+    stack.wait("SITE-B's plan around the refusing station", refused)
+    plan = stack.wait("a plan for SITE-A", lambda: stack.plan("SITE-A"))
+    result = subprocess.run(TWIN + ["control", "limit", "SITE-A", "--import-kw", "25", "--for", "600", "--start",
+                                    plan["planned_at"], "-b", stack.broker.bootstrap, "--json"],
+                            capture_output=True, text=True, env=stack.env, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    def planned_under_the_operator() -> dict[str, Any] | None:
+        p = stack.plan("SITE-A")
+        site = stack.site("SITE-A")
+        if not p or not site or p["limit"]["source"] != "operator" or p["limit"]["import_kw"] != 25.0:
+            return None
+        return p if site["limit_source"] == "operator" and len(p["evses"]) == 3 else None
+
+    stack.wait("SITE-A planned under the operator's 25 kW", planned_under_the_operator, timeout=60)
+    monkeypatch.setenv("TWIN_API", f"http://127.0.0.1:{stack.web_port}")
+    monkeypatch.setenv("TWIN_ARCHIVE", str(tmp_path / "none"))
+    page = Path(__file__).resolve().parent.parent / "dashboards" / "pages" / "grid.py"
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    sites = at.dataframe[0].value.set_index("site")
+    assert list(sites.index) == ["SITE-A", "SITE-B"]
+    assert (sites.loc["SITE-A", "limit_kw"], sites.loc["SITE-A", "source"]) == (25.0, "operator")
+    assert (sites.loc["SITE-B", "limit_kw"], sites.loc["SITE-B", "source"]) == (LIMIT_B, "static")
+    assert sites.loc["SITE-B", "profiles not accepted"] == 1  # CS-00003
+    said = " ".join(i.value for i in at.info)
+    assert "An operator's limit" in said and "import at most 25.0 kW" in said and " until 20" in said, said
+    assert f"static limits are import {LIMIT_A:.1f} kW" in said, said
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Import limit in force"] == "25.0 kW" and shown["Import now"].endswith(" kW")
+    assert any("Plan " in c.value and "planned at" in c.value for c in at.caption)
+    evses = at.dataframe[1].value
+    rows = {(r.station, r.evse): r for r in evses.itertuples()}
+    for key in (("CS-00001", 1), ("CS-00002", 1), ("CS-00004", 1)):
+        row = rows[key]
+        assert row.plan_kw >= 0 and row.needs_kwh >= 0 and row.departure and row.why.startswith("needs "), row
+        assert row.profile_status == "Accepted", row
+    assert len(at.get("vega_lite_chart")) == 1  # the site's planned power against its limit
+
+    at.selectbox(key="grid_site").set_value("SITE-B").run()
+    assert not at.exception, [e.value for e in at.exception]
+    rows = {(r.station, r.evse): r for r in at.dataframe[1].value.itertuples()}
+    refusing = rows[("CS-00003", 1)]
+    assert refusing.profile_status == "Rejected" and "did not take the last profile" in refusing.why
+    assert rows[("CS-00005", 1)].profile_status == "Accepted"
+    assert any("static limits are in force" in c.value for c in at.caption)

@@ -169,3 +169,14 @@ def test_a_report_that_failed_is_not_pending(archive_only: None) -> None:
     at = settled(AppTest.from_function(page, default_timeout=60).run(), lambda at: len(at.error) > 0)
     assert "The sessions report failed" in at.error[0].value and len(at.error) == 1
     assert not [c.value for c in at.caption if "Computing" in c.value]
+
+
+def test_grid_without_a_worker_says_the_live_api_is_unreachable(archive_only: None) -> None:
+    """Sites, limits in force and plans are live only: the page says the API is away, and
+    shows the sites as the sample's inventory defines them, with their static limits."""
+    at = run("grid")
+    assert says_archive_only(at)
+    sites = at.dataframe[0].value
+    assert list(sites["site"]) == [f"SITE-{n:04d}" for n in range(1, 6)]
+    assert sites["static_import_limit_kw"].iloc[0] == 45.0  # the sample's _stations.json, POOL-0001
+    assert any("need the live API" in c.value for c in at.caption)
