@@ -240,7 +240,7 @@ SCENARIOS = {
 
 MOMENT_KEYS = frozenset({
     "as_of", "last_seen", "connected_since", "booted_at", "made_at", "updated_at", "set_at", "received_at",
-    "requested_at", "checked_at", "installed_at", "conn_id", "remote_address",
+    "requested_at", "checked_at", "installed_at", "answered_at", "conn_id", "remote_address",
 })  # fmt: skip
 """What a live run cannot share with a script: when the gateway captured things, and ids."""
 

@@ -127,8 +127,9 @@ def test_a_csms_call_takes_effect_on_its_accepted_answer_only() -> None:
     s.csms("SetChargingProfile", profile, {"status": "Rejected", "statusInfo": {"reasonCode": "NoV2X"}})
     evse = twin_of(s)["evses"]["1"]
     assert "profiles" not in evse  # not in force
-    assert evse["profile_status"] | {"at": None} == {"status": "Rejected", "profile_id": 3, "reason": "NoV2X",
-                                                     "at": None}  # fmt: skip
+    assert evse["profile_status"] | {"answered_at": None} == {"status": "Rejected", "profile_id": 3,
+                                                              "reason": "NoV2X", "answered_at": None,
+                                                              "transaction_id": None}  # fmt: skip
     s.csms("SetChargingProfile", profile, {"status": "Accepted"})
     assert twin_of(s)["evses"]["1"]["profile_status"]["status"] == "Accepted"
     p = twin_of(s)["evses"]["1"]["profiles"]["3"]
@@ -303,5 +304,5 @@ def test_a_profile_the_station_never_answered_or_refused_is_the_evses_profile_st
     s._frame(ocpp_j.call("t2", "SetChargingProfile", profile), "csms")
     s._frame(ocpp_j.Frame(4, "t2", "SetChargingProfile", {"errorCode": "NotSupported", "errorDescription": "",
                                                           "errorDetails": {}}), "cs")  # fmt: skip
-    assert twin_of(s)["evses"]["2"]["profile_status"] | {"at": None} == {
-        "status": "Error", "profile_id": 9, "reason": "NotSupported", "at": None}
+    assert twin_of(s)["evses"]["2"]["profile_status"] | {"answered_at": None} == {
+        "status": "Error", "profile_id": 9, "reason": "NotSupported", "answered_at": None, "transaction_id": None}

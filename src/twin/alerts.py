@@ -70,8 +70,8 @@ def alerts(record: dict[str, Any], before: dict[str, Any] | None, after: dict[st
     elif action == "NotifyDERAlarm" and record.get("msg_type") == 2:
         alert("der", "high", control_type=p.get("controlType"), fault=p.get("gridEventFault"))
     elif action in ("SetChargingProfile", "CallTimeout") and _profile_refused(record, p):
-        evse = next((k for k, e in after.get("evses", {}).items() if (e.get("profile_status") or {}).get("at") == ts),
-                    None)  # fmt: skip
+        answered = {k: (e.get("profile_status") or {}).get("answered_at") for k, e in after.get("evses", {}).items()}
+        evse = next((k for k, at in answered.items() if at == ts), None)
         status = (after.get("evses", {}).get(evse) or {}).get("profile_status") or {}
         alert("smart_charging", "medium", type="ProfileNotApplied", evse_id=evse, status=status.get("status"),
               reason=status.get("reason"))  # fmt: skip

@@ -260,10 +260,13 @@ def evses(site: Site, twins: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
             tx = evse.get("transaction") or {}
             charging = tx.get("state") in ("started", "updated")
             power_w = float(energy.get("power_w") or 0.0) if online and charging else 0.0
+            status = evse.get("profile_status") or {}
+            if not charging or status.get("transaction_id") not in (None, tx.get("id")):
+                status = {}  # an answer about an earlier session
             out.append({
                 "station_id": station_id, "evse_id": int(evse_id) if str(evse_id).isdigit() else evse_id,
                 "power_kw": round(power_w / 1000, 3), "direction": energy.get("direction", "idle") if charging
-                else "idle", "profile_status": (evse.get("profile_status") or {}).get("status"),
+                else "idle", "profile_status": status.get("status"),
             })  # fmt: skip
     return out
 
@@ -271,7 +274,7 @@ def evses(site: Site, twins: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
 def measured(rows: Iterable[Mapping[str, Any]]) -> tuple[float, float]:
     """The site's import and export now (kW), from its EVSEs' rows."""
     powers = [float(r.get("power_kw") or 0.0) for r in rows]
-    return round(sum(p for p in powers if p > 0), 3), round(-sum(p for p in powers if p < 0), 3)
+    return round(sum(p for p in powers if p > 0), 3) + 0.0, round(-sum(p for p in powers if p < 0), 3) + 0.0
 
 
 def view(site: Site, rows: list[dict[str, Any]], limit: Limit, plan: Mapping[str, Any] | None) -> dict[str, Any]:

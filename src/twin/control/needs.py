@@ -121,8 +121,12 @@ def _need(station_id: str, evse_id: int, evse: Mapping[str, Any], tx: Mapping[st
         discharge = (_watts(v2x.get("maxDischargePower")) or 0.0) / 1000
     floor = v2x.get("evMinV2XEnergyRequest")
     battery = max(0.0, moved_kwh) + (max(0.0, -float(floor)) / 1000 if isinstance(floor, int | float) else 0.0)
-    status = (evse.get("profile_status") or {})
-    obeys = not (status.get("status") in NOT_OBEYED and (_time(status.get("at")) or now) >= started)
+    status = evse.get("profile_status") or {}
+    about = status.get("transaction_id")  # the gateway's receive time and the station's clock may differ
+    this_session = about == tx.get("id") if about else (_time(status.get("answered_at")) or now) >= started
+    obeys = not (status.get("status") in NOT_OBEYED and this_session)
+    if about and about != tx.get("id"):
+        status = {}  # an earlier session's answer
     key = key_of(station_id, evse_id)
     demand = Demand(key, max(0.0, energy), max(0.0, (departure - now).total_seconds()), max_kw,
                     discharge, max(0.0, min(minimum, energy)), battery)  # fmt: skip

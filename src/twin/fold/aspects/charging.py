@@ -57,8 +57,13 @@ def _summary(profile: dict[str, Any], ts: str) -> dict[str, Any]:
 def _profile_status(change: Change, request: dict[str, Any], status: str, reason: Any, ts: str) -> None:
     """The station's last answer to a SetChargingProfile for this EVSE: whoever plans its
     power needs to know whether it is obeyed."""
-    change.at("evses", str(request.get("evseId", 0)))["profile_status"] = {
-        "status": status, "profile_id": (request.get("chargingProfile") or {}).get("id"), "reason": reason, "at": ts,
+    evse_id = str(request.get("evseId", 0))
+    profile = request.get("chargingProfile") or {}
+    running = change.get("evses", evse_id, "transaction") or {}
+    current = running.get("id") if running.get("state") in ("started", "updated") else None
+    change.at("evses", evse_id)["profile_status"] = {
+        "status": status, "profile_id": profile.get("id"), "reason": reason, "answered_at": ts,
+        "transaction_id": profile.get("transactionId") or current,  # whose session it was about
     }  # fmt: skip
 
 
