@@ -92,8 +92,51 @@ def inventory(stations: int, seed: int, prefix: str = "CS") -> list[dict[str, ob
         limit = 5 * math.ceil(rated.get(pool.pool_id, 0.0) * SITE_SHARE / 5)
         sites[pool.pool_id] = {"site_id": f"SITE-{number:04d}", "ean": ean_of(number),
                                "import_limit_kw": float(limit), "export_limit_kw": float(5 * math.ceil(limit / 10))}
-    return [{**asdict(s), "pool_name": by_id[s.pool_id].name, "transfer_mode": s.transfer_mode, **sites[s.pool_id]}
+    places = {p.pool_id: _place(number, p) for number, p in enumerate(pools, 1)}
+    return [{**asdict(s), "pool_name": by_id[s.pool_id].name, "transfer_mode": s.transfer_mode, **sites[s.pool_id],
+             **places[s.pool_id], "connector": _connector(s)}
             for s in fleet]  # fmt: skip
+
+
+COUNTRIES = {"Amsterdam": "NL", "Utrecht": "NL", "Cologne": "DE", "Frankfurt": "DE", "Basel": "CH", "Lyon": "FR",
+             "Hamburg": "DE", "Hanover": "DE", "Nuremberg": "DE", "Munich": "DE", "Innsbruck": "AT", "Verona": "IT",
+             "Paris": "FR", "Orleans": "FR", "Tours": "FR", "Bordeaux": "FR", "Bilbao": "ES", "Madrid": "ES",
+             "Gdansk": "PL", "Warsaw": "PL", "Katowice": "PL", "Vienna": "AT", "Graz": "AT", "Ljubljana": "SI"}
+ZONES = {"NL": "Europe/Amsterdam", "DE": "Europe/Berlin", "CH": "Europe/Zurich", "FR": "Europe/Paris",
+         "AT": "Europe/Vienna", "IT": "Europe/Rome", "ES": "Europe/Madrid", "PL": "Europe/Warsaw",
+         "SI": "Europe/Ljubljana"}  # fmt: skip
+OPERATOR = {"name": "Corridor Charging B.V.", "website": "https://corridor-charging.example", "phone": "+31 20 000 0000"}
+
+
+def _place(number: int, pool: Pool) -> dict[str, object]:
+    """A pool's static data beyond OCPP (AFIR Art. 20's static data): its address (the nearest
+    corridor town's country and time zone), opening hours, parking, energy mix and operator.
+    Set by the pool's number, so the same fleet always gets the same values."""
+    town = min((t for towns in CORRIDORS.values() for t in towns),
+               key=lambda t: (t[1] - pool.lat) ** 2 + (t[2] - pool.lon) ** 2)[0]  # fmt: skip
+    country = COUNTRIES[town]
+    green = number % 3 != 0
+    mix = ([{"source": "WIND", "percentage": 60.0}, {"source": "SOLAR", "percentage": 40.0}] if green
+           else [{"source": "GENERAL_GREEN", "percentage": 45.0}, {"source": "GAS", "percentage": 35.0},
+                 {"source": "COAL", "percentage": 20.0}])  # fmt: skip
+    return {
+        "address": {"street": f"Rastplatz {pool.name.split(' ')[0]} {number}", "city": town,
+                    "postal_code": f"{(number * 7919) % 90000 + 10000}", "country": country,
+                    "time_zone": ZONES[country]},
+        "opening_hours": "24/7" if number % 4 else "Mo-Su 06:00-22:00",
+        "parking": {"type": "ALONG_MOTORWAY", "restrictions": ["EV_ONLY"], "free_minutes": 0},
+        "energy_mix": {"is_green_energy": green, "supplier": "Corridor Energy", "sources": mix},
+        "operator": OPERATOR,
+    }  # fmt: skip
+
+
+def _connector(s: Station) -> dict[str, object]:
+    """Each EVSE's one connector: CCS2 on a cable for DC, a Type 2 socket (22 kW: three phases) for AC."""
+    if s.kind == "DC":
+        return {"standard": "IEC_62196_T2_COMBO", "format": "CABLE", "power_type": "DC", "max_voltage": 920,
+                "max_amperage": int(math.ceil(s.max_kw * 1000 / 400))}  # fmt: skip
+    return {"standard": "IEC_62196_T2", "format": "SOCKET", "power_type": "AC_3_PHASE", "max_voltage": 400,
+            "max_amperage": 32 if s.max_kw > 11 else 16}  # fmt: skip
 
 
 def build(stations: int, seed: int, prefix: str = "CS") -> tuple[list[Pool], list[Station]]:
