@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PINS   := constraints.txt
 
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -10,15 +11,30 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 KAFKA_LIB   := .kafka/lib
 KAFKA_STAMP := .kafka/.fetched
 
-.PHONY: install browser kafka run test lint bench clean
+.PHONY: install upgrade browser kafka run test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# every dependency at the version the suite last passed with (constraints.txt): two installs a
+# month apart are the same product
+$(STAMP): pyproject.toml $(PINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(PINS) -e '.[dev]'
 	touch $(STAMP)
+
+# the newest of everything pyproject.toml allows, in a venv of its own; the pins move only if
+# the whole suite passes there
+upgrade: browser kafka
+	rm -rf .venv-upgrade
+	$(PYTHON) -m venv .venv-upgrade
+	.venv-upgrade/bin/pip install --quiet --upgrade pip
+	.venv-upgrade/bin/pip install --quiet --upgrade -e '.[dev]'
+	.venv-upgrade/bin/python -m pytest -q
+	{ echo '# The versions the suite last passed with; make install uses them, make upgrade refreshes them.'; \
+	  .venv-upgrade/bin/pip freeze --exclude-editable | grep -v '^pip=='; } > $(PINS)
+	rm -rf .venv-upgrade
+	$(MAKE) install
 
 # the browser test drives Debian's Chromium (Playwright's own browser downloads are not used)
 browser:
@@ -55,4 +71,4 @@ bench: install
 	$(BIN)/python benches/replay_speed.py
 
 clean:
-	rm -rf $(VENV) twin-data .pytest_cache .kafka
+	rm -rf $(VENV) .venv-upgrade twin-data .pytest_cache .kafka
