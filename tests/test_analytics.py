@@ -624,3 +624,50 @@ def test_status_and_connectivity_intervals_worked_out_by_hand(tmp_path: Path) ->
         assert [(round(r["minutes"]), r["close_code"], r["disconnected_at"] is None) for r in links] == [
             (120, 1006, False), (220, None, True)]  # fmt: skip
         assert links[1]["last_seen"].startswith("2026-03-01T15:10:00")
+
+
+def test_afir_art_5_judges_the_price_in_force(tmp_path: Path) -> None:
+    """Worked by hand; the log ends on Sunday 1 March 2026 at 08:00 UTC, and each price in force
+    then and at each change in the week after is judged. POOL-KWH: a 150 kW point at 0.59/kWh
+    with a 0.10/min occupancy fee: passes. POOL-MIN: a 150 kW point priced per minute only:
+    fails. POOL-MIX: a 150 kW point per kWh from 07:00 to 22:00 and per minute at night (fails
+    at 22:00 that day), a 150 kW point whose per-kWh tariff was cleared (fails: none in force),
+    and a 22 kW AC point priced per minute with a session fee (below 50 kW: its components)."""
+    kwh = {"tariffId": "KWH", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.59}]},
+           "idleTime": {"prices": [{"priceMinute": 0.10}]}}  # fmt: skip
+    per_min = {"tariffId": "MIN", "currency": "EUR", "chargingTime": {"prices": [{"priceMinute": 0.30}]}}
+    day = {"startTimeOfDay": "07:00", "endTimeOfDay": "22:00"}
+    night = {"startTimeOfDay": "22:00", "endTimeOfDay": "07:00"}
+    day_night = {"tariffId": "DN", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.59, "conditions": day}]},
+                 "chargingTime": {"prices": [{"priceMinute": 0.20, "conditions": night}]}}  # fmt: skip
+    ac = {"tariffId": "AC", "currency": "EUR", "chargingTime": {"prices": [{"priceMinute": 0.05}]},
+          "fixedFee": {"prices": [{"priceFixed": 1.00}]}}  # fmt: skip
+    records: list[dict[str, Any]] = []
+    point = {"max_kw": 150.0, "evses": 1, "kind": "DC", "bidirectional": False, "iso15118": True}
+    inventory = []
+    for station, pool, tariff in (("P-KWH", "POOL-KWH", kwh), ("P-MIN", "POOL-MIN", per_min),
+                                  ("M-DN", "POOL-MIX", day_night), ("M-GONE", "POOL-MIX", kwh),
+                                  ("M-AC", "POOL-MIX", ac)):  # fmt: skip
+        s = Script(station).connect().boot().status(1, "Available")
+        s.csms("SetDefaultTariff", {"evseId": 0, "tariff": tariff}, {"status": "Accepted"})
+        if station == "M-GONE":
+            s.csms("ClearTariffs", {"tariffIds": ["KWH"]},
+                   {"clearTariffsResult": [{"tariffId": "KWH", "status": "Accepted"}]})  # fmt: skip
+        records += s.records
+        kw = {"max_kw": 22.0, "evses": 2, "kind": "AC"} if station == "M-AC" else {}
+        inventory.append({"station_id": station, "pool_id": pool, **point, **kw})
+    path = tmp_path / "art5.jsonl"
+    captures.write_jsonl(path, records)
+    (tmp_path / "art5.jsonl.stations.json").write_text(json.dumps(inventory))
+    pools = {p["pool_id"]: {c["rule"]: c for c in p["checks"]} for p in afir.afir(path)}
+    per_kwh = "Art. 5(4) ad hoc price per kWh at 50 kW and more"
+    parts = "Art. 5 ad hoc price and its components below 50 kW"
+    assert pools["POOL-KWH"][per_kwh]["result"] == "pass" and parts not in pools["POOL-KWH"]
+    end = max(r["ts"] for r in records)
+    assert pools["POOL-MIN"][per_kwh] == {"rule": per_kwh, "result": "fail", "why": f"P-MIN: no per-kWh price at {end}"}
+    mix = pools["POOL-MIX"]
+    assert mix[per_kwh]["result"] == "fail"
+    assert mix[per_kwh]["why"] == ("M-DN: no per-kWh price at 2026-03-01T22:00:00.000Z; "
+                                   "M-GONE: no default tariff in force")  # fmt: skip
+    why = "in force on every station below 50 kW (1): per minute charging, per session"
+    assert mix[parts] == {"rule": parts, "result": "pass", "why": why}

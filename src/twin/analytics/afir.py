@@ -8,8 +8,14 @@
   station's rated power (a simplification where EVSEs share a cabinet); a pool without an
   inventory is unknown. Traffic that does not show a capability makes a check unknown, not
   failed.
-- Art. 5(4): at points of 50 kW and more the ad hoc price is per kWh: a default tariff with
-  an energy price (SetDefaultTariff) was set on every such station.
+- Art. 5, the ad hoc price: the price in force (:func:`twin.tariffs.price_at`) on each EVSE
+  at the log's end and at each change in the week after it, from the default tariffs the
+  log shows in force then (SetDefaultTariff and ClearTariffs, Accepted; an EVSE's own, else
+  its station's). At points of 50 kW and more it is per kWh, and a per-minute occupancy
+  (idle) fee is the only other price allowed: a per-minute charging price or a session fee
+  fails, as does a moment without a per-kWh price. Below 50 kW (a check only where a pool
+  has such points) an ad hoc price is in force at every moment, and the reason lists its
+  components. The inventory's ``kind`` is the EVSE kind a tariff's ``evseKind`` meets.
 - Art. 5(8): smart-charging capable: every station of the pool accepted a charging profile.
 - ISO 15118-20 (Delegated Regulation 2025/656, from 2027): every station shows it (see
   migration).
@@ -19,12 +25,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from twin.analytics import migration
-from twin.analytics.frames import connect, rows
+from twin.analytics.frames import bounds, connect, rows
 from twin.analytics.migration import inventory_of
+from twin.tariffs import Price, Tariff, Usage, boundaries, iso, price_at
 
 THRESHOLDS = [  # (rule, minimum pool kW, minimum points of >= 150 kW)
     ("Art. 3 TEN-T core, end 2025", 400.0, 1),
@@ -35,14 +45,7 @@ THRESHOLDS = [  # (rule, minimum pool kW, minimum points of >= 150 kW)
 FRESH_S = 60.0
 
 SQL = """
-WITH tariffs AS (
-    SELECT c.station_id, bool_or((c.payload->'$.tariff.energy') IS NOT NULL) AS per_kwh
-    FROM frames c JOIN frames a ON a.conn_id = c.conn_id AND a.msg_id = c.msg_id AND a.origin = 'cs' AND a.msg_type = 3
-                                   AND a.action = 'SetDefaultTariff'  -- an answer's is its CALL's: fewer row groups
-    WHERE c.action = 'SetDefaultTariff' AND c.msg_type = 2 AND c.origin = 'csms' AND a.payload->>'$.status' = 'Accepted'
-    GROUP BY ALL
-),
-profiles AS (
+WITH profiles AS (
     SELECT c.station_id, true AS accepted
     FROM frames c JOIN frames a ON a.conn_id = c.conn_id AND a.msg_id = c.msg_id AND a.origin = 'cs' AND a.msg_type = 3
                                    AND a.action = 'SetChargingProfile'
@@ -57,20 +60,32 @@ status_delay AS (
     FROM frames WHERE action = 'StatusNotification' AND msg_type = 2 AND origin = 'cs' AND valid
     GROUP BY ALL
 )
-SELECT s.station_id, coalesce(t.per_kwh, false) AS per_kwh, coalesce(p.accepted, false) AS smart, d.p95_s
+SELECT s.station_id, coalesce(p.accepted, false) AS smart, d.p95_s
 FROM (SELECT DISTINCT station_id FROM frames_all) s
-LEFT JOIN tariffs t USING (station_id) LEFT JOIN profiles p USING (station_id)
+LEFT JOIN profiles p USING (station_id)
 LEFT JOIN status_delay d USING (station_id)
 """
+TARIFFS_SQL = """
+SELECT c.station_id, c.action, CAST(c.payload AS VARCHAR) AS request, CAST(a.payload AS VARCHAR) AS answer
+FROM frames c JOIN frames a ON a.conn_id = c.conn_id AND a.msg_id = c.msg_id AND a.origin = 'cs' AND a.msg_type = 3
+                               AND a.action = c.action  -- an answer's is its CALL's: fewer row groups
+WHERE c.action IN ('SetDefaultTariff', 'ClearTariffs') AND c.msg_type = 2 AND c.origin = 'csms'
+ORDER BY a.ts, a.conn_id, a.seq
+"""
+FAST_KW = 50.0
+PER_KWH = "Art. 5(4) ad hoc price per kWh at 50 kW and more"
+COMPONENTS = "Art. 5 ad hoc price and its components below 50 kW"
 
 
 def afir(capture: str | Path) -> list[dict[str, Any]]:
     known = inventory_of(capture)
     # the log read once (a table: SQL names frames five times), for these checks and migration's
-    con = connect(capture, ("SetDefaultTariff", "SetChargingProfile", "StatusNotification", *migration.ACTIONS),
-                  once=True)  # fmt: skip
+    con = connect(capture, ("SetDefaultTariff", "ClearTariffs", "SetChargingProfile", "StatusNotification",
+                            *migration.ACTIONS), once=True)  # fmt: skip
     seen = {r["station_id"]: r for r in rows(con, SQL)}
     iso20 = {r["station_id"]: r["iso15118_20"] for r in migration.migration_duckdb(capture, con)}
+    held = _held(rows(con, TARIFFS_SQL))
+    end = bounds(con, capture)[1]
     pools: dict[str, list[str]] = {}
     for station in sorted(seen):
         pools.setdefault(known.get(station, {}).get("pool_id") or f"(no pool) {station}", []).append(station)
@@ -87,16 +102,7 @@ def afir(capture: str | Path) -> list[dict[str, Any]]:
                 ok = total_kw >= kw and points_150 >= points
                 checks.append(_check(rule, ok, f"{total_kw:g} kW, {points_150} points of 150 kW or more "
                                                f"(needs {kw:g} kW and {points})"))  # fmt: skip
-        fast = [s for s in stations if known.get(s, {}).get("max_kw", 0) >= 50]
-        if not listed:
-            checks.append(_check("Art. 5(4) ad hoc price per kWh at 50 kW and more", None, "rated power unknown"))
-        elif not fast:
-            checks.append(_check("Art. 5(4) ad hoc price per kWh at 50 kW and more", True, "no point of 50 kW or more"))
-        else:
-            missing = [s for s in fast if not seen[s]["per_kwh"]]
-            checks.append(_check("Art. 5(4) ad hoc price per kWh at 50 kW and more", not missing,
-                                 f"no per-kWh default tariff seen on {', '.join(missing)}" if missing
-                                 else f"per-kWh tariff on all {len(fast)} stations of 50 kW or more"))  # fmt: skip
+        checks += _ad_hoc(listed, held, end)
         unsmart = [s for s in stations if not seen[s]["smart"]]
         checks.append(_check("Art. 5(8) smart charging", None if unsmart else True,
                              f"no accepted charging profile seen on {', '.join(unsmart)}" if unsmart
@@ -114,6 +120,102 @@ def afir(capture: str | Path) -> list[dict[str, Any]]:
                                  f"{FRESH_S:g} s"))  # fmt: skip
         out.append({"pool_id": pool_id, "stations": stations, "total_kw": total_kw, "points_150kw": points_150,
                     "checks": checks})  # fmt: skip
+    return out
+
+
+def _held(found: list[dict[str, Any]]) -> dict[tuple[str, str], list[Tariff]]:
+    """Per (station, EVSE) the default tariffs accepted and not cleared by the log's end, as
+    the twin's fold keeps them (EVSE ``0``: the whole station)."""
+    held: dict[tuple[str, str], list[Tariff]] = {}
+    for r in found:
+        request, answer, station = orjson.loads(r["request"]), orjson.loads(r["answer"]), r["station_id"]
+        if r["action"] == "SetDefaultTariff" and answer.get("status") == "Accepted":
+            tariff = request.get("tariff") or {}
+            slot = (station, str(request.get("evseId", 0)))
+            held[slot] = [*(t for t in held.get(slot, ()) if t.get("tariffId") != tariff.get("tariffId")), tariff]
+        elif r["action"] == "ClearTariffs":
+            gone = {x.get("tariffId") for x in answer.get("clearTariffsResult", ()) if x.get("status") == "Accepted"}
+            evse = request.get("evseId")
+            for slot in [k for k in held if k[0] == station and (evse is None or k[1] == str(evse))]:
+                held[slot] = [t for t in held[slot] if t.get("tariffId") not in gone]
+    return held
+
+
+def _prices(tariffs: list[Tariff], end: datetime, kind: str | None) -> list[tuple[datetime, Price | None]]:
+    """The price in force at ``end`` and at each change in the week after it."""
+    usage = Usage(evse_kind=kind)
+    moments = [end, *boundaries(tariffs, end, end + timedelta(days=7))]
+    return [(t, price_at(tariffs, t, usage)) for t in moments]
+
+
+def _fault(station: dict[str, Any], held: dict[tuple[str, str], list[Tariff]], end: datetime | None) -> str | None:
+    """What is wrong with the ad hoc price on a station's EVSEs; None: nothing."""
+    fast = station["max_kw"] >= FAST_KW
+    for evse in range(1, int(station.get("evses") or 1) + 1):
+        sid = station["station_id"]
+        tariffs = held.get((sid, str(evse))) or held.get((sid, "0")) or []
+        name = sid if int(station.get("evses") or 1) == 1 else f"{sid} EVSE {evse}"
+        if not tariffs or end is None:
+            return f"{name}: no default tariff in force"
+        for at, price in _prices(tariffs, end, station.get("kind")):
+            when = iso(at)
+            if price is None or not any(v is not None for v in price.as_json().values()):
+                return f"{name}: no ad hoc price in force at {when}"
+            if not fast:
+                continue
+            if price.energy_per_kwh is None:
+                return f"{name}: no per-kWh price at {when}"
+            if price.time_per_min is not None:
+                return f"{name}: a per-minute charging price at {when}"
+            if price.fixed_fee is not None:
+                return f"{name}: a session fee at {when}"
+    return None
+
+
+def _components(stations: list[dict[str, Any]], held: dict[tuple[str, str], list[Tariff]],
+                end: datetime | None) -> str:  # fmt: skip
+    names = {"energy_per_kwh": "per kWh", "time_per_min": "per minute charging", "fixed_fee": "per session",
+             "idle_per_min": "per minute idle"}  # fmt: skip
+    seen: set[str] = set()
+    for s in stations:
+        for key in [k for k in held if k[0] == s["station_id"]]:
+            for _, price in _prices(held[key], end, s.get("kind")) if end is not None else ():
+                seen |= {k for k, v in (price.as_json() if price else {}).items() if v is not None}
+    return ", ".join(label for key, label in names.items() if key in seen) or "none"
+
+
+def _judge(rule: str, stations: list[dict[str, Any]], held: dict[tuple[str, str], list[Tariff]],
+           end: datetime | None, said: str) -> dict[str, str]:  # fmt: skip
+    """Fail on a fault of a 2.1 station; a 2.0.1 station (the inventory's ``protocol``) has no
+    tariff messages, so one without a tariff leaves the check unknown, not failed."""
+    failed: list[str] = []
+    unknown: list[str] = []
+    for s in stations:
+        fault = _fault(s, held, end)
+        if fault is None:
+            continue
+        if s.get("protocol") == "ocpp2.0.1" and not any(k[0] == s["station_id"] for k in held):
+            unknown.append(f"{s['station_id']}: OCPP 2.0.1 has no tariff messages, its price is not in the log")
+        else:
+            failed.append(fault)
+    if failed:
+        return _check(rule, False, "; ".join(failed + unknown))
+    return _check(rule, None, "; ".join(unknown)) if unknown else _check(rule, True, said)
+
+
+def _ad_hoc(stations: list[dict[str, Any]], held: dict[tuple[str, str], list[Tariff]],
+            end: datetime | None) -> list[dict[str, str]]:  # fmt: skip
+    """Art. 5's checks of a pool's ad hoc price (the inventory's stations of the pool)."""
+    if not stations:
+        return [_check(PER_KWH, None, "rated power unknown")]
+    fast = [s for s in stations if s["max_kw"] >= FAST_KW]
+    slow = [s for s in stations if s["max_kw"] < FAST_KW]
+    out = [_check(PER_KWH, True, "no point of 50 kW or more") if not fast else
+           _judge(PER_KWH, fast, held, end, f"per kWh (an occupancy fee at most beside it) on every station of 50 kW "
+                                            f"or more ({len(fast)}) at every price in force")]  # fmt: skip
+    if slow:
+        said = f"in force on every station below 50 kW ({len(slow)}): {_components(slow, held, end)}"
+        out.append(_judge(COMPONENTS, slow, held, end, said))
     return out
 
 
