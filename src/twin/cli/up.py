@@ -154,10 +154,12 @@ def up(
                 scale = ["--time-scale", speed] if simulate and speed != "max" else []
                 stack.start("controller", [*twin, "controller", "--bootstrap", target, "--archive", settings.archive,
                                            *sites_flag, *scale])  # fmt: skip
-            if openadr_vtn:
+            if openadr_vtn:  # the secret in its environment, not on a command line `ps` shows
+                stack.env["TWIN_OPENADR_CLIENT_SECRET"] = openadr_client_secret
                 stack.start("ven", [*twin, "ven", "--vtn", openadr_vtn, "--client-id", openadr_client_id,
-                                    "--client-secret", openadr_client_secret, "--bootstrap", target, "--archive",
-                                    settings.archive, "--api", f"http://{host}:{settings.web_port}", *sites_flag])
+                                    "--bootstrap", target, "--archive", settings.archive,
+                                    "--api", f"http://{host}:{settings.web_port}", *sites_flag])
+                stack.env.pop("TWIN_OPENADR_CLIENT_SECRET")
             if not no_dashboard:
                 status.update("starting the dashboard")
                 stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive)

@@ -16,7 +16,9 @@ def ven(
     vtn: Annotated[str, typer.Option("--vtn", help="The VTN's base URL (OpenADR 3: where /programs and /events "
                                      "are; 2.0b: its OpenADR endpoint).")],
     client_id: Annotated[str, typer.Option("--client-id", help="OAuth2 client id (2.0b: the VEN name).")],
-    client_secret: Annotated[str, typer.Option("--client-secret", help="OAuth2 client secret.")] = "",
+    client_secret: Annotated[str, typer.Option("--client-secret", envvar="TWIN_OPENADR_CLIENT_SECRET",
+                                               help="OAuth2 client secret; better from the environment (env "
+                                               "TWIN_OPENADR_CLIENT_SECRET), where `ps` does not show it.")] = "",
     protocol: Annotated[str, typer.Option(help="3 (OpenADR 3.0.1 and 3.1) or 2.0b (through openleadr).")] = "3",
     poll_s: Annotated[float, typer.Option("--poll-s", min=0.1, help="Seconds between polls of the VTN.")] = 30.0,
     callback_port: Annotated[int | None, typer.Option(help="Also subscribe to the VTN's notifications, called "
