@@ -183,3 +183,38 @@ def test_up_stops_on_sigterm_well_inside_a_containers_grace(engine: str, tmp_pat
         assert "stopped: broker (pid" in said and "worker (pid" in said
     finally:
         _kill_left(below)
+
+
+def test_up_sets_the_sample_tariffs_on_the_simulated_fleet(tmp_path: Path) -> None:
+    """`twin up --simulate 5`: once online each OCPP 2.1 station takes the sample tariff of its
+    kind (time-of-day energy prices), CS-00005, which supports no price conditions, the flat one
+    after its ConditionNotSupported; CS-00004 speaks 2.0.1 and is sent nothing. Each twin shows
+    the price in force now."""
+    with twin_up(tmp_path, "--simulate", "5", "--no-dashboard") as up:
+        from twin.captures import inventory_path
+
+        listed = orjson.loads(inventory_path(tmp_path / "archive").read_bytes())
+        kinds = {s["station_id"]: s["kind"] for s in listed if s["protocol"] == "ocpp2.1"}
+        assert sorted(kinds) == ["CS-00001", "CS-00002", "CS-00003", "CS-00005"]
+        deadline = time.monotonic() + 180
+        tariffs: dict[str, Any] = {}
+        while time.monotonic() < deadline and len(tariffs) < len(kinds):
+            for station in kinds:
+                try:
+                    evse = (get(f"{up.api}/stations/{station}").get("evses") or {}).get("1") or {}
+                except urllib.error.HTTPError:  # not seen yet
+                    continue
+                if ((evse.get("tariff") or {}).get("price_now") or {}).get("energy_per_kwh") is not None:
+                    tariffs[station] = evse["tariff"]
+            time.sleep(1)
+        assert len(tariffs) == len(kinds), f"tariffs on {sorted(tariffs)}: {up.stderr.read_text()[-2000:]}"
+        prices = {"AC": (0.45, 0.32), "DC": (0.69, 0.55), "AC-FLAT": (0.39,), "DC-FLAT": (0.62,)}
+        for station, tariff in tariffs.items():
+            kind = kinds[station] + ("-FLAT" if station == "CS-00005" else "")
+            assert tariff["tariff_id"] == f"SAMPLE-{kind}" and tariff["currency"] == "EUR", station
+            now = tariff["price_now"]
+            assert now["energy_per_kwh"] in prices[kind]
+            assert now["energy_per_kwh_incl_tax"] == pytest.approx(now["energy_per_kwh"] * 1.19)
+            assert (tariff["next_change_at"] is None) == kind.endswith("FLAT")  # else 07:00 or 22:00, station time
+        assert "tariff" not in ((get(f"{up.api}/stations/CS-00004").get("evses") or {}).get("1") or {})
+        assert "sample tariffs set on 4 stations" in up.stderr.read_text()

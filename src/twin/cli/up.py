@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -75,6 +77,8 @@ def up(
     data_dir: Annotated[str, typer.Option(help="Logs, the worker's state and the spool go here.")] = "twin-data",
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Leave the dashboard out.")] = False,
     no_control: Annotated[bool, typer.Option("--no-control", help="Leave the smart-charging controller out.")] = False,
+    no_tariffs: Annotated[bool, typer.Option("--no-tariffs", help="Leave out the sample tariffs set on the "
+                                             "simulated fleet's 2.1 stations once online.")] = False,  # fmt: skip
     sites: Annotated[str | None, typer.Option("--sites", help="A sites file (JSON list of site_id, ean, "
                                               "import_limit_kw, export_limit_kw, stations); default: the sites of "
                                               "the station inventory beside the archive. (env TWIN_SITES)")] = None,
@@ -169,6 +173,10 @@ def up(
                 stack.start("simulator", [*twin, "simulate", "--stations", str(simulate), "--days", "7",
                                           "--live", gateway_url, "--speed", speed, "--inventory", settings.archive],
                             may_finish=True)  # fmt: skip
+                if not no_tariffs:
+                    threading.Thread(target=install_sample_tariffs, daemon=True, name="tariffs",
+                                     args=(f"http://{host}:{settings.web_port}", target, settings.archive,
+                                           stop)).start()  # fmt: skip
         pids = {s.name: s.pid for s in stack.services}
         if json_out:
             print_json({**urls, "simulated_stations": simulate, "pids": pids})
@@ -204,3 +212,45 @@ def _announce(urls: dict[str, str | None], simulate: int, speed: str) -> None:
     if simulate:
         print(f"  a simulated fleet of {simulate} stations is driving the gateway at {speed}x")
     print("Ctrl-C stops everything.", flush=True)
+
+
+SAMPLE_TARIFFS = Path(__file__).parent.parent / "data" / "tariffs"
+"""The sample tariffs (OCPP 2.1 TariffType): ``ac.json`` and ``dc.json`` price energy by time of
+day; ``*-flat.json`` are for stations that support no price conditions."""
+
+
+def install_sample_tariffs(api: str, bootstrap: str, inventory: str, stop: threading.Event,
+                           within_s: float = 600.0) -> None:  # fmt: skip
+    """Set the sample tariff (AC or DC by the inventory's ``kind``) on every OCPP 2.1 station
+    as it comes online in the twin, through `twin tariff set`'s code; a station that answers
+    ConditionNotSupported gets the flat one. Until each has taken one, ``stop`` or ``within_s``."""
+    from twin.analytics.migration import inventory_of
+    from twin.cli.tariff import _get, send_and_wait
+    from twin.tariffs import load
+
+    tariffs = {name: load(SAMPLE_TARIFFS / f"{name}.json") for name in ("ac", "dc", "ac-flat", "dc-flat")}
+    listed = inventory_of(inventory)
+    kinds = {s: str(row.get("kind", "AC")).lower() for s, row in listed.items()}
+    wanted = {s for s, row in listed.items() if row.get("protocol") != "ocpp2.0.1"}
+    settings, told = Settings.load(bootstrap=bootstrap), 0
+    done: set[str] = set()  # answered (Accepted or not): never asked again
+    accepted: set[str] = set()
+    deadline = time.monotonic() + within_s
+    while not stop.is_set() and time.monotonic() < deadline and not (wanted and wanted <= done):
+        listing = _get(api, "/v1/stations") or {}
+        online = [r["station_id"] for r in listing.get("stations", ()) if r.get("online") and
+                  r.get("protocol") == "ocpp2.1" and r["station_id"] not in done]  # fmt: skip
+        for flat in (False, True):
+            calls = [(s, "SetDefaultTariff", {"evseId": 0, "tariff": tariffs[kinds.get(s, "ac") + "-flat" * flat]})
+                     for s in online]  # fmt: skip
+            try:
+                results = send_and_wait(settings, calls, "twin up", 30.0) if calls else []
+            except (Exception, typer.Exit):  # the broker away for a moment: asked again next round
+                results = []
+            online = [o["station_id"] for o in results if o["status"] == "ConditionNotSupported" and not flat]
+            done |= {o["station_id"] for o in results if o["outcome"] in ("answered", "error")} - set(online)
+            accepted |= {o["station_id"] for o in results if o["status"] == "Accepted"}
+        if len(accepted) > told:
+            err.print(f"sample tariffs set on {len(accepted)} stations")
+            told = len(accepted)
+        stop.wait(5.0)
