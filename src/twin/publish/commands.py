@@ -31,6 +31,7 @@ TOKEN_TYPES = {"RFID": "ISO14443", "APP_USER": "Central", "AD_HOC_USER": "Centra
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")
+    response_url: str = Field(min_length=1)
 
 
 class Token(_Body):
