@@ -111,7 +111,7 @@ def connector(row: Mapping[str, Any], twin: Mapping[str, Any] | None, evse: str,
 def capabilities(row: Mapping[str, Any]) -> list[str]:
     caps = ["RESERVABLE", "REMOTE_START_STOP_CAPABLE", "UNLOCK_CAPABLE", "RFID_READER", "CHARGING_PROFILE_CAPABLE"]
     if float(row.get("max_kw") or 0) >= 50:  # AFIR Art. 5(3): a card reader or contactless at 50 kW and more
-        caps += ["CONTACTLESS_CARD_PAYABLE", "CREDIT_CARD_PAYABLE"]
+        caps += ["CONTACTLESS_CARD_SUPPORT", "CREDIT_CARD_PAYABLE", "DEBIT_CARD_PAYABLE"]
     return caps
 
 
@@ -171,7 +171,9 @@ def location(party: Party, pool_id: str, rows: list[Mapping[str, Any]], twins: M
         out["energy_mix"] = {"is_green_energy": bool(mix.get("is_green_energy")),
                              "energy_sources": [{"source": s["source"], "percentage": float(s["percentage"])}
                                                 for s in mix.get("sources") or []],
-                             "supplier_name": mix.get("supplier")}  # fmt: skip
+                             "supplier_name": mix.get("supplier"),
+                             "energy_product_name": mix.get("product") or ("green" if mix.get("is_green_energy")
+                                                                           else "mixed")}  # fmt: skip
         out["energy_mix"] = {k: v for k, v in out["energy_mix"].items() if v is not None}
     if not out["operator"].get("website"):
         del out["operator"]["website"]
