@@ -34,7 +34,8 @@ class _Body(BaseModel):
     response_url: str = Field(min_length=1)
 
 
-class Token(_Body):
+class Token(BaseModel):
+    model_config = ConfigDict(extra="allow")
     country_code: str = Field(min_length=2, max_length=2)
     party_id: str = Field(min_length=3, max_length=3)
     uid: str = Field(min_length=1, max_length=36)

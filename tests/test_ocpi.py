@@ -1,0 +1,459 @@
+"""``twin ocpi`` end to end: `twin gateway`, `twin worker`, a live simulated fleet and `twin
+ocpi` as real processes, and a test eMSP (an aiohttp server in a thread) that registers with
+token A, reads every module with pagination, sends each command and receives the results,
+and takes pushed Locations (failing for a while first). Every OCPI object is parsed by an
+independent implementation of the OCPI 2.2.1 models: ``extrawest-ocpi`` (pydantic 1), in a
+virtual environment of its own that the suite creates once and keeps
+(``TWIN_OCPI_VENV``, default ``~/.cache/twin-tests/extrawest-ocpi``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.test_cli_processes import wait_port
+from twin import runtime
+from twin.broker import free_port
+from twin.publish import status as st
+
+pytestmark = pytest.mark.integration
+TWIN = [sys.executable, "-m", "twin"]
+TOKEN_A, TOKEN_B, PUSH_TOKEN = "token-a-for-tests", "emsp-token-b", "push-token"
+EXTRAWEST = "extrawest-ocpi==2025.7.16"
+TARIFF = {"tariffId": "DC-EU-1", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.59}]},
+          "idleTime": {"prices": [{"priceMinute": 0.1}]}}  # fmt: skip
+CHECK = '''
+import json, sys
+from py_ocpi.core.schemas import OCPIResponse
+from py_ocpi.modules.cdrs.v_2_2_1.schemas import Cdr
+from py_ocpi.modules.commands.v_2_2_1.schemas import CommandResponse, CommandResult
+from py_ocpi.modules.credentials.v_2_2_1.schemas import Credentials
+from py_ocpi.modules.locations.v_2_2_1.schemas import EVSE, Connector, Location
+from py_ocpi.modules.sessions.v_2_2_1.schemas import Session
+from py_ocpi.modules.tariffs.v_2_2_1.schemas import Tariff
+from py_ocpi.modules.versions.v_2_2_1.schemas import VersionDetail
+from pydantic import ValidationError
+MODELS = {m.__name__: m for m in (OCPIResponse, Cdr, CommandResponse, CommandResult, Credentials, EVSE, Connector,
+                                  Location, Session, Tariff, VersionDetail)}
+errors = []
+for model, obj in json.load(sys.stdin):
+    try:
+        MODELS[model].parse_obj(obj)
+    except ValidationError as exc:
+        errors.append(f"{model}: {exc}")
+print(json.dumps(errors))
+'''
+
+
+# -- the independent models ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ocpi_models() -> Callable[[str, list[Any]], None]:
+    """``check(model, objects)``: parse with extrawest-ocpi's OCPI 2.2.1 models, in their venv."""
+    venv = Path(os.environ.get("TWIN_OCPI_VENV", Path.home() / ".cache" / "twin-tests" / "extrawest-ocpi"))
+    python = venv / "bin" / "python"
+    if not (venv / ".ready").is_file():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
+        pip = subprocess.run([str(python), "-m", "pip", "install", "-q", EXTRAWEST], capture_output=True, text=True)
+        if pip.returncode != 0:
+            pytest.skip(f"cannot install {EXTRAWEST} into {venv}: {pip.stderr[-500:]}")
+        (venv / ".ready").write_text(EXTRAWEST)
+
+    def check(model: str, objects: list[Any]) -> None:
+        done = subprocess.run([str(python), "-c", CHECK], input=json.dumps([[model, o] for o in objects]),
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        errors = json.loads(done.stdout)
+        assert not errors, "\n".join(errors[:3])
+
+    return check
+
+
+# -- the test eMSP -----------------------------------------------------------------------------------
+
+
+class Emsp:
+    """An eMSP: versions and endpoints for the handshake, a commands receiver for
+    CommandResults, a locations receiver for pushes (answering 503 while ``failing``)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/ocpi/emsp"
+        self.results: list[tuple[str, str, dict[str, Any]]] = []
+        self.pushes: list[tuple[str, str, dict[str, Any]]] = []
+        self.refused_pushes = 0
+        self.failing = True
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _authorised(self, request: web.Request, token: str) -> bool:
+        return request.headers.get("Authorization") == "Token " + base64.b64encode(token.encode()).decode()
+
+    async def versions(self, request: web.Request) -> web.Response:
+        assert self._authorised(request, TOKEN_B)
+        return web.json_response({"status_code": 1000, "timestamp": _now(),
+                                  "data": [{"version": "2.2.1", "url": f"{self.base}/2.2.1"}]})  # fmt: skip
+
+    async def details(self, request: web.Request) -> web.Response:
+        assert self._authorised(request, TOKEN_B)
+        endpoints = [{"identifier": "credentials", "role": "SENDER", "url": f"{self.base}/2.2.1/credentials"},
+                     {"identifier": "commands", "role": "SENDER", "url": f"{self.base}/2.2.1/commands"},
+                     {"identifier": "locations", "role": "RECEIVER", "url": f"{self.base}/2.2.1/locations"}]
+        return web.json_response({"status_code": 1000, "timestamp": _now(),
+                                  "data": {"version": "2.2.1", "endpoints": endpoints}})  # fmt: skip
+
+    async def result(self, request: web.Request) -> web.Response:
+        assert self._authorised(request, TOKEN_B)
+        self.results.append((request.match_info["command"], request.match_info["uid"], await request.json()))
+        return web.json_response({"status_code": 1000, "timestamp": _now()})
+
+    async def pushed(self, request: web.Request) -> web.Response:
+        assert self._authorised(request, PUSH_TOKEN)
+        if self.failing:
+            self.refused_pushes += 1
+            return web.Response(status=503, text="down for maintenance")
+        self.pushes.append((request.method, request.match_info["tail"], await request.json()))
+        return web.json_response({"status_code": 1000, "timestamp": _now()})
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_get("/ocpi/emsp/versions", self.versions)
+        app.router.add_get("/ocpi/emsp/2.2.1", self.details)
+        app.router.add_post("/ocpi/emsp/2.2.1/commands/{command}/{uid}", self.result)
+        app.router.add_route("*", "/ocpi/emsp/2.2.1/locations/{tail:.*}", self.pushed)
+        runner = web.AppRunner(app)
+        self.loop.run_until_complete(runner.setup())
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- the stack ---------------------------------------------------------------------------------------
+
+
+class Stack:
+    def __init__(self, bootstrap: str, workdir: Path) -> None:
+        self.workdir = workdir
+        self.bootstrap = bootstrap
+        prefix = f"ocpi{os.getpid()}{int(time.time()) % 10000}."
+        self.env = {**os.environ, "TWIN_TOPIC_PREFIX": prefix, "TWIN_PARTITIONS": "2"}
+        self.gateway_port, self.web_port, self.ocpi_port = free_port(), free_port(), free_port()
+        self.archive = workdir / "archive"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.token_c: str | None = None
+        self.emsp = Emsp()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.ocpi_port}"
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(TWIN + args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self.procs[name]
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()[-3000:]
+
+    def call(self, method: str, path: str, token: str | None = None, body: Any = None,
+             raw_token: bool = False) -> tuple[int, dict[str, str], Any]:  # fmt: skip
+        headers = {"Content-Type": "application/json", "X-Request-ID": "req-1"}
+        token = token if token is not None else self.token_c
+        if token:
+            headers["Authorization"] = "Token " + (token if raw_token else base64.b64encode(token.encode()).decode())
+        data = json.dumps(body).encode() if body is not None else None
+        url = path if path.startswith("http") else f"{self.base}{path}"
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, dict(r.headers), json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+    def api(self, path: str) -> Any:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as r:
+                return json.loads(r.read())
+        except Exception:
+            return None
+
+    def wait(self, what: str, probe: Callable[[], Any], timeout: float = 120) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if name != "tariff":
+                    assert proc.poll() is None, f"the {name} stopped:\n{self.log(name)}"
+            value = probe()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}\nocpi:\n{self.log('ocpi')}")
+
+
+@pytest.fixture(scope="module")
+def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(broker.bootstrap, tmp_path_factory.mktemp("ocpi"))
+    b = broker.bootstrap
+    try:
+        gateway = s.spawn("gateway", ["gateway", "-b", b, "--port", str(s.gateway_port),
+                                      "--spool", str(s.workdir / "spool")])  # fmt: skip
+        wait_port(s.gateway_port, gateway, s.workdir / "gateway.log")
+        s.spawn("worker", ["worker", "-b", b, "--web-port", str(s.web_port), "--archive", str(s.archive),
+                           "--data-dir", str(s.workdir / "worker")])  # fmt: skip
+        s.wait("the worker's API", lambda: s.api("/v1/fleet/summary"), timeout=120)
+        s.spawn("simulator", ["simulate", "--live", f"ws://127.0.0.1:{s.gateway_port}/ocpp", "--stations", "5",
+                              "--days", "1", "--speed", "60", "--inventory", str(s.archive)])  # fmt: skip
+        s.wait("five twins", lambda: len((s.api("/v1/stations") or {}).get("stations", ())) >= 5)
+        s.spawn("ocpi", ["ocpi", "-b", b, "--port", str(s.ocpi_port), "--archive", str(s.archive),
+                         "--data-dir", str(s.workdir / "ocpi-data"), "--ocpi-token-a", TOKEN_A,
+                         "--command-timeout", "20", "--push", f"{s.emsp.base}/2.2.1/locations",
+                         "--push-token", PUSH_TOKEN])  # fmt: skip
+        wait_port(s.ocpi_port, s.procs["ocpi"], s.workdir / "ocpi.log")
+        tariff = s.workdir / "tariff.json"
+        tariff.write_text(json.dumps(TARIFF))
+        done = subprocess.run([*TWIN, "tariff", "set", "CS-00001", "CS-00002", str(tariff), "-b", b, "--api",
+                               f"http://127.0.0.1:{s.web_port}", "--json"], env=s.env, capture_output=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        yield s
+    finally:
+        s.emsp.stop()
+        for name in ("ocpi", "simulator", "worker", "gateway"):
+            if name in s.procs:
+                runtime.stop(s.procs[name], signal.SIGINT, 15)
+
+
+def _register(stack: Stack) -> str:
+    if stack.token_c is None:
+        ours = {"token": TOKEN_B, "url": f"{stack.emsp.base}/versions",
+                "roles": [{"role": "EMSP", "business_details": {"name": "Test eMSP"}, "party_id": "EMS",
+                           "country_code": "DE"}]}  # fmt: skip
+        status, _, body = stack.call("POST", "/ocpi/2.2.1/credentials", TOKEN_A, ours)
+        assert status == 200 and body["status_code"] == 1000, body
+        stack.token_c = body["data"]["token"]
+    return stack.token_c
+
+
+def _read_all(stack: Stack, module: str, limit: int = 2) -> list[dict[str, Any]]:
+    url: str | None = f"/ocpi/2.2.1/{module}?limit={limit}"
+    out: list[dict[str, Any]] = []
+    total = None
+    while url:
+        status, headers, body = stack.call("GET", url)
+        assert status == 200 and body["status_code"] == 1000, body
+        assert int(headers["X-Limit"]) == limit
+        total = int(headers["X-Total-Count"])
+        out += body["data"]
+        link = headers.get("Link")
+        url = link.split(">")[0].lstrip("<") if link else None
+    assert len(out) == total
+    return out
+
+
+# -- the tests ---------------------------------------------------------------------------------------
+
+
+def test_without_a_valid_token_401_with_an_ocpi_status(stack: Stack, ocpi_models: Any) -> None:
+    for token in ("", "wrong"):
+        status, _, body = stack.call("GET", "/ocpi/2.2.1/locations", token)
+        assert status == 401 and body["status_code"] == 2000 and "timestamp" in body
+    status, _, body = stack.call("GET", "/ocpi/versions", "wrong")
+    assert status == 401
+
+
+def test_handshake_then_token_a_is_spent_and_c_reads_versions(stack: Stack, ocpi_models: Any) -> None:
+    token_c = _register(stack)
+    assert token_c != TOKEN_A
+    status, _, body = stack.call("GET", "/ocpi/2.2.1/credentials")
+    assert status == 200 and body["data"]["roles"][0]["role"] == "CPO"
+    ocpi_models("Credentials", [body["data"]])
+    assert stack.call("GET", "/ocpi/2.2.1/locations", TOKEN_A)[0] == 401
+    assert stack.call("POST", "/ocpi/2.2.1/credentials", body={"token": "x", "url": "y", "roles": []})[0] == 405
+    status, headers, body = stack.call("GET", "/ocpi/2.2.1")
+    assert headers.get("X-Request-ID") == "req-1"
+    ocpi_models("VersionDetail", [body["data"]])
+    ocpi_models("OCPIResponse", [body])
+    assert {e["identifier"] for e in body["data"]["endpoints"]} >= {"credentials", "locations", "tariffs", "sessions",
+                                                                    "cdrs", "commands"}  # fmt: skip
+    assert stack.call("GET", "/ocpi/2.2.1/locations", token_c, raw_token=True)[0] == 200  # 2.1.1's plain token
+
+
+def test_unknown_module_or_version_is_an_ocpi_404(stack: Stack) -> None:
+    _register(stack)
+    for path in ("/ocpi/2.2.1/chargingprofiles", "/ocpi/2.1.1/locations", "/ocpi/3.0"):
+        status, _, body = stack.call("GET", path)
+        assert status == 404 and body["status_code"] == 2000, (path, body)
+
+
+def test_locations_paginated_with_the_twins_statuses(stack: Stack, ocpi_models: Any) -> None:
+    _register(stack)
+    inventory = json.loads((stack.archive / "_stations.json").read_text())
+    stack.wait("tariffs in force", lambda: len(_read_all(stack, "tariffs")) >= 2)
+    found = _read_all(stack, "locations", limit=1)
+    assert sorted(x["id"] for x in found) == sorted({r["pool_id"] for r in inventory})
+    ocpi_models("Location", found)
+    evses = {e["uid"]: e for x in found for e in x["evses"]}
+    assert len(evses) == sum(r["evses"] for r in inventory)
+    twin = stack.api("/v1/stations/CS-00001")
+    assert evses["CS-00001*1"]["status"] in (st.ocpi(twin, "1"), "CHARGING", "AVAILABLE", "RESERVED")
+    assert evses["CS-00001*1"]["evse_id"] == "NL*TWN*ECS00001*1"
+    connector = evses["CS-00001*1"]["connectors"][0]
+    assert connector["tariff_ids"] == ["DC-EU-1", "DC-EU-1-ADHOC"]
+    assert connector["max_electric_power"] == int(inventory[0]["max_kw"] * 1000)
+    late = _now()
+    window = f"date_from={late[:19]}Z&date_to=2100-01-01T00:00:00Z"
+    status, headers, body = stack.call("GET", f"/ocpi/2.2.1/locations?{window}")
+    assert status == 200 and int(headers["X-Total-Count"]) <= len(found)
+    status, _, body = stack.call("GET", f"/ocpi/2.2.1/locations/{found[0]['id']}/{found[0]['evses'][0]['uid']}/1")
+    assert status == 200
+    ocpi_models("Connector", [body["data"]])
+    assert stack.call("GET", "/ocpi/2.2.1/locations/NOPE")[2]["status_code"] == 2003
+
+
+def test_tariffs_in_force_with_the_ad_hoc_one(stack: Stack, ocpi_models: Any) -> None:
+    _register(stack)
+    tariffs = _read_all(stack, "tariffs")
+    ocpi_models("Tariff", tariffs)
+    by_id = {t["id"]: t for t in tariffs}
+    assert by_id["DC-EU-1-ADHOC"]["type"] == "AD_HOC_PAYMENT"
+    energy = by_id["DC-EU-1"]["elements"][0]["price_components"][0]
+    assert energy == {"type": "ENERGY", "price": 0.59, "step_size": 1}
+    assert by_id["DC-EU-1"]["elements"][1]["price_components"][0]["price"] == pytest.approx(6.0)  # 0.10/min
+
+
+def _command(stack: Stack, name: str, body: dict[str, Any], uid: str) -> dict[str, Any]:
+    body = {"response_url": f"{stack.emsp.base}/2.2.1/commands/{name}/{uid}", **body}
+    status, _, answer = stack.call("POST", f"/ocpi/2.2.1/commands/{name}", body=body)
+    assert status in (200, 400), answer
+    return answer
+
+
+def _result(stack: Stack, name: str, uid: str) -> dict[str, Any]:
+    return stack.wait(f"the {name} result", lambda: next((r for c, u, r in stack.emsp.results if (c, u) == (name, uid)),
+                                                         None), timeout=60)  # fmt: skip
+
+
+def _token() -> dict[str, Any]:
+    return {"country_code": "DE", "party_id": "EMS", "uid": "EMS-TOKEN-1", "type": "APP_USER",
+            "contract_id": "DE-EMS-C12345678-X", "issuer": "Test eMSP", "valid": True, "whitelist": "ALLOWED",
+            "last_updated": _now()}  # fmt: skip
+
+
+def test_commands_reach_the_stations_and_their_answers_come_back(stack: Stack, ocpi_models: Any) -> None:
+    _register(stack)
+    pool = json.loads((stack.archive / "_stations.json").read_text())[0]["pool_id"]
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    reserve = {"token": _token(), "expiry_date": expiry, "reservation_id": "R-1", "location_id": pool,
+               "evse_uid": "CS-00001*1"}  # fmt: skip
+    answer = _command(stack, "RESERVE_NOW", reserve, "r1")
+    assert answer["data"]["result"] == "ACCEPTED", answer
+    ocpi_models("CommandResponse", [answer["data"]])
+    result = _result(stack, "RESERVE_NOW", "r1")
+    ocpi_models("CommandResult", [result])
+    assert result["result"] == "ACCEPTED", result
+    roaming = stack.wait("the roaming reservation", lambda: next(
+        (r for r in json.loads(urllib.request.urlopen(f"{stack.base}/status").read())["reservations"]
+         if r["reservation_id"] == "R-1"), None))  # fmt: skip
+    assert roaming["party"] == "DE*EMS" and roaming["station_id"] == "CS-00001"
+    reservation = stack.wait("the reservation in the twin", lambda: ((stack.api("/v1/stations/CS-00001") or {})
+                                                                     .get("reservations") or {}).get(
+        str(roaming["ocpp_id"])))  # fmt: skip
+    assert reservation["id_token"] == "EMS-TOKEN-1"
+
+    replay = _command(stack, "RESERVE_NOW", reserve, "r1-again")
+    assert replay["data"]["result"] == "REJECTED" and "replayed" in replay["data"]["message"][0]["text"]
+    past = {**reserve, "reservation_id": "R-OLD", "expiry_date": "2020-01-01T00:00:00Z"}
+    expired = _command(stack, "RESERVE_NOW", past, "r-old")
+    assert expired["data"]["result"] == "REJECTED" and "past" in expired["data"]["message"][0]["text"]
+
+    assert _command(stack, "CANCEL_RESERVATION", {"reservation_id": "R-1"}, "c1")["data"]["result"] == "ACCEPTED"
+    assert _result(stack, "CANCEL_RESERVATION", "c1")["result"] == "ACCEPTED"
+    unknown = _command(stack, "CANCEL_RESERVATION", {"reservation_id": "R-NEVER"}, "c2")
+    assert _result(stack, "CANCEL_RESERVATION", "c2")["result"] == "UNKNOWN_RESERVATION", unknown
+
+    start = {"token": _token(), "location_id": pool, "evse_uid": "CS-00001*1"}
+    assert _command(stack, "START_SESSION", start, "s1")["data"]["result"] == "ACCEPTED"
+    assert _result(stack, "START_SESSION", "s1")["result"] == "ACCEPTED"
+    assert _command(stack, "STOP_SESSION", {"session_id": "NO-SUCH-TX"}, "x1")["data"]["result"] == "UNKNOWN_SESSION"
+    unlock = {"location_id": pool, "evse_uid": "CS-00001*1", "connector_id": "1"}
+    assert _command(stack, "UNLOCK_CONNECTOR", unlock, "u1")["data"]["result"] == "ACCEPTED"
+    assert _result(stack, "UNLOCK_CONNECTOR", "u1")["result"] == "ACCEPTED"
+
+
+def test_bad_commands_are_refused_and_nothing_is_sent(stack: Stack) -> None:
+    _register(stack)
+    pool = json.loads((stack.archive / "_stations.json").read_text())[0]["pool_id"]
+    status, _, body = stack.call("POST", "/ocpi/2.2.1/commands/RESERVE_NOW",
+                                 body={"response_url": "http://x", "reservation_id": "R-9"})  # fmt: skip
+    assert status == 400 and body["status_code"] == 2001
+    assert "token" in body["status_message"] and "expiry_date" in body["status_message"]
+    nowhere = _command(stack, "UNLOCK_CONNECTOR", {"location_id": pool, "evse_uid": "CS-99999*1",
+                                                   "connector_id": "1"}, "u9")  # fmt: skip
+    assert nowhere["data"]["result"] == "REJECTED"
+    journal = [json.loads(x) for x in (stack.workdir / "ocpi-data" / "commands.jsonl").read_text().splitlines()]
+    refused = [e for e in journal if e.get("refused") or e.get("sent") is False]
+    assert any("2001" in str(e.get("refused")) for e in refused)
+    assert any(e.get("response") == "REJECTED" and "CS-99999" in e.get("message", "") for e in refused)
+
+
+def test_sessions_and_cdrs_from_the_twins_and_the_archive(stack: Stack, ocpi_models: Any) -> None:
+    _register(stack)
+    sessions = stack.wait("a session", lambda: _read_all(stack, "sessions", limit=5), timeout=180)
+    ocpi_models("Session", sessions)
+    assert {s["status"] for s in sessions} <= {"ACTIVE", "COMPLETED"}
+    cdrs = stack.wait("a CDR", lambda: _read_all(stack, "cdrs", limit=5), timeout=240)
+    ocpi_models("Cdr", cdrs)
+    assert all(c["total_energy"] >= 0 and c["cdr_location"]["evse_id"].startswith("NL*TWN*E") for c in cdrs)
+
+
+def test_datex2_feeds_are_served_as_xml_and_json(stack: Stack) -> None:
+    xmlschema = pytest.importorskip("xmlschema")
+    xsd = Path(__file__).resolve().parents[2] / "shared" / "datex2" / "xsd" / "DATEXII_3_D2Payload.xsd"
+    for feed in ("table", "status"):
+        with urllib.request.urlopen(f"{stack.base}/datex2/v3/afir/{feed}") as r:
+            xml = r.read().decode()
+        if xsd.is_file():
+            assert xmlschema.XMLSchema(str(xsd)).is_valid(xml)
+        with urllib.request.urlopen(f"{stack.base}/datex2/v3/afir/{feed}?format=json") as r:
+            assert "payload" in json.loads(r.read())
+
+
+def test_push_survives_a_receiver_that_fails_then_recovers(stack: Stack) -> None:
+    pools = {r["pool_id"] for r in json.loads((stack.archive / "_stations.json").read_text())}
+    stack.wait("pushes refused", lambda: stack.emsp.refused_pushes >= 2, timeout=60)
+    stack.emsp.failing = False
+    stack.wait("every Location PUT once it recovers", lambda: {p.split("/")[2] for m, p, _ in stack.emsp.pushes
+                                                             if m == "PUT"} >= pools, timeout=120)  # fmt: skip
+    with urllib.request.urlopen(f"{stack.base}/status") as r:
+        push = json.loads(r.read())["push"]
+    assert push["failures"] >= 2 and push["sent"] >= len(pools)
+    put = next(b for m, _, b in stack.emsp.pushes if m == "PUT")
+    assert put["evses"] and put["country_code"] == "NL"
