@@ -38,6 +38,7 @@ class Session:
 class StationTariffs:
     evses: int
     simple: bool = False  # supports no price conditions
+    local_cost: bool = True  # False: no costDetails, the CSMS computes the cost (CostUpdated)
     held: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # EVSE (0: all) -> tariffs
     sessions: dict[str, Session] = field(default_factory=dict)  # transaction id -> its session
 
@@ -116,6 +117,8 @@ class StationTariffs:
     def cost(self, evse: int, payload: dict[str, Any]) -> None:
         """Add ``costDetails`` to a TransactionEvent the station is about to send (its meter
         readings are the session's samples: the CSMS can work the same cost out of the log)."""
+        if not self.local_cost:
+            return
         tx = str((payload.get("transactionInfo") or {}).get("transactionId"))
         at = _instant(payload["timestamp"])
         reading = _reading(payload)

@@ -147,6 +147,11 @@ def controller(
                                                "want, kWh.")] = 20.0,
     default_stay_h: Annotated[float, typer.Option(min=0.01, help="How long it is assumed to stay from the start of "
                                                   "its transaction, hours.")] = 4.0,
+    central_cost: Annotated[bool, typer.Option("--central-cost", help="Also send CostUpdated with the running "
+                                               "cost of each transaction whose station reports none itself, worked "
+                                               "out from the twin and the tariff it started with.")] = False,
+    cost_interval_s: Annotated[float, typer.Option("--cost-interval-s", min=1.0, help="Seconds of station time "
+                                                   "between a transaction's CostUpdated.")] = 60.0,
     verbose: Verbose = False,
 ) -> None:
     """Plan every site's charging live and send the plans to the stations.
@@ -163,7 +168,11 @@ def controller(
     --default-stay-h after its transaction started, at its EVSE's rated power. An EVSE that
     rejects a profile, or never answers, is counted at its maximum and planned around, and
     raises an alert. It re-plans on an arrival, a departure, new needs, a profile not
-    accepted, a change of the limit in force, and at least every --step-s."""
+    accepted, a change of the limit in force, and at least every --step-s.
+
+    With --central-cost it is also the CSMS's cost: for each transaction on a station that
+    reports no costDetails, the cost so far (the tariff it started with, the energy and time
+    in its twin) is sent as CostUpdated every --cost-interval-s when it changed."""
     import asyncio
     import signal
 
@@ -186,7 +195,7 @@ def controller(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(settings, target, brain, stop)
+        await run(settings, target, brain, stop, cost_interval_s if central_cost else None)
 
     try:
         asyncio.run(main())

@@ -56,6 +56,9 @@ def simulate(
         str | None,
         typer.Option("--reject-profiles", help="Live: these stations (ID,ID,...) reject every SetChargingProfile."),
     ] = None,
+    central_cost: Annotated[str | None, typer.Option(
+        "--central-cost-stations", help="Live: these 2.1 stations (ID,ID,...) compute no cost (no costDetails): "
+        "the CSMS sends it (`twin controller --central-cost`).")] = None,  # fmt: skip
     json_out: Json = False,
 ) -> None:
     """Generate a fleet's OCPP traffic: AC and DC stations in pools along European corridors.
@@ -89,10 +92,11 @@ def simulate(
         if inventory_to:
             _inventory(inventory_to, stations, seed, prefix)
         rejecting = frozenset(x.strip() for x in (reject_profiles or "").split(",") if x.strip())
-        _live(stations, days, seed, rates, prefix, live, speed, json_out, sessions, rejecting)
+        central = frozenset(x.strip() for x in (central_cost or "").split(",") if x.strip())
+        _live(stations, days, seed, rates, prefix, live, speed, json_out, sessions, rejecting, central)
         return
-    if sessions or reject_profiles:
-        fail("--sessions and --reject-profiles drive a live fleet: add --live URL")
+    if sessions or reject_profiles or central_cost:
+        fail("--sessions, --reject-profiles and --central-cost-stations drive a live fleet: add --live URL")
     if not out:
         fail("say where the capture goes: --out capture.jsonl or --out archive-dir/ (or --live URL)")
     path = Path(out)
@@ -125,7 +129,8 @@ def _inventory(capture: str | Path, stations: int, seed: int, prefix: str) -> Pa
 
 
 def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, target: str, speed: str,
-          json_out: bool, sessions_csv: str | None, rejecting: frozenset[str]) -> None:  # fmt: skip
+          json_out: bool, sessions_csv: str | None, rejecting: frozenset[str],
+          central: frozenset[str] = frozenset()) -> None:  # fmt: skip
     import signal
     from datetime import UTC, datetime
 
@@ -151,7 +156,7 @@ def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, targ
     unknown = sorted(rejecting - {s.station_id for s in fleet})
     if unknown:
         err.print(f"[yellow]warning:[/] --reject-profiles names stations not in the fleet: {', '.join(unknown)}")
-    opts = live.Options(target, factor, days, rates.meter_interval_s, rejecting, start=start)
+    opts = live.Options(target, factor, days, rates.meter_interval_s, rejecting, central, start=start)
 
     async def drive() -> live.Summary:
         stop = asyncio.Event()

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from twin.control.cost import cost_updates
 from twin.control.decision import Decision, decide
 from twin.control.needs import DEFAULTS, Defaults, plugged
 from twin.gateway.commands import command
@@ -32,6 +33,8 @@ from twin.sites import Site, limit_at
 log = logging.getLogger("twin.controller")
 SIGNALS_KEPT = 1000
 """Grid signals kept per site (the newest): enough for days of 15-minute intervals."""
+COSTS_KEPT = 10_000
+"""Transactions whose last CostUpdated the process remembers (the oldest forgotten first)."""
 SETTLE_S = 1.0
 """A triggered re-plan waits this long (wall time) for the rest of the burst that caused it."""
 
@@ -147,8 +150,10 @@ class Controller:
         return decision, out
 
 
-async def run(settings: Settings, bootstrap: str, controller: Controller, stop: asyncio.Event) -> None:
-    """Consume, decide, send, until ``stop``."""
+async def run(settings: Settings, bootstrap: str, controller: Controller, stop: asyncio.Event,
+              cost_interval_s: float | None = None) -> None:  # fmt: skip
+    """Consume, decide, send, until ``stop``; with ``cost_interval_s``, central cost too
+    (:func:`twin.control.cost.cost_updates`)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     topics = settings.topics
@@ -169,6 +174,8 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         caught_up = False
+        costs_sent: dict[str, tuple[datetime, float]] = {}
+        costs_at = 0.0  # monotonic: costs are worked out at most once a second
         wall_step = controller.step_s / controller.clock.scale
         log.info("controller: %d sites, a plan every %g s of station time (%g s here); reading the twins",
                  len(controller.sites), controller.step_s, wall_step)  # fmt: skip
@@ -183,6 +190,9 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
                 if not caught_up:
                     continue
                 log.info("controller: caught up (%d twins); planning", len(controller.twins))
+            if cost_interval_s is not None and time.monotonic() >= costs_at:
+                costs_at = time.monotonic() + 1.0
+                await _send_costs(controller, producer, topics, costs_sent, cost_interval_s)
             for site in controller.due(wall_step):
                 decision, profiles = controller.decide(site)
                 for station_id, request in profiles:
@@ -201,6 +211,18 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
             await consumer.stop()
         with contextlib.suppress(Exception):
             await producer.stop()
+
+
+async def _send_costs(controller: Controller, producer: Any, topics: Any, sent: dict[str, tuple[datetime, float]],
+                      interval_s: float) -> None:  # fmt: skip
+    now = controller.clock.now()
+    for station_id, payload in cost_updates(controller.twins, now, sent, interval_s):
+        sent[payload["transactionId"]] = (now, payload["totalCost"])
+        cmd = command(station_id, "CostUpdated", payload, "controller")
+        await producer.send(topics.commands, key=station_id.encode(), value=orjson.dumps(cmd))
+    if len(sent) > COSTS_KEPT:  # transactions long ended
+        for tx_id in list(sent)[: len(sent) - COSTS_KEPT]:
+            del sent[tx_id]
 
 
 def _consume(controller: Controller, topics: Any, topic: str, key: bytes | None, value: bytes | None) -> None:

@@ -67,6 +67,7 @@ class Options:
     days: float = 2.0  # the run ends this long (simulated) after the start
     meter_interval_s: float = 60.0  # simulated seconds between TransactionEvent Updated
     reject_profiles: frozenset[str] = frozenset()  # stations that turn every profile down
+    central_cost: frozenset[str] = frozenset()  # 2.1 stations that compute no cost: the CSMS sends it
     call_timeout: float = 30.0  # real seconds for the CSMS to answer a call
     start: datetime | None = None  # the simulated clock's start; None: now
     on_sent: Callable[[Sent], None] | None = None
@@ -161,7 +162,8 @@ class StationAgent:
         self.heartbeat_s = 1800.0
         self.run_id = secrets.token_hex(3)  # transaction ids differ from one run to the next
         self.tx_count = 0
-        self.tariffs = StationTariffs(self.s.evses, simple=self.s.index % 5 == 4)  # every fifth: no conditions
+        self.tariffs = StationTariffs(self.s.evses, simple=self.s.index % 5 == 4,  # every fifth: no conditions
+                                      local_cost=self.s.station_id not in self.opts.central_cost)  # fmt: skip
 
     async def run(self) -> None:
         by_evse: dict[int, list[Visit]] = {}
