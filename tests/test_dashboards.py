@@ -180,3 +180,27 @@ def test_grid_without_a_worker_says_the_live_api_is_unreachable(archive_only: No
     assert list(sites["site"]) == [f"SITE-{n:04d}" for n in range(1, 6)]
     assert sites["static_import_limit_kw"].iloc[0] == 45.0  # the sample's _stations.json, POOL-0001
     assert any("need the live API" in c.value for c in at.caption)
+
+
+def test_station_shows_each_evses_price_now_and_next(archive_only: None) -> None:
+    """The sample's CS-00001 (DC 50 kW) took a flat 0.59 EUR/kWh default tariff: the twin folded
+    from the archive shows it per EVSE, with no change ahead, and its session's running cost."""
+    at = run("station")
+    assert "Prices" in [h.value for h in at.subheader]
+    assert metrics(at)["EVSE 1 price now"] == "0.59 EUR/kWh"
+    assert any(c.value == "No change ahead" for c in at.caption)
+    table = next(d.value for d in at.dataframe if "tariff" in d.value.columns)
+    assert table["tariff"].iloc[0] == "DC-50" and table["source"].iloc[0] == "default"
+    assert table["cost_source"].iloc[0] == "central" and table["session_cost"].iloc[0].endswith(" EUR")
+
+
+def test_energy_shows_revenue(archive_only: None) -> None:
+    """`twin report tariffs` on the sample: 185 sessions, 1,547.32 EUR recomputed from the tariffs
+    in force, 2,087.39 EUR reported (the sample's CSMS also bills sessions of stations that
+    hold no tariff), no session billed otherwise than its tariff says."""
+    at = settled(run("energy"), lambda at: "Revenue (excl. tax)" in metrics(at))
+    shown = metrics(at)
+    assert shown["Revenue (excl. tax)"] == "1,547.32 EUR" and shown["Reported cost"] == "2,087.39 EUR"
+    assert (shown["Sessions"], shown["Billing differences"]) == ("185", "0")
+    revenue = next(d.value for d in at.dataframe if "revenue_excl_tax" in d.value.columns)
+    assert len(revenue) == 10 and set(revenue["site_id"]) == {f"SITE-{n:04d}" for n in range(1, 6)}

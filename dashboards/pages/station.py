@@ -1,5 +1,6 @@
-"""Station: its twin (refreshing on its own while live), EVSEs with energy direction, the
-timeline of its recent frames, its reservations, monitors and alerts."""
+"""Station: its twin (refreshing on its own while live), EVSEs with energy direction, each
+EVSE's price now and next and its session's running cost, the timeline of its recent frames,
+its reservations, monitors and alerts."""
 
 import polars as pl
 import streamlit as st
@@ -14,6 +15,46 @@ if not ids:
 wanted = st.query_params.get("station")
 station = st.selectbox("Station", ids, index=ids.index(wanted) if wanted in ids else 0, key="station_pick")
 st.query_params["station"] = station
+
+
+def money(value: float | None, unit: str) -> str:
+    return "—" if value is None else f"{value:.2f} {unit}"
+
+
+def price_line(price: dict | None, currency: str) -> str:
+    """A price in force as a driver reads it: per kWh, per minute, idle, fee, where given."""
+    if not price:
+        return "none"
+    parts = [(price.get("energy_per_kwh"), f"{currency}/kWh"), (price.get("time_per_min"), f"{currency}/min"),
+             (price.get("idle_per_min"), f"{currency}/min idle"), (price.get("fixed_fee"), f"{currency} per session")]
+    return ", ".join(money(v, unit) for v, unit in parts if v is not None) or "free"
+
+
+def prices(evses: dict) -> None:
+    """Each EVSE's tariff in force (evses.{id}.tariff): its price now and from when the next."""
+    shown = [(k, e) for k, e in sorted(evses.items(), key=lambda kv: int(kv[0])) if e.get("tariff")]
+    if not shown:
+        return
+    st.subheader("Prices")
+    cells = st.columns(len(shown))
+    rows = []
+    for cell, (evse_id, evse) in zip(cells, shown, strict=True):
+        t = evse["tariff"]
+        currency = t.get("currency") or ""
+        now, nxt = t.get("price_now") or {}, t.get("price_next")
+        cell.metric(f"EVSE {evse_id} price now", price_line(now, currency), help=f"tariff {t.get('tariff_id')}")
+        if t.get("next_change_at"):
+            cell.caption(f"Next: {price_line(nxt, currency)} from {t['next_change_at']}")
+        else:
+            cell.caption("No change ahead")
+        cost = (evse.get("transaction") or {}).get("cost") or {}
+        total = cost.get("total_incl_tax") if cost.get("total_incl_tax") is not None else cost.get("total_excl_tax")
+        rows.append({"evse": int(evse_id), "tariff": t.get("tariff_id"), "source": t.get("source"),
+                     "now": price_line(now, currency), "incl_tax_per_kwh": now.get("energy_per_kwh_incl_tax"),
+                     "next_change_at": t.get("next_change_at"), "next": price_line(nxt, currency) if nxt else None,
+                     "session_cost": None if total is None else f"{total:.2f} {cost.get('currency') or currency}",
+                     "cost_source": cost.get("source"), "cost_final": cost.get("final")})  # fmt: skip
+    table(rows)
 
 
 def table(rows: list[dict]) -> None:
@@ -60,6 +101,7 @@ def twin_view(station: str) -> None:
             "tx_import_kwh": round((tx.get("import_wh") or 0) / 1000, 3), "since": energy.get("since"),
         })  # fmt: skip
     table(lines)
+    prices(evses)
 
     left, right = st.columns(2)
     with left:
