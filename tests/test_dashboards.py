@@ -204,3 +204,17 @@ def test_energy_shows_revenue(archive_only: None) -> None:
     assert (shown["Sessions"], shown["Billing differences"]) == ("185", "0")
     revenue = next(d.value for d in at.dataframe if "revenue_excl_tax" in d.value.columns)
     assert len(revenue) == 10 and set(revenue["site_id"]) == {f"SITE-{n:04d}" for n in range(1, 6)}
+
+
+def test_station_shows_a_sessions_cost_timeline_on_demand(archive_only: None) -> None:
+    """The log's costs of one of the station's sessions, read from the archive when asked: the
+    sample's CSMS sent CS-00001's first session one CostUpdated of 28.84."""
+    at = run("station")
+    assert not [c for c in at.selectbox if c.key == "cost_session"], "read only when asked"
+    at.toggle(key="cost_timeline").set_value(True).run()
+    assert not at.exception
+    sessions = at.selectbox(key="cost_session")
+    assert "CS-00001-T1" in sessions.options and sessions.options[0] != "CS-00001-T1"  # the latest first
+    sessions.set_value("CS-00001-T1").run()
+    points = at.dataframe[-1].value
+    assert list(points["cost"]) == [28.84] and list(points["source"]) == ["central"]

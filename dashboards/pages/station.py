@@ -129,3 +129,49 @@ def twin_view(station: str) -> None:
 
 
 twin_view(station)
+
+COST_SQL = """
+SELECT strftime(ts, '%Y-%m-%dT%H:%M:%S.%g') || 'Z' AS ts, action, CAST(payload AS VARCHAR) AS payload
+FROM frames WHERE msg_type = 2 ORDER BY ts, conn_id, seq
+"""
+
+
+@st.cache_data(show_spinner="reading the session's cost from the archive ...", max_entries=16)
+def cost_timeline(archive: str, stamp: tuple[int, float], station: str) -> list[dict]:
+    """Every cost the log shows for the station's sessions: each CostUpdated (central) and each
+    TransactionEvent's costDetails (local), in order."""
+    import orjson
+
+    from twin.analytics.frames import query, sql_list
+
+    out = []
+    for r in query(archive, ("CostUpdated", "TransactionEvent"), COST_SQL, where=f"station_id = {sql_list([station])}"):
+        p = orjson.loads(r["payload"])
+        if r["action"] == "CostUpdated":
+            out.append({"ts": r["ts"], "transaction": str(p.get("transactionId")), "cost": p.get("totalCost"),
+                        "source": "central"})  # fmt: skip
+        elif p.get("costDetails"):
+            total = (p["costDetails"].get("totalCost") or {}).get("total") or {}
+            out.append({"ts": r["ts"], "transaction": str((p.get("transactionInfo") or {}).get("transactionId")),
+                        "cost": total.get("inclTax", total.get("exclTax")), "source": "local"})  # fmt: skip
+    return out
+
+
+def session_costs(station: str) -> None:
+    """A session's running cost over time, from the archive (on demand: it reads the log)."""
+    archive = data.source().archive
+    stamp = data.version(archive)
+    if not stamp[0] or not st.toggle("Cost timeline of a session (from the archive)", key="cost_timeline"):
+        return
+    points = cost_timeline(archive, stamp, station)
+    if not points:
+        st.caption("The archive shows no cost for this station's sessions.")
+        return
+    sessions = list(dict.fromkeys(p["transaction"] for p in reversed(points)))  # the latest first
+    chosen = st.selectbox("Session", sessions, key="cost_session")
+    mine = pl.DataFrame([p for p in points if p["transaction"] == chosen], infer_schema_length=None)
+    st.line_chart(mine.to_pandas(), x="ts", y="cost")
+    table(mine.to_dicts())
+
+
+session_costs(station)
