@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -86,6 +87,8 @@ def up(
                                                     "against this VTN.")] = None,
     openadr_client_id: Annotated[str, typer.Option("--openadr-client-id", help="The VEN's OAuth2 client id.")] = "twin",
     openadr_client_secret: Annotated[str, typer.Option("--openadr-client-secret", help="Its secret.")] = "",
+    ocpi_port: Annotated[int, typer.Option("--ocpi-port", help="`twin ocpi`'s port: OCPI 2.2.1 for eMSPs, DATEX II "
+                                           "AFIR feeds; its token A from TWIN_OCPI_TOKEN_A, else generated.")] = 8180,
     json_out: Json = False,
 ) -> None:
     """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
@@ -100,7 +103,8 @@ def up(
         dashboard_port=dashboard_port, archive=archive, sites=sites,
     )  # fmt: skip
     host = settings.host
-    wanted = {"gateway (--port)": settings.gateway_port, "API (--web-port)": settings.web_port}
+    wanted = {"gateway (--port)": settings.gateway_port, "API (--web-port)": settings.web_port,
+              "OCPI (--ocpi-port)": ocpi_port}
     if not no_dashboard:
         wanted["dashboard (--dashboard-port)"] = settings.dashboard_port
     if not settings.bootstrap:
@@ -131,6 +135,9 @@ def up(
         "broker": target,
         "archive": captures.shown(settings.archive),
         "logs": str(data / "logs"),
+        "ocpi": f"http://{host}:{ocpi_port}/ocpi/versions",
+        "ocpi_token_a": os.environ.get("TWIN_OCPI_TOKEN_A") or secrets.token_urlsafe(24),
+        "datex2": f"http://{host}:{ocpi_port}/datex2/v3/afir/table",
     }
     try:
         with err.status("starting twin") as status:
@@ -164,6 +171,12 @@ def up(
                                     "--bootstrap", target, "--archive", settings.archive,
                                     "--api", f"http://{host}:{settings.web_port}", *sites_flag])
                 stack.env.pop("TWIN_OPENADR_CLIENT_SECRET")
+            status.update("starting twin ocpi")  # token A in its environment, not on a command line `ps` shows
+            stack.env["TWIN_OCPI_TOKEN_A"] = str(urls["ocpi_token_a"])
+            stack.start("ocpi", [*twin, "ocpi", "--bootstrap", target, "--port", str(ocpi_port), "--archive",
+                                 settings.archive, "--data-dir", str(data / "ocpi")],
+                        http_probe(f"http://{host}:{ocpi_port}/status"))  # fmt: skip
+            stack.env.pop("TWIN_OCPI_TOKEN_A")
             if not no_dashboard:
                 status.update("starting the dashboard")
                 stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive)
@@ -204,6 +217,9 @@ def _announce(urls: dict[str, str | None], simulate: int, speed: str) -> None:
         ("broker", urls["broker"]),
         ("archive", urls["archive"]),
         ("logs", urls["logs"]),
+        ("OCPI 2.2.1", urls["ocpi"]),
+        ("OCPI token A", urls["ocpi_token_a"]),
+        ("DATEX II AFIR", urls["datex2"]),
     ]
     print("twin is up:")
     for label, value in lines:
