@@ -87,8 +87,9 @@ def up(
                                                     "against this VTN.")] = None,
     openadr_client_id: Annotated[str, typer.Option("--openadr-client-id", help="The VEN's OAuth2 client id.")] = "twin",
     openadr_client_secret: Annotated[str, typer.Option("--openadr-client-secret", help="Its secret.")] = "",
-    ocpi_port: Annotated[int, typer.Option("--ocpi-port", help="`twin ocpi`'s port: OCPI 2.2.1 for eMSPs, DATEX II "
-                                           "AFIR feeds; its token A from TWIN_OCPI_TOKEN_A, else generated.")] = 8180,
+    ocpi_port: Annotated[int | None, typer.Option("--ocpi-port", help="`twin ocpi`'s port: OCPI 2.2.1 for eMSPs, DATEX II "
+                                           "AFIR feeds (default 8180, else a free one); its token A from "
+                                           "TWIN_OCPI_TOKEN_A, else generated.")] = None,
     json_out: Json = False,
 ) -> None:
     """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
@@ -103,6 +104,10 @@ def up(
         dashboard_port=dashboard_port, archive=archive, sites=sites,
     )  # fmt: skip
     host = settings.host
+    if ocpi_port is None:  # two stacks on one machine (tests) must not fight over the default
+        from twin.broker import free_port
+
+        ocpi_port = 8180 if port_is_free(host, 8180) else free_port(host)
     wanted = {"gateway (--port)": settings.gateway_port, "API (--web-port)": settings.web_port,
               "OCPI (--ocpi-port)": ocpi_port}
     if not no_dashboard:
