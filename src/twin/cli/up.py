@@ -87,9 +87,9 @@ def up(
                                                     "against this VTN.")] = None,
     openadr_client_id: Annotated[str, typer.Option("--openadr-client-id", help="The VEN's OAuth2 client id.")] = "twin",
     openadr_client_secret: Annotated[str, typer.Option("--openadr-client-secret", help="Its secret.")] = "",
-    ocpi_port: Annotated[int | None, typer.Option("--ocpi-port", help="`twin ocpi`'s port: OCPI 2.2.1 for eMSPs, DATEX II "
-                                           "AFIR feeds (default 8180, else a free one); its token A from "
-                                           "TWIN_OCPI_TOKEN_A, else generated.")] = None,
+    ocpi_port: Annotated[int | None, typer.Option("--ocpi-port", help="`twin ocpi`'s port: OCPI 2.2.1 for eMSPs, "
+                                                  "DATEX II AFIR feeds (default 8180, else a free one); its token A "
+                                                  "from TWIN_OCPI_TOKEN_A, else generated.")] = None,
     json_out: Json = False,
 ) -> None:
     """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
