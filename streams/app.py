@@ -21,8 +21,8 @@ import faust
 import orjson
 from faust.streams import _current_event
 
+from streams import signals_archive, views
 from streams import sites as site_views
-from streams import views
 from streams.continuity import QUIET, Continuity, read_range
 from twin import archive, fold
 from twin.alerts import alerts
@@ -255,4 +255,5 @@ def create_app(
 
     views.register(app, twins, frames, recent)
     site_views.register(app, twins, settings, bootstrap, sites or [])
+    signals_archive.register(app, settings, bootstrap, archive_to)  # grid.signals beside the frames
     return app

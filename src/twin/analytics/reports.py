@@ -1,4 +1,4 @@
-"""The seven reports as documents: what ``twin report KIND --json`` prints and the dashboards
+"""The reports as documents: what ``twin report KIND --json`` prints and the dashboards
 show, computed in one place."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("sessions", "energy", "uptime", "afir", "reservations", "monitoring", "migration", "status", "connectivity",
-         "tariffs")
+         "tariffs", "grid")
 ENGINES = ("duckdb", "polars")
 RULES = ("nevi", "uk")
 BOTH = ("sessions", "energy", "status", "connectivity")
@@ -66,6 +66,11 @@ def report(
 
         document = tariffs_report(capture, since, until)
         return document, document["sessions"]
+    if kind == "grid":
+        from twin.analytics.grid import grid_report
+
+        document = grid_report(capture, since, until)
+        return document, document["intervals"]
     if kind == "uptime":
         document = uptime.uptime(capture, rule, since, until)
         return document, document["ports"]

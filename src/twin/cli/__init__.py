@@ -13,6 +13,7 @@ from twin.cli import (  # noqa: F401  - register the commands
     report,
     send,
     simulate,
+    sites,
     tariff,
     twins,
     up,

@@ -45,7 +45,11 @@ def report(
     what counts as up, down and excluded). afir: per pool, Art. 3 power thresholds, per-kWh
     ad hoc price, smart charging, ISO 15118-20 and status freshness, each pass, fail or
     unknown with why. status: each connector's status intervals. connectivity: each connection, from
-    Connected to Disconnected (or its last record)."""
+    Connected to Disconnected (or its last record). grid: per site and 15 minutes (split where the
+    limit or price changes), the limit in force and its source, import and export (mean, max, kWh,
+    V2G given back), minutes over the limit, SetChargingProfile sent / accepted / rejected, and the
+    cost at the price signals (--json adds per-site totals and the archived signals, rejected ones
+    with their reasons)."""
     from twin.analytics.reports import ReportError
     from twin.analytics.reports import report as compute
     from twin.captures import CaptureError
