@@ -105,7 +105,8 @@ COUNTRIES = {"Amsterdam": "NL", "Utrecht": "NL", "Cologne": "DE", "Frankfurt": "
 ZONES = {"NL": "Europe/Amsterdam", "DE": "Europe/Berlin", "CH": "Europe/Zurich", "FR": "Europe/Paris",
          "AT": "Europe/Vienna", "IT": "Europe/Rome", "ES": "Europe/Madrid", "PL": "Europe/Warsaw",
          "SI": "Europe/Ljubljana"}  # fmt: skip
-OPERATOR = {"name": "Corridor Charging B.V.", "website": "https://corridor-charging.example", "phone": "+31 20 000 0000"}
+OPERATOR = {"name": "Corridor Charging B.V.", "website": "https://corridor-charging.example",
+            "phone": "+31 20 000 0000"}
 
 
 def _place(number: int, pool: Pool) -> dict[str, object]:
