@@ -218,3 +218,30 @@ def test_station_shows_a_sessions_cost_timeline_on_demand(archive_only: None) ->
     sessions.set_value("CS-00001-T1").run()
     points = at.dataframe[-1].value
     assert list(points["cost"]) == [28.84] and list(points["source"]) == ["central"]
+
+
+def test_grid_history_from_the_archive_shows_limits_signals_and_rejections(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No worker, an archive with grid signals (tests/test_report_grid.py's hand-worked
+    capture): the chosen site's limit over time against its measured power, bands by the
+    limit's source, the price, the totals of `twin report grid`, and the rejected signals
+    with their reasons."""
+    from tests.test_report_grid import hand_worked
+
+    monkeypatch.setenv("TWIN_ARCHIVE", str(hand_worked(tmp_path / "archive")))
+    monkeypatch.setenv("TWIN_API", f"http://127.0.0.1:{free_port()}")
+    at = settled(run("grid"), lambda at: "Minutes over the limit" in metrics(at))
+    assert says_archive_only(at)
+    assert list(at.dataframe[0].value["site"]) == ["SITE-A", "SITE-B"]
+    shown = metrics(at)
+    assert shown["Minutes over the limit"] == "10.0" and shown["Imported"] == "8.0 kWh"
+    assert shown["Cost at the price signals"] == "1.65 EUR"
+    charts = at.get("vega_lite_chart")
+    assert len(charts) >= 1
+    spec = charts[0].proto.spec
+    assert '"operator"' in spec and '"static"' in spec  # the bands, by source
+    rejected = at.dataframe[1].value
+    assert set(rejected["event_id"]) == {"bad", "no-site"}
+    assert rejected.set_index("event_id").loc["bad", "reason"].startswith("IMPORT_CAPACITY_LIMIT in 'W'")
+    assert any("Profiles sent" in c.value or "profiles sent: 4" in c.value for c in at.caption)

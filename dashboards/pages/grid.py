@@ -1,5 +1,8 @@
 """Grid & smart charging: every site's limit in force and where it comes from, what it draws
-now against it, and the controller's plan per EVSE (refreshing on its own while live)."""
+now against it, and the controller's plan per EVSE (refreshing on its own while live); and
+its history from the archive (`twin report grid`): the limit over time against the measured
+import and export, the signals' intervals coloured by source, prices, and the signals the VEN
+rejected with their reasons."""
 
 from __future__ import annotations
 
@@ -215,10 +218,124 @@ def detail(site: dict[str, Any]) -> None:
             st.warning("This plan is older than three planning steps: is `twin controller` still running?")
     st.dataframe(pl.DataFrame(evse_rows(site, plan), infer_schema_length=None), hide_index=True, width="stretch",
                  column_config=EVSE_COLUMNS)  # fmt: skip
+    signals, _ = data.live(f"/v1/sites/{site['site_id']}/signals")
     if plan is not None and plan["evses"]:
         st.subheader("Planned site power")
-        signals, _ = data.live(f"/v1/sites/{site['site_id']}/signals")
         chart(schedule(site, plan, (signals or {}).get("signals", [])))
+    history(site["site_id"], (signals or {}).get("signals") if signals is not None else None)
+
+
+SOURCES = ["openadr", "safe-mode", "operator", "static"]
+HISTORY_H = 24
+SIGNAL_COLUMNS = ["received_at", "protocol", "program_id", "event_id", "payload_type", "status", "reason", "from",
+                  "to", "values"]  # fmt: skip
+
+
+def signal_rows(signals: list[dict[str, Any]]) -> pl.DataFrame:
+    """Signals a row each: when received, whose, what, accepted or why not, and their span."""
+    rows = []
+    for s in signals:
+        spans = [(parse_ts(i["start"]), parse_ts(i["start"]) + timedelta(seconds=min(float(i["duration_s"]), 1e9)))
+                 for i in s.get("intervals") or ()]  # fmt: skip
+        rows.append({"received_at": s.get("received_at"), "protocol": s.get("protocol"),
+                     "program_id": s.get("program_id"), "event_id": s.get("event_id"),
+                     "payload_type": s.get("payload_type"), "status": s.get("status"), "reason": s.get("reason"),
+                     "from": when(min(a for a, _ in spans)) if spans else None,
+                     "to": when(max(b for _, b in spans)) if spans else None,
+                     "values": ", ".join(f"{i['value']:g}" for i in (s.get("intervals") or ())[:8])})  # fmt: skip
+    return pl.DataFrame(rows, schema=dict.fromkeys(SIGNAL_COLUMNS, pl.String))
+
+
+def history_frames(rows: list[dict[str, Any]]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """From the grid report's rows of one site: the power series (limits and measured, export
+    negative), the bands where each source's limit was in force, and the price steps."""
+    power: list[dict[str, Any]] = []
+    bands: list[dict[str, Any]] = []
+    prices: list[dict[str, Any]] = []
+    for r in rows:
+        start, end = parse_ts(r["start"]), parse_ts(r["end"])
+        for series, kw in (("import limit", r["import_limit_kw"]), ("export limit", -r["export_limit_kw"]),
+                           ("import (mean)", r["import_mean_kw"]), ("import (max)", r["import_max_kw"]),
+                           ("export (mean)", -r["export_mean_kw"])):  # fmt: skip
+            power += [{"time": start, "kW": kw, "series": series}, {"time": end, "kW": kw, "series": series}]
+        if bands and bands[-1]["source"] == r["limit_source"] and bands[-1]["event"] == r["event_id"] \
+                and bands[-1]["to"] == start:  # fmt: skip
+            bands[-1]["to"] = end
+        else:
+            bands.append({"from": start, "to": end, "source": r["limit_source"], "event": r["event_id"]})
+        if r["price"] is not None:
+            prices += [{"time": start, "price": r["price"]}, {"time": end, "price": r["price"]}]
+    return pl.DataFrame(power), pl.DataFrame(bands), pl.DataFrame(prices)
+
+
+def history_chart(power: pl.DataFrame, bands: pl.DataFrame) -> None:
+    """The limit over time against what the site measured, over bands coloured by where the
+    limit in force came from."""
+    spec = {
+        "layer": [
+            {"data": {"values": bands.with_columns(pl.col("from", "to").dt.to_string("%Y-%m-%dT%H:%M:%SZ"))
+                      .to_dicts()},
+             "mark": {"type": "rect", "opacity": 0.18, "tooltip": True},
+             "encoding": {"x": {"field": "from", "type": "temporal"}, "x2": {"field": "to"},
+                          "color": {"field": "source", "type": "nominal", "title": "limit from",
+                                    "scale": {"domain": SOURCES}}}},
+            {"mark": {"type": "line", "interpolate": "linear", "tooltip": True},
+             "encoding": {"x": {"field": "time", "type": "temporal", "title": "UTC"},
+                          "y": {"field": "kW", "type": "quantitative", "title": "kW (negative: export)"},
+                          "color": {"field": "series", "type": "nominal", "title": None}}},
+        ],
+        "height": 280,
+        "resolve": {"scale": {"color": "independent"}},
+    }  # fmt: skip
+    st.vega_lite_chart(power.to_pandas(), spec, width="stretch")
+
+
+def history(site_id: str, live_signals: list[dict[str, Any]] | None) -> None:
+    """The site's history from the grid report over the archive, and its signals."""
+    st.subheader("Limit and measured power over time")
+    document = data.report("grid", block=False) if data.has_archive() else None
+    if document is None:
+        st.caption("The history needs the archive (`twin worker --archive`) and its grid report: "
+                   + ("it is being computed and appears here when ready." if data.has_archive()
+                      else data.absent(data.source().archive, short=True) + "."))  # fmt: skip
+    else:
+        rows = [r for r in document["intervals"] if r["site_id"] == site_id]
+        if rows:  # the chart: the archive's last day
+            since = (parse_ts(rows[-1]["end"]) - timedelta(hours=HISTORY_H)).isoformat()
+            rows = [r for r in rows if r["end"] > since.replace("+00:00", "Z")]
+        if not rows:
+            st.caption(f"The archive has no interval of {site_id} in this window.")
+        else:
+            power, bands, prices = history_frames(rows)
+            mine: dict[str, Any] = next((t for t in document["sites"] if t["site_id"] == site_id), {})
+            cells = st.columns(4)
+            cells[0].metric("Minutes over the limit", f"{mine.get('minutes_over_limit', 0):,.1f}",
+                            help="net import above the import limit, or net export above the export limit")
+            cells[1].metric("Imported", f"{mine.get('import_kwh', 0):,.1f} kWh")
+            cells[2].metric("Given back (V2G)", f"{mine.get('v2g_discharged_kwh', 0):,.1f} kWh")
+            cost = mine.get("cost")
+            cells[3].metric("Cost at the price signals", "—" if cost is None else
+                            f"{cost:,.2f} {mine.get('currency') or ''}".strip())  # fmt: skip
+            history_chart(power, bands)
+            st.caption(f"The archive's last {HISTORY_H} hours ({rows[0]['start']} to {rows[-1]['end']}) in "
+                       f"{document['window']['interval_min']}-minute intervals, split where the limit or the price "
+                       "changes (`twin report grid`); measured: the EVSEs' power readings. Totals over the whole "
+                       "archive; profiles sent: "
+                       f"{mine.get('profiles_sent', 0)}, accepted {mine.get('profiles_accepted', 0)}, rejected "
+                       f"{mine.get('profiles_rejected', 0)}.")  # fmt: skip
+            if not prices.is_empty():
+                st.caption("Price in force (per kWh)")
+                st.line_chart(prices.to_pandas(), x="time", y="price", height=160)
+    signals = live_signals if live_signals is not None else [
+        s for s in (document or {}).get("signals", ()) if s.get("site_id") in (site_id, None)]  # fmt: skip
+    rejected = [s for s in signals if s.get("status") == "rejected"]
+    if rejected:
+        st.subheader("Rejected signals")
+        st.dataframe(signal_rows(rejected), hide_index=True, width="stretch",
+                     column_config={"reason": st.column_config.TextColumn(width="large")})  # fmt: skip
+    if signals:
+        with st.expander(f"Every signal ({len(signals)})"):
+            st.dataframe(signal_rows(signals), hide_index=True, width="stretch")
 
 
 def static_sites() -> None:
@@ -242,6 +359,10 @@ def static_sites() -> None:
     defined = f"the sites file `{sites_file}`" if sites_file else "the station inventory"
     st.caption(f"The sites as {defined} defines them. The limit in force, what each site draws and the "
                "controller's plans need the live API.")  # fmt: skip
+    if data.has_archive():
+        ids = [s.site_id for s in known]
+        chosen = st.selectbox("Site", ids, key="grid_site_archived")
+        history(chosen, None)
 
 
 @st.fragment(run_every=data.REFRESH)
