@@ -14,6 +14,7 @@ import logging
 import weakref
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,13 +33,33 @@ from twin.sites import Site
 log = logging.getLogger("twin.worker")
 
 FETCH_MAX_WAIT_MS = 10
-"""How long a fetch may wait for data. Faust hard-codes 1,500 ms, and Tansu holds a fetch
-for much of that even when data arrives (measured: 360 ms median delivery at 1,500 ms,
-3 ms at 10 ms), which put seconds between a frame and its twin."""
+"""How long a fetch may wait for data, on Tansu. Faust hard-codes 1,500 ms, and Tansu holds a
+fetch for much of that even when data arrives (measured: 360 ms median delivery at 1,500 ms,
+3 ms at 10 ms), which put seconds between a frame and its twin. Apache Kafka answers a fetch
+as soon as data arrives whatever its wait, so there the cap buys nothing and costs CPU: an
+idle worker's consumer polls a hundred times a second (see :func:`holds_fetches`)."""
+
+
+def holds_fetches(bootstrap: str) -> bool:
+    """Whether the broker may hold a fetch after data arrived: Tansu, known here as the broker
+    that grants no producer ids (as the gateway's capture mode finds it). Apache Kafka (and
+    what speaks its protocol fully) grants them. Unsure (no answer) counts as Tansu: the cap
+    then costs CPU, never latency."""
+    from twin.broker import grants_idempotence
+
+    def ask() -> bool:
+        return asyncio.run(grants_idempotence(bootstrap))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return not ask()
+    with ThreadPoolExecutor(1) as pool:  # called from a running loop: ask from a thread of its own
+        return not pool.submit(ask).result()
 
 
 def _quick_fetches() -> None:
-    """Cap the fetch wait of the consumers Faust creates (this process only)."""
+    """Cap the fetch wait of the consumers Faust creates (this process only; Tansu only)."""
     import aiokafka
 
     if getattr(aiokafka.AIOKafkaConsumer, "_twin_quick", False):
@@ -125,7 +146,15 @@ def backlog(
     stops at a high-water mark short of the true end. The agent folds a partition's backlog
     again before its first new event: the fold makes what the table already has a no-op and
     restores what it lost. (Rewinding the group's commit instead is refused by Tansu while a
-    dead member's session lingers.)"""
+    dead member's session lingers.)
+
+    Apache Kafka needs it too: Faust commits a source offset once the events up to it are
+    acknowledged, waiting only for the sends attached to them, and a table's changelog write
+    is not attached (``send_soon``, flushed by the producer afterwards), so on any broker a
+    SIGKILL can fall between the commit and the changelog. Its cost is one read of at most
+    ``window`` records per partition at start (tests/test_reliability.py kills a worker
+    mid-stream on Kafka; the restarted one folds 1-2 thousand records again per partition
+    and equals the rebuild)."""
     topic = settings.topics.frames
     return {p: read_range(bootstrap, topic, p, end - window, end) for p, end in positions.items()}
 
@@ -144,10 +173,14 @@ def create_app(
     event (see :func:`backlog`); ``expect``: per partition, the first offset it should see
     (the committed position); ``archive_to``: write ocpp.frames to this Parquet archive too;
     ``sites``: the grid connections ``/v1/sites`` shows."""
-    _quick_fetches()
+    tansu = holds_fetches(bootstrap)
+    if tansu:
+        _quick_fetches()
     refold = dict(refold or {})
-    folded = Continuity("fold", bootstrap, settings.topics.frames, expect)
-    archived = Continuity("archive", bootstrap, settings.topics.frames, expect)
+    # the gap fill on every broker, the read past a quiet partition's last event on Tansu only
+    # (see streams.continuity)
+    folded = Continuity("fold", bootstrap, settings.topics.frames, expect, tails=tansu)
+    archived = Continuity("archive", bootstrap, settings.topics.frames, expect, tails=tansu)
     folding = asyncio.Lock()  # the agent and the tail check take turns: read, fold, write
     app = faust.App(
         group_id(settings),
@@ -220,7 +253,6 @@ def create_app(
         for key, alert in raised:
             await alert_topic.send(key=key, value=alert)
 
-    @app.timer(QUIET)
     async def tail_check() -> None:
         """Quiet partitions read past their last event, for each agent (see continuity)."""
         if views.recovering(app):
@@ -233,6 +265,9 @@ def create_app(
             for partition, due, records in await archived.tails(mine):
                 await asyncio.to_thread(archive.write, archive_to, sorted(records, key=lambda r: r["ts"]))
                 archived.advance(partition, due + len(records))
+
+    if tansu:
+        app.timer(QUIET)(tail_check)
 
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:
