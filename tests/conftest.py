@@ -72,10 +72,37 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def broker(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """The session's broker of this engine, started once, stopped by its process id."""
-    with make_broker(engine, free_port(), tmp_path_factory.mktemp(f"broker-{engine}")) as running:
-        yield running
+def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Broker]]:
+    """The session's brokers, one per engine: ``brokers(engine)`` starts it on first use; all
+    are stopped by their process ids when the session ends."""
+    running: dict[str, Broker] = {}
+
+    def get(engine: str) -> Broker:
+        if engine not in running:
+            workdir = tmp_path_factory.mktemp(f"broker-{engine}")
+            running[engine] = make_broker(engine, free_port(), workdir).start()
+        return running[engine]
+
+    yield get
+    for started in running.values():
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(engine: str, brokers: Callable[[str], Broker]) -> Broker:
+    """The session's broker of this engine."""
+    return brokers(engine)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(brokers: Callable[[str], Broker]) -> Broker:
+    """The session's Apache Kafka, for tests of Kafka alone (skipped where Kafka is not among
+    ``TWIN_TEST_ENGINES`` or cannot run)."""
+    if "kafka" not in engines():
+        pytest.skip("Kafka is not among TWIN_TEST_ENGINES")
+    if (missing := kafka_missing()) is not None:
+        pytest.skip(f"Apache Kafka cannot run here: {missing}")
+    return brokers("kafka")
 
 
 @pytest.fixture
