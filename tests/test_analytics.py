@@ -589,8 +589,11 @@ def test_afir_checks_per_pool(tmp_path: Path) -> None:
         "Art. 3 TEN-T comprehensive, 2030": "pass", "Art. 3 TEN-T comprehensive, 2035": "pass",
         "Art. 5(4) ad hoc price per kWh at 50 kW and more": "pass", "Art. 5(8) smart charging": "unknown",
         "ISO 15118-20 (from 2027)": "pass", "Art. 20 dynamic data (status) freshness": "pass",
+        "Art. 20 data published (static fields, ad hoc price)": "fail",
     }  # fmt: skip
     assert "AF-2" in next(c["why"] for c in x["checks"] if c["rule"] == "Art. 5(8) smart charging")
+    published = next(c["why"] for c in x["checks"] if c["rule"].startswith("Art. 20 data published"))
+    assert "address" in published and "operator" in published  # this inventory has neither
     alone = pools["(no pool) AF-3"]
     assert alone["total_kw"] is None and alone["checks"][0]["result"] == "unknown"
     done = subprocess.run([sys.executable, "-m", "twin", "report", "afir", "--archive", str(path), "--json"],

@@ -37,7 +37,7 @@ def get(url: str, within: float = 60) -> Any:
 async def test_up_serves_every_part_and_stops_them_all(tmp_path: Path) -> None:
     with twin_up(tmp_path) as up:
         pids = up.urls["pids"]
-        assert set(pids) == {"broker", "gateway", "worker", "controller", "dashboard"}
+        assert set(pids) == {"broker", "gateway", "worker", "controller", "ocpi", "dashboard"}
         assert all(alive(pid) for pid in pids.values())
         with urllib.request.urlopen(up.urls["dashboard"] + "/_stcore/health", timeout=5) as response:
             assert response.read() == b"ok"

@@ -34,6 +34,7 @@ import orjson
 from twin.analytics import migration
 from twin.analytics.frames import bounds, connect, rows
 from twin.analytics.migration import inventory_of
+from twin.publish.afir import art20
 from twin.tariffs import Price, Tariff, Usage, boundaries, iso, price_at
 
 THRESHOLDS = [  # (rule, minimum pool kW, minimum points of >= 150 kW)
@@ -118,6 +119,7 @@ def afir(capture: str | Path) -> list[dict[str, Any]]:
             checks.append(_check("Art. 20 dynamic data (status) freshness", worst <= FRESH_S,
                                  f"status reached the log {worst:.1f} s late (p95, worst station); twin's bar "
                                  f"{FRESH_S:g} s"))  # fmt: skip
+        checks.append(art20(listed, stations, held))
         out.append({"pool_id": pool_id, "stations": stations, "total_kw": total_kw, "points_150kw": points_150,
                     "checks": checks})  # fmt: skip
     return out

@@ -22,6 +22,8 @@ def reserved(change: Change, event: Event) -> None:
         "id_token": (request.get("idToken") or {}).get("idToken"),
         "made_at": event.ts,
         "updated_at": event.ts,
+        # made for a roaming party (twin ocpi tags its calls): who, and under which OCPI id
+        "roaming": (request.get("customData") or {}).get("ocpi"),
     }
 
 
