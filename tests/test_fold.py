@@ -312,8 +312,8 @@ def test_a_reservation_made_for_a_roaming_party_says_whose_it_is() -> None:
     """twin ocpi tags the ReserveNow it sends with the eMSP and its OCPI reservation id."""
     reserve = {"id": 42, "expiryDateTime": "2026-03-01T09:00:00Z", "evseId": 1,
                "idToken": {"idToken": "DE8ACC12E46L89", "type": "eMAID"},
-               "customData": {"vendorId": "org.twin", "commandId": "c1",
-                              "ocpi": {"party": "DE*EMS", "command": "RESERVE_NOW", "reservation_id": "R-7"}}}  # fmt: skip
+               "customData": {"vendorId": "org.twin", "commandId": "c1", "ocpi": {
+                   "party": "DE*EMS", "command": "RESERVE_NOW", "reservation_id": "R-7"}}}  # fmt: skip
     s = Script("CS-R").connect().csms("ReserveNow", reserve, {"status": "Accepted"})
     s.csms("ReserveNow", {**reserve, "id": 43, "customData": None}, {"status": "Accepted"})
     reservations = twin_of(s)["reservations"]
