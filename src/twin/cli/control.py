@@ -260,6 +260,10 @@ def latest_plan(settings: Settings, bootstrap: str, site: str) -> dict[str, Any]
         consumer.close()
 
 
+START_HELP = ("From this ISO time (the stations' time). Default: now in the stations' time, as the site's last "
+              "plan has it, else this machine's.")
+
+
 @control_app.command("limit")
 def control_limit(
     site: Annotated[str, typer.Argument(help="The site id.")],
@@ -267,7 +271,7 @@ def control_limit(
                                                     "at least that much.")] = None,
     export_kw: Annotated[float | None, typer.Option(min=0.0, help="Export limit, kW.")] = None,
     minutes: Annotated[float, typer.Option("--for", min=0.1, help="For how many minutes, from now.")] = 60.0,
-    start: Annotated[str | None, typer.Option(help="From this ISO time instead of now (station time).")] = None,
+    start: Annotated[str | None, typer.Option(help=START_HELP)] = None,
     bootstrap: Bootstrap = None,
     json_out: Json = False,
 ) -> None:
@@ -281,13 +285,16 @@ def control_limit(
     if import_kw is None and export_kw is None:
         fail("say which limit: --import-kw and/or --export-kw", code=2)
     try:
-        begins = datetime.fromisoformat(start.replace("Z", "+00:00")) if start else datetime.now(UTC)
+        begins = datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None
     except ValueError as exc:
         fail(f"--start: {exc}", code=2)
-    if begins.tzinfo is None:
-        begins = begins.replace(tzinfo=UTC)
     settings = Settings.load(bootstrap=bootstrap)
     target = reachable(settings)
+    if begins is None:  # now in the stations' time: the site's last plan's clock (a simulated fleet's runs ahead)
+        planned = (latest_plan(settings, target, site) or {}).get("planned_at")
+        begins = datetime.fromisoformat(planned.replace("Z", "+00:00")) if planned else datetime.now(UTC)
+    if begins.tzinfo is None:
+        begins = begins.replace(tzinfo=UTC)
     import secrets
 
     import orjson
