@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import weakref
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -22,13 +23,14 @@ import faust
 import orjson
 from faust.streams import _current_event
 
-from streams import signals_archive, views
+from streams import access, signals_archive, views
 from streams import sites as site_views
 from streams.continuity import QUIET, Continuity, read_range
 from twin import archive, fold
 from twin.alerts import alerts
 from twin.settings import Settings
 from twin.sites import Site
+from twin.tokens import Guard
 
 log = logging.getLogger("twin.worker")
 
@@ -168,11 +170,14 @@ def create_app(
     expect: dict[int, int] | None = None,
     archive_to: str | None = None,
     sites: list[Site] | None = None,
+    guard: Guard | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> faust.App:
     """The worker; ``refold``: per partition, records to fold again before its first new
     event (see :func:`backlog`); ``expect``: per partition, the first offset it should see
     (the committed position); ``archive_to``: write ocpp.frames to this Parquet archive too;
-    ``sites``: the grid connections ``/v1/sites`` shows."""
+    ``sites``: the grid connections ``/v1/sites`` shows; ``guard``: who may use the API (none:
+    anyone); ``tls``: serve it over HTTPS."""
     tansu = holds_fetches(bootstrap)
     if tansu:
         _quick_fetches()
@@ -189,6 +194,8 @@ def create_app(
         web_port=web_port,
         web_host=settings.host,
         web_bind=settings.host,
+        web_ssl_context=tls,
+        canonical_url=f"{'https' if tls else 'http'}://{settings.host}:{web_port}",
         datadir=data_dir,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
@@ -288,6 +295,7 @@ def create_app(
                 records.sort(key=lambda r: r["ts"])  # partitions interleave: one file per date
                 await asyncio.to_thread(archive.write, archive_to, records)
 
+    access.register(app, guard or Guard(None), settings)  # first: its check stands before every page
     views.register(app, twins, frames, recent)
     site_views.register(app, twins, settings, bootstrap, sites or [])
     signals_archive.register(app, settings, bootstrap, archive_to)  # grid.signals beside the frames

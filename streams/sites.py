@@ -19,6 +19,7 @@ import aiohttp
 import faust
 import orjson
 
+from streams.access import forwarded
 from streams.views import peers, recovering
 from twin import sites as site_model
 from twin.settings import Settings
@@ -84,7 +85,9 @@ def register(app: faust.App, twins: Any, settings: Settings, bootstrap: str, sit
             return rows
         for url in peers(app):
             with contextlib.suppress(Exception):
-                ask = app.http_client.get(f"{url}{path}?scope=local", timeout=aiohttp.ClientTimeout(total=5))
+                auth = forwarded(request)  # the caller's token: the peer checks it too
+                ask = app.http_client.get(f"{url}{path}?scope=local", headers=auth,
+                                          timeout=aiohttp.ClientTimeout(total=5))  # fmt: skip
                 async with ask as response:
                     rows += (await response.json())["evses"]
         return sorted(rows, key=lambda r: (r["station_id"], str(r["evse_id"])))

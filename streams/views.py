@@ -16,6 +16,7 @@ import faust
 import orjson
 from faust.exceptions import SameNode
 
+from streams.access import forwarded
 from twin import capabilities
 from twin.fold import public
 
@@ -95,7 +96,9 @@ def register(app: faust.App, twins: Any, frames: Any, recent: dict[str, Any]) ->
         if request.query.get("scope") != "local":
             for url in others():
                 try:
-                    ask = app.http_client.get(f"{url}/v1/stations?scope=local", timeout=aiohttp.ClientTimeout(total=5))
+                    auth = forwarded(request)  # the caller's token: the peer checks it too
+                    ask = app.http_client.get(f"{url}/v1/stations?scope=local", headers=auth,
+                                              timeout=aiohttp.ClientTimeout(total=5))  # fmt: skip
                     async with ask as response:
                         rows += (await response.json())["stations"]
                 except Exception:

@@ -15,6 +15,7 @@ from twin.cli import (  # noqa: F401  - register the commands
     simulate,
     sites,
     tariff,
+    token,
     twins,
     up,
     ven,

@@ -10,6 +10,7 @@ import typer
 
 from twin.captures import shown
 from twin.cli.app import Bootstrap, Verbose, app, err, fail
+from twin.cli.door import ApiTokens, Insecure, TlsCert, TlsKey, http_door
 from twin.cli.gateway import resolve_bootstrap
 from twin.runtime import tune_gc
 from twin.settings import Settings
@@ -35,6 +36,10 @@ def worker(
     ] = None,
     sites: Annotated[str | None, typer.Option("--sites", help="A sites file for /v1/sites (default: the sites of "
                                               "the station inventory beside the archive). (env TWIN_SITES)")] = None,
+    api_tokens: ApiTokens = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    insecure: Insecure = False,
     verbose: Verbose = False,
 ) -> None:
     """Fold ocpp.frames into one twin per station and serve them on http://127.0.0.1:PORT/v1/.
@@ -56,6 +61,7 @@ def worker(
             import rocksdict  # noqa: F401
         except ImportError:
             fail("--store rocksdb needs rocksdict: pip install 'twin[rocksdb]'")
+    door = http_door(settings.host, api_tokens, tls_cert, tls_key, insecure, "--web-port")
     target, embedded = resolve_bootstrap(settings)
     from twin.broker import port_is_free
 
@@ -67,8 +73,11 @@ def worker(
         counts = {p: len(r) for p, r in refold.items()}
         err.print(f"folding again the last records behind the committed position: {counts}")
     archive_to = archive or os.environ.get("TWIN_ARCHIVE")  # only when asked: not the default location
-    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to, found)
-    err.print(f"worker: API on [bold]http://{settings.host}:{settings.web_port}/v1/stations[/], broker {target}")
+    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to, found,
+                           door.guard, door.tls)  # fmt: skip
+    scheme = "https" if door.tls else "http"
+    err.print(f"worker: API on [bold]{scheme}://{settings.host}:{settings.web_port}/v1/stations[/] ({door.said}), "
+              f"broker {target}")  # fmt: skip
     if archive_to:
         err.print(f"worker: archiving ocpp.frames to {shown(archive_to)}")
     tune_gc()
