@@ -43,7 +43,8 @@ def live(path: str) -> tuple[Any, str | None]:
     """The API's answer to ``path``, or None and why not."""
     base = source().api
     try:
-        with urllib.request.urlopen(base + path, timeout=TIMEOUT) as response:
+        with urllib.request.urlopen(urllib.request.Request(base + path, headers=token_header()),
+                                    timeout=TIMEOUT) as response:  # fmt: skip
             return orjson.loads(response.read()), None
     except urllib.error.HTTPError as exc:
         try:
@@ -340,3 +341,114 @@ def window() -> tuple[str | None, str | None]:
         since = st.text_input("From (UTC, ISO)", key="since", placeholder="e.g. 2026-03-02")
         until = st.text_input("To (UTC, ISO, exclusive)", key="until", placeholder="e.g. 2026-03-04")
     return since.strip() or None, until.strip() or None
+
+
+# -- who is looking (a token in the session) ------------------------------------------------------
+
+TOKEN = "twin_token"
+"""The session's key for the token its user signed in with."""
+DOOR = "twin_door"
+"""The session's key for whether the dashboard asks for a token (and since when it knows)."""
+
+
+def token_header() -> dict[str, str]:
+    """The session's token for the API (none outside a session, or before signing in)."""
+    try:
+        token = st.session_state.get(TOKEN)
+    except Exception:  # no script run (a background thread)
+        token = None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@st.cache_resource
+def _store(path: str) -> Any:
+    from twin.tokens import TokenStore
+
+    return TokenStore(path)
+
+
+def token_store() -> Any:
+    """The token store the dashboard checks tokens against (``TWIN_API_TOKENS``; ``twin up``
+    sets it), read again when it changes; None without one."""
+    from twin.tokens import store_path
+
+    path = store_path()
+    return _store(str(path)) if path else None
+
+
+def guarded() -> bool:
+    """Whether the dashboard asks for a token before it shows anything: it has a token store,
+    or the API it reads wants a token (asked every 10 s until it does; from then on for the
+    session's life)."""
+    if token_store() is not None:
+        return True
+    known = st.session_state.get(DOOR)
+    if known is not None and (known[0] or time.monotonic() - known[1] < 10):
+        return bool(known[0])
+    try:
+        with urllib.request.urlopen(source().api + "/v1/whoami", timeout=TIMEOUT):
+            wanted = False
+    except urllib.error.HTTPError as exc:
+        wanted = exc.code == 401
+    except (urllib.error.URLError, OSError):
+        wanted = False
+    st.session_state[DOOR] = (wanted, time.monotonic())
+    return wanted
+
+
+def identify(token: str) -> dict[str, str] | None:
+    """``{"name", "role"}`` of a token: from the store, else from the API's /v1/whoami."""
+    from twin.tokens import TokenError, find
+
+    token = token.strip()
+    if not token:
+        return None
+    store = token_store()
+    if store is not None:
+        try:
+            entry = find(store.entries(), token)
+        except TokenError:
+            return None
+        return {"name": entry.name, "role": entry.role} if entry else None
+    request = urllib.request.Request(source().api + "/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            body = orjson.loads(response.read())
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
+        return None
+    return {"name": str(body.get("name")), "role": str(body.get("role"))} if body.get("role") else None
+
+
+def caller() -> dict[str, str] | None:
+    """Who signed in this session (checked again on every run: a revoked token is out at once)."""
+    token = st.session_state.get(TOKEN)
+    return identify(token) if token else None
+
+
+def may(role: str) -> bool:
+    """Whether the session's user may do what ``role`` may (everyone, at an open door)."""
+    from twin.tokens import allows
+
+    if not guarded():
+        return True
+    me = caller()
+    return me is not None and allows(me["role"], role)
+
+
+def act(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """A change through the API with the session's token (a command, a token): its status and
+    answer (0 and why when the API did not answer)."""
+    data = orjson.dumps(body) if body is not None else None
+    headers = {**token_header(), **({"Content-Type": "application/json"} if data else {})}
+    request = urllib.request.Request(source().api + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, orjson.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, orjson.loads(exc.read())
+        except orjson.JSONDecodeError:
+            return exc.code, {"error": f"{exc.code} {exc.reason}"}
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, {"error": f"no answer from {source().api} ({getattr(exc, 'reason', exc)})"}
+

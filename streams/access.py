@@ -11,19 +11,15 @@ token store is open (on loopback only: ``twin worker`` refuses anything else wit
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 import orjson
-from aiohttp import web as aioweb
 
 from twin.gateway.commands import command, command_problem
 from twin.settings import Settings
-from twin.tokens import ROLES, Guard, TokenError, allows
+from twin.tokens import ROLES, WHO, Guard, TokenError, allows, middleware
 
-WHO = "twin.who"
-"""The request's key for the caller's token entry (None at an open door)."""
 VENDOR = "twin"
 
 
@@ -58,22 +54,7 @@ def problem_of(body: Any) -> str | None:
 def register(app: faust.App, guard: Guard, settings: Settings) -> None:
     commands = app.topic(settings.topics.commands, key_serializer="raw", value_serializer="raw")
 
-    @aioweb.middleware
-    async def door(request: aioweb.Request, handler: Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]]
-                   ) -> aioweb.StreamResponse:  # fmt: skip
-        answer = guard.check(request.method, request.path, request.headers.get("Authorization"))
-        if answer.status != 200:
-            extra = {"WWW-Authenticate": 'Bearer realm="twin"'} if answer.status == 401 else None
-            return aioweb.json_response({"error": answer.error}, status=answer.status, headers=extra)
-        request[WHO] = answer.who
-        try:
-            return await handler(request)
-        except aioweb.HTTPException as exc:  # no such page, or method: said as JSON like every error
-            if exc.status < 400:
-                raise
-            return aioweb.json_response({"error": exc.reason}, status=exc.status)
-
-    app.web.web_app.middlewares.append(door)  # type: ignore[attr-defined]  # the aiohttp driver's app
+    app.web.web_app.middlewares.append(middleware(guard))  # type: ignore[attr-defined]  # aiohttp's app
 
     def who(request: Any) -> str:
         entry = request.get(WHO)

@@ -97,12 +97,14 @@ class Vtn:
         self._notify("DELETE", event)
 
     def _notify(self, operation: str, event: dict[str, Any]) -> None:
-        async def call(url: str) -> None:
+        async def call(url: str, bearer: str | None) -> None:
             import aiohttp
 
             note = {"objectType": "EVENT", "operation": operation, "object": event}
+            auth = {"Authorization": f"Bearer {bearer}"} if bearer else {}  # as OpenADR 3 says: its bearerToken
             try:
-                async with aiohttp.ClientSession() as s, s.post(url, json=note, timeout=aiohttp.ClientTimeout(2)):
+                async with aiohttp.ClientSession() as s, s.post(url, json=note, headers=auth,
+                                                                timeout=aiohttp.ClientTimeout(2)):  # fmt: skip
                     pass
             except Exception:
                 pass
@@ -110,7 +112,7 @@ class Vtn:
         for sub in self.subscriptions:
             for op in sub["objectOperations"]:
                 if self._runner is not None:
-                    asyncio.run_coroutine_threadsafe(call(op["callbackUrl"]), self._loop)
+                    asyncio.run_coroutine_threadsafe(call(op["callbackUrl"], op.get("bearerToken")), self._loop)
 
     # -- the server --------------------------------------------------------------------------
 

@@ -276,3 +276,33 @@ class Guard:
     def stats(self) -> Mapping[str, Any]:
         """What ``/v1/metrics`` shows of the door."""
         return {"open": self.open, "store": str(self.store.path) if self.store else None, **self.counts}
+
+
+WHO = "twin.who"
+"""The aiohttp request's key for the caller's token entry (None at an open door)."""
+
+
+def middleware(guard: Guard, exempt: tuple[str, ...] = ()) -> Any:
+    """The door as an aiohttp middleware: every path but those starting with one of
+    ``exempt`` (doors of their own: OCPI's tokens, public feeds) is checked; 401 and 403 as
+    JSON; the caller's entry in ``request[WHO]``; any other error of the app's as JSON too."""
+    from aiohttp import web
+
+    @web.middleware
+    async def door(request: web.Request, handler: Any) -> web.StreamResponse:
+        checked = not (exempt and request.path.startswith(exempt))
+        if checked:
+            answer = guard.check(request.method, request.path, request.headers.get("Authorization"))
+            if answer.status != 200:
+                extra = {"WWW-Authenticate": 'Bearer realm="twin"'} if answer.status == 401 else None
+                return web.json_response({"error": answer.error}, status=answer.status, headers=extra)
+            request[WHO] = answer.who
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPException as exc:  # no such page, or method: said as JSON like every error
+            if exc.status < 400 or not checked:
+                raise
+            return web.json_response({"error": exc.reason}, status=exc.status)
+
+    return door

@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 
 from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
+from twin.cli.door import ApiTokens, Insecure, http_door
 from twin.settings import Settings
+from twin.tokens import middleware
 
 TOKEN_A_ENV = "TWIN_OCPI_TOKEN_A"
 
@@ -37,6 +39,8 @@ def ocpi_command(
     command_timeout: Annotated[float, typer.Option("--command-timeout", help="Seconds a station has to answer an "
                                                    "OCPI command before its result is TIMEOUT.")] = 60.0,
     bootstrap: Bootstrap = None,
+    api_tokens: ApiTokens = None,
+    insecure: Insecure = False,
     verbose: Verbose = False,
 ) -> None:
     """Serve the fleet to eMSPs (OCPI 2.2.1: versions, credentials, locations, tariffs,
@@ -45,7 +49,9 @@ def ocpi_command(
 
     Locations are the inventory's pools with the live twins' statuses; commands
     (RESERVE_NOW, CANCEL_RESERVATION, START_SESSION, STOP_SESSION, UNLOCK_CONNECTOR) go to the
-    stations through ocpp.commands and their answers back to the eMSP as CommandResults."""
+    stations through ocpp.commands and their answers back to the eMSP as CommandResults.
+
+    /status (not OCPI's, not a feed) is behind the API's bearer tokens (--api-tokens)."""
     import asyncio
     import signal
     from pathlib import Path
@@ -65,12 +71,13 @@ def ocpi_command(
     settings = Settings.load(bootstrap=bootstrap, archive=archive)
     if not port_is_free(settings.host, port):
         fail(f"port {port} on {settings.host} is already in use (--port)")
+    door = http_door(settings.host, api_tokens, None, None, insecure, "--port")
     token = token_a or os.environ.get(TOKEN_A_ENV) or secrets.token_urlsafe(24)
     base = (base_url or f"http://{settings.host}:{port}").rstrip("/")
     target, embedded = resolve_bootstrap(settings)
     party = Party(country_code.upper(), party_id.upper())
     err.print(f"ocpi: {base}/ocpi/versions (token A {token}), DATEX II {base}/datex2/v3/afir/table; "
-              f"broker {target}, archive {settings.archive}")  # fmt: skip
+              f"broker {target}, archive {settings.archive}; /status {door.said}")  # fmt: skip
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -89,7 +96,9 @@ def ocpi_command(
                 await pusher.run(stop)
 
             jobs.append(asyncio.create_task(pushing()))
-        runner = web.AppRunner(service.app(), access_log=None)
+        served = service.app()
+        served.middlewares.append(middleware(door.guard, exempt=("/ocpi", "/datex2")))  # OCPI: its own tokens
+        runner = web.AppRunner(served, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.host, port).start()
         try:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from twin.cli.app import Json, app, err, fail, print_json
+from twin.cli.door import ApiToken
 from twin.cli.twins import Api, api_get
 
 
@@ -17,6 +18,7 @@ from twin.cli.twins import Api, api_get
 def sites(
     site: Annotated[str | None, typer.Argument(help="One site id (default: every site).")] = None,
     api: Api = None,
+    api_token: ApiToken = None,
     capture: Annotated[str | None, typer.Option("--capture", "--archive", "-c", help="Rebuild from this archive "
                                                 "(its frames, grid signals and inventory) instead of asking the "
                                                 "API.")] = None,  # fmt: skip

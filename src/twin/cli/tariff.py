@@ -20,9 +20,11 @@ import typer
 from rich.table import Table
 
 from twin.cli.app import Bootstrap, Json, app, err, fail, print_json, reachable
+from twin.cli.door import ApiToken
 from twin.gateway.commands import command, command_problem
 from twin.settings import Settings
 from twin.tariffs import TariffError, load
+from twin.tokens import TOKEN_ENV, headers
 
 tariff_app = typer.Typer(
     help="OCPP 2.1 tariffs: set a default tariff, change a transaction's, clear, get, show.", no_args_is_help=True
@@ -46,8 +48,12 @@ def _get(api: str | None, path: str) -> Any:
     """The API's answer, or None when it has none (no worker, unknown station)."""
     base = Settings.load(api=api).api_url
     try:
-        with urllib.request.urlopen(f"{base}{path}", timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(f"{base}{path}", headers=headers()), timeout=10) as response:
             return orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            fail(f"{base}{path}: 401: the API wants a token (--api-token, or {TOKEN_ENV}; `twin token add`)")
+        return None
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
         return None
 
@@ -203,6 +209,7 @@ def set_default(
     every: All = False,
     site: SiteOpt = None,
     api: Api = None,
+    api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
     wait: Wait = 30.0,
     by: By = "cli",
@@ -230,6 +237,7 @@ def change(
     station: Annotated[str | None, typer.Option(
         "--station", help="The station running it (default: the twin's, found through the API).")] = None,
     api: Api = None,
+    api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
     wait: Wait = 30.0,
     by: By = "cli",
@@ -265,6 +273,7 @@ def clear(
     every: All = False,
     site: SiteOpt = None,
     api: Api = None,
+    api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
     wait: Wait = 30.0,
     by: By = "cli",
@@ -287,6 +296,7 @@ def get(
     station: Annotated[str, typer.Argument(help="Station id.")],
     evse: Evse = None,
     api: Api = None,
+    api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
     wait: Wait = 30.0,
     by: By = "cli",
@@ -298,7 +308,8 @@ def get(
 
 
 @tariff_app.command("show")
-def show(station: Annotated[str, typer.Argument(help="Station id.")], api: Api = None, json_out: Json = False) -> None:
+def show(station: Annotated[str, typer.Argument(help="Station id.")], api: Api = None,
+         api_token: ApiToken = None, json_out: Json = False) -> None:  # fmt: skip
     """What the twin knows: per EVSE the tariff in force, its price now and the next change,
     and a running transaction's cost (from the worker's API)."""
     twin = _get(api, f"/v1/stations/{station}")

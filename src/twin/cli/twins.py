@@ -15,8 +15,10 @@ from rich.table import Table
 
 from twin import captures, fold
 from twin.cli.app import Bootstrap, Json, app, err, fail, print_json, reachable
+from twin.cli.door import ApiToken
 from twin.fold.engine import Record
 from twin.settings import Settings
+from twin.tokens import TOKEN_ENV, headers
 
 Api = Annotated[str | None, typer.Option("--api", help="URL of a worker's API (default http://127.0.0.1:6066).")]
 Capture = Annotated[str | None, typer.Option("--capture", "-c", help="Fold this capture instead of asking the API.")]
@@ -25,9 +27,11 @@ Capture = Annotated[str | None, typer.Option("--capture", "-c", help="Fold this 
 def api_get(api: str | None, path: str) -> Any:
     base = Settings.load(api=api).api_url
     try:
-        with urllib.request.urlopen(f"{base}{path}", timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(f"{base}{path}", headers=headers()), timeout=10) as response:
             return orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            fail(f"{base}{path}: 401: the API wants a token (--api-token, or {TOKEN_ENV}; `twin token add`)")
         body = exc.read()
         try:
             message = orjson.loads(body).get("error", body.decode())
@@ -68,6 +72,7 @@ def fold_capture(path: str, until: str | None = None) -> tuple[dict[str, fold.Tw
 def state(
     station: Annotated[str, typer.Argument(help="Station id.")],
     api: Api = None,
+    api_token: ApiToken = None,
     capture: Capture = None,
     at: Annotated[
         str | None, typer.Option(help="With --capture: the twin as it was at this moment (ISO time).")
@@ -105,7 +110,7 @@ def state(
 
 
 @app.command()
-def fleet(api: Api = None, capture: Capture = None, json_out: Json = False) -> None:
+def fleet(api: Api = None, api_token: ApiToken = None, capture: Capture = None, json_out: Json = False) -> None:
     """All twins, a row each: live from the API, or folded from a capture."""
     from streams.views import row, summary
 
@@ -134,6 +139,7 @@ def rebuild(
     bootstrap: Bootstrap = None,
     verify: Annotated[bool, typer.Option("--verify", help="Compare with the live twins of the API.")] = False,
     api: Api = None,
+    api_token: ApiToken = None,
     json_out: Json = False,
 ) -> None:
     """Fold a capture, or ocpp.frames from the beginning, into twins with the same fold the

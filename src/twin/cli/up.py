@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,8 +18,10 @@ from twin import captures
 from twin.broker import BrokerError, port_is_free, wait_for_broker
 from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
 from twin.cli.broker import Engine
+from twin.cli.door import ApiTokens, Insecure, http_door
 from twin.settings import Settings
 from twin.stack import Stack, StackError, http_probe, tcp_probe
+from twin.tokens import STORE_ENV, TOKEN_ENV, TokenStore
 
 
 def streamlit_argv(port: int, host: str) -> list[str]:
@@ -43,18 +46,24 @@ def dashboard(
         typer.Option(help="Archive directory or .jsonl capture. (env TWIN_ARCHIVE; default twin-data/archive, "
                      "else the committed sample dataset)"),
     ] = None,  # fmt: skip
+    api_tokens: ApiTokens = None,
+    insecure: Insecure = False,
 ) -> None:
     """Start the Streamlit app on http://127.0.0.1:PORT: the live twins from the worker's API
-    and analytics over the archive. Without a worker it shows the archive alone and says so."""
+    and analytics over the archive. Without a worker it shows the archive alone and says so.
+    With a token store it asks for a token before it shows anything."""
     from dashboards import archive_path
 
     settings = Settings.load(dashboard_port=port, api=api)
+    door = http_door(settings.host, api_tokens, None, None, insecure, "--port")
+    if door.guard.store is not None:
+        os.environ[STORE_ENV] = str(door.guard.store.path)
     if not port_is_free(settings.host, settings.dashboard_port):
         fail(f"port {settings.dashboard_port} on {settings.host} is already in use (--port)")
     shown = archive_path(archive or os.environ.get("TWIN_ARCHIVE"), settings.archive)
     os.environ.update(TWIN_API=settings.api_url, TWIN_ARCHIVE=shown)
     err.print(f"dashboard on [bold]http://{settings.host}:{settings.dashboard_port}[/] "
-              f"(API {settings.api_url}, archive {captures.shown(shown)})")  # fmt: skip
+              f"(API {settings.api_url}, archive {captures.shown(shown)}; {door.said})")  # fmt: skip
     argv = streamlit_argv(settings.dashboard_port, settings.host)
     os.execv(argv[0], argv)  # the same process id: whoever started us can stop us
 
@@ -127,7 +136,11 @@ def up(
 
     data = Path(data_dir)
     twin = [sys.executable, "-m", "twin"]
-    stack = Stack(data / "logs", env={"TWIN_SPOOL": str(data / "spool")})
+    store, admin_token, helper_token = _tokens(data)
+    os.environ[TOKEN_ENV] = helper_token  # this process's own readers of the API (the sample tariffs)
+    # every door reads the store; the children that read the API (the VEN) send the helper's token
+    stack = Stack(data / "logs", env={"TWIN_SPOOL": str(data / "spool"), STORE_ENV: str(store.path),
+                                      TOKEN_ENV: helper_token})  # fmt: skip
     stop = stack.interrupted  # a signal while a process starts stops waiting for it
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -143,6 +156,8 @@ def up(
         "ocpi": f"http://{host}:{ocpi_port}/ocpi/versions",
         "ocpi_token_a": os.environ.get("TWIN_OCPI_TOKEN_A") or secrets.token_urlsafe(24),
         "datex2": f"http://{host}:{ocpi_port}/datex2/v3/afir/table",
+        "api_token": admin_token,
+        "api_tokens": str(store.path),
     }
     try:
         with err.status("starting twin") as status:
@@ -164,7 +179,8 @@ def up(
             status.update("starting the stream worker")
             stack.start("worker", [*twin, "worker", "--bootstrap", target, "--web-port", str(settings.web_port),
                                    "--archive", settings.archive, "--data-dir", str(data / "worker"), *sites_flag],
-                        http_probe(f"http://{host}:{settings.web_port}/v1/fleet/summary"), timeout=120)  # fmt: skip
+                        _authorised_probe(f"http://{host}:{settings.web_port}/v1/fleet/summary", helper_token),
+                        timeout=120)  # fmt: skip
             if not no_control:
                 status.update("starting the controller")
                 scale = ["--time-scale", speed] if simulate and speed != "max" else []
@@ -209,8 +225,10 @@ def up(
     except StackError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         stack.stop()
+        store.revoke(HELPER)
         raise typer.Exit(1) from None
     stack.stop()
+    store.revoke(HELPER)
     err.print("stopped: " + ", ".join(f"{s.name} (pid {s.pid}, {s.stopped_in or 0:.1f} s)" for s in stack.services))
 
 
@@ -225,6 +243,8 @@ def _announce(urls: dict[str, str | None], simulate: int, speed: str) -> None:
         ("OCPI 2.2.1", urls["ocpi"]),
         ("OCPI token A", urls["ocpi_token_a"]),
         ("DATEX II AFIR", urls["datex2"]),
+        ("API admin token", f"{urls['api_token']} (shown this once)" if urls["api_token"] else
+         f"in {urls['api_tokens']} already (`twin token add NAME --role admin` for another)"),
     ]
     print("twin is up:")
     for label, value in lines:
@@ -233,6 +253,49 @@ def _announce(urls: dict[str, str | None], simulate: int, speed: str) -> None:
     if simulate:
         print(f"  a simulated fleet of {simulate} stations is driving the gateway at {speed}x")
     print("Ctrl-C stops everything.", flush=True)
+
+
+HELPER = "twin-up"
+"""The token of ``twin up``'s own readers of the API (the VEN, the sample tariffs): a
+viewer's, made afresh at each start and revoked at the end."""
+
+
+def _tokens(data: Path) -> tuple[TokenStore, str | None, str]:
+    """The stack's token store (DATA_DIR/api-tokens.json, or TWIN_API_TOKENS), an admin token
+    if it had none (like a fresh database's first password: printed once), and a new token for
+    ``twin up``'s helpers."""
+    from twin.tokens import TokenError, store_path
+
+    path = store_path(None, str(data))
+    assert path is not None
+    store = TokenStore(path)
+    try:
+        admin = None
+        if not any(e.role == "admin" for e in store.entries()):
+            admin, _ = store.add("admin", "admin")
+        store.revoke(HELPER)  # a helper's token from a stack that ended without revoking it
+        helper, _ = store.add(HELPER, "viewer")
+    except TokenError as exc:
+        fail(str(exc))
+    return store, admin, helper
+
+
+def _authorised_probe(url: str, token: str) -> Callable[[], bool]:
+    """Whether the API answers a request with ``token`` (a 401 is a door, not the API up)."""
+    import urllib.error
+    import urllib.request
+
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                        timeout=1) as response:  # fmt: skip
+                return bool(response.status < 400)
+        except urllib.error.HTTPError as exc:
+            return exc.code < 400
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return probe
 
 
 SAMPLE_TARIFFS = Path(__file__).parent.parent / "data" / "tariffs"

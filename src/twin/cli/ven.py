@@ -8,6 +8,7 @@ import typer
 
 from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
 from twin.cli.control import Archive, Sites, load_sites
+from twin.cli.door import ApiToken
 from twin.settings import Settings
 
 
@@ -25,6 +26,7 @@ def ven(
                                                       "back on 127.0.0.1:PORT/notification.")] = None,
     api: Annotated[str | None, typer.Option(help="The worker's API, for the measured import and export reported "
                                             "back. (env TWIN_API)")] = None,
+    api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
     sites: Sites = None,
     archive: Archive = None,

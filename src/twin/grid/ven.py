@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from twin import envelope
+from twin import envelope, tokens
 from twin.grid import openadr, safe_mode
 from twin.grid.client import VtnClient, VtnError, backoff
 from twin.sites import Site
@@ -164,10 +166,11 @@ async def run(vtn: str, client_id: str, client_secret: str, sites: Sequence[Site
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
     wake = asyncio.Event()
-    callback = await _callback_server(callback_port, wake) if callback_port else None
+    called_with = secrets.token_urlsafe(24)  # the VTN sends it back on each notification (its bearerToken)
+    callback = await _callback_server(callback_port, wake, called_with) if callback_port else None
     subscribed = False
     failures = 0
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=tokens.headers())  # the API's token
 
     async def write(records: Iterable[dict[str, Any]]) -> None:
         for r in records:
@@ -196,7 +199,8 @@ async def run(vtn: str, client_id: str, client_secret: str, sites: Sequence[Site
                     log.info("ven: %d records written (%d events)", len(records), len(events))
                 if callback is not None and not subscribed:
                     with contextlib.suppress(VtnError):
-                        await client.subscribe(client_name, f"http://127.0.0.1:{callback_port}/notification")
+                        await client.subscribe(client_name, f"http://127.0.0.1:{callback_port}/notification",
+                                               bearer=called_with)  # fmt: skip
                         subscribed = True
                         log.info("ven: subscribed to event notifications")
                 if api:
@@ -249,11 +253,14 @@ async def _wait(stop: asyncio.Event, wake: asyncio.Event, pause: Any) -> None:
     wake.clear()
 
 
-async def _callback_server(port: int, wake: asyncio.Event) -> Any:
-    """The webhook the VTN calls on a change: any notification means "poll now"."""
+async def _callback_server(port: int, wake: asyncio.Event, bearer: str) -> Any:
+    """The webhook the VTN calls on a change: any notification with the subscription's
+    ``bearer`` means "poll now"; one without it is refused (401)."""
     from aiohttp import web
 
     async def notified(request: web.Request) -> web.Response:
+        if not hmac.compare_digest(tokens.bearer(request.headers.get("Authorization")) or "", bearer):
+            return web.json_response({"error": "no or wrong bearer token"}, status=401)
         with contextlib.suppress(Exception):
             body = await request.json()
             log.info("ven: notified of %s %s", body.get("operation"), body.get("objectType"))
