@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import os
 import re
 import shutil
@@ -26,12 +25,15 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from twin import runtime
+from twin import kafka_security, runtime
+from twin.kafka_security import KafkaSecurity, KafkaSecurityError, LoginRefused
 from twin.settings import Settings
 from twin.stack import die_with_parent
 
@@ -192,6 +194,28 @@ logger.config.level = WARN
 """
 
 
+@dataclass(frozen=True)
+class ListenerSecurity:
+    """A ``SASL_SSL`` client listener for :class:`KafkaBroker`, as a managed cluster has one:
+    the server's certificate (``cert``, its PEM chain, and ``key``, PKCS#8) signed by ``ca``
+    (which also signs the client certificates it accepts, if any), SCRAM-SHA-512 and -256
+    credentials for ``users`` (name -> password, made when the storage is formatted, as
+    ``kafka-storage format --add-scram`` does; the same users may also log in with PLAIN), and
+    ``StandardAuthorizer`` with ACLs: nothing is allowed that no ACL grants, but to ``admin``
+    (a super user, and the broker's own principal between its listeners)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    users: Mapping[str, str] = field(repr=False)
+    admin: str = "admin"
+
+    def client(self, user: str | None = None, mechanism: str = "SCRAM-SHA-512") -> KafkaSecurity:
+        """What a client logging in as ``user`` (default: the admin) connects with."""
+        name = user or self.admin
+        return KafkaSecurity("SASL_SSL", mechanism, name, self.users[name], ca_file=str(self.ca))
+
+
 class KafkaBroker:
     """Apache Kafka in KRaft mode on loopback: one JVM that is broker and controller, its data
     in ``data_dir`` (formatted on the first start, kept after), stopped by its own process id.
@@ -202,9 +226,10 @@ class KafkaBroker:
 
     def __init__(
         self, port: int, data_dir: Path | str, host: str = "127.0.0.1", log: Path | None = None,
-        partitions: int = 4, heap: str = "512m",
+        partitions: int = 4, heap: str = "512m", security: ListenerSecurity | None = None,
     ) -> None:  # fmt: skip
         self.host, self.port, self.partitions, self.heap = host, port, partitions, heap
+        self.security = security
         self.data_dir = Path(data_dir)
         self.log = log or self.data_dir / "broker.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -235,7 +260,7 @@ class KafkaBroker:
                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent(),
             )  # fmt: skip
         try:
-            wait_for_broker(self.bootstrap, timeout, process=self.process)
+            wait_for_broker(self.bootstrap, timeout, process=self.process, security=self.client_security())
         except BrokerError as exc:
             self.stop()
             raise BrokerError(f"{exc}; see {self.log}") from None
@@ -277,13 +302,56 @@ class KafkaBroker:
             "broker.session.timeout.ms": "3000",
             "broker.heartbeat.interval.ms": "500",
         }
+        if self.security is not None:
+            settings.update(self._secured(c))
         config = self.data_dir / "server.properties"
         config.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        config.chmod(0o600)  # it holds the admin's password
         (self.data_dir / "log4j2.properties").write_text(_LOG4J)
         return config
 
+    def client_security(self) -> KafkaSecurity:
+        """What a client with every right connects with: the admin's SCRAM login, or nothing."""
+        return self.security.client() if self.security is not None else KafkaSecurity()
+
+    def _secured(self, controller_port: int) -> dict[str, str]:
+        """The server properties of a SASL_SSL listener (see :class:`ListenerSecurity`). The
+        controller listener stays PLAINTEXT on loopback (the broker reaches its own controller
+        there, as User:ANONYMOUS)."""
+        assert self.security is not None
+        sec, h, p = self.security, self.host, self.port
+        keystore = self.data_dir / "server-keystore.pem"  # Kafka's PEM keystore: the key, then the chain
+        keystore.write_bytes(sec.key.read_bytes() + sec.cert.read_bytes())
+        keystore.chmod(0o600)
+        scram = 'org.apache.kafka.common.security.scram.ScramLoginModule required username="{0}" password="{1}";'
+        plain_users = " ".join(f'user_{u}="{pw}"' for u, pw in sec.users.items())
+        admin_password = sec.users[sec.admin]
+        return {
+            "listeners": f"SASL_SSL://{h}:{p},CONTROLLER://{h}:{controller_port}",
+            "advertised.listeners": f"SASL_SSL://{h}:{p}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram.format(sec.admin, admin_password),
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram.format(sec.admin, admin_password),
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": "org.apache.kafka.common.security.plain.PlainLoginModule "
+            f'required username="{sec.admin}" password="{admin_password}" {plain_users};',
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(keystore.resolve()),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(sec.ca.resolve()),
+            "ssl.client.auth": "requested",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{sec.admin};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
     def _format(self, jvm: list[str], config: Path, out: Any) -> None:
         argv = [*jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)]
+        for user, password in (self.security.users.items() if self.security is not None else ()):
+            for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+                argv += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
         try:
             done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         except subprocess.TimeoutExpired:
@@ -313,11 +381,20 @@ class KafkaBroker:
         self.stop()
 
 
-def wait_for_broker(bootstrap: str, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Block until the broker answers a metadata request."""
+def wait_for_broker(
+    bootstrap: str, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None,
+    security: KafkaSecurity | None = None,
+) -> None:  # fmt: skip
+    """Block until the broker answers a metadata request (with ``security``, default this
+    process's). A login or a TLS handshake that fails is said at once, not waited out."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
+    try:
+        security = security or kafka_security.current()
+        options = security.kafka_python()
+    except KafkaSecurityError as exc:
+        raise BrokerError(str(exc)) from None
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     host, _, port = bootstrap.split(",")[0].rpartition(":")
@@ -330,24 +407,41 @@ def wait_for_broker(bootstrap: str, timeout: float = 15.0, process: subprocess.P
             last = exc
             time.sleep(0.1)
             continue
+        if security.protocol != "PLAINTEXT":  # a refused login or certificate: said now, not in 30 s
+            try:
+                kafka_security.check(bootstrap, security, timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+            except LoginRefused as exc:
+                raise BrokerError(str(exc)) from None
+            except KafkaSecurityError as exc:
+                last = exc
+                time.sleep(0.2)
+                continue
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, **options)
             admin.list_topics()
             admin.close()
             return
         except (KafkaError, OSError, ValueError) as exc:
             last = exc
             time.sleep(0.1)
+    if isinstance(last, KafkaSecurityError):
+        raise BrokerError(f"no Kafka broker answers at {bootstrap}: {last}")
     raise BrokerError(f"no Kafka broker answers at {bootstrap} ({last!r})")
 
 
 def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
-    """Create our topics where missing; returns the names created."""
+    """Create our topics where missing; returns the names created. On a cluster with ACLs a
+    principal sees only the topics it may describe and creates only where it may: what it
+    may not is left to one that may (the process's ACL check says what it lacks)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
+    from kafka.errors import ClusterAuthorizationFailedError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        options = kafka_security.kafka_python(settings)
+    except KafkaSecurityError as exc:
+        raise BrokerError(str(exc)) from None
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, **options)
     try:
         existing = set(admin.list_topics())
         wanted = [
@@ -361,8 +455,12 @@ def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
             if spec.name not in existing
         ]
         if wanted:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process raced us: fine
+            try:
                 admin.create_topics(wanted)
+            except TopicAlreadyExistsError:  # another process raced us: fine
+                pass
+            except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):
+                return []
         return [t.name for t in wanted]
     finally:
         admin.close()
@@ -372,7 +470,7 @@ async def reachable(bootstrap: str) -> bool:
     """Whether a broker answers at ``bootstrap``; fails fast where nothing listens."""
     from aiokafka.client import AIOKafkaClient
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, **kafka_security.aiokafka())
     try:
         await client.bootstrap()
         return True
@@ -395,7 +493,7 @@ async def grants_idempotence(bootstrap: str, timeout: float = 10.0) -> bool:
     from aiokafka.protocol.transaction import InitProducerIdRequest
 
     deadline = time.monotonic() + timeout
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, **kafka_security.aiokafka())
     try:
         await client.bootstrap()
         node = client.get_random_node()

@@ -6,6 +6,7 @@ The defaults work on one machine with nothing installed beyond the package: no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
@@ -54,6 +55,23 @@ class Settings:
     0: three heartbeat intervals."""
     capture: bool = True
     """Off only for benchmarks: measures what capturing costs."""
+    kafka_config: str = ""
+    """A Kafka client properties file (security.protocol, sasl.*, ssl.*: see twin.kafka_security)."""
+    kafka_security_protocol: str = ""
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; empty: the properties file's, else what the
+    rest implies (a username: SASL_SSL; a CA or certificate alone: SSL; nothing: PLAINTEXT)."""
+    kafka_sasl_mechanism: str = ""
+    """PLAIN (the default under SASL), SCRAM-SHA-256 or SCRAM-SHA-512."""
+    kafka_username: str = ""
+    kafka_password: str = field(default="", repr=False)
+    """Only from TWIN_KAFKA_PASSWORD, a credentials file or the properties file: never a flag."""
+    kafka_credentials: str = ""
+    """A file holding the SASL password (its first line), or username= and password= lines."""
+    kafka_ca: str = ""
+    """PEM CA certificates the broker's certificate must chain to (default: the system's)."""
+    kafka_cert: str = ""
+    """A PEM client certificate, for clusters that authenticate clients by TLS."""
+    kafka_key: str = ""
     topics: Topics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +96,11 @@ class Settings:
                 values[f.name] = _coerce(env, f.default)
         if flags:
             raise TypeError(f"unknown settings: {', '.join(sorted(flags))}")
+        if "bootstrap" not in values and values.get("kafka_config"):  # the properties file's servers
+            from twin.kafka_security import KafkaSecurityError, from_properties
+
+            with contextlib.suppress(KafkaSecurityError):  # an unreadable file: said when security is read
+                values["bootstrap"] = from_properties(values["kafka_config"]).get("bootstrap") or None
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import os
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -13,7 +17,86 @@ from rich.logging import RichHandler
 
 from twin.settings import Settings
 
-app = typer.Typer(
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap", "-b", help="host:port of a Kafka cluster; default: the embedded broker. (env TWIN_BOOTSTRAP)"
+    ),
+]
+
+
+def _into_environment(variable: str) -> Callable[[Any], Any]:
+    """A Kafka security flag becomes its ``TWIN_`` variable: every Kafka client this process
+    makes, and every process it starts, read it there (see twin.kafka_security)."""
+
+    def store(value: Any) -> Any:
+        if value:
+            os.environ[variable] = str(value)
+        return value
+
+    return store
+
+
+KafkaConfig = Annotated[
+    str | None,
+    typer.Option(
+        "--kafka-config", metavar="FILE", callback=_into_environment("TWIN_KAFKA_CONFIG"),
+        rich_help_panel="Kafka security",
+        help="Kafka client properties (security.protocol, sasl.mechanism, sasl.jaas.config, "
+        "ssl.truststore.location, bootstrap.servers, ...). (env TWIN_KAFKA_CONFIG)",
+    ),
+]  # fmt: skip
+KAFKA_FLAGS = {
+    "--kafka-security-protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    "--kafka-sasl-mechanism": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.",
+    "--kafka-username": "The SASL username (its password: --kafka-credentials or env TWIN_KAFKA_PASSWORD).",
+    "--kafka-credentials": "A file holding the SASL password, or username= and password= lines.",
+    "--kafka-ca": "PEM CA certificates the broker's certificate must chain to.",
+    "--kafka-cert": "A PEM client certificate (mutual TLS).",
+    "--kafka-key": "Its PEM key.",
+}
+"""The security flags every command with --kafka-config also takes (each also a variable:
+``--kafka-ca`` is ``TWIN_KAFKA_CA``). No password flag: a command line is public to ``ps``."""
+
+
+def with_kafka_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with the flags of KAFKA_FLAGS besides its --kafka-config: each stored in its
+    variable by its callback, none passed to the command."""
+    signature = inspect.signature(command, eval_str=True)
+    names = {flag: flag.removeprefix("--").replace("-", "_") for flag in KAFKA_FLAGS}
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            str | None, typer.Option(flag, help=f"{KAFKA_FLAGS[flag]} (env TWIN_{name.upper()})",
+                                     callback=_into_environment(f"TWIN_{name.upper()}"),
+                                     rich_help_panel="Kafka security")])
+        for flag, name in names.items()
+    ]  # fmt: skip
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        for name in names.values():
+            kwargs.pop(name, None)
+        return command(*args, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
+    return run
+
+
+class TwinTyper(typer.Typer):
+    """A command that takes --kafka-config takes the flags of KAFKA_FLAGS too."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # type: ignore[override]
+        register = super().command(*args, **kwargs)
+
+        def decorator(command: Callable[..., Any]) -> Callable[..., Any]:
+            takes = "kafka_config" in inspect.signature(command).parameters
+            register(with_kafka_flags(command) if takes else command)
+            return command
+
+        return decorator
+
+
+app = TwinTyper(
     name="twin",
     help="An event-sourced digital twin and analytics pipeline for OCPP 2.1 / 2.0.1 fleets.",
     no_args_is_help=True,
@@ -23,12 +106,6 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
-Bootstrap = Annotated[
-    str | None,
-    typer.Option(
-        "--bootstrap", "-b", help="host:port of a Kafka cluster; default: the embedded broker. (env TWIN_BOOTSTRAP)"
-    ),
-]
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")]
 
