@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-APP = Path(__file__).resolve().parent / "app.py"
+APP = Path(__file__).resolve().parent / "entry" / "app.py"
+"""The Streamlit entry point (it runs ``app.py``; see its docstring for why it is apart)."""
 SAMPLE = Path(__file__).resolve().parent.parent / "datasets" / "sample"
 """The committed sample dataset, in a checkout of the repository."""
 

@@ -1,9 +1,11 @@
-"""twin's dashboard: ``twin dashboard`` (or ``streamlit run dashboards/app.py``).
+"""twin's dashboard: ``twin dashboard`` (Streamlit runs it through ``dashboards/entry/app.py``).
 
 Pages read the worker's live API and the archive, through ``dashboards.data``. With a token
 store (``twin up`` always has one) it asks for a token before it shows anything, keeps it in
 the session, sends it to the API, and shows only what the token's role may do: a viewer
 reads; an operator also sends commands; an admin also manages tokens."""
+
+from pathlib import Path
 
 import orjson
 import streamlit as st
@@ -72,23 +74,27 @@ def manage_tokens() -> None:
                 st.success(f"Revoked {gone}.") if status == 200 else st.error(said.get("error", status))
 
 
+HERE = Path(__file__).resolve().parent
 PAGES = [
-    st.Page("pages/fleet.py", title="Fleet", icon=":material/map:", default=True),
-    st.Page("pages/station.py", title="Station", icon=":material/ev_station:"),
-    st.Page("pages/energy.py", title="Energy & V2G", icon=":material/bolt:"),
-    st.Page("pages/grid.py", title="Grid & smart charging", icon=":material/electric_meter:"),
-    st.Page("pages/reservations.py", title="Reservations", icon=":material/event:"),
-    st.Page("pages/monitoring.py", title="Monitoring & alerts", icon=":material/notifications:"),
-    st.Page("pages/uptime.py", title="Uptime & AFIR", icon=":material/verified:"),
-    st.Page("pages/migration.py", title="Migration", icon=":material/swap_horiz:"),
+    st.Page(HERE / "pages/fleet.py", title="Fleet", icon=":material/map:", default=True),
+    st.Page(HERE / "pages/station.py", title="Station", icon=":material/ev_station:"),
+    st.Page(HERE / "pages/energy.py", title="Energy & V2G", icon=":material/bolt:"),
+    st.Page(HERE / "pages/grid.py", title="Grid & smart charging", icon=":material/electric_meter:"),
+    st.Page(HERE / "pages/reservations.py", title="Reservations", icon=":material/event:"),
+    st.Page(HERE / "pages/monitoring.py", title="Monitoring & alerts", icon=":material/notifications:"),
+    st.Page(HERE / "pages/uptime.py", title="Uptime & AFIR", icon=":material/verified:"),
+    st.Page(HERE / "pages/migration.py", title="Migration", icon=":material/swap_horiz:"),
 ]
 
-if data.guarded():
-    me = data.caller()
-    if me is None:  # the sign-in form is the only page: every page's URL leads to it
-        st.session_state.pop(data.TOKEN, None)
-        st.navigation([st.Page(sign_in, title="Sign in", icon=":material/key:")], position="hidden").run()
-        st.stop()
+guarded = data.guarded()
+me = data.caller() if guarded else None
+# the page asked for is resolved first, so that after signing in its URL (and query) is where one lands
+pages = st.navigation(PAGES, position="hidden" if guarded and me is None else "sidebar")
+if guarded and me is None:  # the sign-in form in the page's place; no page runs
+    st.session_state.pop(data.TOKEN, None)
+    sign_in()
+    st.stop()
+if me is not None:
     st.sidebar.caption(f"Signed in as **{me['name']}** ({me['role']})")
     if st.sidebar.button("Sign out", key="sign_out"):
         st.session_state.pop(data.TOKEN, None)
@@ -99,5 +105,4 @@ if data.guarded():
         manage_tokens()
 else:
     st.sidebar.caption("Open: no token store (this machine only).")
-
-st.navigation(PAGES).run()
+pages.run()

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,7 @@ def test_the_live_fleet_in_a_real_browser(tmp_path: Path) -> None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(up.urls["dashboard"])
+            sign_in(page, up.token, refused_first=True)
             page.get_by_role("heading", name="Fleet").wait_for(timeout=60_000)
             for station in STATIONS:  # the fleet table's cells (a canvas grid keeps them in the DOM)
                 page.get_by_text(station, exact=True).first.wait_for(state="attached", timeout=90_000)
@@ -47,6 +49,7 @@ def test_the_live_fleet_in_a_real_browser(tmp_path: Path) -> None:
             page.screenshot(path=SHOTS / "fleet.png", full_page=True)
 
             page.goto(f"{up.urls['dashboard']}/station?station=CS-00001")
+            sign_in(page, up.token)  # a new page, a new session: signed in again, and on the page asked for
             evse = page.locator('[data-testid="stMetric"]').filter(has_text="EVSE 1")
             evse.first.wait_for(timeout=60_000)
             seen: list[str] = []
@@ -64,3 +67,21 @@ def test_the_live_fleet_in_a_real_browser(tmp_path: Path) -> None:
             assert len(seen) >= 2, f"EVSE 1's energy direction never changed: {seen}"
         finally:
             browser.close()
+
+
+def sign_in(page: Any, token: str, refused_first: bool = False) -> None:
+    """The dashboard asks for a token before it shows anything (twin up always has a token
+    store): nothing of the fleet before signing in, a wrong token refused, then in."""
+    box = page.get_by_label("Token")
+    box.wait_for(timeout=60_000)
+    assert page.get_by_role("heading", name="Fleet").count() == 0
+    assert page.get_by_text("CS-00001").count() == 0
+    if refused_first:
+        box.fill("twin_not-a-token")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("Unknown or revoked token.").wait_for(timeout=30_000)
+        assert page.get_by_role("heading", name="Fleet").count() == 0
+    box.fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in as").wait_for(timeout=60_000)
+

@@ -21,12 +21,14 @@ from twin.broker import free_port
 pytestmark = pytest.mark.integration
 
 
-def get(url: str, within: float = 60) -> Any:
-    """The API's answer; a 503 (the worker rebalancing, as it does after start) is asked again."""
+def get(url: str, token: str, within: float = 60) -> Any:
+    """The API's answer to ``token`` (twin up's admin token); a 503 (the worker rebalancing, as
+    it does after start) is asked again."""
     deadline = time.monotonic() + within
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            ask = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(ask, timeout=5) as response:
                 return orjson.loads(response.read())
         except urllib.error.HTTPError as exc:
             if exc.code != 503 or time.monotonic() > deadline:
@@ -47,15 +49,15 @@ async def test_up_serves_every_part_and_stops_them_all(tmp_path: Path) -> None:
             assert (await ws.ask(BOOT))[0] == 3
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                stations = get(up.urls["api"])["stations"]
+                stations = get(up.urls["api"], up.token)["stations"]
                 if any(s["station_id"] == "UP-1" for s in stations):
                     break
                 await asyncio.sleep(0.5)
             else:
                 raise AssertionError(f"the twin never appeared: {up.stderr.read_text()[-2000:]}")
-        frames = get(f"{up.api}/stations/UP-1/frames?limit=5")["frames"]
+        frames = get(f"{up.api}/stations/UP-1/frames?limit=5", up.token)["frames"]
         assert [f["action"] for f in frames][-2:] == ["BootNotification", "Connected"]  # newest first
-        assert get(f"{up.api}/sites") == {"sites": []}  # no inventory names a site: the controller idles
+        assert get(f"{up.api}/sites", up.token) == {"sites": []}  # no inventory names a site: the controller idles
     assert (tmp_path / "twin-data" / "logs" / "worker.log").exists()
 
 
@@ -201,7 +203,7 @@ def test_up_sets_the_sample_tariffs_on_the_simulated_fleet(tmp_path: Path) -> No
         while time.monotonic() < deadline and len(tariffs) < len(kinds):
             for station in kinds:
                 try:
-                    evse = (get(f"{up.api}/stations/{station}").get("evses") or {}).get("1") or {}
+                    evse = (get(f"{up.api}/stations/{station}", up.token).get("evses") or {}).get("1") or {}
                 except urllib.error.HTTPError:  # not seen yet
                     continue
                 if ((evse.get("tariff") or {}).get("price_now") or {}).get("energy_per_kwh") is not None:
@@ -216,5 +218,5 @@ def test_up_sets_the_sample_tariffs_on_the_simulated_fleet(tmp_path: Path) -> No
             assert now["energy_per_kwh"] in prices[kind]
             assert now["energy_per_kwh_incl_tax"] == pytest.approx(now["energy_per_kwh"] * 1.19)
             assert (tariff["next_change_at"] is None) == kind.endswith("FLAT")  # else 07:00 or 22:00, station time
-        assert "tariff" not in ((get(f"{up.api}/stations/CS-00004").get("evses") or {}).get("1") or {})
+        assert "tariff" not in ((get(f"{up.api}/stations/CS-00004", up.token).get("evses") or {}).get("1") or {})
         assert "sample tariffs set on 4 stations" in up.stderr.read_text()

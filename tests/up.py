@@ -32,6 +32,11 @@ class Up:
     def api(self) -> str:
         return self.urls["api"].removesuffix("/stations")
 
+    @property
+    def token(self) -> str:
+        """The admin token twin up made (a fresh data directory: it has no store yet)."""
+        return str(self.urls["api_token"])
+
 
 def alive(pid: int) -> bool:
     try:
