@@ -26,7 +26,7 @@ from faust.streams import _current_event
 from streams import access, signals_archive, views
 from streams import sites as site_views
 from streams.continuity import QUIET, Continuity, read_range
-from twin import archive, fold
+from twin import archive, fold, kafka_security
 from twin.alerts import alerts
 from twin.settings import Settings
 from twin.sites import Site
@@ -126,7 +126,8 @@ def committed(settings: Settings, bootstrap: str) -> dict[int, int]:
     """The worker group's committed position on each ocpp.frames partition that has one."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id(settings), enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id(settings), enable_auto_commit=False,
+                             **kafka_security.kafka_python(settings))
     try:
         topic = settings.topics.frames
         positions = {
@@ -190,6 +191,7 @@ def create_app(
     app = faust.App(
         group_id(settings),
         broker=f"kafka://{bootstrap}",
+        **kafka_security.faust_options(settings),
         store=f"{settings.store}://",
         web_port=web_port,
         web_host=settings.host,

@@ -21,6 +21,7 @@ from typing import Any
 import faust
 import orjson
 
+from twin import kafka_security
 from twin.analytics.grid import write_signals
 from twin.settings import Settings
 
@@ -47,7 +48,8 @@ def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int)
     from kafka import KafkaConsumer, TopicPartition
 
     tp = TopicPartition(topic, partition)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100,
+                             **kafka_security.kafka_python())
     try:
         consumer.assign([tp])
         consumer.seek(tp, max(0, start))

@@ -21,6 +21,7 @@ import orjson
 
 from streams.access import forwarded
 from streams.views import peers, recovering
+from twin import kafka_security
 from twin import sites as site_model
 from twin.settings import Settings
 
@@ -41,6 +42,7 @@ def register(app: faust.App, twins: Any, settings: Settings, bootstrap: str, sit
         topics = settings.topics
         while True:
             consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                        **kafka_security.aiokafka(settings),
                                         auto_offset_reset="earliest")  # fmt: skip
             try:
                 await consumer.start()

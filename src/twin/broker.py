@@ -407,15 +407,14 @@ def wait_for_broker(
             last = exc
             time.sleep(0.1)
             continue
-        if security.protocol != "PLAINTEXT":  # a refused login or certificate: said now, not in 30 s
-            try:
-                kafka_security.check(bootstrap, security, timeout=max(1.0, min(5.0, deadline - time.monotonic())))
-            except LoginRefused as exc:
-                raise BrokerError(str(exc)) from None
-            except KafkaSecurityError as exc:
-                last = exc
-                time.sleep(0.2)
-                continue
+        try:  # a refused login or certificate, or the wrong protocol: said now (kafka-python waits 30 s)
+            kafka_security.check(bootstrap, security, timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+        except LoginRefused as exc:
+            raise BrokerError(str(exc)) from None
+        except KafkaSecurityError as exc:
+            last = exc
+            time.sleep(0.2)
+            continue
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, **options)
             admin.list_topics()

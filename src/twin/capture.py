@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from twin import envelope
+from twin import envelope, kafka_security
 from twin.broker import ensure_topics, grants_idempotence, reachable
 from twin.envelope import Envelope
 from twin.settings import Settings
@@ -286,7 +286,7 @@ class Recorder:
         if self.mode == "starting":
             await self._decide_mode()
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            bootstrap_servers=self.bootstrap, **kafka_security.aiokafka(self.settings),
             acks="all",
             enable_idempotence=self._idempotent,
             linger_ms=1,

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from twin import envelope
+from twin import envelope, kafka_security
 from twin.envelope import Envelope
 
 SUMMARY = "twin.summary"
@@ -136,7 +136,8 @@ class TopicLog:
     def __init__(self, bootstrap: str, topic: str) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000)
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000,
+                                      **kafka_security.kafka_python())
         self.parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or [])]
         self.consumer.assign(self.parts)
         self.consumer.seek_to_beginning()

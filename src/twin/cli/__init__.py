@@ -7,6 +7,7 @@ from twin.cli import (  # noqa: F401  - register the commands
     captures,
     control,
     gateway,
+    kafka,
     ocpi,
     pki,
     replay,

@@ -128,16 +128,24 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def reachable(settings: Settings) -> str:
-    """The broker a command talks to (``--bootstrap``, else this machine's), once it answers;
-    else one clear line and exit 1."""
+def reachable(settings: Settings, *needs: tuple[str, str]) -> str:
+    """The broker a command talks to (``--bootstrap``, else this machine's), once it answers
+    and, on a secured cluster, once it is known to let us do what we ``need`` (operation,
+    topic pairs); else one clear line and exit 1."""
+    from kafka.errors import KafkaError
+
+    from twin import kafka_acls
     from twin.broker import BrokerError, wait_for_broker
 
     target = settings.bootstrap or f"{settings.host}:{settings.broker_port}"
     try:
         wait_for_broker(target, timeout=5)
-    except BrokerError as exc:
+        acls = [kafka_acls.Acl("topic", topic, (operation,)) for operation, topic in needs]
+        lacking = kafka_acls.check("operator", settings, target, acls) if acls else None
+    except (BrokerError, KafkaError) as exc:
         fail(str(exc))
+    if lacking:
+        fail(lacking)
     return target
 
 

@@ -9,11 +9,24 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from twin.cli.app import Bootstrap, Json, Verbose, app, err, fail, print_json, reachable, setup_logging
+from twin import kafka_security
+from twin.cli.app import (
+    Bootstrap,
+    Json,
+    KafkaConfig,
+    TwinTyper,
+    Verbose,
+    app,
+    err,
+    fail,
+    print_json,
+    reachable,
+    setup_logging,
+)
 from twin.settings import Settings
 from twin.sites import Site
 
-control_app = typer.Typer(
+control_app = TwinTyper(
     help="Adaptive smart charging: evaluate policies on sessions, explain the controller's last plan.",
     no_args_is_help=True,
 )
@@ -138,6 +151,7 @@ def load_sites(settings: Settings) -> tuple[list[Site], dict[str, dict[str, obje
 @app.command()
 def controller(
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     sites: Sites = None,
     archive: Archive = None,
     step_s: Annotated[float, typer.Option("--step-s", min=1.0, help="Seconds of station time between plans.")] = 300.0,
@@ -185,7 +199,7 @@ def controller(
     found, inventory = load_sites(settings)
     if not found:
         err.print("controller: no sites (give --sites FILE, or an archive whose inventory names them); waiting idle")
-    target, embedded = resolve_bootstrap(settings)
+    target, embedded = resolve_bootstrap(settings, "controller")
     brain = Controller(found, inventory, step_s, Clock(time_scale), Defaults(default_kwh, default_stay_h))
     err.print(f"controller: {len(found)} sites ({', '.join(s.site_id for s in found[:5])}"
               f"{', ...' if len(found) > 5 else ''}), broker {target}")  # fmt: skip
@@ -208,12 +222,13 @@ def controller(
 def control_explain(
     site: Annotated[str, typer.Argument(help="The site id.")],
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     json_out: Json = False,
 ) -> None:
     """Print the controller's last plan for SITE: per EVSE what its EV needs and by when, the
     power planned now, and why."""
     settings = Settings.load(bootstrap=bootstrap)
-    target = reachable(settings)
+    target = reachable(settings, ("Read", settings.topics.plans))
     plan = latest_plan(settings, target, site)
     if plan is None:
         fail(f"no plan for site {site!r} on {settings.topics.plans} (is `twin controller` running, and is "
@@ -240,7 +255,8 @@ def latest_plan(settings: Settings, bootstrap: str, site: str) -> dict[str, Any]
     import orjson
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=2000)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=2000,
+                             **kafka_security.kafka_python())
     try:
         topic = settings.topics.plans
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -273,6 +289,7 @@ def control_limit(
     minutes: Annotated[float, typer.Option("--for", min=0.1, help="For how many minutes, from now.")] = 60.0,
     start: Annotated[str | None, typer.Option(help=START_HELP)] = None,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     json_out: Json = False,
 ) -> None:
     """Set a site's limit for a while, as an operator: a grid signal on grid.signals (protocol
@@ -289,7 +306,7 @@ def control_limit(
     except ValueError as exc:
         fail(f"--start: {exc}", code=2)
     settings = Settings.load(bootstrap=bootstrap)
-    target = reachable(settings)
+    target = reachable(settings, ("Write", settings.topics.signals), ("Read", settings.topics.plans))
     if begins is None:  # now in the stations' time: the site's last plan's clock (a simulated fleet's runs ahead)
         planned = (latest_plan(settings, target, site) or {}).get("planned_at")
         begins = datetime.fromisoformat(planned.replace("Z", "+00:00")) if planned else datetime.now(UTC)
@@ -312,7 +329,7 @@ def control_limit(
             "intervals": [{"start": envelope.iso_ms(begins.timestamp()), "duration_s": minutes * 60, "value": value}],
             "received_at": envelope.iso_ms(), "status": "accepted", "reason": None,
         })  # fmt: skip
-    producer = KafkaProducer(bootstrap_servers=target, acks="all")
+    producer = KafkaProducer(bootstrap_servers=target, acks="all", **kafka_security.kafka_python(settings))
     for s in signals:
         producer.send(settings.topics.signals, key=site.encode(), value=orjson.dumps(s)).get(10)
     producer.close()

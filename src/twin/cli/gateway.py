@@ -7,19 +7,24 @@ import contextlib
 from typing import Annotated
 
 import typer
+from kafka.errors import KafkaError
 
+from twin import kafka_acls, kafka_security
 from twin.broker import BrokerError, EmbeddedBroker, ensure_topics, wait_for_broker
-from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
+from twin.cli.app import Bootstrap, KafkaConfig, Verbose, app, err, fail, setup_logging
 from twin.gateway.server import Gateway
+from twin.kafka_security import KafkaSecurityError
 from twin.pki import PkiError
 from twin.runtime import tune_gc
 from twin.security import SecurityError, UpstreamTls, guard_from
 from twin.settings import Settings
 
 
-def resolve_bootstrap(settings: Settings) -> tuple[str, EmbeddedBroker | None]:
+def resolve_bootstrap(settings: Settings, process: str | None = None) -> tuple[str, EmbeddedBroker | None]:
     """The cluster to use: ``--bootstrap``, else a local broker already running on the
-    default port, else a new embedded one. Topics are created where missing."""
+    default port, else a new embedded one. Topics are created where missing. On a secured
+    cluster, ``process`` (a name in twin.kafka_acls) has the ACLs it needs, or one line says
+    which it lacks."""
     embedded = None
     if settings.bootstrap:
         bootstrap = settings.bootstrap
@@ -28,6 +33,8 @@ def resolve_bootstrap(settings: Settings) -> tuple[str, EmbeddedBroker | None]:
         except BrokerError as exc:
             fail(f"{exc}. Is the cluster up? Leave out --bootstrap to use the embedded broker.")
     else:
+        if kafka_protocol(settings) != "PLAINTEXT":
+            fail("Kafka security is configured but no --bootstrap: the embedded broker speaks PLAINTEXT only")
         bootstrap = f"{settings.host}:{settings.broker_port}"
         try:
             wait_for_broker(bootstrap, timeout=0.5)
@@ -37,13 +44,28 @@ def resolve_bootstrap(settings: Settings) -> tuple[str, EmbeddedBroker | None]:
             except BrokerError as exc:
                 fail(str(exc))
             err.print(f"started the embedded broker on [bold]{bootstrap}[/]")
-    ensure_topics(settings, bootstrap)
+    try:
+        ensure_topics(settings, bootstrap)
+        lacking = kafka_acls.check(process, settings, bootstrap) if process else None
+    except (BrokerError, KafkaSecurityError, KafkaError) as exc:
+        fail(f"Kafka at {bootstrap}: {exc}")
+    if lacking:
+        fail(lacking)
     return bootstrap, embedded
+
+
+def kafka_protocol(settings: Settings) -> str:
+    """The security protocol the settings ask for, or one line saying why they cannot work."""
+    try:
+        return kafka_security.current(settings).protocol
+    except KafkaSecurityError as exc:
+        fail(str(exc))
 
 
 @app.command()
 def gateway(
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     port: Annotated[int | None, typer.Option(help="Websocket port. (env TWIN_GATEWAY_PORT, default 9000)")] = None,
     mode: Annotated[str, typer.Option(help="csms: answer stations; proxy: relay to --upstream.")] = "csms",
     upstream: Annotated[
@@ -116,7 +138,7 @@ def gateway(
             certificates = LocalPki(pki)
         except PkiError as exc:
             fail(str(exc))
-    target, embedded = resolve_bootstrap(settings)
+    target, embedded = resolve_bootstrap(settings, "gateway")
     gw = Gateway(settings, target, mode=mode, upstream=upstream, guard=guard, certificates=certificates,
                  upstream_tls=UpstreamTls(upstream_ca, upstream_credentials))  # fmt: skip
     try:

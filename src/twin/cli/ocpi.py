@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
+from twin.cli.app import Bootstrap, KafkaConfig, Verbose, app, err, fail, setup_logging
 from twin.cli.door import ApiTokens, Insecure, http_door
 from twin.settings import Settings
 from twin.tokens import middleware
@@ -39,6 +39,7 @@ def ocpi_command(
     command_timeout: Annotated[float, typer.Option("--command-timeout", help="Seconds a station has to answer an "
                                                    "OCPI command before its result is TIMEOUT.")] = 60.0,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     api_tokens: ApiTokens = None,
     insecure: Insecure = False,
     verbose: Verbose = False,
@@ -74,7 +75,7 @@ def ocpi_command(
     door = http_door(settings.host, api_tokens, None, None, insecure, "--port")
     token = token_a or os.environ.get(TOKEN_A_ENV) or secrets.token_urlsafe(24)
     base = (base_url or f"http://{settings.host}:{port}").rstrip("/")
-    target, embedded = resolve_bootstrap(settings)
+    target, embedded = resolve_bootstrap(settings, "ocpi")
     party = Party(country_code.upper(), party_id.upper())
     err.print(f"ocpi: {base}/ocpi/versions (token A {token}), DATEX II {base}/datex2/v3/afir/table; "
               f"broker {target}, archive {settings.archive}; /status {door.said}")  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import Progress
 
-from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, print_json
 from twin.settings import Settings
 
 
@@ -51,6 +51,7 @@ def replay(
     ] = False,  # fmt: skip
     call_timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 30.0,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     json_out: Json = False,
 ) -> None:
     """Open one connection per station to --target with the recorded subprotocol, send the

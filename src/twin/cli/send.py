@@ -7,7 +7,8 @@ from typing import Annotated
 import orjson
 import typer
 
-from twin.cli.app import Bootstrap, Json, app, err, fail, print_json, reachable
+from twin import kafka_security
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, print_json, reachable
 from twin.gateway.commands import command, command_problem
 from twin.settings import Settings
 
@@ -18,6 +19,7 @@ def send(
     action: Annotated[str, typer.Argument(help="A CSMS-initiated OCPP 2.1 action, e.g. ReserveNow.")],
     payload: Annotated[str, typer.Argument(help="The payload as JSON.")] = "{}",
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     by: Annotated[str, typer.Option(help="Who asks (recorded with the command).")] = "cli",
     json_out: Json = False,
 ) -> None:
@@ -35,11 +37,11 @@ def send(
     if problem is not None:
         fail(f"not sent: {problem}")
     settings = Settings.load(bootstrap=bootstrap)
-    target = reachable(settings)
+    target = reachable(settings, ("Write", settings.topics.commands))
     from kafka import KafkaProducer
 
     cmd = command(station, action, body, by)
-    producer = KafkaProducer(bootstrap_servers=target, acks="all")
+    producer = KafkaProducer(bootstrap_servers=target, acks="all", **kafka_security.kafka_python(settings))
     producer.send(settings.topics.commands, key=station.encode(), value=orjson.dumps(cmd)).get(10)
     producer.close()
     if json_out:

@@ -19,14 +19,15 @@ import orjson
 import typer
 from rich.table import Table
 
-from twin.cli.app import Bootstrap, Json, app, err, fail, print_json, reachable
+from twin import kafka_security
+from twin.cli.app import Bootstrap, Json, KafkaConfig, TwinTyper, app, err, fail, print_json, reachable
 from twin.cli.door import ApiToken
 from twin.gateway.commands import command, command_problem
 from twin.settings import Settings
 from twin.tariffs import TariffError, load
 from twin.tokens import TOKEN_ENV, headers
 
-tariff_app = typer.Typer(
+tariff_app = TwinTyper(
     help="OCPP 2.1 tariffs: set a default tariff, change a transaction's, clear, get, show.", no_args_is_help=True
 )
 app.add_typer(tariff_app, name="tariff")
@@ -96,15 +97,16 @@ def send_and_wait(settings: Settings, calls: list[tuple[str, str, dict[str, Any]
     ``timeout`` (the gateway's call timeout), or ``no answer`` by ``wait_s``."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    target = reachable(settings)
+    target = reachable(settings, ("Write", settings.topics.commands), ("Read", settings.topics.frames))
     topic = settings.topics.frames
-    consumer = KafkaConsumer(bootstrap_servers=target, enable_auto_commit=False, consumer_timeout_ms=200)
+    consumer = KafkaConsumer(bootstrap_servers=target, enable_auto_commit=False, consumer_timeout_ms=200,
+                             **kafka_security.kafka_python(settings))
     parts = consumer.partitions_for_topic(topic) or {0}
     consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
     consumer.seek_to_end()
     for tp in consumer.assignment():
         consumer.position(tp)  # resolve the end now: what comes after the commands is read
-    producer = KafkaProducer(bootstrap_servers=target, acks="all")
+    producer = KafkaProducer(bootstrap_servers=target, acks="all", **kafka_security.kafka_python(settings))
     outcomes: dict[str, dict[str, Any]] = {}
     calls_of: dict[tuple[str, str], str] = {}  # (conn_id, msg_id) -> command id
     for station, action, payload in calls:
@@ -211,6 +213,7 @@ def set_default(
     api: Api = None,
     api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     wait: Wait = 30.0,
     by: By = "cli",
     json_out: Json = False,
@@ -239,6 +242,7 @@ def change(
     api: Api = None,
     api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     wait: Wait = 30.0,
     by: By = "cli",
     json_out: Json = False,
@@ -275,6 +279,7 @@ def clear(
     api: Api = None,
     api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     wait: Wait = 30.0,
     by: By = "cli",
     json_out: Json = False,
@@ -298,6 +303,7 @@ def get(
     api: Api = None,
     api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     wait: Wait = 30.0,
     by: By = "cli",
     json_out: Json = False,

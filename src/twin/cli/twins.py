@@ -14,7 +14,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twin import captures, fold
-from twin.cli.app import Bootstrap, Json, app, err, fail, print_json, reachable
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, print_json, reachable
 from twin.cli.door import ApiToken
 from twin.fold.engine import Record
 from twin.settings import Settings
@@ -137,6 +137,7 @@ def rebuild(
         str | None, typer.Argument(help="A .jsonl capture or Parquet archive; default: ocpp.frames.")
     ] = None,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     verify: Annotated[bool, typer.Option("--verify", help="Compare with the live twins of the API.")] = False,
     api: Api = None,
     api_token: ApiToken = None,
@@ -187,6 +188,6 @@ def fold_topic(settings: Settings) -> tuple[dict[str, fold.Twin], int]:
     while it reads are folded too)."""
     from twin.captures import TopicLog
 
-    target = reachable(settings)
+    target = reachable(settings, ("Read", settings.topics.frames))
     log = TopicLog(target, settings.topics.frames)
     return fold_counted(log, f"folding {settings.topics.frames}", total=log.total)

@@ -16,9 +16,10 @@ import typer
 
 from twin import captures
 from twin.broker import BrokerError, port_is_free, wait_for_broker
-from twin.cli.app import Bootstrap, Json, app, err, fail, print_json
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, print_json
 from twin.cli.broker import Engine
 from twin.cli.door import ApiTokens, Insecure, http_door
+from twin.cli.gateway import kafka_protocol
 from twin.settings import Settings
 from twin.stack import Stack, StackError, http_probe, tcp_probe
 from twin.tokens import STORE_ENV, TOKEN_ENV, TokenStore
@@ -75,6 +76,7 @@ def up(
     ] = 0,
     speed: Annotated[str, typer.Option(help="The simulated fleet's speed: simulated seconds per second.")] = "60",
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     broker_port: Annotated[int | None, typer.Option(help="The embedded broker's port. (default 9092)")] = None,
     broker_engine: Annotated[
         Engine, typer.Option("--broker", help="The broker to start: tansu (embedded, in memory) or kafka "
@@ -128,6 +130,8 @@ def up(
             fail(f"port {number} on {host} is taken: choose another for the {what}, or stop what holds it")
     if len(set(wanted.values())) < len(wanted):
         fail(f"the ports must differ: {wanted}")
+    if not settings.bootstrap and kafka_protocol(settings) != "PLAINTEXT":
+        fail("Kafka security is configured but no --bootstrap: the embedded broker speaks PLAINTEXT only")
     if settings.bootstrap:
         try:
             wait_for_broker(settings.bootstrap, timeout=5)

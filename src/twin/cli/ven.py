@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from twin.cli.app import Bootstrap, Verbose, app, err, fail, setup_logging
+from twin.cli.app import Bootstrap, KafkaConfig, Verbose, app, err, fail, setup_logging
 from twin.cli.control import Archive, Sites, load_sites
 from twin.cli.door import ApiToken
 from twin.settings import Settings
@@ -28,6 +28,7 @@ def ven(
                                             "back. (env TWIN_API)")] = None,
     api_token: ApiToken = None,
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     sites: Sites = None,
     archive: Archive = None,
     verbose: Verbose = False,
@@ -57,7 +58,7 @@ def ven(
     if not found:
         err.print("ven: no sites (give --sites FILE, or an archive whose inventory names them): every event "
                   "will be recorded as for no site")  # fmt: skip
-    target, embedded = resolve_bootstrap(settings)
+    target, embedded = resolve_bootstrap(settings, "ven")
     err.print(f"ven: OpenADR {protocol} VTN {vtn}, {len(found)} sites, broker {target}")
 
     async def main() -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from twin.captures import shown
-from twin.cli.app import Bootstrap, Verbose, app, err, fail
+from twin.cli.app import Bootstrap, KafkaConfig, Verbose, app, err, fail
 from twin.cli.door import ApiTokens, Insecure, TlsCert, TlsKey, http_door
 from twin.cli.gateway import resolve_bootstrap
 from twin.runtime import tune_gc
@@ -19,6 +19,7 @@ from twin.settings import Settings
 @app.command()
 def worker(
     bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
     web_port: Annotated[
         int | None, typer.Option(help="Port of the HTTP API. (env TWIN_WEB_PORT, default 6066)")
     ] = None,
@@ -62,7 +63,7 @@ def worker(
         except ImportError:
             fail("--store rocksdb needs rocksdict: pip install 'twin[rocksdb]'")
     door = http_door(settings.host, api_tokens, tls_cert, tls_key, insecure, "--web-port")
-    target, embedded = resolve_bootstrap(settings)
+    target, embedded = resolve_bootstrap(settings, "worker")
     from twin.broker import port_is_free
 
     if not port_is_free(settings.host, settings.web_port):

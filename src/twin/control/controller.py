@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from twin import kafka_security
 from twin.control.cost import cost_updates
 from twin.control.decision import Decision, decide
 from twin.control.needs import DEFAULTS, Defaults, plugged
@@ -158,8 +159,9 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
 
     topics = settings.topics
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")  # fmt: skip
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+                                auto_offset_reset="earliest", **kafka_security.aiokafka(settings))  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
+                                **kafka_security.aiokafka(settings))
     await consumer.start()
     await producer.start()
     try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from twin import envelope, schemas
+from twin import envelope, kafka_security, schemas
 from twin.messages import csms_initiated
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class CommandInbox:
             # position, so a gateway starts delivering at once instead of after a rebalance
             # (5 s on Tansu), and each gateway sees every command.
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.gateway.bootstrap,
+                bootstrap_servers=self.gateway.bootstrap, **kafka_security.aiokafka(settings),
                 group_id=f"{settings.topic_prefix}{GROUP}",
                 auto_offset_reset="earliest",
                 enable_auto_commit=True,

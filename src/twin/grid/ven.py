@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from twin import envelope, tokens
+from twin import envelope, kafka_security, tokens
 from twin.grid import openadr, safe_mode
 from twin.grid.client import VtnClient, VtnError, backoff
 from twin.sites import Site
@@ -163,7 +163,7 @@ async def run(vtn: str, client_id: str, client_secret: str, sites: Sequence[Site
 
     ven = Ven(sites)
     client = VtnClient(vtn, client_id, client_secret)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **kafka_security.aiokafka())
     await producer.start()
     wake = asyncio.Event()
     called_with = secrets.token_urlsafe(24)  # the VTN sends it back on each notification (its bearerToken)

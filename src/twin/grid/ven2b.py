@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from twin import envelope
+from twin import envelope, kafka_security
 from twin.grid import openadr
 from twin.sites import IMPORT_LIMIT, PRICE, Site
 
@@ -79,7 +79,7 @@ async def run(vtn: str, ven_name: str, sites: Sequence[Site], bootstrap: str, to
     from aiokafka import AIOKafkaProducer
     from openleadr import OpenADRClient
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **kafka_security.aiokafka())
     await producer.start()
 
     async def on_event(event: dict[str, Any]) -> str:

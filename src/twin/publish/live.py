@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from twin import kafka_security
 from twin.gateway.commands import command
 from twin.publish.party import iso
 from twin.settings import Settings
@@ -159,8 +160,10 @@ class Fleet:
 
         topics = self.settings.topics
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 2**20)  # fmt: skip
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 2**20,
+                                    **kafka_security.aiokafka(self.settings))  # fmt: skip
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+                                          **kafka_security.aiokafka(self.settings))
         await consumer.start()
         await self._producer.start()
         try:
