@@ -122,7 +122,7 @@ async def test_a_command_for_an_absent_station_is_recorded_as_undelivered(gatewa
     records = await read_until(settings, has("CommandUndelivered", "CS-NOBODY"))
     record = next(r for r in records if r["action"] == "CommandUndelivered")
     assert record["payload"]["command_id"] == cmd["command_id"]
-    assert record["payload"]["reason"] == "station not connected to this gateway"
+    assert record["payload"]["reason"] == "station not connected to any gateway"
     assert record["origin"] == "gateway" and record["msg_type"] == 0
 
 

@@ -46,6 +46,12 @@ class Topics:
         """The controller's last plan per site (key: site id), with why: what it decided."""
         return f"{self.prefix}control.plans"
 
+    @cached_property
+    def connections(self) -> str:
+        """Which gateway holds each station's connection (key: station id; a tombstone when
+        it closes): how a command finds its gateway when gateways scale out."""
+        return f"{self.prefix}gateway.connections"
+
     def specs(self) -> list[TopicSpec]:
         return [
             TopicSpec(self.frames),
@@ -55,4 +61,5 @@ class Topics:
             TopicSpec(self.alerts),
             TopicSpec(self.signals),
             TopicSpec(self.plans, compacted=True),
+            TopicSpec(self.connections, compacted=True),
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Annotated
 
 import typer
@@ -108,6 +109,11 @@ def gateway(
     allow_downgrade: Annotated[
         str | None, typer.Option(help="Stations (comma-separated, or *) that may fall back from profile 3 to 2.")
     ] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Serve the port from N processes (SO_REUSEPORT), each a gateway of its own.")
+    ] = 1,
+    process: Annotated[int, typer.Option(hidden=True, help="This process's index among --processes.")] = 0,
+    reuse_port: Annotated[bool, typer.Option("--reuse-port", hidden=True, help="Bind with SO_REUSEPORT.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Accept station connections on `ws://127.0.0.1:PORT/<any path>/<station id>`
@@ -116,6 +122,11 @@ def gateway(
     Subprotocols ocpp2.1 (preferred) and ocpp2.0.1. Every frame in both directions is
     recorded on ocpp.frames before it is answered or forwarded; CSMS-initiated calls queued
     with `twin send` are delivered from ocpp.commands.
+
+    Gateways scale out: --processes N on one host, or gateways on several hosts behind a TCP
+    balancer. Each announces the stations it holds on gateway.connections, so a command
+    reaches the one that holds its station, and a station that reconnects elsewhere is closed
+    here (4000).
     """
     setup_logging(verbose)
     if mode not in ("csms", "proxy"):
@@ -138,11 +149,21 @@ def gateway(
             certificates = LocalPki(pki)
         except PkiError as exc:
             fail(str(exc))
+    if processes > 1 and guard is not None and guard.tls:
+        fail("--processes with --security-profile 2 or 3 is not supported yet: run one process per port")
     target, embedded = resolve_bootstrap(settings, "gateway")
+    if processes > 1:
+        try:
+            code = serve_processes(processes, target, settings)
+        finally:
+            if embedded is not None:
+                embedded.stop()
+        raise typer.Exit(code)
     gw = Gateway(settings, target, mode=mode, upstream=upstream, guard=guard, certificates=certificates,
-                 upstream_tls=UpstreamTls(upstream_ca, upstream_credentials))  # fmt: skip
+                 upstream_tls=UpstreamTls(upstream_ca, upstream_credentials), process=process,
+                 reuse_port=reuse_port)  # fmt: skip
     try:
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
             asyncio.run(_serve(gw))
     except OSError as exc:
         fail(f"cannot listen on {settings.host}:{gw.port}: {exc.strerror or exc}")
@@ -151,7 +172,50 @@ def gateway(
             embedded.stop()
 
 
+def serve_processes(n: int, bootstrap: str, settings: Settings) -> int:
+    """Run this command again as ``n`` gateway processes on one port (SO_REUSEPORT: the kernel
+    spreads new connections over them), each dying with this one; wait until a signal or until
+    one ends, then stop them all by their process ids. Returns the exit code."""
+    import subprocess
+    import sys
+    import threading
+
+    from twin import runtime
+    from twin.stack import die_with_parent
+
+    argv, args = [], iter(sys.argv[1:])
+    for arg in args:  # this command's own arguments, less --processes
+        if arg == "--processes":
+            next(args, None)
+        elif not arg.startswith("--processes="):
+            argv.append(arg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    argv = [sys.executable, "-m", "twin", *argv, "--bootstrap", bootstrap, "--port", str(settings.gateway_port)]
+    children = [subprocess.Popen([*argv, "--process", str(i), "--reuse-port"], preexec_fn=die_with_parent())
+                for i in range(n)]  # fmt: skip
+    err.print(f"{n} gateway processes on port {settings.gateway_port}: pids {', '.join(str(c.pid) for c in children)}")
+    code = 0
+    while not stop.wait(0.5):
+        ended = next((c for c in children if c.poll() is not None), None)
+        if ended is not None:
+            err.print(f"[bold red]error:[/] gateway process {ended.pid} ended (exit {ended.returncode}): stopping")
+            code = 1
+            break
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    for child in children:
+        runtime.stop(child, signal.SIGTERM, 10)
+    return code
+
+
 async def _serve(gw: Gateway) -> None:
+    # SIGTERM stops as Ctrl-C does: stations are closed (and reconnect to another gateway),
+    # their connections withdrawn from gateway.connections, the spool closed
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     await gw.start()
     tune_gc()
     try:

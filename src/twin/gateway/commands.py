@@ -1,7 +1,18 @@
 """CSMS-initiated calls: consumed from ``ocpp.commands`` and delivered to connected stations.
 
-A command for a station that is not connected here, or whose payload is not valid, is not
-dropped: a ``CommandUndelivered`` record goes to ``ocpp.frames`` with the reason.
+Every gateway reads every command, and the one that holds the station's connection delivers
+it. A command is never dropped: a ``CommandUndelivered`` record goes to ``ocpp.frames`` with
+the reason when its payload is not valid (the holder says so) or when no gateway holds the
+station. Who says the latter must be one gateway, and one that is there: the gateways share
+the command partitions in a consumer group (``twin-gateway.undelivered``), and the member
+that owns a command's partition judges it by the table of ``gateway.connections``, once that
+table is at least as new as the command: undelivered when nobody held the station when the
+command was sent (the records' timestamps) and nobody holds it now. Kafka's group, not a
+protocol of ours, so keeps one judge per partition while gateways come and go, on one host
+or several; a judge that dies leaves its partitions, from their committed position, to
+another. A gateway that held the station when the command was sent and no longer does says
+undelivered itself; were both to say it, the record's ``(conn_id, seq)`` makes the second a
+duplicate.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from twin import envelope, kafka_security, schemas
+from twin.gateway.connections import nobody_delivers
 from twin.messages import csms_initiated
 
 if TYPE_CHECKING:
@@ -23,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("twin.gateway")
 GROUP = "twin-gateway"
 """Consumer group of the gateways, behind the topic prefix like every name on the cluster."""
+JUDGES = "twin-gateway.undelivered"
+"""Consumer group that shares the command partitions among the gateways: who says undelivered."""
+NOBODY = "station not connected to any gateway"
 
 
 def command(station_id: str, action: str, payload: dict[str, Any], requested_by: str) -> dict[str, Any]:
@@ -49,14 +64,16 @@ class CommandInbox:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._task: asyncio.Task[None] | None = None
+        self._judge: asyncio.Task[None] | None = None
         self._deliveries: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self.gateway.settings.capture:
             self._task = asyncio.get_running_loop().create_task(self._run())
+            self._judge = asyncio.get_running_loop().create_task(self._judge_undelivered())
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._deliveries) if t is not None]
+        tasks = [t for t in (self._task, self._judge, *self._deliveries) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -68,7 +85,7 @@ class CommandInbox:
         while True:
             # Partitions are assigned, not subscribed: the group only keeps our committed
             # position, so a gateway starts delivering at once instead of after a rebalance
-            # (5 s on Tansu), and each gateway sees every command.
+            # (5 s on Tansu), and each gateway sees every command (the holder delivers).
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.gateway.bootstrap, **kafka_security.aiokafka(settings),
                 group_id=f"{settings.topic_prefix}{GROUP}",
@@ -91,7 +108,7 @@ class CommandInbox:
                     except Exception:
                         log.warning("unreadable command at offset %s", message.offset)
                         continue
-                    await self.deliver(dict(cmd))
+                    await self.deliver(dict(cmd), message.timestamp)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -101,15 +118,60 @@ class CommandInbox:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
 
-    async def deliver(self, cmd: dict[str, Any]) -> None:
+    async def _judge_undelivered(self) -> None:
+        """As a member of the judges' group: each command of our partitions whose station no
+        gateway holds is recorded undelivered. Positions are committed after judging, so a
+        judge's death leaves its commands to the next owner (judged twice at worst)."""
+        settings = self.gateway.settings
+        connections = self.gateway.connections
+        while True:
+            consumer = AIOKafkaConsumer(
+                settings.topics.commands,
+                bootstrap_servers=self.gateway.bootstrap, **kafka_security.aiokafka(settings),
+                group_id=f"{settings.topic_prefix}{JUDGES}",
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                fetch_max_wait_ms=100,
+            )
+            try:
+                await consumer.start()
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                    if not batches:
+                        continue
+                    fresh = await connections.caught_up()
+                    for messages in batches.values():
+                        for message in messages:
+                            with contextlib.suppress(Exception):
+                                cmd = dict(envelope.loads(message.value))
+                                station_id = str(cmd.get("station_id", ""))
+                                if station_id in self.gateway.sessions:
+                                    continue  # ours: delivered (or refused) by deliver()
+                                then = connections.holder_at(station_id, message.timestamp)
+                                if nobody_delivers(then, connections.holder(station_id)):
+                                    reason = NOBODY if fresh else f"{NOBODY} (as far as this gateway knew)"
+                                    await self._undelivered(cmd, reason)
+                    await consumer.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("judging undelivered commands failed (%r); retrying", exc)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    async def deliver(self, cmd: dict[str, Any], ts: int) -> None:
+        """Send a command (sent at ``ts``, ms) to its station if its connection is here."""
         station_id = str(cmd.get("station_id", ""))
         action, payload = str(cmd.get("action", "")), cmd.get("payload")
         session = self.gateway.sessions.get(station_id)
-        problem = (
-            "station not connected to this gateway"
-            if session is None
-            else command_problem(action, payload, session.protocol)
-        )
+        if session is None:
+            then = self.gateway.connections.holder_at(station_id, ts)
+            if then is not None and then.get("gateway_id") == self.gateway.gateway_id:
+                await self._undelivered(cmd, NOBODY)  # held here when sent, closed since: the judge thinks it ours
+            return  # another gateway's, or nobody's: the judge says so
+        problem = command_problem(action, payload, session.protocol)
         if problem is not None:
             await self._undelivered(cmd, problem)
             return

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +28,7 @@ from twin import envelope, schemas
 from twin.capture import Recorder
 from twin.gateway.certificates import CertificateProvider
 from twin.gateway.commands import CommandInbox
+from twin.gateway.connections import Connections
 from twin.gateway.session import Session, close_quietly, new_conn_id
 from twin.gateway.tls import Peer, Terminator
 from twin.ocpp_j import SUBPROTOCOLS
@@ -56,6 +59,9 @@ class Gateway:
         guard: Guard | None = None,
         certificates: CertificateProvider | None = None,
         upstream_tls: UpstreamTls | None = None,
+        process: int = 0,
+        reuse_port: bool = False,
+        gateway_id: str | None = None,
     ) -> None:
         if mode not in ("csms", "proxy"):
             raise ValueError(f"mode must be csms or proxy, not {mode!r}")
@@ -67,9 +73,14 @@ class Gateway:
         self.guard = guard
         self.certificates = certificates
         self.upstream_tls = upstream_tls or UpstreamTls()
-        self.recorder = Recorder(settings, bootstrap, spool_name=f"gateway-{self.port}")
+        # processes serving one port (SO_REUSEPORT) each spool apart, and each is a gateway of its own
+        self.process, self.reuse_port, self._gateway_id = process, reuse_port, gateway_id
+        spool = f"gateway-{self.port}" + (f".{process}" if process else "")
+        self.recorder = Recorder(settings, bootstrap, spool_name=spool)
         self.sessions: dict[str, Session] = {}
+        self.connections = Connections(self)
         self.inbox = CommandInbox(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._handshakes: dict[ServerConnection, Handshake] = {}
         self._server: Server | None = None
         self._warming: asyncio.Future[int] | None = None
@@ -94,18 +105,35 @@ class Gateway:
             ping_interval=None,  # stations keep alive with Heartbeat; pings cost 2,000 timers
             compression=None,
             open_timeout=self.settings.handshake_timeout,
+            reuse_port=self.reuse_port and not tls,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if tls is not None:
             self._terminator = Terminator(tls, ("127.0.0.1", self.port), self.settings.handshake_timeout,
                                           self._tls_failed)  # fmt: skip
             self.port = await self._terminator.start(self.settings.host, public)
+        await self.connections.start()
         await self.inbox.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap_silent())
         log.info(
             "gateway (%s mode) on %s://%s:%d/ocpp/<station id>, capture: %s",
             self.mode, self.scheme, self.settings.host, self.port, self.recorder.mode,
         )  # fmt: skip
+
+    @property
+    def gateway_id(self) -> str:
+        """Who holds a connection, in ``gateway.connections``: host and port, and the process's
+        index where several serve one port. The same after a restart, so a gateway started
+        again withdraws what its killed predecessor announced."""
+        if self._gateway_id is None:
+            self._gateway_id = f"{socket.gethostname()}:{self.port}" + (f"/{self.process}" if self.process else "")
+        return self._gateway_id
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background, kept until done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def scheme(self) -> str:
@@ -135,6 +163,7 @@ class Gateway:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self.connections.stop()  # after the connections closed: their withdrawals written
         await self.recorder.stop()
 
     async def serve_forever(self) -> None:
@@ -245,6 +274,7 @@ class Gateway:
         )  # fmt: skip
         previous = self.sessions.get(hs.station_id)
         self.sessions[hs.station_id] = session
+        self.connections.announce(session)
         if previous is not None:  # the newer connection wins; the older is closed, both recorded
             await close_quietly(previous.ws, 4000, "replaced by a newer connection of this station")
         pump = None
@@ -277,6 +307,7 @@ class Gateway:
                 await close_quietly(hs.upstream, 1000, "station disconnected")
             if self.sessions.get(hs.station_id) is session:
                 del self.sessions[hs.station_id]
+                self.connections.withdraw(session)
             if ws.close_code is not None:
                 code, reason = ws.close_code, ws.close_reason or ""
             try:
