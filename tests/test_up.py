@@ -220,3 +220,32 @@ def test_up_sets_the_sample_tariffs_on_the_simulated_fleet(tmp_path: Path) -> No
             assert (tariff["next_change_at"] is None) == kind.endswith("FLAT")  # else 07:00 or 22:00, station time
         assert "tariff" not in ((get(f"{up.api}/stations/CS-00004", up.token).get("evses") or {}).get("1") or {})
         assert "sample tariffs set on 4 stations" in up.stderr.read_text()
+
+
+async def test_up_with_two_workers_answers_for_every_station_from_either(tmp_path: Path) -> None:
+    """`twin up --workers 2`: the workers share the partitions, and either API lists every
+    station and answers for each; the printed API is the first worker's."""
+    import contextlib
+
+    with twin_up(tmp_path, "--workers", "2", "--no-dashboard", "--no-control") as up:
+        apis = [a.removesuffix("/stations") for a in up.urls["apis"]]
+        assert len(apis) == 2 and up.urls["api"] == up.urls["apis"][0]
+        assert {"worker", "worker-2"} <= set(up.urls["pids"])
+        names = [f"UPW-{i}" for i in range(8)]
+        async with contextlib.AsyncExitStack() as stack:
+            for name in names:
+                ws = await stack.enter_async_context(raw_station(up.urls["stations"].replace("<station id>", name)))
+                assert (await ws.ask(BOOT))[0] == 3
+            deadline = time.monotonic() + 120
+            listed: list[list[str]] = []
+            while time.monotonic() < deadline:
+                listed = [[s["station_id"] for s in get(f"{api}/stations", up.token)["stations"]] for api in apis]
+                local = [get(f"{api}/stations?scope=local", up.token)["stations"] for api in apis]
+                if all(sorted(rows) == names for rows in listed) and all(local):
+                    break
+                await asyncio.sleep(1)
+            assert all(sorted(rows) == names for rows in listed), f"{listed}: {up.stderr.read_text()[-2000:]}"
+            assert all(local), "each worker folds some of the stations"
+            for name in names:
+                twins = [get(f"{api}/stations/{name}", up.token) for api in apis]
+                assert twins[0] == twins[1] and twins[0]["station_id"] == name

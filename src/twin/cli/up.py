@@ -84,6 +84,9 @@ def up(
     ] = Engine.tansu,  # fmt: skip
     port: Annotated[int | None, typer.Option(help="The gateway's websocket port. (default 9000)")] = None,
     web_port: Annotated[int | None, typer.Option(help="The worker's API port. (default 6066)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Stream workers sharing the partitions; the first on "
+                                         "--web-port, the others on free ports, each answering for every "
+                                         "station.")] = 1,  # fmt: skip
     dashboard_port: Annotated[int | None, typer.Option(help="The dashboard's port. (default 8501)")] = None,
     archive: Annotated[str | None, typer.Option(help="Where the worker archives the log.")] = None,
     data_dir: Annotated[str, typer.Option(help="Logs, the worker's state and the spool go here.")] = "twin-data",
@@ -150,6 +153,10 @@ def up(
         signal.signal(sig, lambda *_: stop.set())
     target = settings.bootstrap or f"{host}:{settings.broker_port}"
     gateway_url = f"ws://{host}:{settings.gateway_port}/ocpp"
+    from twin.broker import free_port
+
+    web_ports = [settings.web_port, *(free_port(host) for _ in range(workers - 1))]
+    apis = [f"http://{host}:{p}/v1/stations" for p in web_ports]
     urls = {
         "stations": f"{gateway_url}/<station id>",
         "api": f"http://{host}:{settings.web_port}/v1/stations",
@@ -180,11 +187,13 @@ def up(
 
                 _inventory(settings.archive, simulate, 1, "CS")
             sites_flag = ["--sites", settings.sites] if settings.sites else []
-            status.update("starting the stream worker")
-            stack.start("worker", [*twin, "worker", "--bootstrap", target, "--web-port", str(settings.web_port),
-                                   "--archive", settings.archive, "--data-dir", str(data / "worker"), *sites_flag],
-                        _authorised_probe(f"http://{host}:{settings.web_port}/v1/fleet/summary", helper_token),
-                        timeout=120)  # fmt: skip
+            for n, web in enumerate(web_ports):  # the consumer group shares the partitions among them
+                name = "worker" if n == 0 else f"worker-{n + 1}"
+                status.update(f"starting the stream {name}")
+                stack.start(name, [*twin, "worker", "--bootstrap", target, "--web-port", str(web), "--archive",
+                                   settings.archive, "--data-dir", str(data / name), *sites_flag],
+                            _authorised_probe(f"http://{host}:{web}/v1/fleet/summary", helper_token),
+                            timeout=120)  # fmt: skip
             if not no_control:
                 status.update("starting the controller")
                 scale = ["--time-scale", speed] if simulate and speed != "max" else []
@@ -217,9 +226,9 @@ def up(
                                            stop)).start()  # fmt: skip
         pids = {s.name: s.pid for s in stack.services}
         if json_out:
-            print_json({**urls, "simulated_stations": simulate, "pids": pids})
+            print_json({**urls, "apis": apis, "simulated_stations": simulate, "pids": pids})
         else:
-            _announce(urls, simulate, speed)
+            _announce({**urls, "other workers' APIs": ", ".join(apis[1:]) or None}, simulate, speed)
         while not stop.is_set():
             broken = stack.failed()
             if broken is not None:
@@ -240,6 +249,7 @@ def _announce(urls: dict[str, str | None], simulate: int, speed: str) -> None:
     lines = [
         ("stations connect to", urls["stations"]),
         ("twin API", urls["api"]),
+        ("other workers' APIs", urls["other workers' APIs"]),
         ("dashboard", urls["dashboard"]),
         ("broker", urls["broker"]),
         ("archive", urls["archive"]),
