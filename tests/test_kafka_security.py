@@ -24,6 +24,14 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import (
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    ResourcePatternFilter,
+    ResourceType,
+)
 
 from tests.conftest import kafka_missing
 from tests.stations import BOOT, raw_station
@@ -74,14 +82,24 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     broker = KafkaBroker(free_port(), root / "kafka", security=listener)
     try:
         broker.start()
-        admin_settings = Settings(topic_prefix=PREFIX, kafka_config=str(Secured(broker, root, passwords)
-                                                                        .properties("admin")))  # fmt: skip
+        secured = Secured(broker, root, passwords)
+        admin_settings = Settings(topic_prefix=PREFIX, kafka_config=str(secured.properties("admin")))
         assert ensure_topics(admin_settings, broker.bootstrap), "the admin may create the topics"
+        # exactly what `twin kafka acls` prints, nothing more, granted by it as the admin
+        argv = [*TWIN, "kafka", "acls", "--apply", "--prefix", PREFIX, "--kafka-config", admin_settings.kafka_config]
+        for name in PRINCIPALS:
+            argv += ["--process", name]
+        applied = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert applied.returncode == 0, applied.stderr
+        assert "granted gateway (User:gateway)" in applied.stderr
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, **listener.client().kafka_python())
-        for name in PRINCIPALS:  # exactly what `twin kafka acls` prints, nothing more
-            kafka_acls.create(admin, kafka_acls.needs(name, admin_settings), f"User:{name}")
+        everything = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                               ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY))  # fmt: skip
+        acls, _ = admin.describe_acls(everything)
         admin.close()
-        yield Secured(broker, root, passwords)
+        wanted = sum(len(op) for p in PRINCIPALS for op in (a.operations for a in kafka_acls.needs(p, admin_settings)))
+        assert len(acls) == wanted, acls
+        yield secured
     finally:
         broker.stop()
 

@@ -97,8 +97,8 @@ class EmbeddedBroker:
             start_new_session=True,
             preexec_fn=die_with_parent(),
         )
-        try:
-            wait_for_broker(self.bootstrap, timeout, process=self.process)
+        try:  # Tansu speaks PLAINTEXT only, whatever this process's Kafka security says
+            wait_for_broker(self.bootstrap, timeout, process=self.process, security=KafkaSecurity())
         except BaseException:  # a broker that never answered, or a signal while it started
             self.stop()
             raise

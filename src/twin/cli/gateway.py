@@ -52,6 +52,8 @@ def resolve_bootstrap(settings: Settings, process: str | None = None) -> tuple[s
         fail(f"Kafka at {bootstrap}: {exc}")
     if lacking:
         fail(lacking)
+    if settings.bootstrap and kafka_protocol(settings) != "PLAINTEXT":
+        err.print(f"Kafka at {bootstrap}: {kafka_security.current(settings).describe()}", soft_wrap=True)
     return bootstrap, embedded
 
 
