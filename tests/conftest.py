@@ -214,3 +214,17 @@ def has(
         return len(hits) >= count
 
     return check
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules marked ``one_engine`` (the acting side's end-to-end runs: controller, grid,
+    tariffs, OCPI, the live simulator) run on the first engine of ``TWIN_TEST_ENGINES`` only.
+    They are Kafka clients like the worker; what the engine must prove (capture, commands,
+    spool, bad input, the three-ways suite, the archive, time travel, the API, reliability)
+    runs on every engine. Running both for them doubled the suite's slowest minutes."""
+    first = engines()[0]
+    for item in list(items):
+        spec = getattr(item, "callspec", None)
+        if item.get_closest_marker("one_engine") and spec is not None and spec.params.get("engine", first) != first:
+            items.remove(item)
+            config.hook.pytest_deselected(items=[item])

@@ -24,7 +24,7 @@ from twin import runtime
 from twin.broker import EmbeddedBroker, free_port
 from twin.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_engine]
 TWIN = [sys.executable, "-m", "twin"]
 SPEED = 60  # simulated seconds per second: a planning step of 60 s is one second here
 LIMIT_A, LIMIT_B = 30.0, 45.0

@@ -22,7 +22,7 @@ from twin import runtime
 from twin.broker import EmbeddedBroker, free_port
 from twin.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_engine]
 SAFE_KW = 15.0
 GRID_KW = 20.0
 

@@ -22,7 +22,7 @@ from tests.test_grid_vtn import EAN_A
 from twin import runtime
 from twin.broker import EmbeddedBroker, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_engine]
 SITES = [{"site_id": "SITE-A", "ean": EAN_A, "import_limit_kw": 30, "export_limit_kw": 0, "stations": ["CS-1"]}]
 
 

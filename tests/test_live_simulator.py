@@ -39,6 +39,8 @@ from twin.simulator.ev import (
     step,
 )
 
+pytestmark = pytest.mark.one_engine  # see tests/conftest.py
+
 TWIN = [sys.executable, "-m", "twin"]
 T0 = datetime(2026, 3, 2, 8, tzinfo=UTC).timestamp()
 

@@ -32,7 +32,7 @@ from twin import runtime
 from twin.broker import free_port
 from twin.publish import status as st
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.one_engine]
 TWIN = [sys.executable, "-m", "twin"]
 TOKEN_A, TOKEN_B, PUSH_TOKEN = "token-a-for-tests", "emsp-token-b", "push-token"
 EXTRAWEST = "extrawest-ocpi==2025.7.16"

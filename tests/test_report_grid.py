@@ -23,6 +23,8 @@ from twin.analytics import grid
 from twin.analytics.reports import report
 from twin.sites import EXPORT_LIMIT, IMPORT_LIMIT, PRICE, ean_of
 
+pytestmark = pytest.mark.one_engine  # see tests/conftest.py
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "datasets" / "sample"
 TWIN = [sys.executable, "-m", "twin"]

@@ -24,6 +24,8 @@ from twin.control.cost import cost_updates, running_cost
 from twin.schemas import Kind
 from twin.tariffs import Sample, instant, session_cost
 
+pytestmark = pytest.mark.one_engine  # see tests/conftest.py
+
 SPEED = 60
 TARIFF = {"tariffId": "CENTRAL-1", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.40}],
                                                                  "taxRates": [{"type": "VAT", "tax": 20}]},

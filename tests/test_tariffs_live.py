@@ -24,6 +24,8 @@ from twin import runtime, schemas
 from twin.broker import free_port
 from twin.schemas import Kind
 
+pytestmark = pytest.mark.one_engine  # see tests/conftest.py
+
 TWIN = [sys.executable, "-m", "twin"]
 SPEED = 60
 TOD = {"tariffId": "TOD-1", "currency": "EUR",
