@@ -156,7 +156,8 @@ def missing(acls: list[Acl], bootstrap: str, security: KafkaSecurity) -> list[st
     lacking: list[str] = []
     try:
         topics = [a for a in acls if a.resource == "topic"]
-        names = [a.name + ("twins-changelog" if a.pattern == "prefixed" else "") for a in topics]
+        # a prefixed grant is asked of one name under it: the worker's changelog
+        names = [a.name + ("-twins-changelog" if a.pattern == "prefixed" else "") for a in topics]
         described = {d["name"]: d for d in admin.describe_topics(names)} if names else {}
         for acl, name in zip(topics, names, strict=True):
             found = described.get(name, {})
