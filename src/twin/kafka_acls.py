@@ -55,8 +55,7 @@ def needs(process: str, settings: Settings) -> list[Acl]:
             Acl("topic", t.frames, ("Write",), why="every frame captured, and CommandUndelivered"),
             Acl("topic", t.deadletter, ("Write",), why="frames that cannot be parsed"),
             Acl("topic", t.commands, ("Read",), why="CSMS-initiated calls to deliver"),
-            *([Acl("topic", t.connections, ("Read", "Write"), why="which gateway holds each station")]
-              if hasattr(t, "connections") else []),  # gateway.connections: committed beside this, not yet in it
+            Acl("topic", t.connections, ("Read", "Write"), why="which gateway holds each station"),
             Acl("group", f"{prefix}twin-gateway", ("Read",), why="its position on ocpp.commands"),
             Acl("group", f"{prefix}twin-gateway.undelivered", ("Read",), why="who says a command is undelivered"),
         ],
