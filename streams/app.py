@@ -299,6 +299,6 @@ def create_app(
 
     access.register(app, guard or Guard(None), settings)  # first: its check stands before every page
     views.register(app, twins, frames, recent)
-    site_views.register(app, twins, settings, bootstrap, sites or [])
+    site_views.register(app, twins, frames, settings, bootstrap, sites or [])
     signals_archive.register(app, settings, bootstrap, archive_to)  # grid.signals beside the frames
     return app

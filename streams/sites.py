@@ -20,7 +20,7 @@ import faust
 import orjson
 
 from streams.access import forwarded
-from streams.views import peers, recovering
+from streams.views import owned, peers, recovering
 from twin import kafka_security
 from twin import sites as site_model
 from twin.settings import Settings
@@ -29,7 +29,8 @@ log = logging.getLogger("twin.worker")
 SIGNALS_KEPT = 1000
 
 
-def register(app: faust.App, twins: Any, settings: Settings, bootstrap: str, sites: list[site_model.Site]) -> None:
+def register(app: faust.App, twins: Any, frames: Any, settings: Settings, bootstrap: str,
+             sites: list[site_model.Site]) -> None:  # fmt: skip
     plans: dict[str, dict[str, Any]] = {}
     signals: dict[str, list[dict[str, Any]]] = {}
     by_id = {s.site_id: s for s in sites}
@@ -78,7 +79,8 @@ def register(app: faust.App, twins: Any, settings: Settings, bootstrap: str, sit
                     await consumer.stop()
 
     def local_rows(site: site_model.Site) -> list[dict[str, Any]]:
-        local = {station: twins.get(station) for station in site.stations}
+        held = owned(app, frames)
+        local = {station: twins.get(station) for station in site.stations if held(station)}
         return site_model.evses(site, {k: v for k, v in local.items() if v})
 
     async def gathered(request: Any, path: str, site: site_model.Site) -> list[dict[str, Any]]:

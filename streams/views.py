@@ -81,9 +81,27 @@ def peers(app: faust.App) -> list[str]:
     return sorted({str(host).rstrip("/") for host in hosts} - {me})
 
 
+def owned(app: faust.App, frames: Any) -> Any:
+    """Whether a station's twin is this worker's now: its frames' partition (the producers'
+    murmur2 of the station id) is assigned here. The table keeps the twins of a partition
+    taken away by a rebalance (on Kafka a partition moves while both workers live; Tansu's
+    slow join hid it), and those must not be listed twice."""
+    from aiokafka.partitioner import murmur2
+
+    try:
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == frames.get_topic_name()}
+    except Exception:  # no consumer yet
+        return lambda station: True
+    count = int(frames.partitions or 1)
+    if not mine:
+        return lambda station: True  # not assigned yet: answer with what there is
+    return lambda station: (murmur2(str(station).encode()) & 0x7FFFFFFF) % count in mine
+
+
 def register(app: faust.App, twins: Any, frames: Any, recent: dict[str, Any]) -> None:
     def local_rows() -> list[dict[str, Any]]:
-        return [row(t) for t in twins.values() if t]
+        held = owned(app, frames)
+        return [row(t) for t in twins.values() if t and held(t["station_id"])]
 
     def others() -> list[str]:
         return peers(app)
