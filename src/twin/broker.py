@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from twin import kafka_security, runtime
 from twin.kafka_security import KafkaSecurity, KafkaSecurityError, LoginRefused
@@ -74,7 +74,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class EmbeddedBroker:
+class _BrokerProcess:
+    """What both engines share: a child process stopped by its own id (SIGTERM, then SIGKILL
+    after a grace), killed as a crash would, and a context manager."""
+
+    GRACE = 5.0
+    process: subprocess.Popen[bytes] | None
+
+    def start(self, timeout: float = 15.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout: float | None = None) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            runtime.stop(proc, signal.SIGTERM, self.GRACE if timeout is None else timeout)
+
+    def kill(self) -> None:
+        """Stop abruptly, as a crashed broker would (Kafka recovers its logs at the next start)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> Self:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(_BrokerProcess):
     """A Tansu broker on loopback, stopped by its own process id."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", log: Path | None = None) -> None:
@@ -104,23 +133,6 @@ class EmbeddedBroker:
             raise
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self.process = self.process, None
-        if proc is not None:
-            runtime.stop(proc, signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """Stop abruptly, as a crashed broker would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
 
 KAFKA_VERSION_MIN_JAVA = 17
@@ -216,13 +228,15 @@ class ListenerSecurity:
         return KafkaSecurity("SASL_SSL", mechanism, name, self.users[name], ca_file=str(self.ca))
 
 
-class KafkaBroker:
+class KafkaBroker(_BrokerProcess):
     """Apache Kafka in KRaft mode on loopback: one JVM that is broker and controller, its data
     in ``data_dir`` (formatted on the first start, kept after), stopped by its own process id.
 
     The client listener is 127.0.0.1:PORT; the controller listens on another free port, chosen
     at each start (the quorum is the static one-voter ``controller.quorum.voters``, so nothing
     stored depends on it). The JVM's output goes to ``DATA_DIR/broker.log``."""
+
+    GRACE = 15.0  # Kafka shuts down cleanly, its logs flushed
 
     def __init__(
         self, port: int, data_dir: Path | str, host: str = "127.0.0.1", log: Path | None = None,
@@ -361,24 +375,6 @@ class KafkaBroker:
             last = (done.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
             raise BrokerError(f"formatting Kafka's storage in {self.data_dir} failed: {last}")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (Kafka shuts down cleanly, its logs flushed), then SIGKILL after ``timeout``."""
-        proc, self.process = self.process, None
-        if proc is not None:
-            runtime.stop(proc, signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """Stop abruptly, as a crashed broker would (Kafka recovers its logs at the next start)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
 
 def wait_for_broker(
