@@ -10,20 +10,8 @@ from typing import Any
 import pytest
 
 from twin import schemas
-from twin.tariffs import (
-    Price,
-    Sample,
-    TariffError,
-    Usage,
-    check,
-    in_force,
-    load,
-    next_change,
-    price_at,
-    quote,
-    session_cost,
-    tax_factor,
-)
+from twin.cost import Sample, session_cost
+from twin.tariffs import Price, TariffError, Usage, check, in_force, load, next_change, price_at, quote, tax_factor
 
 VAT = [{"type": "VAT", "tax": 21}]
 TIME_OF_DAY: dict[str, Any] = {  # 0.40 by day (07:00-22:00), 0.25 at night; 21% VAT

@@ -1,7 +1,7 @@
 """Central cost end to end: `twin gateway`, `twin worker`, `twin controller --central-cost` and
 a live simulated fleet in which CS-00002 computes no cost (`--central-cost-stations`). The
 controller sends CS-00002's running cost as CostUpdated, worked out with
-twin.tariffs.session_cost from the energy in its twin; CS-00003 reports its own cost and is
+twin.cost.session_cost from the energy in its twin; CS-00003 reports its own cost and is
 sent none. Every frame is valid for 2.1."""
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from tests.test_cli_processes import wait_port
 from tests.test_tariffs_live import Stack
 from twin import runtime, schemas
 from twin.control.cost import cost_updates, running_cost
+from twin.cost import Sample, session_cost
 from twin.schemas import Kind
-from twin.tariffs import Sample, instant, session_cost
+from twin.tariffs import instant
 
 pytestmark = pytest.mark.one_engine  # see tests/conftest.py
 

@@ -1,7 +1,7 @@
 """A charging station's side of OCPP 2.1 tariffs, as the simulated stations play it: the
 tariffs it holds, its answers to SetDefaultTariff, ChangeTransactionTariff, ClearTariffs and
 GetTariffs, and the cost it computes locally for TransactionEvent.costDetails with the same
-price function as the twin (:func:`twin.tariffs.session_cost`).
+price function as the twin (:func:`twin.cost.session_cost`).
 
 What a station cannot do is part of the play: a station ``simple`` (the simulator makes
 every fifth one so) supports no price conditions and answers ConditionNotSupported; each EVSE
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from twin.tariffs import COMPONENTS, Sample, Tariff, TariffError, check, in_force, session_cost
+from twin.cost import Sample, session_cost
+from twin.tariffs import COMPONENTS, Tariff, TariffError, check, in_force
 
 MAX_TARIFFS = 4
 """Default tariffs an EVSE holds (each with its validFrom)."""

@@ -25,7 +25,8 @@ import orjson
 
 from twin.analytics.frames import connect, rows
 from twin.analytics.migration import inventory_of
-from twin.tariffs import Sample, Tariff, in_force, instant, iso, price_at, session_cost
+from twin.cost import Sample, session_cost
+from twin.tariffs import Tariff, in_force, instant, iso, price_at
 
 ACTIONS = ("SetDefaultTariff", "ChangeTransactionTariff", "ClearTariffs", "TransactionEvent", "CostUpdated")
 SQL = """

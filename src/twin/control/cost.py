@@ -7,7 +7,7 @@ centrally when it runs on a station that is online, its twin holds the tariffs i
 with (``transaction.tariffs``, which only a 2.1 station's tariffs give) and the station has
 reported no ``costDetails`` for it (no ``cost`` of source ``local``).
 
-The cost is :func:`twin.tariffs.session_cost` of what the twin knows: the transaction's start,
+The cost is :func:`twin.cost.session_cost` of what the twin knows: the transaction's start,
 the energy it moved (``transaction.import_wh``) by its EVSE's last reading (``meter_ts``), and,
 where the EVSE has been idle since before that reading (``energy.direction``, ``since``), the
 moment the charging stopped: the stretch after it is idle time. Between those points energy
@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from twin.tariffs import Sample, Tariff, TariffTimeline, instant, session_cost
+from twin.cost import Sample, TariffTimeline, session_cost
+from twin.tariffs import Tariff, instant
 
 LastSent = Mapping[str, tuple[datetime, float]]
 """Per transaction id, when (the stations' time) and what total was last sent."""
@@ -29,7 +30,7 @@ LastSent = Mapping[str, tuple[datetime, float]]
 
 def timeline(tx: Mapping[str, Any]) -> list[tuple[datetime | None, Tariff]]:
     """A transaction's tariffs as the twin keeps them (``{"1": {"tariff", "set_at"}, ...}``),
-    as :func:`twin.tariffs.session_cost` takes them: the first from the start."""
+    as :func:`twin.cost.session_cost` takes them: the first from the start."""
     kept = sorted((tx.get("tariffs") or {}).items(), key=lambda kv: int(kv[0]))
     return [(None if i == 0 else instant(v["set_at"]), v["tariff"]) for i, (_, v) in enumerate(kept)]
 
