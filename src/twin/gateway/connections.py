@@ -125,7 +125,7 @@ class Connections:
     def announce(self, session: Session) -> None:
         self._put(session.station_id, {
             "station_id": session.station_id, "gateway_id": self.me,
-            "conn_id": session.conn_id, "connected_at": envelope.iso_ms(),
+            "conn_id": session.conn_id, "connected_at": envelope.iso_ms(), "mode": self.gateway.mode,
         })  # fmt: skip
 
     def withdraw(self, session: Session) -> None:
@@ -266,6 +266,8 @@ class Connections:
         session = self.gateway.sessions.get(station_id)
         if session is None:
             return
+        if value is not None and value.get("mode", self.gateway.mode) != self.gateway.mode:
+            return  # a twin proxy in front of a twin CSMS on one cluster: both hold the station, each its side
         held = session.conn_id
         match verdict(self.me, held, held in self._seen, value):
             case "mine":
