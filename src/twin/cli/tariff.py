@@ -11,8 +11,6 @@ records name the command id themselves.
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from typing import Annotated, Any
 
 import orjson
@@ -22,10 +20,10 @@ from rich.table import Table
 from twin import kafka_security
 from twin.cli.app import Bootstrap, Json, KafkaConfig, TwinTyper, app, err, fail, print_json, reachable
 from twin.cli.door import ApiToken
+from twin.cli.twins import api_get
 from twin.gateway.commands import command, command_problem
 from twin.settings import Settings
 from twin.tariffs import TariffError, load
-from twin.tokens import TOKEN_ENV, headers
 
 tariff_app = TwinTyper(
     help="OCPP 2.1 tariffs: set a default tariff, change a transaction's, clear, get, show.", no_args_is_help=True
@@ -45,24 +43,10 @@ By = Annotated[str, typer.Option("--by", help="Who asks (recorded with the comma
 # -- the stations asked ----------------------------------------------------------------------------
 
 
-def _get(api: str | None, path: str) -> Any:
-    """The API's answer, or None when it has none (no worker, unknown station)."""
-    base = Settings.load(api=api).api_url
-    try:
-        with urllib.request.urlopen(urllib.request.Request(f"{base}{path}", headers=headers()), timeout=10) as response:
-            return orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            fail(f"{base}{path}: 401: the API wants a token (--api-token, or {TOKEN_ENV}; `twin token add`)")
-        return None
-    except (urllib.error.URLError, OSError, orjson.JSONDecodeError):
-        return None
-
-
 def _targets(stations: list[str], every: bool, site: str | None, api: str | None,
              settings: Settings) -> list[str]:  # fmt: skip
     if every:
-        listing = _get(api, "/v1/stations")
+        listing = api_get(api, "/v1/stations", absent=True)
         if listing is None:
             fail(f"--all needs the twin API ({Settings.load(api=api).api_url}); is `twin worker` running?")
         return sorted(r["station_id"] for r in listing["stations"] if r.get("protocol") != "ocpp2.0.1")
@@ -79,7 +63,7 @@ def _targets(stations: list[str], every: bool, site: str | None, api: str | None
 
 
 def _protocol(api: str | None, station: str) -> str | None:
-    twin = _get(api, f"/v1/stations/{station}")
+    twin = api_get(api, f"/v1/stations/{station}", absent=True)
     return twin.get("protocol") if isinstance(twin, dict) and "error" not in twin else None
 
 
@@ -260,9 +244,9 @@ def change(
 
 
 def _running(api: str | None, transaction: str) -> str | None:
-    listing = _get(api, "/v1/stations")
+    listing = api_get(api, "/v1/stations", absent=True)
     for row in (listing or {}).get("stations", ()):
-        twin = _get(api, f"/v1/stations/{row['station_id']}") or {}
+        twin = api_get(api, f"/v1/stations/{row['station_id']}", absent=True) or {}
         for evse in (twin.get("evses") or {}).values():
             if (evse.get("transaction") or {}).get("id") == transaction:
                 return str(row["station_id"])
@@ -318,7 +302,7 @@ def show(station: Annotated[str, typer.Argument(help="Station id.")], api: Api =
          api_token: ApiToken = None, json_out: Json = False) -> None:  # fmt: skip
     """What the twin knows: per EVSE the tariff in force, its price now and the next change,
     and a running transaction's cost (from the worker's API)."""
-    twin = _get(api, f"/v1/stations/{station}")
+    twin = api_get(api, f"/v1/stations/{station}", absent=True)
     if twin is None or "error" in twin:
         fail(f"no twin of {station!r} at {Settings.load(api=api).api_url}" + (f": {twin['error']}" if twin else ""))
     evses = {k: {"tariff": e.get("tariff"), "cost": (e.get("transaction") or {}).get("cost"),

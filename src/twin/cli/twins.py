@@ -24,7 +24,9 @@ Api = Annotated[str | None, typer.Option("--api", help="URL of a worker's API (d
 Capture = Annotated[str | None, typer.Option("--capture", "-c", help="Fold this capture instead of asking the API.")]
 
 
-def api_get(api: str | None, path: str) -> Any:
+def api_get(api: str | None, path: str, absent: bool = False) -> Any:
+    """The API's answer; a 401 is one clear line. ``absent``: None where the API has no
+    answer (an unknown station, no worker) instead of an error line."""
     base = Settings.load(api=api).api_url
     try:
         with urllib.request.urlopen(urllib.request.Request(f"{base}{path}", headers=headers()), timeout=10) as response:
@@ -32,13 +34,17 @@ def api_get(api: str | None, path: str) -> Any:
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
             fail(f"{base}{path}: 401: the API wants a token (--api-token, or {TOKEN_ENV}; `twin token add`)")
+        if absent:
+            return None
         body = exc.read()
         try:
             message = orjson.loads(body).get("error", body.decode())
         except orjson.JSONDecodeError:
             message = body.decode(errors="replace")[:200]
         fail(f"{base}{path}: {exc.code} {message}")
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
+        if absent:
+            return None
         fail(f"no twin API at {base} ({getattr(exc, 'reason', exc)}); is `twin worker` running?")
 
 

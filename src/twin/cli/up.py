@@ -323,7 +323,8 @@ def install_sample_tariffs(api: str, bootstrap: str, inventory: str, stop: threa
     as it comes online in the twin, through `twin tariff set`'s code; a station that answers
     ConditionNotSupported gets the flat one. Until each has taken one, ``stop`` or ``within_s``."""
     from twin.analytics.migration import inventory_of
-    from twin.cli.tariff import _get, send_and_wait
+    from twin.cli.tariff import send_and_wait
+    from twin.cli.twins import api_get
     from twin.tariffs import load
 
     tariffs = {name: load(SAMPLE_TARIFFS / f"{name}.json") for name in ("ac", "dc", "ac-flat", "dc-flat")}
@@ -335,7 +336,7 @@ def install_sample_tariffs(api: str, bootstrap: str, inventory: str, stop: threa
     accepted: set[str] = set()
     deadline = time.monotonic() + within_s
     while not stop.is_set() and time.monotonic() < deadline and not (wanted and wanted <= done):
-        listing = _get(api, "/v1/stations") or {}
+        listing = api_get(api, "/v1/stations", absent=True) or {}
         online = [r["station_id"] for r in listing.get("stations", ()) if r.get("online") and
                   r.get("protocol") == "ocpp2.1" and r["station_id"] not in done]  # fmt: skip
         for flat in (False, True):
