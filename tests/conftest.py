@@ -121,6 +121,12 @@ def new_broker(engine: str, tmp_path: Path) -> Iterator[Callable[..., Broker]]:
         b.stop()
 
 
+def fresh_prefix(name: str) -> str:
+    """Topics of their own for one stack of processes: a prefix no other test of this run uses
+    (the session's broker keeps every topic until the run ends)."""
+    return f"{name}{next(_prefixes)}-{os.getpid()}."
+
+
 @pytest.fixture
 def settings(broker: Broker, tmp_path: Path) -> Settings:
     """Settings with topics of this test's own (a fresh prefix) on the session's broker."""

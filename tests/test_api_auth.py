@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, KafkaProducer
 
+from tests.conftest import fresh_prefix
 from tests.scenarios import SCENARIOS
 from twin import envelope, pki, tokens
 from twin.broker import ensure_topics, free_port
@@ -101,7 +102,7 @@ class Api:
 
     def __init__(self, bootstrap: str, workdir: Path) -> None:
         self.workdir, self.bootstrap = workdir, bootstrap
-        self.prefix = f"auth{os.getpid()}."
+        self.prefix = fresh_prefix("auth")
         self.settings = Settings(bootstrap=bootstrap, topic_prefix=self.prefix, partitions=2)
         self.env = {**os.environ, "TWIN_TOPIC_PREFIX": self.prefix, "TWIN_PARTITIONS": "2"}
         self.env.pop(tokens.STORE_ENV, None)

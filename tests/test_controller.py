@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TopicReader
+from tests.conftest import TopicReader, fresh_prefix
 from tests.test_cli_processes import wait_port
 from twin import runtime
 from twin.broker import EmbeddedBroker, free_port
@@ -47,9 +47,9 @@ S5,CS-00005:1,2026-03-02T08:00:00Z,2026-03-02T11:00:00Z,20,11,false,0
 
 
 class SiteStack:
-    def __init__(self, broker: EmbeddedBroker, workdir: Path) -> None:
+    def __init__(self, broker: EmbeddedBroker, workdir: Path, name: str = "ctl") -> None:
         self.broker, self.workdir = broker, workdir
-        self.prefix = f"ctl{os.getpid()}."
+        self.prefix = fresh_prefix(name)
         self.settings = Settings(bootstrap=broker.bootstrap, topic_prefix=self.prefix, partitions=2)
         self.env = {**os.environ, "TWIN_TOPIC_PREFIX": self.prefix, "TWIN_PARTITIONS": "2"}
         self.gateway_port, self.web_port = free_port(), free_port()

@@ -7,7 +7,6 @@ safe-mode limit once the schedule ends, and its return ends it."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from tests.test_controller import LIMIT_A, SPEED, TOLERANCE_KW, TWIN, SiteStack,
 from tests.test_grid_vtn import CLIENT_ID, CLIENT_SECRET, EAN_A, GAC_PROGRAM, Vtn, limit_event, price_event
 from twin import runtime
 from twin.broker import EmbeddedBroker, free_port
-from twin.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_engine]
 SAFE_KW = 15.0
@@ -29,10 +27,7 @@ GRID_KW = 20.0
 
 class GridStack(SiteStack):
     def __init__(self, broker: EmbeddedBroker, workdir: Any) -> None:
-        super().__init__(broker, workdir)
-        self.prefix = f"grid{os.getpid()}."
-        self.settings = Settings(bootstrap=broker.bootstrap, topic_prefix=self.prefix, partitions=2)
-        self.env = {**os.environ, "TWIN_TOPIC_PREFIX": self.prefix, "TWIN_PARTITIONS": "2"}
+        super().__init__(broker, workdir, name="grid")
         self.vtn = Vtn("3.1.1").start()
         self.program = self.vtn.program(GAC_PROGRAM)
         self.vtn.event(limit_event(self.program["id"], SAFE_KW, "0001-01-01T00:00:00Z", "P9999Y", name="safe-mode"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TopicReader
+from tests.conftest import TopicReader, fresh_prefix
 from tests.test_grid_vtn import EAN_A
 from twin import runtime
 from twin.broker import EmbeddedBroker, free_port
@@ -70,7 +70,7 @@ def vtn() -> Iterator[OpenleadrVtn]:
 
 def test_a_2_0b_capacity_event_becomes_an_import_limit(broker: EmbeddedBroker, vtn: OpenleadrVtn,
                                                        tmp_path: Path) -> None:  # fmt: skip
-    prefix = f"g2b{os.getpid()}."
+    prefix = fresh_prefix("g2b")
     sites = tmp_path / "sites.json"
     sites.write_text(json.dumps(SITES))
     env = {**os.environ, "TWIN_TOPIC_PREFIX": prefix}

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import websockets
 
+from tests.conftest import fresh_prefix
 from tests.scenarios import SCENARIOS, Script, stable
 from tests.test_cli_processes import wait_port
 from tests.test_gateway_csms import produce_command
@@ -42,7 +43,7 @@ TWIN = [sys.executable, "-m", "twin"]
 class Pipeline:
     def __init__(self, broker: EmbeddedBroker, workdir: Path) -> None:
         self.broker, self.workdir = broker, workdir
-        self.prefix = f"scn{os.getpid()}."
+        self.prefix = fresh_prefix("scn")
         self.settings = Settings(bootstrap=broker.bootstrap, topic_prefix=self.prefix, partitions=2)
         self.gateway_port, self.web_port = free_port(), free_port()
         self.env = {**os.environ, "TWIN_TOPIC_PREFIX": self.prefix, "TWIN_PARTITIONS": "2"}

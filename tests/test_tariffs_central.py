@@ -7,7 +7,6 @@ sent none. Every frame is valid for 2.1."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 from collections.abc import Iterator
 from datetime import datetime
@@ -43,8 +42,6 @@ S2,CS-00003:1,2026-03-02T08:40:00Z,2026-03-02T10:30:00Z,10,50,false,0
 @pytest.fixture(scope="module")
 def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(broker, tmp_path_factory.mktemp("central"))
-    s.prefix = f"cen{os.getpid()}."  # its own topics: test_tariffs_live's fleet has the same station ids
-    s.env["TWIN_TOPIC_PREFIX"] = s.prefix
     b = broker.bootstrap
     (s.workdir / "sessions.csv").write_text(SESSIONS)
     try:

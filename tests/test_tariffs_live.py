@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Broker, TopicReader
+from tests.conftest import Broker, TopicReader, fresh_prefix
 from tests.test_cli_processes import wait_port
 from twin import runtime, schemas
 from twin.broker import free_port
@@ -45,7 +45,7 @@ S2,CS-00002:2,2026-03-02T08:40:00Z,2026-03-02T09:20:00Z,5,11,false,0
 class Stack:
     def __init__(self, broker: Broker, workdir: Path) -> None:
         self.workdir, self.bootstrap = workdir, broker.bootstrap
-        self.prefix = f"tar{os.getpid()}."
+        self.prefix = fresh_prefix("tar")
         self.env = {**os.environ, "TWIN_TOPIC_PREFIX": self.prefix, "TWIN_PARTITIONS": "2"}
         self.gateway_port, self.web_port = free_port(), free_port()
         self.api = f"http://127.0.0.1:{self.web_port}"
