@@ -167,6 +167,12 @@ def test_the_grid_report_on_the_hand_worked_capture(capture: Path) -> None:
         # 'gone' was cancelled and 'bad' rejected: neither is in force
         ("08:45", "09:00", 50.0, "static", None, 2.667, 8.0, 0.0, 0.0, 0.0, 0.667, 0.0, 0.3, 0.2),
     ]
+    # energy shifted: T-1 drew 8 kWh at up to 12 kW; without a limit, 12 kW from 08:00 until
+    # 08:40. So 2/3 kWh moved out of 08:15-08:30 and out of 08:30-08:40, into the minutes after
+    assert [(r["start"][11:16], r["uncontrolled_kwh"], r["shifted_kwh"]) for r in a] == [
+        ("08:00", 2.0, 0.0), ("08:10", 1.0, 0.0), ("08:15", 3.0, 0.667), ("08:30", 2.0, 0.667),
+        ("08:40", 0.0, -0.667), ("08:45", 0.0, -0.667)]  # fmt: skip
+    assert "_shifted" not in a[0]
     profiles = [(r["profiles_sent"], r["profiles_accepted"], r["profiles_rejected"]) for r in a]
     assert profiles == [(0, 0, 0), (0, 0, 0), (2, 1, 1), (2, 0, 1), (0, 0, 0), (0, 0, 0)]
     assert {r["currency"] for r in a} == {"EUR"}
@@ -177,6 +183,8 @@ def test_the_grid_report_on_the_hand_worked_capture(capture: Path) -> None:
     assert totals["SITE-A"]["import_kwh"] == 8.0 and totals["SITE-A"]["v2g_discharged_kwh"] == 0.417
     assert totals["SITE-A"]["minutes_over_limit"] == 10.0 and totals["SITE-A"]["cost"] == 1.65
     assert totals["SITE-A"]["minutes_under_a_signal"] == 35.0
+    assert (totals["SITE-A"]["shifted_kwh"], totals["SITE-A"]["shifted_under_signals_kwh"]) == (1.333, 1.333)
+    assert (totals["SITE-B"]["shifted_kwh"], totals["SITE-B"]["shifted_under_signals_kwh"]) == (0.0, 0.0)
     assert (totals["SITE-A"]["profiles_sent"], totals["SITE-A"]["profiles_rejected"]) == (4, 2)
     rejected = [s for s in document["signals"] if s["status"] == "rejected"]
     assert {s["event_id"]: s["reason"] for s in rejected} == {"bad": SIGNALS[3]["reason"],

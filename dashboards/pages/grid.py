@@ -308,13 +308,16 @@ def history(site_id: str, live_signals: list[dict[str, Any]] | None) -> None:
         else:
             power, bands, prices = history_frames(rows)
             mine: dict[str, Any] = next((t for t in document["sites"] if t["site_id"] == site_id), {})
-            cells = st.columns(4)
+            cells = st.columns(5)
             cells[0].metric("Minutes over the limit", f"{mine.get('minutes_over_limit', 0):,.1f}",
                             help="net import above the import limit, or net export above the export limit")
             cells[1].metric("Imported", f"{mine.get('import_kwh', 0):,.1f} kWh")
             cells[2].metric("Given back (V2G)", f"{mine.get('v2g_discharged_kwh', 0):,.1f} kWh")
+            cells[3].metric("Shifted by signals", f"{mine.get('shifted_under_signals_kwh', 0):,.1f} kWh",
+                            help="import moved later under a limit or price signal, against each session "
+                            "charging from its start at the highest power it measured (twin report grid --help)")
             cost = mine.get("cost")
-            cells[3].metric("Cost at the price signals", "—" if cost is None else
+            cells[4].metric("Cost at the price signals", "—" if cost is None else
                             f"{cost:,.2f} {mine.get('currency') or ''}".strip())  # fmt: skip
             history_chart(power, bands)
             st.caption(f"The archive's last {HISTORY_H} hours ({rows[0]['start']} to {rows[-1]['end']}) in "

@@ -22,9 +22,20 @@ held until the EVSE's next, a transaction's Ended event setting it to 0; summed 
 site's EVSEs as ``/v1/sites`` sums them), their mean and max; the minutes the site was over
 its limit (net import above the import limit, or net export above the export limit, by more
 than ``TOLERANCE_KW``); the energy imported and exported (V2G: what the EVSEs gave back); the
-SetChargingProfile calls sent to its stations and how they were answered; and the cost of the
+SetChargingProfile calls sent to its stations and how they were answered; the cost of the
 net energy at the price in force (:func:`twin.sites.price_at`, per kWh in the signal's
-currency).
+currency); and the energy shifted.
+
+Energy shifted compares the import measured with what the same sessions would have drawn
+without a limit, which nothing measures, so it is defined from what the log does measure:
+each session (a transaction on an EVSE) charging from its first reading at the highest import
+power it measured, until it has drawn what it drew in fact (``uncontrolled_kwh`` of a row).
+``shifted_kwh = uncontrolled_kwh - import_kwh``: positive where energy was moved out of the
+interval (into later ones), negative where it was moved in; over a session it sums to zero.
+A site's ``shifted_kwh`` is the sum of the positive parts (how much was moved later), and
+``shifted_under_signals_kwh`` of those under a grid signal (a limit not the static one, or a
+price). A lower bound: an EV held below its own maximum for the whole session shows nothing
+shifted; and energy given back (V2G) is not counted, only import.
 """
 
 from __future__ import annotations
@@ -169,8 +180,11 @@ def views_at(capture: str | Path, known: Sequence[site_model.Site], at: datetime
         moment = max((r for s in signals if (r := _received(s)) is not None), default=None)
     views = []
     for site in known:
-        limit = limit_at(site, signals, moment) if moment else site_model.Limit(site.import_limit_kw,
-                                                                                  site.export_limit_kw, "static")
+        limit = (
+            limit_at(site, signals, moment)
+            if moment
+            else site_model.Limit(site.import_limit_kw, site.export_limit_kw, "static")
+        )
         views.append(site_model.view(site, site_model.evses(site, twins), limit, None))
     return moment, views
 
@@ -187,28 +201,30 @@ WITH events AS MATERIALIZED (
 -- only a transaction's first event must name its EVSE (as in the energy report)
 tx_evse AS (SELECT station_id, tx, max(evse_id) AS tx_evse FROM events GROUP BY ALL),
 te AS (
-    SELECT e.site_id, e.station_id, coalesce(e.evse_id, x.tx_evse) AS evse_id, e.event_type, e.happened, e.readings
+    SELECT e.site_id, e.station_id, coalesce(e.evse_id, x.tx_evse) AS evse_id, e.tx, e.event_type, e.happened,
+           e.readings
     FROM events e LEFT JOIN tx_evse x ON x.station_id = e.station_id AND x.tx IS NOT DISTINCT FROM e.tx
 ),
 raw AS (
-    SELECT site_id, station_id, evse_id, epoch_ms(TRY_CAST(r.sampled AS TIMESTAMPTZ)) AS ms, r.measurand AS m,
+    SELECT site_id, station_id, evse_id, tx, epoch_ms(TRY_CAST(r.sampled AS TIMESTAMPTZ)) AS ms, r.measurand AS m,
            r.value AS v, false AS ended
-    FROM (SELECT site_id, station_id, evse_id, unnest(readings) AS r FROM te)
+    FROM (SELECT site_id, station_id, evse_id, tx, unnest(readings) AS r FROM te)
     WHERE r.measurand IN ('{P_IMPORT}', '{P_EXPORT}')
     UNION ALL  -- a transaction's end: its EVSE draws nothing from then on
-    SELECT site_id, station_id, evse_id, epoch_ms(TRY_CAST(happened AS TIMESTAMPTZ)), NULL, NULL, true
+    SELECT site_id, station_id, evse_id, tx, epoch_ms(TRY_CAST(happened AS TIMESTAMPTZ)), NULL, NULL, true
     FROM te WHERE event_type = 'Ended'
 ),
 samples AS (
-    SELECT site_id, station_id, evse_id, ms,
+    SELECT site_id, station_id, evse_id, ms, coalesce(max(tx) FILTER (WHERE NOT ended), max(tx)) AS tx,
            CASE WHEN bool_or(ended) THEN 0 ELSE coalesce(max(v) FILTER (WHERE m = '{P_IMPORT}'), 0) END AS imp,
            CASE WHEN bool_or(ended) THEN 0 ELSE coalesce(max(v) FILTER (WHERE m = '{P_EXPORT}'), 0) END AS exp
     FROM raw WHERE evse_id IS NOT NULL AND ms IS NOT NULL GROUP BY ALL
 ),
 -- each reading holds until the EVSE's next (the last until the window's end)
 segments AS (
-    SELECT site_id, ms AS s, coalesce(lead(ms) OVER (PARTITION BY site_id, station_id, evse_id ORDER BY ms),
-                                      greatest(ms, $end_ms)) AS e, imp, exp
+    SELECT site_id, station_id, evse_id, tx, ms AS s,
+           coalesce(lead(ms) OVER (PARTITION BY site_id, station_id, evse_id ORDER BY ms), greatest(ms, $end_ms)) AS e,
+           imp, exp
     FROM samples
 ),
 -- the site's power: every EVSE's steps summed, as changes in time order
@@ -224,18 +240,36 @@ levels AS (
            round(sum(di) OVER (w ROWS UNBOUNDED PRECEDING), 1) AS imp_w,
            round(sum(de) OVER (w ROWS UNBOUNDED PRECEDING), 1) AS exp_w
     FROM changes WINDOW w AS (PARTITION BY site_id ORDER BY ms)
+),
+measured AS (
+    SELECT piece, sum(imp_w * ov) AS imp_wms, sum(exp_w * ov) AS exp_wms, max(imp_w) AS imp_max_w,
+           max(exp_w) AS exp_max_w, sum(ov) AS covered_ms,
+           sum(ov) FILTER (WHERE (imp_w - exp_w) / 1000 > import_limit_kw + {TOLERANCE_KW}
+                              OR (exp_w - imp_w) / 1000 > export_limit_kw + {TOLERANCE_KW}) AS over_ms
+    FROM (SELECT p.piece, p.import_limit_kw, p.export_limit_kw, l.imp_w, l.exp_w,
+                 least(l.e, p.end_ms) - greatest(l.s, p.start_ms) AS ov
+          FROM pieces p JOIN levels l ON l.site_id = p.site_id AND l.s < p.end_ms AND l.e > p.start_ms)
+    GROUP BY piece
+),
+-- each session without a limit: from its first reading, at the highest import it measured,
+-- until it has what it drew in fact
+sessions AS (
+    SELECT site_id, s0 AS s, s0 + wms / peak AS e, peak FROM (
+        SELECT site_id, min(s) AS s0, max(imp) AS peak, sum(imp * (e - s)) AS wms
+        FROM segments WHERE tx IS NOT NULL GROUP BY site_id, station_id, evse_id, tx
+    ) WHERE peak > 0 AND wms > 0
+),
+uncontrolled AS (
+    SELECT p.piece, sum(u.peak * (least(u.e, p.end_ms) - greatest(u.s, p.start_ms))) AS base_wms
+    FROM pieces p JOIN sessions u ON u.site_id = p.site_id AND u.s < p.end_ms AND u.e > p.start_ms
+    GROUP BY p.piece
 )
-SELECT piece, sum(imp_w * ov) AS imp_wms, sum(exp_w * ov) AS exp_wms, max(imp_w) AS imp_max_w,
-       max(exp_w) AS exp_max_w, sum(ov) AS covered_ms,
-       sum(ov) FILTER (WHERE (imp_w - exp_w) / 1000 > import_limit_kw + {TOLERANCE_KW}
-                          OR (exp_w - imp_w) / 1000 > export_limit_kw + {TOLERANCE_KW}) AS over_ms
-FROM (SELECT p.piece, p.import_limit_kw, p.export_limit_kw, l.imp_w, l.exp_w,
-             least(l.e, p.end_ms) - greatest(l.s, p.start_ms) AS ov
-      FROM pieces p JOIN levels l ON l.site_id = p.site_id AND l.s < p.end_ms AND l.e > p.start_ms)
-GROUP BY piece
+SELECT p.piece, m.imp_wms, m.exp_wms, m.imp_max_w, m.exp_max_w, m.covered_ms, m.over_ms, u.base_wms
+FROM pieces p LEFT JOIN measured m USING (piece) LEFT JOIN uncontrolled u USING (piece)
 """
 """Per piece (a site's interval, or part of one): the measured power's integrals, maxima and
-the time over the limit, from the EVSEs' power readings."""
+the time over the limit, from the EVSEs' power readings; and the import its sessions would
+have drawn there without a limit (``base_wms``: energy shifted, in the module's docstring)."""
 
 SPAN = f"""
 SELECT min(epoch_ms(TRY_CAST(r.sampled AS TIMESTAMPTZ))), max(epoch_ms(TRY_CAST(r.sampled AS TIMESTAMPTZ)))
@@ -367,17 +401,20 @@ def grid_report(capture: str | Path, since: str | None = None, until: str | None
             by_site.setdefault(station_site[p["station_id"]], []).append((p["ms"], p["status"]))
     out = [_row(row, measured.get(row["piece"]), by_site.get(row["site_id"], ())) for row in rows]
     window_signals = [s for s in signals if (r := _received(s)) is None or r < _at(end_ms)]
+    sums = totals(out)
+    for row in out:
+        del row["_shifted"]  # unrounded, for the totals only
     return {"window": {"from": _iso(start_ms), "to": _iso(end_ms), "interval_min": INTERVAL_S // 60},
-            "intervals": out, "sites": totals(out), "signals": window_signals}  # fmt: skip
+            "intervals": out, "sites": sums, "signals": window_signals}  # fmt: skip
 
 
 def _row(piece: Mapping[str, Any], measured: Sequence[Any] | None, profiles: Iterable[tuple[int, str | None]]
          ) -> dict[str, Any]:  # fmt: skip
-    _, imp_wms, exp_wms, imp_max, exp_max, covered, over = measured or (None, 0, 0, 0, 0, 0, 0)
+    _, imp_wms, exp_wms, imp_max, exp_max, covered, over, base_wms = measured or (None, 0, 0, 0, 0, 0, 0, 0)
     length = piece["end_ms"] - piece["start_ms"]
     idle_over = piece["import_limit_kw"] + TOLERANCE_KW < 0.0  # asked to export, and nothing given back
     over_ms = (over or 0) + ((length - (covered or 0)) if idle_over else 0)
-    import_kwh, export_kwh = (imp_wms or 0) / 3.6e9, (exp_wms or 0) / 3.6e9
+    import_kwh, export_kwh, uncontrolled_kwh = (imp_wms or 0) / 3.6e9, (exp_wms or 0) / 3.6e9, (base_wms or 0) / 3.6e9
     sent = [status for ms, status in profiles if piece["start_ms"] <= ms < piece["end_ms"]]
     price = piece["price"]
     return {
@@ -387,7 +424,9 @@ def _row(piece: Mapping[str, Any], measured: Sequence[Any] | None, profiles: Ite
         "import_mean_kw": round(import_kwh / (length / 3.6e6), 3), "import_max_kw": round((imp_max or 0) / 1000, 3),
         "export_mean_kw": round(export_kwh / (length / 3.6e6), 3), "export_max_kw": round((exp_max or 0) / 1000, 3),
         "minutes_over_limit": round(over_ms / 60000, 2), "import_kwh": round(import_kwh, 3),
-        "v2g_discharged_kwh": round(export_kwh, 3), "profiles_sent": len(sent),
+        "v2g_discharged_kwh": round(export_kwh, 3), "uncontrolled_kwh": round(uncontrolled_kwh, 3),
+        "shifted_kwh": round(uncontrolled_kwh - import_kwh, 3) + 0.0, "_shifted": uncontrolled_kwh - import_kwh,
+        "profiles_sent": len(sent),
         "profiles_accepted": sum(s == "Accepted" for s in sent),
         "profiles_rejected": sum(s is not None and s != "Accepted" for s in sent),
         "price": price, "currency": piece["currency"],
@@ -396,7 +435,9 @@ def _row(piece: Mapping[str, Any], measured: Sequence[Any] | None, profiles: Ite
 
 
 def totals(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per site: the window's energy, minutes over the limit, profiles and cost."""
+    """Per site: the window's energy, minutes over the limit, energy shifted (the positive
+    ``shifted_kwh`` of its rows: moved out of them into later ones; and of those under a grid
+    signal), profiles and cost. Rows carry their unrounded shift as ``_shifted``."""
     out = []
     for site_id, group in groupby(sorted(rows, key=lambda r: r["site_id"]), key=lambda r: r["site_id"]):
         mine = list(group)
@@ -407,11 +448,18 @@ def totals(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "import_max_kw": max((r["import_max_kw"] for r in mine), default=0.0),
             "minutes_over_limit": round(sum(r["minutes_over_limit"] for r in mine), 2),
             "minutes_under_a_signal": round(sum(_minutes(r) for r in mine if r["limit_source"] != "static"), 2),
+            "shifted_kwh": round(sum(max(0.0, r["_shifted"]) for r in mine), 3),
+            "shifted_under_signals_kwh": round(sum(max(0.0, r["_shifted"]) for r in mine if _signalled(r)), 3),
             **{k: sum(r[k] for r in mine) for k in ("profiles_sent", "profiles_accepted", "profiles_rejected")},
             "cost": round(sum(costs), 4) if costs else None,
             "currency": next((r["currency"] for r in mine if r["currency"]), None),
         })  # fmt: skip
     return out
+
+
+def _signalled(row: Mapping[str, Any]) -> bool:
+    """Under a grid signal: a limit not the static one, or a price."""
+    return row["limit_source"] != "static" or row["price"] is not None
 
 
 def _minutes(row: Mapping[str, Any]) -> float:

@@ -47,9 +47,14 @@ def report(
     unknown with why. status: each connector's status intervals. connectivity: each connection, from
     Connected to Disconnected (or its last record). grid: per site and 15 minutes (split where the
     limit or price changes), the limit in force and its source, import and export (mean, max, kWh,
-    V2G given back), minutes over the limit, SetChargingProfile sent / accepted / rejected, and the
-    cost at the price signals (--json adds per-site totals and the archived signals, rejected ones
-    with their reasons)."""
+    V2G given back), minutes over the limit, energy shifted, SetChargingProfile sent / accepted /
+    rejected, and the cost at the price signals (--json adds per-site totals and the archived
+    signals, rejected ones with their reasons). Energy shifted: each session charging from its
+    first reading at the highest import it measured, until it has what it drew, is
+    uncontrolled_kwh; shifted_kwh = uncontrolled_kwh - import_kwh (positive: moved out of the
+    interval, into later ones); a site's total is the sum of the positive parts, and
+    shifted_under_signals_kwh of those under a limit or price signal. A lower bound (an EV held
+    below its maximum all session shows none); import only."""
     from twin.analytics.reports import ReportError
     from twin.analytics.reports import report as compute
     from twin.captures import CaptureError
