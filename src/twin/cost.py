@@ -3,6 +3,12 @@ wherever a price may change (time of day, energy and time thresholds), idle time
 cost, and a tariff changed in mid-session (the cost so far stays). Pure, like the price in
 force (:mod:`twin.tariffs`, whose reading of a tariff this follows); the fold, the reports,
 the simulated stations and central cost call it.
+
+A session's readings are its TransactionEvents' import registers (:func:`reading`): the
+station prices its own cost by them, the report recomputes it from them, and the twin keeps
+those of them that change the cost (:func:`needed`) for central cost. So the three cut a
+session at a price boundary at the same place: between the readings either side of it, the
+energy taken to flow evenly.
 """
 
 from __future__ import annotations
@@ -14,6 +20,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from twin.tariffs import START, Tariff, Usage, boundaries, component_price
+
+IMPORT = "Energy.Active.Import.Register"
+
+
+def reading(payload: Mapping[str, Any]) -> tuple[str, float, float | None] | None:
+    """A TransactionEvent's reading: when (its meter value's timestamp, else the event's),
+    the import register (Wh) and the import power (W) of its first meter value with a
+    register (phase totals only); None without one."""
+    for mv in payload.get("meterValue") or ():
+        values = {sv.get("measurand", IMPORT): float(sv["value"]) for sv in mv.get("sampledValue", ())
+                  if "phase" not in sv}  # fmt: skip
+        if IMPORT in values:
+            at = str(mv.get("timestamp") or payload.get("timestamp"))
+            return at, values[IMPORT], values.get("Power.Active.Import")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,15 @@ def _price_type(excl: float, incl: float | None) -> dict[str, float]:
 
 TariffTimeline = Sequence[tuple[datetime | None, Tariff]]
 """A session's tariffs: each from its moment on (the first from the session's start)."""
+
+
+def twin_timeline(tx: Mapping[str, Any]) -> list[tuple[datetime | None, Tariff]]:
+    """A transaction's tariffs as the twin keeps them (``{"1": {"tariff", "set_at"}, ...}``),
+    as :func:`session_cost` takes them: the first from the start."""
+    from twin.tariffs import instant
+
+    kept = sorted((tx.get("tariffs") or {}).items(), key=lambda kv: int(kv[0]))
+    return [(None if i == 0 else instant(v["set_at"]), v["tariff"]) for i, (_, v) in enumerate(kept)]
 
 
 def _tariff_then(timeline: TariffTimeline, at: datetime) -> Tariff:
@@ -153,6 +183,29 @@ def _thresholds(tariffs: Iterable[Tariff]) -> dict[str, set[float]]:
                     if key in _PROGRESS:
                         out.setdefault(_PROGRESS[key], set()).add(abs(float(value)))
     return out
+
+
+_POWER = ("minPower", "maxPower", "minCurrent", "maxCurrent")
+
+
+def needed(tariff: Tariff | TariffTimeline, a: Sample, b: Sample, c: Sample, tz: str = "UTC") -> bool:
+    """Whether reading ``b``, between ``a`` and ``c``, changes the session's cost: it does
+    unless both stretches charge (or both are idle), no price may change between ``a`` and
+    ``c`` (a calendar boundary, a tariff change), and no price depends on the session's
+    progress or power (where ``b`` would move a threshold's crossing or the power seen).
+    Without ``b``, :func:`session_cost` gives the same cost: each component is linear in the
+    energy and the time of a stretch priced alike."""
+    timeline: TariffTimeline = [(None, tariff)] if isinstance(tariff, Mapping) else list(tariff)
+    tariffs = [t for _, t in timeline]
+    if (b.energy_wh > a.energy_wh) != (c.energy_wh > b.energy_wh):
+        return True
+    if any(since is not None and a.at < since <= c.at for since, _ in timeline):
+        return True
+    if _thresholds(tariffs) or any(k in (p.get("conditions") or {}) for t in tariffs for name in ("energy",
+                                   "chargingTime", "idleTime") for p in (t.get(name) or {}).get("prices", ())
+                                   for k in _POWER):  # fmt: skip
+        return True
+    return any(t < c.at for t in boundaries(tariffs, a.at, c.at, tz))
 
 
 def _crossings(limits: Mapping[str, set[float]], state: Usage, a: datetime, b: datetime, charging: bool,

@@ -11,8 +11,12 @@ How a tariff is read (OCPP 2.1 part 2, I01-I12, where it leaves a choice, the ch
   ``reservationTime``, ``reservationFixed``) lists prices with optional conditions; the
   first price whose conditions all hold applies (as OCPI reads its elements). No price
   matching: that component costs nothing then.
-- Times of day, days of the week and dates are local time (``tz``, UTC unless given);
-  an ``endTimeOfDay`` before the start wraps past midnight, ``00:00`` ends the day.
+- Times of day, days of the week and dates are the station's local time (``tz``, an IANA
+  zone such as ``Europe/Berlin``). A station's zone is what the log says its clock was set
+  to: the ``ClockCtrlr.TimeZone`` a SetVariables it accepted or a GetVariables answer gave
+  (:func:`clock_zone`); UTC where the log says none (:data:`DEFAULT_ZONE`). The twin, central
+  cost, the simulated stations and the reports all read it so. An ``endTimeOfDay`` before
+  the start wraps past midnight, ``00:00`` ends the day.
 - A condition on something unknown (power or current outside a session, an EVSE kind, a
   payment brand not given) does not hold.
 - ``validFrom`` in the future: the tariff is not in force yet. Of several tariffs on one
@@ -33,7 +37,7 @@ from datetime import date, datetime, time, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
@@ -42,6 +46,10 @@ COMPONENTS = ("energy", "chargingTime", "idleTime", "fixedFee", "reservationTime
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 HORIZON_DAYS = 8
 """How far ahead :func:`next_change` looks: past a week every calendar condition repeats."""
+DEFAULT_ZONE = "UTC"
+"""The time zone of a station whose clock's zone the log does not say."""
+CLOCK_ZONE = ("ClockCtrlr", "TimeZone")
+"""The device model's variable for a station's time zone (OCPP 2.x, ``Europe/Oslo``)."""
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 _DATE = re.compile(r"^[12][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 
@@ -201,6 +209,44 @@ def tax_factor(rates: Iterable[Mapping[str, Any]] | None) -> float | None:
     for level in sorted(stacks):
         factor *= 1 + stacks[level] / 100
     return factor
+
+
+def known_zone(name: Any) -> str | None:
+    """``name`` if it is a time zone this machine knows (IANA, ``Europe/Amsterdam``), else None."""
+    if not isinstance(name, str) or not name or name != name.strip():
+        return None
+    try:
+        _zone(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
+
+
+def station_zone(twin: Mapping[str, Any]) -> str:
+    """A twin's time zone: its clock's as the log says (``tariffs.time_zone``), else UTC."""
+    return str((twin.get("tariffs") or {}).get("time_zone") or DEFAULT_ZONE)
+
+
+def clock_zone(action: str, request: Mapping[str, Any] | None, answer: Mapping[str, Any]) -> str | None:
+    """The station's time zone that a SetVariables the station accepted (the value asked) or
+    a GetVariables it answered (the value given) says: ``ClockCtrlr.TimeZone``, the actual
+    value; None when the exchange says nothing of it (or names no zone this machine knows)."""
+
+    def clock(item: Mapping[str, Any]) -> bool:
+        return ((item.get("component") or {}).get("name"), (item.get("variable") or {}).get("name")) == CLOCK_ZONE \
+            and item.get("attributeType", "Actual") == "Actual"  # fmt: skip
+
+    found: Any = None
+    if action == "SetVariables" and request is not None:
+        asked = [d.get("attributeValue") for d in request.get("setVariableData") or () if clock(d)]
+        took = [r for r in answer.get("setVariableResult") or () if clock(r)]
+        if asked and took and all(r.get("attributeStatus") in ("Accepted", "RebootRequired") for r in took):
+            found = asked[-1]
+    elif action == "GetVariables":
+        given = [r.get("attributeValue") for r in answer.get("getVariableResult") or ()
+                 if clock(r) and r.get("attributeStatus") == "Accepted"]  # fmt: skip
+        found = given[-1] if given else None
+    return known_zone(found)
 
 
 def _local(at: datetime, tz: str) -> datetime:

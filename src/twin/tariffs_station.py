@@ -7,6 +7,11 @@ What a station cannot do is part of the play: a station ``simple`` (the simulato
 every fifth one so) supports no price conditions and answers ConditionNotSupported; each EVSE
 holds at most :data:`MAX_TARIFFS`; a tariff id already held with other content is a
 DuplicateTariffId; a transaction's tariff keeps its currency (NoCurrencyChange).
+
+Its clock's zone is UTC until the CSMS sets ``ClockCtrlr.TimeZone`` (SetVariables): the
+times of day of its tariffs are read in it, as the twin reads them from the same exchange.
+A station without local cost keeps what the CSMS tells it: each running total (CostUpdated,
+TransactionEventResponse.totalCost) and, for a transaction that has ended, the final one.
 """
 
 from __future__ import annotations
@@ -15,12 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from twin.cost import Sample, session_cost
-from twin.tariffs import COMPONENTS, Tariff, TariffError, check, in_force
+from twin.cost import Sample, reading, session_cost
+from twin.tariffs import CLOCK_ZONE, COMPONENTS, DEFAULT_ZONE, Tariff, TariffError, check, in_force, known_zone
 
 MAX_TARIFFS = 4
 """Default tariffs an EVSE holds (each with its validFrom)."""
-IMPORT = "Energy.Active.Import.Register"
 
 
 def has_conditions(tariff: dict[str, Any]) -> bool:
@@ -42,6 +46,10 @@ class StationTariffs:
     local_cost: bool = True  # False: no costDetails, the CSMS computes the cost (CostUpdated)
     held: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # EVSE (0: all) -> tariffs
     sessions: dict[str, Session] = field(default_factory=dict)  # transaction id -> its session
+    time_zone: str = DEFAULT_ZONE  # ClockCtrlr.TimeZone
+    running: set[str] = field(default_factory=set)  # transaction ids
+    told: dict[str, float] = field(default_factory=dict)  # transaction id -> the CSMS's last total
+    final: dict[str, float] = field(default_factory=dict)  # transaction id -> the CSMS's total after it ended
 
     # -- the CSMS's calls ------------------------------------------------------------------------
     def _refuse(self, tariff: Any) -> tuple[str, str] | None:
@@ -114,26 +122,66 @@ class StationTariffs:
             return {"status": "NoTariff"}
         return {"status": "Accepted", "tariffAssignments": list(by_id.values())}
 
+    def set_variables(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """SetVariables of ``ClockCtrlr.TimeZone``: Accepted for a zone the station knows
+        (IANA), else Rejected; None when the request sets nothing of the clock's zone."""
+        results, mine = [], False
+        for d in request.get("setVariableData") or ():
+            names = ((d.get("component") or {}).get("name"), (d.get("variable") or {}).get("name"))
+            status = "Accepted"
+            if names == CLOCK_ZONE and d.get("attributeType", "Actual") == "Actual":
+                mine, zone = True, known_zone(d.get("attributeValue"))
+                if zone is None:
+                    status = "Rejected"
+                else:
+                    self.time_zone = zone
+            result = {"attributeStatus": status, "component": d.get("component"), "variable": d.get("variable")}
+            if "attributeType" in d:
+                result["attributeType"] = d["attributeType"]
+            results.append(result)
+        return {"setVariableResult": results} if mine else None
+
+    def told_cost(self, tx: str, total: Any, ended: bool = False) -> bool:
+        """The CSMS's total of a transaction (CostUpdated, TransactionEventResponse.totalCost):
+        kept, and as its final cost when the transaction has ended. Whether it was final."""
+        if not isinstance(total, int | float) or isinstance(total, bool):
+            return False
+        self.told[tx] = float(total)
+        final = ended or tx not in self.running
+        if final:
+            self.final[tx] = float(total)
+        while len(self.told) > 64:
+            del self.told[next(iter(self.told))]
+        while len(self.final) > 64:
+            del self.final[next(iter(self.final))]
+        return final
+
     # -- local cost ------------------------------------------------------------------------------
     def cost(self, evse: int, payload: dict[str, Any]) -> None:
         """Add ``costDetails`` to a TransactionEvent the station is about to send (its meter
-        readings are the session's samples: the CSMS can work the same cost out of the log)."""
+        readings are the session's samples: the CSMS can work the same cost out of the log),
+        in the station's time zone."""
+        tx = str((payload.get("transactionInfo") or {}).get("transactionId"))
+        if payload.get("eventType") == "Ended":
+            self.running.discard(tx)
+        else:
+            self.running.add(tx)
         if not self.local_cost:
             return
-        tx = str((payload.get("transactionInfo") or {}).get("transactionId"))
         at = _instant(payload["timestamp"])
-        reading = _reading(payload)
+        found = reading(payload)
+        register = None if found is None else (found[1], found[2])
         if payload.get("eventType") == "Started":
             tariff = in_force(self.held.get(evse) or self.held.get(0) or [], at)
             if tariff is None:
                 return
-            self.sessions[tx] = Session(at, reading[0] if reading else 0.0, [(None, tariff)])
+            self.sessions[tx] = Session(at, register[0] if register else 0.0, [(None, tariff)])
         session = self.sessions.get(tx)
         if session is None:
             return
-        if reading is not None and payload.get("eventType") != "Started":
-            session.samples.append(Sample(at, reading[0] - session.register_wh, reading[1]))
-        cost = session_cost(session.tariffs, session.start, session.samples, end=at)
+        if found is not None and register is not None and payload.get("eventType") != "Started":
+            session.samples.append(Sample(_instant(found[0]), register[0] - session.register_wh, register[1]))
+        cost = session_cost(session.tariffs, session.start, session.samples, end=at, tz=self.time_zone)
         payload["costDetails"] = cost.cost_details()
         if payload.get("eventType") == "Ended":
             del self.sessions[tx]
@@ -148,13 +196,3 @@ def _status(status: str, why: str) -> dict[str, Any]:
 
 def _instant(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def _reading(payload: dict[str, Any]) -> tuple[float, float | None] | None:
-    """The import register (Wh) and import power (W) of a TransactionEvent's first meter value."""
-    for mv in payload.get("meterValue") or ():
-        values = {sv.get("measurand", IMPORT): float(sv["value"]) for sv in mv.get("sampledValue", ())
-                  if "phase" not in sv}  # fmt: skip
-        if IMPORT in values:
-            return values[IMPORT], values.get("Power.Active.Import")
-    return None

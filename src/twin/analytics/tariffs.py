@@ -12,6 +12,11 @@
   recomputed cost excluding tax, and the reported cost where there is one.
 
 A reported cost is compared excluding tax where the report gives it, else including it.
+
+Times of day are each station's local time: the ``ClockCtrlr.TimeZone`` the log shows it was
+set to (:func:`twin.tariffs.clock_zone`, UTC where it shows none), as the station, the twin
+and central cost read them; a session is priced in the zone of its last event, and a
+station's days are its local days (their zone that at the end of the log).
 """
 
 from __future__ import annotations
@@ -25,26 +30,16 @@ import orjson
 
 from twin.analytics.frames import connect, rows
 from twin.analytics.migration import inventory_of
-from twin.cost import Sample, session_cost
-from twin.tariffs import Tariff, in_force, instant, iso, price_at
+from twin.cost import Sample, reading, session_cost
+from twin.tariffs import DEFAULT_ZONE, Tariff, boundaries, clock_zone, in_force, instant, iso, price_at
 
-ACTIONS = ("SetDefaultTariff", "ChangeTransactionTariff", "ClearTariffs", "TransactionEvent", "CostUpdated")
+ACTIONS = ("SetDefaultTariff", "ChangeTransactionTariff", "ClearTariffs", "TransactionEvent", "CostUpdated",
+           "SetVariables", "GetVariables")  # fmt: skip
 SQL = """
 SELECT station_id, origin, msg_type, msg_id, conn_id, action, CAST(payload AS VARCHAR) AS payload,
        strftime(ts, '%Y-%m-%dT%H:%M:%S.%g') || 'Z' AS ts
 FROM frames WHERE msg_type IN (2, 3) ORDER BY ts, conn_id, seq
 """
-IMPORT = "Energy.Active.Import.Register"
-
-
-def _reading(payload: dict[str, Any]) -> tuple[str, float, float | None] | None:
-    for mv in payload.get("meterValue") or ():
-        values = {sv.get("measurand", IMPORT): float(sv["value"]) for sv in mv.get("sampledValue", ())
-                  if "phase" not in sv}  # fmt: skip
-        if IMPORT in values:
-            at = str(mv.get("timestamp") or payload.get("timestamp"))
-            return at, values[IMPORT], values.get("Power.Active.Import")
-    return None
 
 
 def tariffs_report(capture: str | Path, since: str | None = None, until: str | None = None) -> dict[str, Any]:
@@ -54,18 +49,23 @@ def tariffs_report(capture: str | Path, since: str | None = None, until: str | N
     calls: dict[tuple[str, str], dict[str, Any]] = {}
     held: dict[tuple[str, str], list[tuple[str, Tariff]]] = defaultdict(list)  # (station, evse) -> (from, tariff)
     txs: dict[str, dict[str, Any]] = {}
+    zones: dict[str, str] = {}  # station -> its clock's zone, as the log says so far
     for r in records:
         p = orjson.loads(r["payload"])
         key = (r["conn_id"], r["msg_id"])
         if r["msg_type"] == 2:
             calls[key] = p
             if r["action"] == "TransactionEvent" and r["origin"] == "cs":
-                _event(txs, r["station_id"], p)
+                _event(txs, r["station_id"], p, zones.get(r["station_id"], DEFAULT_ZONE))
             continue
         request = calls.pop(key, None)
         if request is None:
             continue
-        if r["action"] == "SetDefaultTariff" and p.get("status") == "Accepted":
+        if r["action"] in ("SetVariables", "GetVariables"):
+            zone = clock_zone(r["action"], request, p)
+            if zone is not None:
+                zones[r["station_id"]] = zone
+        elif r["action"] == "SetDefaultTariff" and p.get("status") == "Accepted":
             evse = str(request.get("evseId", 0))
             slot = (r["station_id"], evse)
             kept = [(f, t) for f, t in held[slot] if t.get("tariffId") != request["tariff"].get("tariffId")]
@@ -89,7 +89,7 @@ def tariffs_report(capture: str | Path, since: str | None = None, until: str | N
     sessions = [s for s in (_session(tx, held) for tx in txs.values()) if s is not None]
     sessions = [s for s in sessions if (since is None or (s["ended_at"] or "") >= since)
                 and (until is None or s["started_at"] < until)]  # fmt: skip
-    prices = _prices(held, records, since, until)
+    prices = _prices(held, records, since, until, zones)
     revenue: dict[tuple[str, str], dict[str, Any]] = {}
     for s in sessions:
         site = known.get(s["station_id"], {}).get("site_id") or s["station_id"]
@@ -103,20 +103,21 @@ def tariffs_report(capture: str | Path, since: str | None = None, until: str | N
             "revenue": sorted(revenue.values(), key=lambda r: (r["date"], r["site_id"]))}  # fmt: skip
 
 
-def _event(txs: dict[str, dict[str, Any]], station: str, p: dict[str, Any]) -> None:
+def _event(txs: dict[str, dict[str, Any]], station: str, p: dict[str, Any], zone: str) -> None:
     tx_id = str((p.get("transactionInfo") or {}).get("transactionId"))
     tx = txs.setdefault(tx_id, {"transaction_id": tx_id, "station_id": station, "evse_id": None, "started_at": None,
                                 "ended_at": None, "start_wh": None, "samples": [], "changes": [], "reported": None,
                                 "reported_incl": None, "source": None, "currency": None})  # fmt: skip
+    tx["zone"] = zone
     if (p.get("evse") or {}).get("id") is not None:
         tx["evse_id"] = p["evse"]["id"]
-    reading = _reading(p)
+    found = reading(p)
     if p.get("eventType") == "Started" or tx["started_at"] is None:
         tx["started_at"] = p.get("timestamp")
-        if reading is not None and p.get("eventType") == "Started":
-            tx["start_wh"] = reading[1]
-    elif reading is not None:
-        tx["samples"].append(reading)
+        if found is not None and p.get("eventType") == "Started":
+            tx["start_wh"] = found[1]
+    elif found is not None:
+        tx["samples"].append(found)
     if p.get("eventType") == "Ended":
         tx["ended_at"] = p.get("timestamp")
     details = p.get("costDetails")
@@ -142,11 +143,11 @@ def _session(tx: dict[str, Any], held: dict[tuple[str, str], list[tuple[str, Tar
            "started_at": tx["started_at"], "ended_at": tx["ended_at"],
            "energy_kwh": round(max((s.energy_wh for s in samples), default=0.0) / 1000, 4),
            "duration_min": round((end - start).total_seconds() / 60, 2), "idle_min": None,
-           "tariff_id": None, "currency": tx["currency"], "reported": tx["reported"],
+           "time_zone": tx["zone"], "tariff_id": None, "currency": tx["currency"], "reported": tx["reported"],
            "reported_incl_tax": tx["reported_incl"], "reported_source": tx["source"],
            "recomputed_excl_tax": None, "recomputed_incl_tax": None, "difference": None}  # fmt: skip
     if timeline:
-        cost = session_cost(timeline, start, samples, end=end)
+        cost = session_cost(timeline, start, samples, end=end, tz=tx["zone"])
         out.update(tariff_id=cost.tariff_id, currency=out["currency"] or cost.currency,
                    idle_min=round(cost.idle_s / 60, 2), recomputed_excl_tax=round(cost.total_excl_tax, 4),
                    recomputed_incl_tax=None if cost.total_incl_tax is None
@@ -159,8 +160,11 @@ def _session(tx: dict[str, Any], held: dict[tuple[str, str], list[tuple[str, Tar
 
 
 def _prices(held: dict[tuple[str, str], list[tuple[str, Tariff]]], records: list[dict[str, Any]],
-            since: str | None, until: str | None) -> list[dict[str, Any]]:  # fmt: skip
-    """Per station, EVSE (``0``: every EVSE) and day: the prices at the day's start and each change."""
+            since: str | None, until: str | None, zones: dict[str, str]) -> list[dict[str, Any]]:  # fmt: skip
+    """Per station, EVSE (``0``: every EVSE) and local day: the prices at the day's start and
+    each change."""
+    from zoneinfo import ZoneInfo
+
     if not records:
         return []
     first = instant(since or records[0]["ts"])
@@ -169,34 +173,34 @@ def _prices(held: dict[tuple[str, str], list[tuple[str, Tariff]]], records: list
     for (station, evse), listed in sorted(held.items()):
         if not listed:
             continue
-        day = first.replace(hour=0, minute=0, second=0, microsecond=0)
+        tz = zones.get(station, DEFAULT_ZONE)
+        local = first.astimezone(ZoneInfo(tz))
+        day = local.replace(hour=0, minute=0, second=0, microsecond=0)
         while day <= last:
-            end = day + timedelta(days=1)
+            end = day + timedelta(days=1)  # wall-clock arithmetic: the next local midnight
             begin = max(day, instant(listed[0][0]))
             if begin >= end:
                 day = end
                 continue
             active = [t for f, t in listed if instant(f) < end]
-            points = [begin] + [c for c in _changes(active, begin, end) if c > begin]
+            points = [begin] + [c for c in _changes(active, begin, end, tz) if c > begin]
             changes = []
             for at in points:
                 now = [t for f, t in listed if instant(f) <= at]
-                p, tariff = price_at(now, at), in_force(now, at)
+                p, tariff = price_at(now, at, tz=tz), in_force(now, at)
                 changes.append({"at": iso(at), "tariff_id": tariff.get("tariffId") if tariff else None,
                                 **(p.as_json() if p else {})})  # fmt: skip
-            out.append({"station_id": station, "evse_id": evse, "date": day.date().isoformat(),
+            out.append({"station_id": station, "evse_id": evse, "date": day.date().isoformat(), "time_zone": tz,
                         "changes": len(changes) - 1, "prices": changes})  # fmt: skip
             day = end
     return out
 
 
-def _changes(tariffs: list[Tariff], day: datetime, end: datetime) -> list[datetime]:
-    from twin.tariffs import boundaries
-
+def _changes(tariffs: list[Tariff], day: datetime, end: datetime, tz: str) -> list[datetime]:
     out = []
-    before = price_at(tariffs, day) if tariffs else None
-    for t in boundaries(tariffs, day, end - timedelta(microseconds=1)):
-        now = price_at(tariffs, t)
+    before = price_at(tariffs, day, tz=tz) if tariffs else None
+    for t in boundaries(tariffs, day, end - timedelta(microseconds=1), tz):
+        now = price_at(tariffs, t, tz=tz)
         if now != before:
             out.append(t)
             before = now

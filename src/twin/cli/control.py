@@ -163,7 +163,8 @@ def controller(
                                                   "its transaction, hours.")] = 4.0,
     central_cost: Annotated[bool, typer.Option("--central-cost", help="Also send CostUpdated with the running "
                                                "cost of each transaction whose station reports none itself, worked "
-                                               "out from the twin and the tariff it started with.")] = False,
+                                               "out from the twin and the tariff it started with, and its final "
+                                               "cost once it ended.")] = False,
     cost_interval_s: Annotated[float, typer.Option("--cost-interval-s", min=1.0, help="Seconds of station time "
                                                    "between a transaction's CostUpdated.")] = 60.0,
     verbose: Verbose = False,
@@ -185,8 +186,11 @@ def controller(
     accepted, a change of the limit in force, and at least every --step-s.
 
     With --central-cost it is also the CSMS's cost: for each transaction on a station that
-    reports no costDetails, the cost so far (the tariff it started with, the energy and time
-    in its twin) is sent as CostUpdated every --cost-interval-s when it changed."""
+    reports no costDetails, the cost so far (the tariff it started with, the readings in its
+    twin, cut at each price change as the station and `twin report tariffs` cut it) is sent
+    as CostUpdated every --cost-interval-s when it changed, and the final cost once the
+    transaction ended. Times of day are the station's local time: the ClockCtrlr.TimeZone the
+    log shows it was set to (`twin tariff zone`), UTC where it shows none."""
     import asyncio
     import signal
 

@@ -23,10 +23,11 @@ from twin.cli.door import ApiToken
 from twin.cli.twins import api_get
 from twin.gateway.commands import command, command_problem
 from twin.settings import Settings
-from twin.tariffs import TariffError, load
+from twin.tariffs import CLOCK_ZONE, TariffError, known_zone, load
 
 tariff_app = TwinTyper(
-    help="OCPP 2.1 tariffs: set a default tariff, change a transaction's, clear, get, show.", no_args_is_help=True
+    help="OCPP 2.1 tariffs: set a default tariff, change a transaction's, clear, get, show; a station's time zone "
+    "(its tariffs' times of day are local time, UTC until `twin tariff zone` sets one).", no_args_is_help=True
 )
 app.add_typer(tariff_app, name="tariff")
 
@@ -140,6 +141,9 @@ def _status_of(answer: dict[str, Any]) -> str | None:
     results = answer.get("clearTariffsResult")  # ClearTariffs: one status per tariff
     if isinstance(results, list) and results:
         return ", ".join(sorted({str(x.get("status")) for x in results}))
+    results = answer.get("setVariableResult")  # SetVariables: one status per variable
+    if isinstance(results, list) and results:
+        return ", ".join(sorted({str(x.get("attributeStatus")) for x in results}))
     return None
 
 
@@ -215,6 +219,40 @@ def set_default(
     send, old = _split(api, targets)
     payload = {"evseId": evse or 0, "tariff": tariff}
     run([(s, "SetDefaultTariff", payload) for s in send], old, bootstrap, by, wait, json_out)
+
+
+def zone_call(zone: str) -> dict[str, Any]:
+    """SetVariables of a station's clock's zone (``ClockCtrlr.TimeZone``)."""
+    component, variable = CLOCK_ZONE
+    return {"setVariableData": [{"component": {"name": component}, "variable": {"name": variable},
+                                 "attributeValue": zone}]}  # fmt: skip
+
+
+@tariff_app.command("zone")
+def zone(
+    args: Annotated[list[str], typer.Argument(
+        metavar="STATION... ZONE",
+        help="The stations (none with --all or --site), then a time zone (IANA: Europe/Berlin).")],
+    every: All = False,
+    site: SiteOpt = None,
+    api: Api = None,
+    api_token: ApiToken = None,
+    bootstrap: Bootstrap = None,
+    kafka_config: KafkaConfig = None,
+    wait: Wait = 30.0,
+    by: By = "cli",
+    json_out: Json = False,
+) -> None:
+    """Set stations' clock's time zone (SetVariables ClockCtrlr.TimeZone) and print each
+    one's answer. The times of day and days of the week of a tariff's conditions are the
+    station's local time: the station, the twin, central cost and `twin report tariffs` read
+    them in the zone the log shows the station accepted, in UTC where it shows none.
+    `twin up --simulate` sets each simulated station's zone from the inventory's address."""
+    *stations, name = args
+    if known_zone(name) is None:
+        fail(f"not a time zone: {name!r} (an IANA name such as Europe/Berlin)", 2)
+    targets = _targets(stations, every, site, api, Settings.load(bootstrap=bootstrap))
+    run([(s, "SetVariables", zone_call(name)) for s in targets], [], bootstrap, by, wait, json_out)
 
 
 @tariff_app.command("change")
@@ -308,7 +346,9 @@ def show(station: Annotated[str, typer.Argument(help="Station id.")], api: Api =
     evses = {k: {"tariff": e.get("tariff"), "cost": (e.get("transaction") or {}).get("cost"),
                  "transaction_id": (e.get("transaction") or {}).get("id")}
              for k, e in sorted((twin.get("evses") or {}).items())}  # fmt: skip
+    zone = (twin.get("tariffs") or {}).get("time_zone")
     out = {"station_id": station, "protocol": twin.get("protocol"), "as_of": twin.get("as_of"), "evses": evses,
+           "time_zone": zone or "UTC", "time_zone_known": zone is not None,
            "installed": {k: [t.get("tariffId") for t in v]
                          for k, v in ((twin.get("tariffs") or {}).get("installed") or {}).items()}}  # fmt: skip
     if json_out:
@@ -316,7 +356,8 @@ def show(station: Annotated[str, typer.Argument(help="Station id.")], api: Api =
         return
     if twin.get("protocol") == "ocpp2.0.1":
         err.print(f"{station} speaks OCPP 2.0.1: no tariffs")
-    table = Table(title=f"{station} tariffs as of {twin.get('as_of')}")
+    table = Table(title=f"{station} tariffs as of {twin.get('as_of')} (times of day in {out['time_zone']}"
+                        f"{'' if zone else ': the log shows no zone'})")
     for column in ("EVSE", "tariff", "source", "per kWh", "per min", "idle/min", "fixed", "next change", "cost"):
         table.add_column(column)
     for k, e in evses.items():

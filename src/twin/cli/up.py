@@ -93,7 +93,16 @@ def up(
     no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Leave the dashboard out.")] = False,
     no_control: Annotated[bool, typer.Option("--no-control", help="Leave the smart-charging controller out.")] = False,
     no_tariffs: Annotated[bool, typer.Option("--no-tariffs", help="Leave out the sample tariffs set on the "
-                                             "simulated fleet's 2.1 stations once online.")] = False,  # fmt: skip
+                                             "simulated fleet's 2.1 stations once online (and their clocks' time "
+                                             "zones, from the inventory's addresses).")] = False,  # fmt: skip
+    central_cost: Annotated[bool, typer.Option("--central-cost/--no-central-cost", help="The controller is also "
+                                               "the CSMS's cost (`twin controller --central-cost`): CostUpdated with "
+                                               "the running and the final cost of each transaction whose station "
+                                               "reports no cost of its own; stations that compute theirs are sent "
+                                               "nothing.")] = True,  # fmt: skip
+    central_cost_stations: Annotated[str | None, typer.Option("--central-cost-stations", help="Simulated 2.1 "
+                                                              "stations (comma-separated ids) that compute no cost, "
+                                                              "leaving it to the CSMS.")] = None,  # fmt: skip
     sites: Annotated[str | None, typer.Option("--sites", help="A sites file (JSON list of site_id, ean, "
                                               "import_limit_kw, export_limit_kw, stations); default: the sites of "
                                               "the station inventory beside the archive. (env TWIN_SITES)")] = None,
@@ -108,9 +117,11 @@ def up(
 ) -> None:
     """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
     stream worker with its API and the archive, the smart-charging controller (unless
-    --no-control) and the dashboard; --simulate N adds a live fleet driving the gateway, its
-    stations behind sites whose limits the controller keeps. Prints every URL it serves;
-    Ctrl-C stops everything.
+    --no-control; with central cost unless --no-central-cost) and the dashboard; --simulate N
+    adds a live fleet driving the gateway, its stations behind sites whose limits the
+    controller keeps, with sample tariffs and each 2.1 station's time zone (its address's, in
+    the inventory; the tariffs' times of day are local). Prints every URL it serves; Ctrl-C
+    stops everything.
 
     Each process logs to DATA_DIR/logs/NAME.log."""
     settings = Settings.load(
@@ -197,8 +208,9 @@ def up(
             if not no_control:
                 status.update("starting the controller")
                 scale = ["--time-scale", speed] if simulate and speed != "max" else []
+                cost = ["--central-cost"] if central_cost else []
                 stack.start("controller", [*twin, "controller", "--bootstrap", target, "--archive", settings.archive,
-                                           *sites_flag, *scale])  # fmt: skip
+                                           *sites_flag, *scale, *cost])  # fmt: skip
             if openadr_vtn:  # the secret in its environment, not on a command line `ps` shows
                 stack.env["TWIN_OPENADR_CLIENT_SECRET"] = openadr_client_secret
                 stack.start("ven", [*twin, "ven", "--vtn", openadr_vtn, "--client-id", openadr_client_id,
@@ -213,12 +225,15 @@ def up(
             stack.env.pop("TWIN_OCPI_TOKEN_A")
             if not no_dashboard:
                 status.update("starting the dashboard")
-                stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive)
+                stack.env.update(TWIN_API=f"http://{host}:{settings.web_port}", TWIN_ARCHIVE=settings.archive,
+                                 TWIN_OCPI=f"http://{host}:{ocpi_port}")  # the Feeds page: twin ocpi's /status
                 stack.start("dashboard", streamlit_argv(settings.dashboard_port, host),
                             http_probe(f"http://{host}:{settings.dashboard_port}/_stcore/health"))  # fmt: skip
             if simulate:
                 stack.start("simulator", [*twin, "simulate", "--stations", str(simulate), "--days", "7",
-                                          "--live", gateway_url, "--speed", speed, "--inventory", settings.archive],
+                                          "--live", gateway_url, "--speed", speed, "--inventory", settings.archive,
+                                          *(["--central-cost-stations", central_cost_stations]
+                                            if central_cost_stations else [])],
                             may_finish=True)  # fmt: skip
                 if not no_tariffs:
                     threading.Thread(target=install_sample_tariffs, daemon=True, name="tariffs",
@@ -321,16 +336,19 @@ def install_sample_tariffs(api: str, bootstrap: str, inventory: str, stop: threa
                            within_s: float = 600.0) -> None:  # fmt: skip
     """Set the sample tariff (AC or DC by the inventory's ``kind``) on every OCPP 2.1 station
     as it comes online in the twin, through `twin tariff set`'s code; a station that answers
-    ConditionNotSupported gets the flat one. Until each has taken one, ``stop`` or ``within_s``."""
+    ConditionNotSupported gets the flat one. First its clock's time zone, the inventory's
+    ``address.time_zone`` (`twin tariff zone`'s SetVariables), so that the tariffs' times of
+    day are the station's local time. Until each has taken one, ``stop`` or ``within_s``."""
     from twin.analytics.migration import inventory_of
-    from twin.cli.tariff import send_and_wait
+    from twin.cli.tariff import send_and_wait, zone_call
     from twin.cli.twins import api_get
-    from twin.tariffs import load
+    from twin.tariffs import known_zone, load
 
     tariffs = {name: load(SAMPLE_TARIFFS / f"{name}.json") for name in ("ac", "dc", "ac-flat", "dc-flat")}
     listed = inventory_of(inventory)
     kinds = {s: str(row.get("kind", "AC")).lower() for s, row in listed.items()}
     wanted = {s for s, row in listed.items() if row.get("protocol") != "ocpp2.0.1"}
+    zones = {s: known_zone((row.get("address") or {}).get("time_zone")) for s, row in listed.items()}
     settings, told = Settings.load(bootstrap=bootstrap), 0
     done: set[str] = set()  # answered (Accepted or not): never asked again
     accepted: set[str] = set()
@@ -339,6 +357,12 @@ def install_sample_tariffs(api: str, bootstrap: str, inventory: str, stop: threa
         listing = api_get(api, "/v1/stations", absent=True) or {}
         online = [r["station_id"] for r in listing.get("stations", ()) if r.get("online") and
                   r.get("protocol") == "ocpp2.1" and r["station_id"] not in done]  # fmt: skip
+        clocks = [(s, "SetVariables", zone_call(str(zones[s]))) for s in online if zones.get(s)]
+        try:
+            if clocks:
+                send_and_wait(settings, clocks, "twin up", 30.0)
+        except (Exception, typer.Exit):  # asked again next round, with the tariff
+            pass
         for flat in (False, True):
             calls = [(s, "SetDefaultTariff", {"evseId": 0, "tariff": tariffs[kinds.get(s, "ac") + "-flat" * flat]})
                      for s in online]  # fmt: skip

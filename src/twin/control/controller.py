@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from twin import kafka_security
-from twin.control.cost import cost_updates
+from twin.control.cost import cost_updates, final_costs
 from twin.control.decision import Decision, decide
 from twin.control.needs import DEFAULTS, Defaults, plugged
 from twin.gateway.commands import command
@@ -177,6 +177,7 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
         ends = await consumer.end_offsets(partitions)
         caught_up = False
         costs_sent: dict[str, tuple[datetime, float]] = {}
+        finals_sent: dict[str, None] = {}  # transactions sent their final cost (oldest first)
         costs_at = 0.0  # monotonic: costs are worked out at most once a second
         wall_step = controller.step_s / controller.clock.scale
         log.info("controller: %d sites, a plan every %g s of station time (%g s here); reading the twins",
@@ -194,7 +195,7 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
                 log.info("controller: caught up (%d twins); planning", len(controller.twins))
             if cost_interval_s is not None and time.monotonic() >= costs_at:
                 costs_at = time.monotonic() + 1.0
-                await _send_costs(controller, producer, topics, costs_sent, cost_interval_s)
+                await _send_costs(controller, producer, topics, costs_sent, cost_interval_s, finals_sent)
             for site in controller.due(wall_step):
                 decision, profiles = controller.decide(site)
                 for station_id, request in profiles:
@@ -216,15 +217,21 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
 
 
 async def _send_costs(controller: Controller, producer: Any, topics: Any, sent: dict[str, tuple[datetime, float]],
-                      interval_s: float) -> None:  # fmt: skip
+                      interval_s: float, finals: dict[str, None]) -> None:  # fmt: skip
     now = controller.clock.now()
     for station_id, payload in cost_updates(controller.twins, now, sent, interval_s):
         sent[payload["transactionId"]] = (now, payload["totalCost"])
         cmd = command(station_id, "CostUpdated", payload, "controller")
         await producer.send(topics.commands, key=station_id.encode(), value=orjson.dumps(cmd))
-    if len(sent) > COSTS_KEPT:  # transactions long ended
-        for tx_id in list(sent)[: len(sent) - COSTS_KEPT]:
-            del sent[tx_id]
+    for station_id, payload in final_costs(controller.twins, now, finals):
+        finals[payload["transactionId"]] = None
+        cmd = command(station_id, "CostUpdated", payload, "controller")
+        await producer.send(topics.commands, key=station_id.encode(), value=orjson.dumps(cmd))
+        log.info("%s: final cost of transaction %s: %s", station_id, payload["transactionId"], payload["totalCost"])
+    for kept in (sent, finals):
+        if len(kept) > COSTS_KEPT:  # transactions long ended
+            for tx_id in list(kept)[: len(kept) - COSTS_KEPT]:
+                del kept[tx_id]
 
 
 def _consume(controller: Controller, topics: Any, topic: str, key: bytes | None, value: bytes | None) -> None:

@@ -317,7 +317,10 @@ class StationAgent:
             await self.online.wait()
             action, payload = self.outbox[0]
             try:
-                await self._call(action, payload)
+                answer = await self._call(action, payload)
+                if action == "TransactionEvent" and self.v21 and answer and "totalCost" in answer:
+                    self._told_cost(str(payload["transactionInfo"]["transactionId"]), answer["totalCost"],
+                                    ended=payload.get("eventType") == "Ended")  # fmt: skip
             except ConnectionError:
                 if action == "TransactionEvent":
                     payload["offline"] = True
@@ -339,7 +342,15 @@ class StationAgent:
             return self._clear_profiles(payload)
         if self.v21 and action in ("SetDefaultTariff", "ChangeTransactionTariff", "ClearTariffs", "GetTariffs"):
             return self._tariff_call(action, payload)
+        if self.v21 and action == "CostUpdated":
+            self._told_cost(str(payload.get("transactionId")), payload.get("totalCost"))
+        if self.v21 and action == "SetVariables":  # the clock's zone, for the tariffs' times of day
+            return self.tariffs.set_variables(payload) or _minimal(self.s.protocol, action)
         return _minimal(self.s.protocol, action)
+
+    def _told_cost(self, tx: str, total: Any, ended: bool = False) -> None:
+        if self.tariffs.told_cost(tx, total, ended):
+            log.info("%s: final cost of transaction %s from the CSMS: %s", self.s.station_id, tx, total)
 
     def _tariff_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         t = self.tariffs

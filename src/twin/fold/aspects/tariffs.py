@@ -16,18 +16,29 @@ force at the twin's ``as_of``, a transaction's driver tariff and its running cos
   ``{"1": {"tariff", "set_at"}, "2": ...}`` in order (an object, not a list, so that the
   moments are found where the twin's other moments are);
   ``transaction.cost``: the running cost, from ``costDetails`` (``local``) or CostUpdated and
-  TransactionEventResponse.totalCost (``central``), ``final`` at the end.
+  TransactionEventResponse.totalCost (``central``), ``final`` at the end (a CostUpdated
+  folded after the transaction ended is its final cost);
+  ``transaction.readings``: ``[[ts, wh since the start, power W], ...]``, the readings of its
+  TransactionEvents that change its cost (:func:`twin.cost.needed`; the others merge), so
+  central cost prices the session as the station and the report do.
+- ``tariffs.time_zone``: the station's clock's zone, from the ``ClockCtrlr.TimeZone`` of a
+  SetVariables it accepted or a GetVariables answer (:func:`twin.tariffs.clock_zone`); the
+  times of day of its tariffs are read in it (UTC while the log says none).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twin.cost import Sample, needed, reading, twin_timeline
 from twin.fold.engine import Change, Event, on
-from twin.tariffs import instant, quote
+from twin.tariffs import clock_zone, instant, quote, station_zone
 
 DRIVERS_KEPT = 32
 """Id tokens whose driver tariff a twin keeps, waiting for their transaction."""
+READINGS_KEPT = 1000
+"""Readings a transaction keeps at most; past them the newest two stretches merge (a tariff
+whose prices depend on the session's progress or power keeps every reading)."""
 
 
 def evse_tariffs(twin: dict[str, Any], evse_id: str) -> list[dict[str, Any]]:
@@ -55,17 +66,17 @@ def refresh(change: Change, force: bool = False) -> None:
     due = tariffs is not None and tariffs.get("next_change_at") is not None and tariffs["next_change_at"] <= as_of
     if not force and not due and all("tariff" in e for e in twin["evses"].values()):
         return
-    at = instant(as_of)
+    at, tz = instant(as_of), station_zone(twin)
     soonest: str | None = None
     drivers = False
     for evse_id in list(twin["evses"]):
         evse = twin["evses"][evse_id]
         tx = _running(evse)
         if tx is not None and tx.get("driver_tariff"):
-            q, source = quote(tx["driver_tariff"], at), "driver"
+            q, source = quote(tx["driver_tariff"], at, tz=tz), "driver"
             drivers = True
         else:
-            q, source = quote(evse_tariffs(twin, evse_id), at), "default"
+            q, source = quote(evse_tariffs(twin, evse_id), at, tz=tz), "default"
         shown = None if q is None else {**q, "source": source}
         if shown is None and evse.get("tariff") is None and not active and source == "default":
             continue  # a station without tariffs: nothing to say
@@ -167,6 +178,8 @@ def transaction_event(change: Change, event: Event) -> None:
         tx["driver_tariff"] = drivers[token]
         tx["tariffs"] = _then(tx, drivers[token], p.get("timestamp") or event.ts)
         change.at("tariffs", "drivers").pop(token, None)
+    if "tariffs" in tx and p.get("eventType") != "Started":
+        _keep_reading(change, evse_id, p)
     details = p.get("costDetails")
     if details:
         total = (details.get("totalCost") or {}).get("total") or {}
@@ -178,6 +191,37 @@ def transaction_event(change: Change, event: Event) -> None:
             "failed": bool(details.get("failureToCalculate")),
         }  # fmt: skip
     refresh(change, force=p.get("eventType") in ("Started", "Ended") or "driver_tariff" in tx)
+
+
+def _keep_reading(change: Change, evse_id: str, payload: dict[str, Any]) -> None:
+    found = reading(payload)
+    tx = change.get("evses", evse_id, "transaction") or {}
+    if found is None or tx.get("meter_start_import_wh") is None or not tx.get("started_at"):
+        return
+    tx = change.at("evses", evse_id, "transaction")
+    readings = tx["readings"] = [*(tx.get("readings") or ()), [found[0], found[1] - tx["meter_start_import_wh"],
+                                                               found[2]]]  # fmt: skip
+    if len(readings) < 2:
+        return
+    a = Sample(instant(tx["started_at"]), 0.0) if len(readings) < 3 else _sample(readings[-3])
+    if len(readings) > READINGS_KEPT or not needed(twin_timeline(tx), a, _sample(readings[-2]),
+                                                   _sample(readings[-1]), station_zone(change.twin)):  # fmt: skip
+        del readings[-2]
+
+
+def _sample(kept: list[Any]) -> Sample:
+    return Sample(instant(kept[0]), float(kept[1]), kept[2])
+
+
+@on("SetVariables", "result")
+@on("GetVariables", "result")
+def clock(change: Change, event: Event) -> None:
+    """The station's time zone (ClockCtrlr.TimeZone): the tariffs' times of day are its."""
+    found = clock_zone(str(event.record.get("action")), event.request, event.payload)
+    if found is None or (change.twin.get("tariffs") or {}).get("time_zone") == found:
+        return
+    change.at("tariffs")["time_zone"] = found
+    refresh(change, force=True)
 
 
 @on("TransactionEvent", "result")
@@ -197,7 +241,9 @@ def cost_updated(change: Change, event: Event) -> None:
     change.at("tariffs", "costs")[str(tx_id)] = event.request.get("totalCost")
     while len(change.twin["tariffs"]["costs"]) > DRIVERS_KEPT:
         del change.twin["tariffs"]["costs"][next(iter(change.twin["tariffs"]["costs"]))]
-    _central(change, tx_id, event.request.get("totalCost"), event.ts, final=False)
+    evse_id = _evse_of_tx(change, tx_id)
+    ended = evse_id is not None and (change.get("evses", evse_id, "transaction") or {}).get("state") == "ended"
+    _central(change, tx_id, event.request.get("totalCost"), event.ts, final=ended)
 
 
 def _central(change: Change, tx_id: Any, total: Any, ts: str, final: bool) -> None:
