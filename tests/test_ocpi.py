@@ -1,7 +1,10 @@
 """``twin ocpi`` end to end: `twin gateway`, `twin worker`, a live simulated fleet and `twin
 ocpi` as real processes, and a test eMSP (an aiohttp server in a thread) that registers with
 token A, reads every module with pagination, sends each command and receives the results,
-and takes pushed Locations (failing for a while first). Every OCPI object is parsed by an
+and takes pushed Locations (failing for a while first), Sessions and CDRs; a second eMSP
+beside it; and stations of the tests' own (OCPP-J over a websocket, in a thread) for what
+the simulator does not do: begin a transaction on RequestStartTransaction, never answer, go
+offline. Every OCPI object is parsed by an
 independent implementation of the OCPI 2.2.1 models: ``extrawest-ocpi`` (pydantic 1), in a
 virtual environment of its own that the suite creates once and keeps
 (``TWIN_OCPI_VENV``, default ``~/.cache/twin-tests/extrawest-ocpi``)."""
@@ -24,7 +27,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import websockets
 from aiohttp import web
 
 from tests.test_cli_processes import wait_port
@@ -36,6 +41,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.one_engine]
 TWIN = [sys.executable, "-m", "twin"]
 TOKEN_A, TOKEN_B, PUSH_TOKEN = "token-a-for-tests", "emsp-token-b", "push-token"
 EXTRAWEST = "extrawest-ocpi==2025.7.16"
+TEST_POOL = "POOL-TESTS"
 TARIFF = {"tariffId": "DC-EU-1", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.59}]},
           "idleTime": {"prices": [{"priceMinute": 0.1}]}}  # fmt: skip
 CHECK = '''
@@ -90,13 +96,17 @@ def ocpi_models() -> Callable[[str, list[Any]], None]:
 
 class Emsp:
     """An eMSP: versions and endpoints for the handshake, a commands receiver for
-    CommandResults, a locations receiver for pushes (answering 503 while ``failing``)."""
+    CommandResults, a locations receiver for pushes (answering 503 while ``failing``), and
+    sessions and cdrs receivers."""
 
-    def __init__(self) -> None:
+    def __init__(self, token_b: str = TOKEN_B, country_code: str = "DE", party_id: str = "EMS") -> None:
+        self.token_b, self.country_code, self.party_id = token_b, country_code, party_id
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/ocpi/emsp"
         self.results: list[tuple[str, str, dict[str, Any]]] = []
         self.pushes: list[tuple[str, str, dict[str, Any]]] = []
+        self.sessions: list[tuple[str, dict[str, Any]]] = []  # (path after the receiver's URL, Session)
+        self.cdrs: list[dict[str, Any]] = []
         self.refused_pushes = 0
         self.failing = True
         self.loop = asyncio.new_event_loop()
@@ -109,20 +119,22 @@ class Emsp:
         return request.headers.get("Authorization") == "Token " + base64.b64encode(token.encode()).decode()
 
     async def versions(self, request: web.Request) -> web.Response:
-        assert self._authorised(request, TOKEN_B)
+        assert self._authorised(request, self.token_b)
         return web.json_response({"status_code": 1000, "timestamp": _now(),
                                   "data": [{"version": "2.2.1", "url": f"{self.base}/2.2.1"}]})  # fmt: skip
 
     async def details(self, request: web.Request) -> web.Response:
-        assert self._authorised(request, TOKEN_B)
+        assert self._authorised(request, self.token_b)
         endpoints = [{"identifier": "credentials", "role": "SENDER", "url": f"{self.base}/2.2.1/credentials"},
                      {"identifier": "commands", "role": "SENDER", "url": f"{self.base}/2.2.1/commands"},
-                     {"identifier": "locations", "role": "RECEIVER", "url": f"{self.base}/2.2.1/locations"}]
+                     {"identifier": "locations", "role": "RECEIVER", "url": f"{self.base}/2.2.1/locations"},
+                     {"identifier": "sessions", "role": "RECEIVER", "url": f"{self.base}/2.2.1/sessions"},
+                     {"identifier": "cdrs", "role": "RECEIVER", "url": f"{self.base}/2.2.1/cdrs"}]
         return web.json_response({"status_code": 1000, "timestamp": _now(),
                                   "data": {"version": "2.2.1", "endpoints": endpoints}})  # fmt: skip
 
     async def result(self, request: web.Request) -> web.Response:
-        assert self._authorised(request, TOKEN_B)
+        assert self._authorised(request, self.token_b)
         self.results.append((request.match_info["command"], request.match_info["uid"], await request.json()))
         return web.json_response({"status_code": 1000, "timestamp": _now()})
 
@@ -134,6 +146,16 @@ class Emsp:
         self.pushes.append((request.method, request.match_info["tail"], await request.json()))
         return web.json_response({"status_code": 1000, "timestamp": _now()})
 
+    async def session(self, request: web.Request) -> web.Response:
+        assert self._authorised(request, self.token_b)
+        self.sessions.append((request.match_info["tail"], await request.json()))
+        return web.json_response({"status_code": 1000, "timestamp": _now()})
+
+    async def cdr(self, request: web.Request) -> web.Response:
+        assert self._authorised(request, self.token_b)
+        self.cdrs.append(await request.json())
+        return web.json_response({"status_code": 1000, "timestamp": _now()})
+
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
@@ -141,6 +163,8 @@ class Emsp:
         app.router.add_get("/ocpi/emsp/2.2.1", self.details)
         app.router.add_post("/ocpi/emsp/2.2.1/commands/{command}/{uid}", self.result)
         app.router.add_route("*", "/ocpi/emsp/2.2.1/locations/{tail:.*}", self.pushed)
+        app.router.add_put("/ocpi/emsp/2.2.1/sessions/{tail:.*}", self.session)
+        app.router.add_post("/ocpi/emsp/2.2.1/cdrs", self.cdr)
         runner = web.AppRunner(app)
         self.loop.run_until_complete(runner.setup())
         self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
@@ -154,6 +178,87 @@ class Emsp:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- stations of the tests' own ----------------------------------------------------------------------
+
+
+class Station:
+    """An OCPP 2.1 station (raw OCPP-J, its own event loop in a thread): boots, says EVSE 1 is
+    Available, then answers the CSMS: RequestStartTransaction begins a transaction that names
+    the remoteStartId, RequestStopTransaction ends it, anything else Accepted. ``silent``:
+    it answers nothing. ``calls``: every CSMS call it was sent. :meth:`leave` drops the
+    connection (the station is offline)."""
+
+    def __init__(self, gateway_port: int, station_id: str, silent: bool = False) -> None:
+        self.url, self.silent = f"ws://127.0.0.1:{gateway_port}/ocpp/{station_id}", silent
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.gone: asyncio.Event | None = None
+        self.waiting: dict[str, asyncio.Future[Any]] = {}
+        self.numbers = iter(range(1, 10**6))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._run(),), daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), f"{station_id} did not come online: {self.error!r}"
+
+    async def _run(self) -> None:
+        self.gone = asyncio.Event()
+        try:
+            async with websockets.connect(self.url, subprotocols=["ocpp2.1"]) as ws:  # type: ignore[list-item]
+                self.ws = ws
+                reader = asyncio.create_task(self._read())
+                await self._call("BootNotification", {"reason": "PowerUp", "chargingStation": {
+                    "model": "Test", "vendorName": "twin tests"}})  # fmt: skip
+                await self._call("StatusNotification", {"timestamp": _now(), "connectorStatus": "Available",
+                                                        "evseId": 1, "connectorId": 1})  # fmt: skip
+                self.ready.set()
+                await self.gone.wait()
+                reader.cancel()
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    async def _call(self, action: str, payload: dict[str, Any]) -> Any:
+        msg_id = f"t{next(self.numbers)}"
+        self.waiting[msg_id] = asyncio.get_running_loop().create_future()
+        await self.ws.send(orjson.dumps([2, msg_id, action, payload]).decode())
+        return await asyncio.wait_for(self.waiting[msg_id], 30)
+
+    async def _read(self) -> None:
+        async for text in self.ws:
+            msg = orjson.loads(text)
+            if msg[0] in (3, 4) and msg[1] in self.waiting:
+                self.waiting.pop(msg[1]).set_result(msg[2])
+            elif msg[0] == 2:
+                self.calls.append((msg[2], msg[3]))
+                if not self.silent:
+                    asyncio.create_task(self._answer(msg[1], msg[2], msg[3]))
+
+    async def _answer(self, msg_id: str, action: str, payload: dict[str, Any]) -> None:
+        await self.ws.send(orjson.dumps([3, msg_id, {"status": "Accepted"}]).decode())
+        if action == "RequestStartTransaction":
+            self.tx = f"TX-{msg_id}-{payload['remoteStartId']}"
+            await self._call("TransactionEvent", {
+                "eventType": "Started", "timestamp": _now(), "triggerReason": "RemoteStart", "seqNo": 0,
+                "transactionInfo": {"transactionId": self.tx, "chargingState": "Charging",
+                                    "remoteStartId": payload["remoteStartId"]},
+                "evse": {"id": 1, "connectorId": 1}, "idToken": payload["idToken"],
+                "meterValue": [{"timestamp": _now(), "sampledValue": [
+                    {"value": 1000.0, "measurand": "Energy.Active.Import.Register"}]}]})  # fmt: skip
+        elif action == "RequestStopTransaction":
+            await self._call("TransactionEvent", {
+                "eventType": "Ended", "timestamp": _now(), "triggerReason": "RemoteStop", "seqNo": 1,
+                "transactionInfo": {"transactionId": payload["transactionId"], "stoppedReason": "Remote"},
+                "meterValue": [{"timestamp": _now(), "sampledValue": [
+                    {"value": 3500.0, "measurand": "Energy.Active.Import.Register"}]}]})  # fmt: skip
+
+    def leave(self) -> None:
+        """Drop the connection: from now on the station is offline."""
+        if self.gone is not None:
+            self.loop.call_soon_threadsafe(self.gone.set)
+        self.thread.join(10)
 
 
 # -- the stack ---------------------------------------------------------------------------------------
@@ -170,6 +275,7 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.token_c: str | None = None
         self.emsp = Emsp()
+        self.stations: list[Station] = []
 
     @property
     def base(self) -> str:
@@ -197,6 +303,22 @@ class Stack:
                 return r.status, dict(r.headers), json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+    def add_to_inventory(self, pool: str, *station_ids: str) -> None:
+        """Stations of the tests' own in the inventory, one pool of their own."""
+        path = self.archive / "_stations.json"
+        rows = json.loads(path.read_text())
+        rows += [{**rows[0], "station_id": sid, "pool_id": pool, "pool_name": pool, "site_id": "SITE-TESTS",
+                  "protocol": "ocpp2.1", "evses": 1} for sid in station_ids]  # fmt: skip
+        path.write_text(json.dumps(rows))
+
+    def station(self, station_id: str, silent: bool = False) -> Station:
+        """One of the tests' stations, online in the twin."""
+        station = Station(self.gateway_port, station_id, silent)
+        self.stations.append(station)
+        self.wait(f"{station_id} online and Available in its twin", lambda: st.twin_status(
+            self.api(f"/v1/stations/{station_id}"), "1") == "Available")  # fmt: skip
+        return station
 
     def api(self, path: str) -> Any:
         try:
@@ -232,6 +354,7 @@ def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         s.spawn("simulator", ["simulate", "--live", f"ws://127.0.0.1:{s.gateway_port}/ocpp", "--stations", "5",
                               "--days", "1", "--speed", "60", "--inventory", str(s.archive)])  # fmt: skip
         s.wait("five twins", lambda: len((s.api("/v1/stations") or {}).get("stations", ())) >= 5)
+        s.add_to_inventory(TEST_POOL, "CS-ROAM", "CS-SILENT", "CS-GONE")
         s.spawn("ocpi", ["ocpi", "-b", b, "--port", str(s.ocpi_port), "--archive", str(s.archive),
                          "--data-dir", str(s.workdir / "ocpi-data"), "--ocpi-token-a", TOKEN_A,
                          "--command-timeout", "20", "--push", f"{s.emsp.base}/2.2.1/locations",
@@ -246,28 +369,35 @@ def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         yield s
     finally:
         s.emsp.stop()
-        for name in ("ocpi", "simulator", "worker", "gateway"):
+        for station in s.stations:
+            station.leave()
+        for name in ("ocpi-quick", "ocpi", "simulator", "worker", "gateway"):
             if name in s.procs:
                 runtime.stop(s.procs[name], signal.SIGINT, 15)
 
 
 def _register(stack: Stack) -> str:
     if stack.token_c is None:
-        ours = {"token": TOKEN_B, "url": f"{stack.emsp.base}/versions",
-                "roles": [{"role": "EMSP", "business_details": {"name": "Test eMSP"}, "party_id": "EMS",
-                           "country_code": "DE"}]}  # fmt: skip
-        status, _, body = stack.call("POST", "/ocpi/2.2.1/credentials", TOKEN_A, ours)
-        assert status == 200 and body["status_code"] == 1000, body
-        stack.token_c = body["data"]["token"]
+        stack.token_c = _register_at(stack, stack.emsp, stack.base)
     return stack.token_c
 
 
-def _read_all(stack: Stack, module: str, limit: int = 2) -> list[dict[str, Any]]:
+def _register_at(stack: Stack, emsp: Emsp, base: str) -> str:
+    """``emsp`` registers at the twin ocpi at ``base`` with token A; its token C."""
+    ours = {"token": emsp.token_b, "url": f"{emsp.base}/versions",
+            "roles": [{"role": "EMSP", "business_details": {"name": f"Test eMSP {emsp.party_id}"},
+                       "party_id": emsp.party_id, "country_code": emsp.country_code}]}  # fmt: skip
+    status, _, body = stack.call("POST", f"{base}/ocpi/2.2.1/credentials", TOKEN_A, ours)
+    assert status == 200 and body["status_code"] == 1000, body
+    return str(body["data"]["token"])
+
+
+def _read_all(stack: Stack, module: str, limit: int = 2, token: str | None = None) -> list[dict[str, Any]]:
     url: str | None = f"/ocpi/2.2.1/{module}?limit={limit}"
     out: list[dict[str, Any]] = []
     total = None
     while url:
-        status, headers, body = stack.call("GET", url)
+        status, headers, body = stack.call("GET", url, token)
         assert status == 200 and body["status_code"] == 1000, body
         assert int(headers["X-Limit"]) == limit
         total = int(headers["X-Total-Count"])
@@ -349,22 +479,25 @@ def test_tariffs_in_force_with_the_ad_hoc_one(stack: Stack, ocpi_models: Any) ->
     assert by_id["DC-EU-1"]["elements"][1]["price_components"][0]["price"] == pytest.approx(6.0)  # 0.10/min
 
 
-def _command(stack: Stack, name: str, body: dict[str, Any], uid: str) -> dict[str, Any]:
-    body = {"response_url": f"{stack.emsp.base}/2.2.1/commands/{name}/{uid}", **body}
-    status, _, answer = stack.call("POST", f"/ocpi/2.2.1/commands/{name}", body=body)
+def _command(stack: Stack, name: str, body: dict[str, Any], uid: str, emsp: Emsp | None = None,
+             token: str | None = None, base: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """``emsp`` (the stack's) sends a command with its token C to twin ocpi at ``base``."""
+    body = {"response_url": f"{(emsp or stack.emsp).base}/2.2.1/commands/{name}/{uid}", **body}
+    status, _, answer = stack.call("POST", f"{base or stack.base}/ocpi/2.2.1/commands/{name}", token, body)
     assert status in (200, 400), answer
     return answer
 
 
-def _result(stack: Stack, name: str, uid: str) -> dict[str, Any]:
-    return stack.wait(f"the {name} result", lambda: next((r for c, u, r in stack.emsp.results if (c, u) == (name, uid)),
+def _result(stack: Stack, name: str, uid: str, emsp: Emsp | None = None) -> dict[str, Any]:
+    emsp = emsp or stack.emsp
+    return stack.wait(f"the {name} result", lambda: next((r for c, u, r in emsp.results if (c, u) == (name, uid)),
                                                          None), timeout=60)  # fmt: skip
 
 
-def _token() -> dict[str, Any]:
-    return {"country_code": "DE", "party_id": "EMS", "uid": "EMS-TOKEN-1", "type": "APP_USER",
-            "contract_id": "DE-EMS-C12345678-X", "issuer": "Test eMSP", "valid": True, "whitelist": "ALLOWED",
-            "last_updated": _now()}  # fmt: skip
+def _token(uid: str = "EMS-TOKEN-1", country_code: str = "DE", party_id: str = "EMS") -> dict[str, Any]:
+    return {"country_code": country_code, "party_id": party_id, "uid": uid, "type": "APP_USER",
+            "contract_id": f"{country_code}-{party_id}-C12345678-X", "issuer": "Test eMSP", "valid": True,
+            "whitelist": "ALLOWED", "last_updated": _now()}  # fmt: skip
 
 
 def test_commands_reach_the_stations_and_their_answers_come_back(stack: Stack, ocpi_models: Any) -> None:
@@ -424,14 +557,107 @@ def test_bad_commands_are_refused_and_nothing_is_sent(stack: Stack) -> None:
     assert any(e.get("response") == "REJECTED" and "CS-99999" in e.get("message", "") for e in refused)
 
 
-def test_sessions_and_cdrs_from_the_twins_and_the_archive(stack: Stack, ocpi_models: Any) -> None:
+def test_sessions_and_cdrs_go_to_the_emsp_whose_token_it_was_and_no_other(stack: Stack, ocpi_models: Any) -> None:
+    """Two eMSPs registered; DE*EMS starts a session and stops it: DE*EMS alone is sent its
+    Session (PUT, ACTIVE then COMPLETED) and its CDR (POST), and reads them; FR*OTH is sent
+    nothing and reads nothing of it. The simulated fleet's sessions (our own RFID tokens) go
+    to neither."""
+    ems = _register(stack)
+    other = Emsp("other-token-b", "FR", "OTH")
+    try:
+        oth = _register_at(stack, other, stack.base)
+        stack.station("CS-ROAM")
+        start = {"token": _token("EMS-DRIVER-7"), "location_id": TEST_POOL, "evse_uid": "CS-ROAM*1"}
+        assert _command(stack, "START_SESSION", start, "roam-start")["data"]["result"] == "ACCEPTED"
+        assert _result(stack, "START_SESSION", "roam-start")["result"] == "ACCEPTED"
+        path, active = stack.wait("DE*EMS sent its session", lambda: next(
+            ((p, b) for p, b in stack.emsp.sessions if b["evse_uid"] == "CS-ROAM*1"), None))  # fmt: skip
+        assert path == f"NL/TWN/{active['id']}" and active["status"] == "ACTIVE"
+        assert active["cdr_token"]["uid"] == "EMS-DRIVER-7" and active["auth_method"] == "COMMAND"
+        stop = _command(stack, "STOP_SESSION", {"session_id": active["id"]}, "roam-stop")
+        assert stop["data"]["result"] == "ACCEPTED", stop
+        assert _result(stack, "STOP_SESSION", "roam-stop")["result"] == "ACCEPTED"
+        cdr = stack.wait("DE*EMS sent its CDR", lambda: next((c for c in stack.emsp.cdrs if c["id"] == active["id"]),
+                                                             None))  # fmt: skip
+        completed = [b for _, b in stack.emsp.sessions if b["id"] == active["id"] and b["status"] == "COMPLETED"]
+        assert completed, [b["status"] for _, b in stack.emsp.sessions]
+        ocpi_models("Session", [b for _, b in stack.emsp.sessions])
+        ocpi_models("Cdr", stack.emsp.cdrs)
+        assert cdr["cdr_token"]["party_id"] == "EMS" and cdr["total_energy"] == pytest.approx(2.5)
+        assert cdr["cdr_location"]["evse_id"] == "NL*TWN*ECSROAM*1"
+        assert {(c["cdr_token"]["country_code"], c["cdr_token"]["party_id"]) for c in stack.emsp.cdrs} == {
+            ("DE", "EMS")}  # fmt: skip
+
+        mine = {s["id"]: s for s in _read_all(stack, "sessions", limit=5, token=ems)}
+        assert mine[active["id"]]["status"] == "COMPLETED"
+        assert {s["cdr_token"]["party_id"] for s in mine.values()} == {"EMS"}
+        assert active["id"] in {c["id"] for c in _read_all(stack, "cdrs", limit=5, token=ems)}
+        theirs = _read_all(stack, "sessions", limit=5, token=oth) + _read_all(stack, "cdrs", limit=5, token=oth)
+        assert all(x["cdr_token"]["party_id"] == "OTH" for x in theirs), theirs
+        with urllib.request.urlopen(f"{stack.base}/status") as r:
+            parties = {p["party"]: p for p in json.loads(r.read())["parties"]}
+        assert parties["DE*EMS"]["push"]["sent"] >= 3 and "sessions" in parties["DE*EMS"]["receives"]
+        assert other.sessions == [] and other.cdrs == [] and (parties["FR*OTH"]["push"] or {}).get("sent", 0) == 0
+    finally:
+        other.stop()
+
+
+def test_a_command_a_station_never_answers_ends_in_timeout(stack: Stack) -> None:
+    """A second twin ocpi with --command-timeout 3: START_SESSION to a station that takes the
+    call and never answers; the eMSP's response_url gets CommandResult TIMEOUT."""
+    silent = stack.station("CS-SILENT", silent=True)
+    port = free_port()
+    quick = f"http://127.0.0.1:{port}"
+    stack.spawn("ocpi-quick", ["ocpi", "-b", stack.bootstrap, "--port", str(port), "--archive", str(stack.archive),
+                               "--data-dir", str(stack.workdir / "ocpi-quick-data"), "--ocpi-token-a", TOKEN_A,
+                               "--command-timeout", "3"])  # fmt: skip
+    wait_port(port, stack.procs["ocpi-quick"], stack.workdir / "ocpi-quick.log")
+    token = _register_at(stack, stack.emsp, quick)
+    stack.wait("CS-SILENT AVAILABLE at the second twin ocpi", lambda: any(
+        e["uid"] == "CS-SILENT*1" and e["status"] == "AVAILABLE"
+        for x in stack.call("GET", f"{quick}/ocpi/2.2.1/locations?limit=500", token)[2]["data"] for e in x["evses"]))
+    start = {"token": _token(), "location_id": TEST_POOL, "evse_uid": "CS-SILENT*1"}
+    answer = _command(stack, "START_SESSION", start, "silent", token=token, base=quick)
+    assert answer["data"] == {"result": "ACCEPTED", "timeout": 3}, answer
+    result = _result(stack, "START_SESSION", "silent")
+    assert result["result"] == "TIMEOUT", result
+    assert "did not answer" in result["message"][0]["text"]
+    assert [a for a, _ in silent.calls if a == "RequestStartTransaction"] == ["RequestStartTransaction"]  # delivered
+    journal = [json.loads(x) for x in (stack.workdir / "ocpi-quick-data" / "commands.jsonl").read_text().splitlines()]
+    assert any(e.get("outcome") == "timeout" and e.get("result") == "TIMEOUT" for e in journal), journal
+
+
+def test_a_command_for_an_offline_station_is_answered_and_nothing_is_sent(stack: Stack) -> None:
+    """RESERVE_NOW for an EVSE whose station has gone offline: EVSE_INOPERATIVE at the
+    response URL, saying it is offline, journaled, nothing sent; once the station is back,
+    the same reservation is made (the refused one took nothing)."""
     _register(stack)
-    sessions = stack.wait("a session", lambda: _read_all(stack, "sessions", limit=5), timeout=180)
-    ocpi_models("Session", sessions)
-    assert {s["status"] for s in sessions} <= {"ACTIVE", "COMPLETED"}
-    cdrs = stack.wait("a CDR", lambda: _read_all(stack, "cdrs", limit=5), timeout=240)
-    ocpi_models("Cdr", cdrs)
-    assert all(c["total_energy"] >= 0 and c["cdr_location"]["evse_id"].startswith("NL*TWN*E") for c in cdrs)
+    gone = stack.station("CS-GONE")
+    gone.leave()
+    stack.wait("CS-GONE offline in its twin", lambda: st.twin_status(stack.api("/v1/stations/CS-GONE"), "1")
+               == "offline")  # fmt: skip
+    stack.wait("CS-GONE offline at twin ocpi", lambda: any(
+        e["uid"] == "CS-GONE*1" and e["status"] == "UNKNOWN"
+        for x in _read_all(stack, "locations", limit=50) for e in x["evses"]))  # fmt: skip
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    reserve = {"token": _token(), "expiry_date": expiry, "reservation_id": "R-GONE", "location_id": TEST_POOL,
+               "evse_uid": "CS-GONE*1"}  # fmt: skip
+    answer = _command(stack, "RESERVE_NOW", reserve, "gone")
+    assert "CS-GONE*1 is offline" in answer["data"]["message"][0]["text"], answer
+    result = _result(stack, "RESERVE_NOW", "gone")
+    assert result["result"] == "EVSE_INOPERATIVE" and "offline" in result["message"][0]["text"], result
+    journal = [json.loads(x) for x in (stack.workdir / "ocpi-data" / "commands.jsonl").read_text().splitlines()]
+    entry = next(e for e in journal if (e.get("body") or {}).get("reservation_id") == "R-GONE")
+    assert entry["sent"] is False and entry["result"] == "EVSE_INOPERATIVE" and "command_id" not in entry
+    with urllib.request.urlopen(f"{stack.base}/status") as r:
+        assert "R-GONE" not in {x["reservation_id"] for x in json.loads(r.read())["reservations"]}
+
+    back = stack.station("CS-GONE")
+    assert "ReserveNow" not in [a for a, _ in back.calls]  # nothing was kept for it
+    again = _command(stack, "RESERVE_NOW", reserve, "back")
+    assert again["data"]["result"] == "ACCEPTED", again
+    assert _result(stack, "RESERVE_NOW", "back")["result"] == "ACCEPTED"
+    assert [a for a, _ in back.calls if a == "ReserveNow"] == ["ReserveNow"]
 
 
 def test_datex2_feeds_are_served_as_xml_and_json(stack: Stack) -> None:

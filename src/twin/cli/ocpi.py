@@ -22,22 +22,44 @@ TOKEN_A_ENV = "TWIN_OCPI_TOKEN_A"
 @app.command("ocpi")
 def ocpi_command(
     port: Annotated[int, typer.Option("--port", help="The HTTP port (127.0.0.1).")] = 8180,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="The URL eMSPs reach this service at "
-                                                 "(default http://127.0.0.1:PORT).")] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="The URL eMSPs reach this service at (default http://127.0.0.1:PORT)."),
+    ] = None,
     party_id: Annotated[str, typer.Option("--party-id", help="Our OCPI party id (3 characters).")] = "TWN",
-    country_code: Annotated[str, typer.Option("--country-code", help="Our OCPI country code (ISO 3166 alpha-2).")
-                            ] = "NL",
-    token_a: Annotated[str | None, typer.Option("--ocpi-token-a", help="The credentials token A eMSPs register "
-                                                f"with. (env {TOKEN_A_ENV}; default: generated and printed)")] = None,
-    archive: Annotated[str | None, typer.Option(help="The archive (sessions, CDRs) and its station inventory "
-                                                "(_stations.json: locations). (env TWIN_ARCHIVE)")] = None,
-    data_dir: Annotated[str, typer.Option("--data-dir", help="Registrations and the command journal.")
-                        ] = "twin-data/ocpi",
-    push: Annotated[str | None, typer.Option("--push", help="An OCPI locations receiver: every Location PUT on "
-                                             "start, each EVSE status change PATCHed.")] = None,
+    country_code: Annotated[
+        str, typer.Option("--country-code", help="Our OCPI country code (ISO 3166 alpha-2).")
+    ] = "NL",
+    token_a: Annotated[
+        str | None,
+        typer.Option(
+            "--ocpi-token-a",
+            help=f"The credentials token A eMSPs register with. (env {TOKEN_A_ENV}; default: generated and printed)",
+        ),
+    ] = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            help="The archive (sessions, CDRs) and its station inventory "
+            "(_stations.json: locations). (env TWIN_ARCHIVE)"
+        ),
+    ] = None,
+    data_dir: Annotated[
+        str, typer.Option("--data-dir", help="Registrations and the command journal.")
+    ] = "twin-data/ocpi",
+    push: Annotated[
+        str | None,
+        typer.Option(
+            "--push", help="An OCPI locations receiver: every Location PUT on start, each EVSE status change PATCHed."
+        ),
+    ] = None,
     push_token: Annotated[str, typer.Option("--push-token", help="The receiver's token.")] = "",
-    command_timeout: Annotated[float, typer.Option("--command-timeout", help="Seconds a station has to answer an "
-                                                   "OCPI command before its result is TIMEOUT.")] = 60.0,
+    command_timeout: Annotated[
+        float,
+        typer.Option(
+            "--command-timeout", help="Seconds a station has to answer an OCPI command before its result is TIMEOUT."
+        ),
+    ] = 60.0,
     bootstrap: Bootstrap = None,
     kafka_config: KafkaConfig = None,
     api_tokens: ApiTokens = None,
@@ -51,6 +73,8 @@ def ocpi_command(
     Locations are the inventory's pools with the live twins' statuses; commands
     (RESERVE_NOW, CANCEL_RESERVATION, START_SESSION, STOP_SESSION, UNLOCK_CONNECTOR) go to the
     stations through ocpp.commands and their answers back to the eMSP as CommandResults.
+    Each Session and CDR is the eMSP's whose token it was: only that eMSP reads it, and it is
+    pushed to that eMSP's sessions and cdrs receivers.
 
     /status (not OCPI's, not a feed) is behind the API's bearer tokens (--api-tokens)."""
     import asyncio
@@ -87,7 +111,7 @@ def ocpi_command(
             loop.add_signal_handler(sig, stop.set)
         fleet = Fleet(settings, target, command_timeout)
         service = Ocpi(fleet, party, base, token, Path(data_dir))
-        jobs = [asyncio.create_task(fleet.run(stop))]
+        jobs = [asyncio.create_task(fleet.run(stop)), asyncio.create_task(service.deliver(stop))]
         if push:
             pusher = Pusher(push, push_token, party, service.location_objects)
             service.push_status = pusher.status

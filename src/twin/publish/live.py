@@ -3,7 +3,8 @@ kept), the station inventory (read again when the file changes), the archive's s
 (recomputed at most every ``SESSIONS_TTL_S``), and commands: queued on ``ocpp.commands``
 tagged with their command id in ``customData`` (as ``twin tariff`` does), their answers
 found on ``ocpp.frames`` by that tag, ``CommandUndelivered`` and ``CallTimeout`` by the
-command id, and no answer by the deadline a timeout.
+command id, and no answer by the deadline a timeout. A station's TransactionEvent that names
+a ``remoteStartId`` is told to ``on_remote_start`` (which START_SESSION began which session).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Fleet:
     static_at: str = "1970-01-01T00:00:00.000Z"
     pending: dict[str, Pending] = field(default_factory=dict)
     caught_up: asyncio.Event = field(default_factory=asyncio.Event)
+    on_remote_start: Callable[[int, str], None] | None = None  # (remoteStartId, transaction id)
     _inventory_mtime: float = -1.0
     _sessions: tuple[float, list[dict[str, Any]]] = (0.0, [])
     _calls: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -128,7 +130,12 @@ class Fleet:
 
     async def _frame(self, r: dict[str, Any]) -> None:
         kind, payload = r.get("msg_type"), r.get("payload") or {}
-        if kind == 2 and r.get("origin") == "csms" and isinstance(payload, dict):
+        if kind == 2 and r.get("action") == "TransactionEvent" and isinstance(payload, dict):
+            info = payload.get("transactionInfo") or {}
+            remote, tx = info.get("remoteStartId"), info.get("transactionId")
+            if isinstance(remote, int) and tx and self.on_remote_start is not None:
+                self.on_remote_start(remote, str(tx))
+        elif kind == 2 and r.get("origin") == "csms" and isinstance(payload, dict):
             tag = payload.get("customData")
             if isinstance(tag, dict) and tag.get("commandId") in self.pending:
                 key = (str(r.get("conn_id")), str(r.get("msg_id")))
@@ -140,8 +147,9 @@ class Fleet:
                 if kind == 3:
                     await self._resolve(command_id, "answered", payload, None)
                 else:
-                    await self._resolve(command_id, "error", None,
-                                        f"{payload.get('errorCode')}: {payload.get('errorDescription')}")
+                    await self._resolve(
+                        command_id, "error", None, f"{payload.get('errorCode')}: {payload.get('errorDescription')}"
+                    )
         elif kind == 0 and r.get("action") in ("CommandUndelivered", "CallTimeout"):
             command_id = str(payload.get("command_id"))
             if command_id in self.pending:
@@ -162,8 +170,9 @@ class Fleet:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 2**20,
                                     **kafka_security.aiokafka(self.settings))  # fmt: skip
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
-                                          **kafka_security.aiokafka(self.settings))
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, **kafka_security.aiokafka(self.settings)
+        )
         await consumer.start()
         await self._producer.start()
         try:

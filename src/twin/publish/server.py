@@ -12,7 +12,10 @@ credentials with the eMSP's token B) fetches the eMSP's versions and endpoints w
 and answers with a new token C, after which token A no longer works for that party. Every
 OCPI request needs ``Authorization: Token <base64(token)>`` (the plain token is accepted too,
 as OCPI 2.1.1 sent it); without a valid one: HTTP 401, OCPI status 2000. Registrations are
-kept in ``DATA_DIR/parties.json``; every command and its result in ``DATA_DIR/commands.jsonl``.
+kept in ``DATA_DIR/parties.json``; every command and its result in ``DATA_DIR/commands.jsonl``,
+and which transaction a START_SESSION began (the station's TransactionEvent carries its
+remoteStartId) or an eMSP's token was used for: a Session or CDR is that eMSP's alone, read
+by it and pushed to it (``twin.publish.deliver``), never to another registered party.
 The DATEX II feeds are public, as AFIR Art. 20 wants them free of charge.
 """
 
@@ -38,6 +41,7 @@ from twin.publish import datex2
 from twin.publish import locations as loc
 from twin.publish import sessions as sess
 from twin.publish import tariffs as tar
+from twin.publish.deliver import Deliveries
 from twin.publish.live import Fleet
 from twin.publish.party import Party, iso, parse
 
@@ -103,10 +107,15 @@ class Ocpi:
         self.data.mkdir(parents=True, exist_ok=True)
         self.parties: dict[str, dict[str, Any]] = {}  # token C -> the eMSP's registration
         self.reservations: dict[int, dict[str, Any]] = {}  # OCPP ReserveNow.id -> the roaming reservation
-        self.started: dict[str, dict[str, Any]] = {}  # transaction id -> the eMSP's token (START_SESSION)
-        self.served: dict[str, str] = {}  # feed -> when last served
+        self.started: dict[str, dict[str, Any]] = {}  # transaction id -> the eMSP's token that began it
+        self.remote_starts: dict[int, dict[str, Any]] = {}  # START_SESSION's remoteStartId -> its token
+        self.tokens: dict[str, dict[str, Any]] = {}  # uid -> the token an eMSP last sent with a command
+        self.served: dict[str, dict[str, Any]] = {}  # feed -> when it was last served, to whom, what
+        self.results: dict[str, dict[str, Any]] = {}  # party -> the last CommandResult POSTed to it
         self.journal = self.data / "commands.jsonl"
         self._load()
+        self.deliveries = Deliveries(party, self.data / "cdrs-taken.jsonl")
+        fleet.on_remote_start = self._started_remotely
         self.http: ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -123,6 +132,13 @@ class Ocpi:
         entry = orjson.loads(line)
         if entry.get("command") == "RESERVE_NOW" and entry.get("ocpp_id") is not None and entry.get("sent"):
             self.reservations[int(entry["ocpp_id"])] = entry["reservation"]
+        token = (entry.get("body") or {}).get("token")
+        if entry.get("sent") and isinstance(token, dict) and token.get("uid"):
+            self.tokens[str(token["uid"])] = token
+            if entry.get("remote_start_id") is not None:
+                self.remote_starts[int(entry["remote_start_id"])] = token
+        if entry.get("started") is not None and isinstance(entry.get("token"), dict):
+            self.started[str(entry["started"])] = entry["token"]
 
     def _save_parties(self) -> None:
         (self.data / "parties.json").write_bytes(orjson.dumps(self.parties, option=orjson.OPT_INDENT_2))
@@ -204,6 +220,7 @@ class Ocpi:
     async def versions(self, request: web.Request) -> web.Response:
         if self._auth(request, registering=True) is None:
             return self._denied()
+        self._served("ocpi versions", request, VERSION)
         return ocpi([{"version": VERSION, "url": f"{self.base}/ocpi/{VERSION}"}])
 
     async def details(self, request: web.Request) -> web.Response:
@@ -269,8 +286,11 @@ class Ocpi:
         return {f"{e['identifier']}:{e['role']}": e["url"] for e in detail.get("endpoints", [])}
 
     # -- the modules -----------------------------------------------------------------------------
-    def _served(self, feed: str) -> None:
-        self.served[feed] = now()
+    def _served(self, feed: str, request: web.Request, what: str) -> None:
+        caller = self._auth(request, registering=True)
+        to = _who(caller) if caller else "a party registering (token A)" if caller is not None else \
+            f"public ({request.remote})"  # fmt: skip
+        self.served[feed] = {"at": now(), "to": to, "result": what}
 
     async def _page(self, request: web.Request, feed: str, objects: list[dict[str, Any]]) -> web.Response:
         if self._auth(request) is None:
@@ -287,13 +307,13 @@ class Ocpi:
             return ocpi(None, 2001, "offset must be >= 0 and limit >= 1", 400)
         chosen = [o for o in objects if (since is None or parse(o["last_updated"]) >= since)
                   and (until is None or parse(o["last_updated"]) < until)]  # fmt: skip
-        page = chosen[offset:offset + limit]
+        page = chosen[offset : offset + limit]
         headers = {"X-Total-Count": str(len(chosen)), "X-Limit": str(limit)}
         if offset + limit < len(chosen):
             params = {k: v for k, v in q.items() if k not in ("offset", "limit")}
             params.update(offset=str(offset + limit), limit=str(limit))
             headers["Link"] = f'<{self.base}{request.path}?{urlencode(params)}>; rel="next"'
-        self._served(feed)
+        self._served(feed, request, f"{len(page)} of {len(chosen)} objects")
         return ocpi(page, headers=headers)
 
     def location_objects(self) -> list[dict[str, Any]]:
@@ -313,26 +333,47 @@ class Ocpi:
             found = next((c for c in found["connectors"] if c["id"] == m["connector_id"]), None)
         if found is None:
             return ocpi(None, 2003, f"unknown location object {request.path.split('/locations/', 1)[1]!r}", 404)
-        self._served("ocpi locations")
+        self._served("ocpi locations", request, request.path.split("/locations/", 1)[1])
         return ocpi(found)
 
     async def tariffs(self, request: web.Request) -> web.Response:
         return await self._page(request, "ocpi tariffs", tar.tariffs(self.party, self.fleet.twins))
 
-    async def _session_rows(self) -> list[dict[str, Any]]:
-        return sess.rows(await self.fleet.archive_sessions(), self.fleet.twins)
+    def _started_remotely(self, remote_start_id: int, transaction_id: str) -> None:
+        """A station's TransactionEvent named a START_SESSION's remoteStartId: that eMSP's session."""
+        token = self.remote_starts.get(remote_start_id)
+        if token is not None and transaction_id not in self.started:
+            self.started[transaction_id] = {**token, "auth_method": "COMMAND"}
+            self.record({"started": transaction_id, "token": self.started[transaction_id]})
+
+    async def session_objects(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every Session and CDR, each with the token of the eMSP it belongs to, if any."""
+        rows = sess.rows(await self.fleet.archive_sessions(), self.fleet.twins)
+        roaming = sess.roaming(rows, self.started, self.tokens)
+        for tx, token in roaming.items():  # by the id token, known while the twin has it: kept for the archive's
+            if tx not in self.started:
+                self.started[tx] = token
+                self.record({"started": tx, "token": token})
+        inventory = self.fleet.inventory()
+        return sess.sessions(self.party, rows, inventory, roaming), sess.cdrs(self.party, rows, inventory, roaming)
 
     async def sessions(self, request: web.Request) -> web.Response:
-        if self._auth(request) is None:
+        caller = self._auth(request)
+        if caller is None:
             return self._denied()
-        objects = sess.sessions(self.party, await self._session_rows(), self.fleet.inventory(), self.started)
+        objects = [s for s in (await self.session_objects())[0] if sess.owner(s) == _who(caller)]
         return await self._page(request, "ocpi sessions", objects)
 
     async def cdrs(self, request: web.Request) -> web.Response:
-        if self._auth(request) is None:
+        caller = self._auth(request)
+        if caller is None:
             return self._denied()
-        objects = sess.cdrs(self.party, await self._session_rows(), self.fleet.inventory(), self.started)
+        objects = [c for c in (await self.session_objects())[1] if sess.owner(c) == _who(caller)]
         return await self._page(request, "ocpi cdrs", objects)
+
+    async def deliver(self, stop: asyncio.Event) -> None:
+        """Push each Session and CDR to the eMSP it belongs to, until ``stop``."""
+        await self.deliveries.run(stop, lambda: list(self.parties.values()), self.session_objects)
 
     # -- commands --------------------------------------------------------------------------------
     async def command(self, request: web.Request) -> web.Response:
@@ -358,35 +399,47 @@ class Ocpi:
             self.record(entry)
             if plan.result is not None:  # answered now, and said so at the response URL too
                 self._spawn(self._post_result(caller, str(body.response_url), plan.result, plan.message))
-            return ocpi({"result": plan.response, "timeout": timeout, "message": [{"language": "en",
-                                                                                    "text": plan.message}]})
+            self._served("ocpi commands", request, f"{name}: {plan.response}" + (f", {plan.result}" if plan.result
+                                                                                  else ""))  # fmt: skip
+            return ocpi(
+                {"result": plan.response, "timeout": timeout, "message": [{"language": "en", "text": plan.message}]}
+            )
         assert plan.action is not None and plan.payload is not None
         tag: dict[str, Any] = {"ocpi": {"party": _who(caller), "command": name}}
         if isinstance(body, cmds.ReserveNow):
             number = int(plan.payload["id"])
             tag["ocpi"]["reservation_id"] = body.reservation_id
-            reservation = {"party": _who(caller), "reservation_id": body.reservation_id, "ocpp_id": number,
-                           "station_id": plan.station_id, "evse_id": plan.payload.get("evseId"),
-                           "location_id": body.location_id, "expiry_date": plan.payload["expiryDateTime"],
-                           "body": body.model_dump(mode="json", exclude={"response_url"}), "status": "requested"}
+            reservation = {
+                "party": _who(caller),
+                "reservation_id": body.reservation_id,
+                "ocpp_id": number,
+                "station_id": plan.station_id,
+                "evse_id": plan.payload.get("evseId"),
+                "location_id": body.location_id,
+                "expiry_date": plan.payload["expiryDateTime"],
+                "body": body.model_dump(mode="json", exclude={"response_url"}),
+                "status": "requested",
+            }
             self.reservations[number] = reservation
             entry.update(ocpp_id=number, reservation=reservation)
         if isinstance(body, cmds.StartSession):
             entry["remote_start_id"] = plan.payload["remoteStartId"]
+            self.remote_starts[int(plan.payload["remoteStartId"])] = body.token.model_dump(mode="json")
+        if isinstance(body, cmds.StartSession | cmds.ReserveNow):
+            self.tokens[body.token.uid] = body.token.model_dump(mode="json")
         entry.update(response="ACCEPTED", sent=True, station_id=plan.station_id, action=plan.action)
 
         async def done(outcome: str, answer: dict[str, Any] | None, reason: str | None) -> None:
             result, message = cmds.result(str(plan.action), outcome, answer, reason)
             self.record({"command": name, "party": _who(caller), "command_id": command_id, "outcome": outcome,
                          "result": result, "message": message})  # fmt: skip
-            if isinstance(body, cmds.StartSession) and result == "ACCEPTED":
-                self._spawn(self._remember_start(body, plan))
             await self._post_result(caller, str(body.response_url), result, message)
 
         command_id = await self.fleet.send(plan.station_id, plan.action, plan.payload, f"ocpi:{_who(caller)}", done,
                                            tag)  # fmt: skip
         entry["command_id"] = command_id
         self.record(entry)
+        self._served("ocpi commands", request, f"{name}: ACCEPTED, sent to {plan.station_id}")
         return ocpi({"result": "ACCEPTED", "timeout": timeout})
 
     def _reservation_states(self) -> None:
@@ -396,19 +449,6 @@ class Ocpi:
             known = (twin.get("reservations") or {}).get(str(number))
             if known:
                 r["status"] = known.get("status")
-
-    async def _remember_start(self, body: cmds.StartSession, plan: cmds.Plan) -> None:
-        """The transaction a remote start began: the first on that EVSE within the timeout."""
-        assert plan.station_id is not None and plan.payload is not None
-        evse = str(plan.payload["evseId"])
-        before = ((self.fleet.twins.get(plan.station_id) or {}).get("evses") or {}).get(evse, {}).get("transaction")
-        before_id = (before or {}).get("id")
-        for _ in range(int(self.fleet.command_timeout_s * 2)):
-            tx = (((self.fleet.twins.get(plan.station_id) or {}).get("evses") or {}).get(evse) or {}).get("transaction")
-            if tx and tx.get("id") and tx.get("id") != before_id:
-                self.started[str(tx["id"])] = body.token.model_dump(mode="json")
-                return
-            await asyncio.sleep(0.5)
 
     def _spawn(self, job: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(job)
@@ -424,10 +464,13 @@ class Ocpi:
             try:
                 async with self.http.post(url, json=body, headers=headers) as r:
                     if r.status < 500:
+                        self.results[_who(caller)] = {"at": now(), "result": result, "message": message,
+                                                      "delivered": f"HTTP {r.status}"}  # fmt: skip
                         return
             except Exception as exc:
                 log.warning("CommandResult to %s failed (%r); attempt %d", url, exc, attempt + 1)
             await asyncio.sleep(2**attempt)
+        self.results[_who(caller)] = {"at": now(), "result": result, "message": message, "delivered": "lost"}
         self.record({"command_result_lost": url, "result": result})
 
     # -- DATEX II --------------------------------------------------------------------------------
@@ -440,9 +483,10 @@ class Ocpi:
     def _datex(self, request: web.Request, feed: str, build: Callable[..., datex2.Node]) -> web.Response:
         at = now()
         node = build(self.party, self.fleet.inventory(), self.fleet.twins, self.fleet.static_at, at)
-        self._served(feed)
         wants_json = request.query.get("format") == "json" or (
-            "application/json" in request.headers.get("Accept", "") and "xml" not in request.headers.get("Accept", ""))
+            "application/json" in request.headers.get("Accept", "") and "xml" not in request.headers.get("Accept", "")
+        )
+        self._served(feed, request, "JSON" if wants_json else "XML")
         if wants_json:
             return web.Response(body=orjson.dumps(datex2.to_json(node, at)), content_type="application/json")
         return web.Response(text=datex2.to_xml(node), content_type="application/xml")
@@ -455,11 +499,28 @@ class Ocpi:
             ("ocpi tariffs", f"/ocpi/{VERSION}/tariffs"), ("ocpi sessions", f"/ocpi/{VERSION}/sessions"),
             ("ocpi cdrs", f"/ocpi/{VERSION}/cdrs"), ("datex2 table", "/datex2/v3/afir/table"),
             ("datex2 status", "/datex2/v3/afir/status"))}  # fmt: skip
-        body = {"base_url": self.base, "party": f"{self.party.country_code}*{self.party.party_id}",
+        feeds["ocpi commands"] = f"{self.base}/ocpi/{VERSION}/commands/{{command}}"
+        pushes = self.deliveries.status()
+        parties = [
+            {
+                "party": _who(p),
+                "name": p.get("name"),
+                "role": p.get("role"),
+                "versions_url": p.get("url"),
+                "registered_at": p.get("registered_at"),
+                "push": pushes.get(_who(p)),
+                "last_command_result": self.results.get(_who(p)),
+                "receives": sorted(k.split(":")[0] for k in p.get("endpoints") or {} if k.endswith(":RECEIVER")),
+            }
+            for p in self.parties.values()
+        ]
+        body = {"base_url": self.base, "versions_url": f"{self.base}/ocpi/versions",
+                "party": f"{self.party.country_code}*{self.party.party_id}",
                 "twins": len(self.fleet.twins), "caught_up": self.fleet.caught_up.is_set(),
-                "feeds": [{"feed": k, "url": v, "last_served": self.served.get(k)} for k, v in feeds.items()],
-                "parties": [{"party": _who(p), "name": p.get("name"), "registered_at": p.get("registered_at")}
-                            for p in self.parties.values()],
+                "feeds": [{"feed": k, "url": v, **{f"last_{x}": (self.served.get(k) or {}).get(y) for x, y in
+                                                     (("served", "at"), ("to", "to"), ("result", "result"))}}
+                          for k, v in feeds.items()],
+                "parties": parties,
                 "reservations": [{k: v for k, v in r.items() if k != "body"} for r in self.reservations.values()],
                 "push": self.push_status() if self.push_status else None}  # fmt: skip
         return web.json_response(body)

@@ -5,8 +5,12 @@ row per transaction with its energy, the tariff in force and its cost recomputed
 and the twins' running ones (``evses.{id}.transaction``), the twin's copy winning for the
 same id. A CDR is an ended session. Cost: the station's or the CSMS's reported cost where
 the log has one, else recomputed from the tariff in force (excluding tax). Token: the
-transaction's id token, with the eMSP's party where a roaming START_SESSION started it
-(``roaming``), else ours with type ``RFID`` (``AUTH_REQUEST``: it was authorised here).
+eMSP's where the transaction is roaming (:func:`roaming`: a START_SESSION of that eMSP
+started it, ``COMMAND``; or its id token is a token that eMSP sent us, ``WHITELIST``), else
+ours with type ``RFID`` (``AUTH_REQUEST``: it was authorised here).
+
+A Session or CDR belongs to the eMSP of its token (:func:`owner`): that eMSP alone reads it
+(GET) and is sent it (push); sessions of our own tokens go to no eMSP.
 """
 
 from __future__ import annotations
@@ -42,14 +46,16 @@ def rows(archive: Iterable[Mapping[str, Any]], twins: Mapping[str, Mapping[str, 
             if not tx or not tx.get("id") or not tx.get("started_at"):
                 continue
             cost = tx.get("cost") or {}
-            total = cost.get("total_excl_tax") if cost.get("total_excl_tax") is not None else cost.get(
-                "total_incl_tax")
+            total = cost.get("total_excl_tax") if cost.get("total_excl_tax") is not None else cost.get("total_incl_tax")
             price = ((evse.get("tariff") or {}).get("price_now") or {}).get("energy_per_kwh")
             kwh = round(float(tx.get("import_wh") or 0) / 1000, 4)
             known = out.get(str(tx["id"]), {})
             if total is None:
-                total = known.get("cost") if known.get("cost") is not None else (
-                    round(kwh * price, 4) if isinstance(price, int | float) else None)
+                total = (
+                    known.get("cost")
+                    if known.get("cost") is not None
+                    else (round(kwh * price, 4) if isinstance(price, int | float) else None)
+                )
             ended = tx.get("ended_at") if tx.get("state") == "ended" else None
             out[str(tx["id"])] = {
                 "transaction_id": str(tx["id"]), "station_id": station_id, "evse_id": int(n),
@@ -63,14 +69,45 @@ def rows(archive: Iterable[Mapping[str, Any]], twins: Mapping[str, Mapping[str, 
     return sorted(out.values(), key=lambda r: (r["started_at"], r["transaction_id"]))
 
 
+def roaming(rows_: Iterable[Mapping[str, Any]], started: Mapping[str, Mapping[str, Any]],
+            tokens: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each roaming transaction's eMSP token, with its ``auth_method``. ``started``: by
+    transaction id, the tokens of START_SESSIONs that began them (matched by remoteStartId);
+    ``tokens``: by uid, the tokens eMSPs sent with their commands (the latest for a uid)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows_:
+        tx = str(r["transaction_id"])
+        if tx in started:
+            out[tx] = {**started[tx], "auth_method": started[tx].get("auth_method") or "COMMAND"}
+        elif r.get("id_token") is not None and str(r["id_token"]) in tokens:
+            out[tx] = {**tokens[str(r["id_token"])], "auth_method": "WHITELIST"}
+    return out
+
+
+def owner(obj: Mapping[str, Any]) -> str:
+    """``CC*PID`` of the eMSP a Session or CDR belongs to: its token's party."""
+    token = obj.get("cdr_token") or {}
+    return f"{token.get('country_code')}*{token.get('party_id')}".upper()
+
+
 def _token(party: Party, row: Mapping[str, Any], roaming: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     started = roaming.get(row["transaction_id"])
     if started:
-        return {"country_code": started["country_code"], "party_id": started["party_id"], "uid": started["uid"],
-                "type": started.get("type") or "APP_USER", "contract_id": started.get("contract_id") or started["uid"]}
+        return {
+            "country_code": started["country_code"],
+            "party_id": started["party_id"],
+            "uid": started["uid"],
+            "type": started.get("type") or "APP_USER",
+            "contract_id": started.get("contract_id") or started["uid"],
+        }
     uid = str(row.get("id_token") or f"LOCAL-{row['station_id']}")
     return {"country_code": party.country_code, "party_id": party.party_id, "uid": uid[:36], "type": "RFID",
             "contract_id": uid[:36]}  # fmt: skip
+
+
+def _auth(row: Mapping[str, Any], roaming: Mapping[str, Mapping[str, Any]]) -> str:
+    started = roaming.get(row["transaction_id"])
+    return str(started.get("auth_method") or "COMMAND") if started else "AUTH_REQUEST"
 
 
 def _where(refs: Mapping[tuple[str, str], loc.EvseRef], row: Mapping[str, Any]) -> loc.EvseRef | None:
@@ -87,7 +124,7 @@ def session(party: Party, row: Mapping[str, Any], ref: loc.EvseRef | None,
         "start_date_time": row["started_at"],
         "kwh": float(row["energy_kwh"] or 0.0),
         "cdr_token": _token(party, row, roaming),
-        "auth_method": "COMMAND" if row["transaction_id"] in roaming else "AUTH_REQUEST",
+        "auth_method": _auth(row, roaming),
         "location_id": ref.location_id if ref else str(row["station_id"]),
         "evse_uid": ref.uid if ref else loc.uid(str(row["station_id"]), row.get("evse_id") or 1),
         "connector_id": "1",
@@ -139,7 +176,7 @@ def cdr(party: Party, row: Mapping[str, Any], ref: loc.EvseRef | None,
         "end_date_time": row["ended_at"],
         "session_id": row["transaction_id"],
         "cdr_token": _token(party, row, roaming),
-        "auth_method": "COMMAND" if row["transaction_id"] in roaming else "AUTH_REQUEST",
+        "auth_method": _auth(row, roaming),
         "cdr_location": where,
         "currency": row["currency"],
         "charging_periods": [{"start_date_time": row["started_at"],
