@@ -10,8 +10,21 @@ from typing import Any
 import pytest
 
 from twin import schemas
-from twin.cost import Sample, session_cost
-from twin.tariffs import Price, TariffError, Usage, check, in_force, load, next_change, price_at, quote, tax_factor
+from twin.cost import Sample, needed, session_cost
+from twin.tariffs import (
+    Price,
+    TariffError,
+    Usage,
+    check,
+    clock_zone,
+    in_force,
+    load,
+    next_change,
+    price_at,
+    quote,
+    station_zone,
+    tax_factor,
+)
 
 VAT = [{"type": "VAT", "tax": 21}]
 TIME_OF_DAY: dict[str, Any] = {  # 0.40 by day (07:00-22:00), 0.25 at night; 21% VAT
@@ -172,3 +185,82 @@ def test_a_tariff_is_checked_against_the_2_1_schema_naming_the_field(tmp_path: P
     path.write_text("{")
     with pytest.raises(TariffError, match="t.json: not JSON"):
         load(path)
+
+
+# -- a station's time zone (its clock's, as the log says) ------------------------------------------
+
+
+def clock_set(zone: str) -> dict[str, Any]:
+    return {"setVariableData": [{"component": {"name": "ClockCtrlr"}, "variable": {"name": "TimeZone"},
+                                 "attributeValue": zone}]}  # fmt: skip
+
+
+def clock_result(status: str) -> dict[str, Any]:
+    return {"setVariableResult": [{"attributeStatus": status, "component": {"name": "ClockCtrlr"},
+                                   "variable": {"name": "TimeZone"}}]}  # fmt: skip
+
+
+def test_the_stations_zone_is_the_clock_zone_it_accepted_or_reported() -> None:
+    assert clock_zone("SetVariables", clock_set("Europe/Berlin"), clock_result("Accepted")) == "Europe/Berlin"
+    assert clock_zone("SetVariables", clock_set("Europe/Berlin"), clock_result("Rejected")) is None
+    assert clock_zone("SetVariables", clock_set("Mars/Olympus"), clock_result("Accepted")) is None  # no such zone
+    other = {"setVariableData": [{"component": {"name": "ClockCtrlr"}, "variable": {"name": "NtpServerUri"},
+                                  "attributeValue": "Europe/Berlin"}]}  # fmt: skip
+    assert clock_zone("SetVariables", other, clock_result("Accepted")) is None
+    got = {"getVariableResult": [{"attributeStatus": "Accepted", "component": {"name": "ClockCtrlr"},
+                                  "variable": {"name": "TimeZone"}, "attributeValue": "Europe/Lisbon"}]}  # fmt: skip
+    assert clock_zone("GetVariables", {"getVariableData": []}, got) == "Europe/Lisbon"
+    for action, request, answer in (("SetVariables", clock_set("Europe/Berlin"), clock_result("Accepted")),
+                                    ("GetVariables", {"getVariableData": [{"component": {"name": "ClockCtrlr"},
+                                                                           "variable": {"name": "TimeZone"}}]}, got)):
+        assert schemas.problem("ocpp2.1", action, "Request", request) is None  # fmt: skip
+        assert schemas.problem("ocpp2.1", action, "Response", answer) is None
+    assert station_zone({}) == "UTC" and station_zone({"tariffs": {"time_zone": "Europe/Rome"}}) == "Europe/Rome"
+
+
+def test_times_of_day_follow_the_zone_across_a_daylight_saving_change() -> None:
+    """07:00 in Berlin is 06:00 UTC on Saturday 28 March 2026 and 05:00 UTC on the Monday after
+    (summer time from the Sunday); in UTC it stays 07:00."""
+    saturday, monday = datetime(2026, 3, 28, tzinfo=UTC), datetime(2026, 3, 30, tzinfo=UTC)
+    assert next_change(TIME_OF_DAY, at(saturday, 3), tz="Europe/Berlin")[0] == at(saturday, 6)  # type: ignore[index]
+    assert next_change(TIME_OF_DAY, at(monday, 3), tz="Europe/Berlin")[0] == at(monday, 5)  # type: ignore[index]
+    assert next_change(TIME_OF_DAY, at(monday, 3))[0] == at(monday, 7)  # type: ignore[index]
+    # a session 05:00-07:00 UTC on that Monday, 10 kWh evenly: 07:00 in Berlin is 05:00 UTC, all of it by day
+    berlin = session_cost(TIME_OF_DAY, at(monday, 5), [Sample(at(monday, 7), 10_000)], tz="Europe/Berlin")
+    utc = session_cost(TIME_OF_DAY, at(monday, 5), [Sample(at(monday, 7), 10_000)])
+    assert berlin.total_excl_tax == pytest.approx(4.00) and utc.total_excl_tax == pytest.approx(2.50)
+
+
+def test_readings_that_do_not_change_the_cost_merge() -> None:
+    """A reading between two others priced alike is not needed: without it the cost is the
+    same. It is needed next to a price boundary (in the station's zone), where charging turns
+    idle, and wherever a price depends on the session's progress."""
+    start = at(MONDAY, 20)
+    readings = [Sample(at(MONDAY, 20, m), 250.0 * m) for m in range(5, 125, 10)]  # 20:05 to 21:55 UTC
+    readings += [Sample(at(MONDAY, 22, 20), 28_750.0), Sample(at(MONDAY, 22, 40), 28_750.0)]  # idle from 21:55
+    kept = [readings[0]]
+    for reading in readings[1:]:
+        kept.append(reading)
+        if len(kept) >= 2:
+            a = kept[-3] if len(kept) >= 3 else Sample(start, 0.0)
+            if not needed(TIME_OF_DAY, a, kept[-2], kept[-1], "Europe/Berlin"):
+                del kept[-2]
+    full = session_cost(TIME_OF_DAY, start, readings, tz="Europe/Berlin")
+    short = session_cost(TIME_OF_DAY, start, kept, tz="Europe/Berlin")
+    assert len(kept) < len(readings) and short.total_excl_tax == pytest.approx(full.total_excl_tax)
+    assert short.idle_s == full.idle_s == 45 * 60
+    # 22:00 in Berlin (21:00 UTC) lies between the readings at 20:55 and 21:05 UTC; charging stops at 21:55
+    assert [s.at for s in kept] == [at(MONDAY, 20, 55), at(MONDAY, 21, 5), at(MONDAY, 21, 55), at(MONDAY, 22, 40)]
+    # in UTC the day ends at 22:00, after charging stopped: the readings either side of it stay
+    utc = [readings[0]]
+    for reading in readings[1:]:
+        utc.append(reading)
+        a = utc[-3] if len(utc) >= 3 else Sample(start, 0.0)
+        if len(utc) >= 2 and not needed(TIME_OF_DAY, a, utc[-2], utc[-1]):
+            del utc[-2]
+    assert [s.at for s in utc] == [at(MONDAY, 21, 55), at(MONDAY, 22, 20), at(MONDAY, 22, 40)]
+    progress = {"tariffId": "P", "currency": "EUR", "energy": {"prices": [
+        {"priceKwh": 0.5, "conditions": {"maxEnergy": 5000}}, {"priceKwh": 0.3}]}}  # fmt: skip
+    a, b, c = Sample(at(MONDAY, 1), 1000.0), Sample(at(MONDAY, 2), 2000.0), Sample(at(MONDAY, 3), 3000.0)
+    assert needed(progress, a, b, c) and not needed(TIME_OF_DAY, a, b, c)
+    assert needed(TIME_OF_DAY, a, b, Sample(at(MONDAY, 3), 2000.0))  # charging, then idle

@@ -19,7 +19,7 @@ from tests.conftest import Broker, TopicReader
 from tests.test_cli_processes import wait_port
 from tests.test_tariffs_live import Stack
 from twin import runtime, schemas
-from twin.control.cost import cost_updates, running_cost
+from twin.control.cost import cost_updates, final_costs, running_cost
 from twin.cost import Sample, session_cost
 from twin.schemas import Kind
 from twin.tariffs import instant
@@ -170,3 +170,76 @@ def test_idle_time_in_the_twin_is_priced_as_idle() -> None:
     energy = {"meter_ts": "2026-03-02T10:30:00Z", "direction": "idle", "since": "2026-03-02T10:20:00Z"}
     total, at = running_cost(tx, energy) or (None, None)
     assert total == pytest.approx(3.6 + 1.2) and at == instant("2026-03-02T10:30:00Z")
+
+
+# -- one code path: central cost, the twin and the report cut a session alike ---------------------------
+
+TOD_VAT = {"tariffId": "TOD-Z", "currency": "EUR",
+           "energy": {"prices": [{"priceKwh": 0.40, "conditions": {"startTimeOfDay": "07:00", "endTimeOfDay": "22:00"}},
+                                 {"priceKwh": 0.25}], "taxRates": [{"type": "VAT", "tax": 20}]}}  # fmt: skip
+CLOCK = {"setVariableData": [{"component": {"name": "ClockCtrlr"}, "variable": {"name": "TimeZone"},
+                              "attributeValue": "Europe/Berlin"}]}  # fmt: skip
+CLOCK_OK = {"setVariableResult": [{"attributeStatus": "Accepted", "component": {"name": "ClockCtrlr"},
+                                   "variable": {"name": "TimeZone"}}]}  # fmt: skip
+
+
+def straddling() -> Any:
+    """Sunday 1 March 2026, Berlin: a session from 20:00 to 22:30 UTC, 3 kWh each 10 minutes read
+    at :05, :15, ... from 20:05 to 21:55 UTC (36 kWh), idle after; the day price (0.40) ends at
+    22:00 Berlin, 21:00 UTC, between the readings of 20:55 and 21:05."""
+    from tests.scenarios import Script
+
+    s = Script("SC-CC").connect().boot().status(1, "Available")
+    s.csms("SetVariables", CLOCK, CLOCK_OK)
+    s.csms("SetDefaultTariff", {"evseId": 0, "tariff": TOD_VAT}, {"status": "Accepted"})
+    s.at(12 * 60).tx("Started", "TZ1", 0, imp=100_000)
+    seq = 1
+    for m in range(5, 125, 10):
+        s.at(12 * 60 + m).tx("Updated", "TZ1", seq, imp=100_000 + 300 * m)
+        seq += 1
+    s.at(14 * 60 + 30).tx("Ended", "TZ1", seq, imp=100_000 + 300 * 115)
+    return s
+
+
+def test_central_cost_cuts_at_the_local_boundary_as_the_report_does(tmp_path: Path) -> None:
+    """By hand: 60 minutes at 0.40 from 20:00 to 21:00 UTC (interpolated between 20:55 and 21:05:
+    18 kWh), then 16.5 kWh at 0.25 to 21:55; 20% VAT: (7.20 + 4.125) x 1.2 = 13.59. Read in UTC
+    the day price would run to 22:00 UTC: 34.5 kWh at 0.40."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    from twin.fold import fold, public
+    from twin.tariffs import station_zone
+
+    s = straddling()
+    twins = {k: public(v) for k, v in fold(s.records).items()}
+    t = twins["SC-CC"]
+    tx, energy = t["evses"]["1"]["transaction"], t["evses"]["1"]["energy"]
+    assert station_zone(t) == "Europe/Berlin" and tx["state"] == "ended"
+    assert [r[0][11:16] for r in tx["readings"]] == ["20:55", "21:05", "21:55", "22:30"]  # the others merged
+    total, at = running_cost(tx, energy, station_zone(t)) or (None, None)
+    assert total == pytest.approx(13.59) and at == instant("2026-03-01T22:30:00Z")
+    assert running_cost(tx, energy) == (round((34.5 * 0.40) * 1.2, 4), at)  # the zone matters
+    now = instant("2026-03-01T22:31:00Z")
+    assert final_costs(twins, now, set()) == [("SC-CC", {"totalCost": 13.59, "transactionId": "TZ1"})]
+    assert final_costs(twins, now, {"TZ1"}) == [] and final_costs(twins, instant("2026-03-02T12:00:00Z"), set()) == []
+    assert cost_updates(twins, now, {}, 60) == []  # ended: no running cost
+
+    capture = tmp_path / "cc.jsonl"
+    capture.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in s.records))
+    done = subprocess.run([sys.executable, "-m", "twin", "report", "tariffs", "--archive", str(capture), "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    session = json.loads(done.stdout)["sessions"][0]
+    assert session["time_zone"] == "Europe/Berlin" and session["recomputed_incl_tax"] == pytest.approx(13.59)
+
+    s.at(14 * 60 + 31).csms("CostUpdated", {"transactionId": "TZ1", "totalCost": 13.59}, {})
+    after = public(fold(s.records)["SC-CC"])
+    cost = after["evses"]["1"]["transaction"]["cost"]
+    assert (cost["source"], cost["final"], cost["total_incl_tax"]) == ("central", True, 13.59)
+    assert final_costs({"SC-CC": after}, now, set()) == [], "the twin shows the final cost"
+    local = {"SC-CC": {**after, "evses": {"1": {**after["evses"]["1"], "transaction": {**tx, "cost": {
+        "source": "local", "final": True}}}}}}  # fmt: skip
+    assert final_costs(local, now, set()) == []

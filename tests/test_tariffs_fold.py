@@ -111,3 +111,39 @@ def test_every_scripted_frame_is_valid_2_1() -> None:
         if r["msg_type"] in (2, 3):
             kind: Kind = "Request" if r["msg_type"] == 2 else "Response"
             assert schemas.problem("ocpp2.1", r["action"], kind, r["payload"]) is None, r
+
+
+def clock(zone: str) -> dict[str, Any]:
+    return {"setVariableData": [{"component": {"name": "ClockCtrlr"}, "variable": {"name": "TimeZone"},
+                                 "attributeValue": zone}]}  # fmt: skip
+
+
+def clock_result(status: str) -> dict[str, Any]:
+    return {"setVariableResult": [{"attributeStatus": status, "component": {"name": "ClockCtrlr"},
+                                   "variable": {"name": "TimeZone"}}]}  # fmt: skip
+
+
+def test_the_times_of_day_are_the_stations_clock_zone() -> None:
+    """TOD's day ends at 22:00 local: 22:00 UTC while the log names no zone, 21:00 UTC once the
+    station accepted Europe/Berlin (UTC+1 in March), 13:00 UTC once it says Asia/Tokyo."""
+    s = Script("SC-ZONE").connect().boot().status(1, "Available")
+    s.csms("SetDefaultTariff", {"evseId": 0, "tariff": TOD}, {"status": "Accepted"})  # Sunday 08:00 UTC
+
+    def shown() -> tuple[Any, Any]:
+        t = public(fold(s.records)["SC-ZONE"])
+        return (t.get("tariffs") or {}).get("time_zone"), t["evses"]["1"]["tariff"]["next_change_at"]
+
+    assert shown() == (None, "2026-03-01T22:00:00.000Z")
+    s.csms("SetVariables", clock("Europe/Berlin"), clock_result("Accepted"))
+    assert shown() == ("Europe/Berlin", "2026-03-01T21:00:00.000Z")
+    s.csms("SetVariables", clock("Asia/Tokyo"), clock_result("Rejected"))
+    assert shown() == ("Europe/Berlin", "2026-03-01T21:00:00.000Z")
+    got = {"getVariableResult": [{"attributeStatus": "Accepted", "component": {"name": "ClockCtrlr"},
+                                  "variable": {"name": "TimeZone"}, "attributeValue": "Asia/Tokyo"}]}  # fmt: skip
+    s.csms("GetVariables", {"getVariableData": [{"component": {"name": "ClockCtrlr"},
+                                                 "variable": {"name": "TimeZone"}}]}, got)  # fmt: skip
+    assert shown() == ("Asia/Tokyo", "2026-03-01T13:00:00.000Z")  # 17:00 in Tokyo now; its day ends at 22:00
+    for r in s.records:
+        if r["msg_type"] in (2, 3):
+            kind: Kind = "Request" if r["msg_type"] == 2 else "Response"
+            assert schemas.problem("ocpp2.1", r["action"], kind, r["payload"]) is None, r
