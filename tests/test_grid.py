@@ -31,6 +31,7 @@ class GridStack(SiteStack):
         self.vtn = Vtn("3.1.1").start()
         self.program = self.vtn.program(GAC_PROGRAM)
         self.vtn.event(limit_event(self.program["id"], SAFE_KW, "0001-01-01T00:00:00Z", "P9999Y", name="safe-mode"))
+        self.ven_args: list[str] = []
 
     def signals(self, site_id: str) -> list[dict[str, Any]]:
         return (self.get(f"/v1/sites/{site_id}/signals") or {}).get("signals", [])
@@ -49,9 +50,10 @@ def grid(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> It
         s.spawn("worker", ["worker", "-b", b, "--web-port", str(s.web_port), "--data-dir", str(s.workdir / "worker"),
                            "--sites", str(s.sites)])  # fmt: skip
         s.wait("the worker's API", lambda: s.get("/v1/sites"), timeout=120)
-        s.spawn("ven", ["ven", "--vtn", s.vtn.url, "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
-                        "--poll-s", "1", "--callback-port", str(free_port()), "--api",
-                        f"http://127.0.0.1:{s.web_port}", "-b", b, "--sites", str(s.sites)])  # fmt: skip
+        s.ven_args = ["ven", "--vtn", s.vtn.url, "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
+                      "--poll-s", "1", "--callback-port", str(free_port()), "--api",
+                      f"http://127.0.0.1:{s.web_port}", "-b", b, "--sites", str(s.sites)]  # fmt: skip
+        s.spawn("ven", s.ven_args)
         s.spawn("controller", ["controller", "-b", b, "--sites", str(s.sites), "--step-s", "60",
                                "--time-scale", str(SPEED)])  # fmt: skip
         s.spawn("simulator", ["simulate", "--live", f"ws://127.0.0.1:{s.gateway_port}/ocpp", "--stations", "5",
@@ -136,6 +138,20 @@ def test_the_vtn_going_away_brings_safe_mode_after_the_schedule(grid: GridStack)
     assert safe and safe[-1]["intervals"][0]["start"] == _iso(ends).replace("Z", ".000Z")
     down = [s for s in grid.signals("SITE-A") if s["event_id"] == "vtn-unreachable"]
     assert down and down[-1]["status"] == "rejected" and "unreachable" in down[-1]["reason"]
+    # the VEN restarted while the VTN is still away: it reads grid.signals back, stays in safe
+    # mode without entering it twice, and (below) ends it when the VTN answers again
+    runtime.stop(grid.procs.pop("ven"), signal.SIGINT, 15)
+    mark = (grid.workdir / "ven.log").stat().st_size
+    grid.spawn("ven", grid.ven_args)
+
+    def restarted() -> str:
+        return (grid.workdir / "ven.log").read_bytes()[mark:].decode(errors="replace")
+
+    grid.wait("the restarted VEN to read back safe mode", lambda: "in safe mode since" in restarted(), timeout=60)
+    grid.wait("the restarted VEN to fail to reach the VTN", lambda: "retrying with backoff" in restarted(), timeout=60)
+    site = grid.site("SITE-A")
+    assert site and (site["limit_source"], site["import_limit_kw"]) == ("safe-mode", SAFE_KW)
+    assert [s for s in grid.signals("SITE-A") if s["protocol"] == "safe-mode"] == safe  # not entered twice
     grid.vtn.start()
     grid.wait("safe mode ended when the VTN answers again",
               lambda: (lambda v: v if v and v["limit_source"] != "safe-mode" else None)(grid.site("SITE-A")))

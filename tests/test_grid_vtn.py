@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -362,5 +362,59 @@ async def test_a_wrong_secret_is_a_token_failure() -> None:
     try:
         failed = await _poll(vtn, Ven(_sites()), secret="wrong")
         assert failed and all(r["reason"].startswith("VTN unauthorized: token refused") for r in failed), failed
+    finally:
+        vtn.close()
+
+
+async def test_a_restarted_ven_remembers_what_it_wrote() -> None:
+    """A VEN started again reads back grid.signals (here: every record its predecessor wrote):
+    an unchanged event is not written again, one deleted meanwhile is cancelled; started
+    during an outage it stays in safe mode (no second safe-mode record) and ends it when the
+    VTN answers again; started before its predecessor entered safe mode, it enters it from
+    the program's safe-mode limit it read back."""
+    from twin import sites
+    from twin.grid.ven import Ven
+
+    vtn = Vtn("3.1.1").start()
+    try:
+        program = vtn.program(GAC_PROGRAM)
+        gone = vtn.event(limit_event(program["id"], 12, "2026-03-02T08:00:00Z", duration="PT1H"))
+        vtn.event(limit_event(program["id"], 7, "0001-01-01T00:00:00Z", duration="P9999Y", name="safe-mode"))
+        first = Ven(_sites())
+        topic = await _poll(vtn, first)  # grid.signals, as the first VEN left it
+        assert len(topic) == 2
+
+        fresh = Ven(_sites())  # restarted while the VTN answers
+        fresh.restore([*topic, {**topic[0], "site_id": "SITE-X"}, {**topic[0], "protocol": "operator"}])
+        assert await _poll(vtn, fresh) == []  # nothing new
+        vtn.delete(gone["id"])
+        [cancelled] = await _poll(vtn, fresh)
+        assert (cancelled["event_id"], cancelled["status"]) == (gone["id"], "cancelled")
+        topic.append(cancelled)
+
+        before_safe = Ven(_sites())  # restarted during an outage its predecessor had not seen
+        before_safe.restore(topic)
+        vtn.stop()
+        entered = await _poll(vtn, before_safe, timeout_s=1.0)
+        [safe] = [r for r in entered if r["protocol"] == "safe-mode"]
+        assert (safe["site_id"], safe["intervals"][0]["value"]) == ("SITE-A", 7)
+        topic += entered
+
+        again = Ven(_sites())  # restarted while in safe mode, the VTN still away
+        again.restore(topic)
+        assert again.safe == {"SITE-A": safe} and again.outage is not None
+        assert await _poll(vtn, again, timeout_s=1.0) == []  # the same outage: nothing twice
+        moment = datetime.now(UTC) + timedelta(hours=1)  # the schedule was deleted: safe mode from the outage on
+        assert sites.limit_at(_sites()[0], topic, moment).source == "safe-mode"
+        vtn.start()
+        back = await _poll(vtn, again)
+        assert [(r["protocol"], r["status"]) for r in back] == [("safe-mode", "cancelled")]
+        topic += back
+        assert sites.limit_at(_sites()[0], topic, moment).source == "static"
+        forgetful = Ven(_sites())  # what a VEN without the read-back would have done: never end it
+        vtn.stop()
+        await _poll(vtn, forgetful, timeout_s=1.0)
+        vtn.start()
+        assert [r for r in await _poll(vtn, forgetful) if r["protocol"] == "safe-mode"] == []
     finally:
         vtn.close()

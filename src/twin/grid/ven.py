@@ -47,10 +47,39 @@ class Ven:
         self.outage: str | None = None  # why the VTN is not heard, while it is not
         self.unreadable: set[bytes] = set()  # events without an id, already recorded
 
+    def restore(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Remember what a VEN of these sites wrote before (``grid.signals`` read back at
+        start): each event's last version (so an unchanged event is not written again, and
+        one the VTN deleted meanwhile is cancelled), the program's safe-mode limit, and the
+        safe-mode records in force, with the outage that brought them (so that a VEN restarted
+        while the VTN is away neither forgets safe mode nor enters it twice, and ends it when
+        the VTN answers again). Other writers' records (operators, sites not ours) are left."""
+        mine = [dict(r) for r in records if r.get("site_id") in {s.site_id for s in self.sites}
+                and r.get("protocol") in (openadr.PROTOCOL, safe_mode.SAFE_PROTOCOL)]  # fmt: skip
+        self.log = mine[-5000:]
+        number: dict[str, int] = {}  # event id -> its newest version
+        last: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}  # that version's records (later wins)
+        for record in mine:
+            event_id, version = str(record.get("event_id")), int(record.get("modification_number") or 0)
+            if version > number.get(event_id, -1):
+                number[event_id], last[event_id] = version, {}
+            if version == number[event_id]:
+                last[event_id][(str(record["site_id"]), str(record.get("payload_type")))] = record
+        for event_id, by_site in last.items():
+            newest = list(by_site.values())
+            if newest[0].get("protocol") == safe_mode.SAFE_PROTOCOL:
+                for record in newest:
+                    if record.get("status") == "accepted":
+                        self.safe[str(record["site_id"])] = record
+                        self.outage = str(record.get("reason") or "the VTN could not be heard")
+            elif newest[0].get("program_id") != "vtn" and any(x.get("status") != "cancelled" for x in newest):
+                self.written[event_id] = newest
+                self.seen[event_id] = number[event_id]
+
     def _keep(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         out = list(records)
         self.log += out
-        del self.log[: -5000]
+        del self.log[:-5000]
         return out
 
     def heard(self, programs: Sequence[Any], events: Sequence[Any], now: datetime) -> list[dict[str, Any]]:
@@ -154,6 +183,17 @@ async def measured(api: str, session: Any) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def recall(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Everything on ``grid.signals`` now (none before its first record): what this VEN, or
+    the one before it, wrote, for :meth:`Ven.restore`."""
+    from twin.captures import TopicLog
+
+    try:
+        return [dict(r) for r in TopicLog(bootstrap, topic) if isinstance(r, dict)]
+    except ValueError:  # no such topic yet: no partition to read
+        return []
+
+
 async def run(vtn: str, client_id: str, client_secret: str, sites: Sequence[Site], bootstrap: str, topics: Any,
               stop: asyncio.Event, poll_s: float = 30.0, api: str | None = None, callback_port: int | None = None,
               client_name: str = "twin") -> None:  # fmt: skip
@@ -162,6 +202,10 @@ async def run(vtn: str, client_id: str, client_secret: str, sites: Sequence[Site
     from aiokafka import AIOKafkaProducer
 
     ven = Ven(sites)
+    before = await asyncio.to_thread(recall, bootstrap, topics.signals)
+    ven.restore(before)
+    log.info("ven: %d records of grid.signals read back (%d events remembered%s)", len(before), len(ven.written),
+             f"; in safe mode since: {ven.outage}" if ven.safe else "")  # fmt: skip
     client = VtnClient(vtn, client_id, client_secret)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **kafka_security.aiokafka())
     await producer.start()
