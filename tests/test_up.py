@@ -8,8 +8,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -197,6 +199,7 @@ def test_up_sets_the_sample_tariffs_on_the_simulated_fleet(tmp_path: Path) -> No
 
         listed = orjson.loads(inventory_path(tmp_path / "archive").read_bytes())
         kinds = {s["station_id"]: s["kind"] for s in listed if s["protocol"] == "ocpp2.1"}
+        zones = {s["station_id"]: s["address"]["time_zone"] for s in listed}
         assert sorted(kinds) == ["CS-00001", "CS-00002", "CS-00003", "CS-00005"]
         deadline = time.monotonic() + 180
         tariffs: dict[str, Any] = {}
@@ -218,8 +221,15 @@ def test_up_sets_the_sample_tariffs_on_the_simulated_fleet(tmp_path: Path) -> No
             assert now["energy_per_kwh"] in prices[kind]
             assert now["energy_per_kwh_incl_tax"] == pytest.approx(now["energy_per_kwh"] * 1.19)
             assert (tariff["next_change_at"] is None) == kind.endswith("FLAT")  # else 07:00 or 22:00, station time
+            twin = get(f"{up.api}/stations/{station}", up.token)
+            assert twin["tariffs"]["time_zone"] == zones[station], "the clock's zone from the inventory's address"
+            if tariff["next_change_at"]:  # 07:00 or 22:00 in the station's zone
+                local = datetime.fromisoformat(tariff["next_change_at"]).astimezone(ZoneInfo(zones[station]))
+                assert (local.hour, local.minute) in ((7, 0), (22, 0)), (station, tariff["next_change_at"])
         assert "tariff" not in ((get(f"{up.api}/stations/CS-00004", up.token).get("evses") or {}).get("1") or {})
         assert "sample tariffs set on 4 stations" in up.stderr.read_text()
+        controller = Path(f"/proc/{up.urls['pids']['controller']}/cmdline").read_bytes().split(b"\0")
+        assert b"--central-cost" in controller, "central cost for the stations that compute none"
 
 
 async def test_up_with_two_workers_answers_for_every_station_from_either(tmp_path: Path) -> None:
