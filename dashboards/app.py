@@ -83,6 +83,7 @@ PAGES = [
     st.Page(HERE / "pages/reservations.py", title="Reservations", icon=":material/event:"),
     st.Page(HERE / "pages/monitoring.py", title="Monitoring & alerts", icon=":material/notifications:"),
     st.Page(HERE / "pages/uptime.py", title="Uptime & AFIR", icon=":material/verified:"),
+    st.Page(HERE / "pages/feeds.py", title="Feeds: OCPI & DATEX II", icon=":material/rss_feed:"),
     st.Page(HERE / "pages/migration.py", title="Migration", icon=":material/swap_horiz:"),
 ]
 

@@ -39,9 +39,10 @@ def source() -> Source:
     return Source(settings.api_url, archive_path(os.environ.get("TWIN_ARCHIVE"), settings.archive))
 
 
-def live(path: str) -> tuple[Any, str | None]:
-    """The API's answer to ``path``, or None and why not."""
-    base = source().api
+def live(path: str, base: str | None = None) -> tuple[Any, str | None]:
+    """The API's answer to ``path`` (or another service's of ours at ``base``, with the same
+    token: ``twin ocpi``'s /status), or None and why not."""
+    base = base or source().api
     try:
         with urllib.request.urlopen(urllib.request.Request(base + path, headers=token_header()),
                                     timeout=TIMEOUT) as response:  # fmt: skip

@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Debian's Chromium, driven by Playwright) against
 ``twin up --simulate 5``: the fleet page lists the stations, and a station page shows an
-EVSE whose energy direction changes. Screenshots go to docs/screenshots/ (the README shows
-them)."""
+EVSE whose energy direction changes, and the Feeds page says where twin ocpi's OCPI and
+DATEX II feeds are. Screenshots go to docs/screenshots/ (the README shows them)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,14 @@ def test_the_live_fleet_in_a_real_browser(tmp_path: Path) -> None:
                     break
                 time.sleep(0.5)  # the page refreshes the twin on its own every 2 s
             assert len(seen) >= 2, f"EVSE 1's energy direction never changed: {seen}"
+
+            page.goto(f"{up.urls['dashboard']}/feeds")  # twin ocpi's feeds, from its /status
+            sign_in(page, up.token)
+            page.get_by_role("heading", name="Feeds: OCPI & DATEX II").wait_for(timeout=60_000)
+            page.get_by_text(up.urls["ocpi"]).first.wait_for(state="attached", timeout=60_000)
+            page.get_by_text(up.urls["datex2"], exact=True).first.wait_for(state="attached", timeout=60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=SHOTS / "feeds.png", full_page=True)
         finally:
             browser.close()
 

@@ -683,3 +683,33 @@ def test_push_survives_a_receiver_that_fails_then_recovers(stack: Stack) -> None
     assert push["failures"] >= 2 and push["sent"] >= len(pools)
     put = next(b for m, _, b in stack.emsp.pushes if m == "PUT")
     assert put["evses"] and put["country_code"] == "NL"
+
+
+def test_the_dashboard_says_where_each_feed_is_and_when_it_was_last_served(stack: Stack,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Feeds page (AppTest) on this stack's twin ocpi: every feed's URL, the DATEX II
+    status feed just served (XML, when), the registered eMSPs and their roles, the locations
+    push's count; and, with no twin ocpi where TWIN_OCPI points, a warning that says so."""
+    from streamlit.testing.v1 import AppTest
+
+    _register(stack)
+    urllib.request.urlopen(f"{stack.base}/datex2/v3/afir/status").read()
+    monkeypatch.setenv("TWIN_API", f"http://127.0.0.1:{stack.web_port}")
+    monkeypatch.setenv("TWIN_ARCHIVE", str(stack.archive))
+    monkeypatch.setenv("TWIN_OCPI", stack.base)
+    page = str(Path(__file__).resolve().parents[1] / "dashboards" / "pages" / "feeds.py")
+    at = AppTest.from_file(page, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Feeds: OCPI & DATEX II"
+    assert f"{stack.base}/ocpi/versions" in at.caption[0].value
+    feeds = {r["feed"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert feeds["datex2 status"]["url"] == f"{stack.base}/datex2/v3/afir/status"
+    assert feeds["datex2 status"]["result"] == "XML" and feeds["datex2 status"]["last_served"] != "never"
+    assert feeds["ocpi locations"]["to"] == "DE*EMS"
+    parties = {r["party"]: r for r in at.dataframe[1].value.to_dict("records")}
+    assert parties["DE*EMS"]["role"] == "EMSP" and "sessions" in parties["DE*EMS"]["receives"]
+    assert int(next(m.value for m in at.metric if m.label == "Pushed")) > 0
+
+    monkeypatch.setenv("TWIN_OCPI", f"http://127.0.0.1:{free_port()}")
+    at = AppTest.from_file(page, default_timeout=60).run()
+    assert not at.exception and "`twin ocpi` is not reachable" in at.warning[0].value

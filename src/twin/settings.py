@@ -28,6 +28,9 @@ class Settings:
     dashboard_port: int = 8501
     api: str = ""
     """URL of a worker's API, for the dashboard and the CLI; empty: this machine's worker."""
+    ocpi: str = ""
+    """URL of ``twin ocpi`` (its ``/status``: where each feed is), for the dashboard; empty:
+    this machine's, on port 8180."""
     archive: str = "twin-data/archive"
     store: str = "memory"
     """Where the worker keeps its table of twins: "memory" (rebuilt from the changelog at
@@ -80,6 +83,10 @@ class Settings:
     @property
     def api_url(self) -> str:
         return (self.api or f"http://{self.host}:{self.web_port}").rstrip("/")
+
+    @property
+    def ocpi_url(self) -> str:
+        return (self.ocpi or f"http://{self.host}:8180").rstrip("/")
 
     @classmethod
     def load(cls, **flags: Any) -> Settings:
