@@ -369,10 +369,12 @@ def _window(con: Any, since: str | None, until: str | None) -> tuple[int, int] |
 
 
 def grid_report(capture: str | Path, since: str | None = None, until: str | None = None,
-                site_list: Sequence[site_model.Site] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The report's document: ``intervals`` (a row per site and interval), ``sites`` (their
-    totals), ``signals`` (every archived signal of the window: accepted, rejected with its
-    reason, cancelled) and the window itself."""
+                site_list: Sequence[site_model.Site] | None = None,
+                interval_s: int = INTERVAL_S) -> dict[str, Any]:  # fmt: skip
+    """The report's document: ``intervals`` (a row per site and interval of ``interval_s``:
+    a minute's, to say which minutes were over the limit), ``sites`` (their totals),
+    ``signals`` (every archived signal of the window: accepted, rejected with its reason,
+    cancelled) and the window itself."""
     import pyarrow as pa
 
     from twin.analytics.frames import connect, query
@@ -388,7 +390,7 @@ def grid_report(capture: str | Path, since: str | None = None, until: str | None
     if window is None or not known:
         return {"window": None, "intervals": [], "sites": [], "signals": []}
     start_ms, end_ms = window
-    rows = [p for site in known for p in pieces(site, signals, start_ms, end_ms)]
+    rows = [p for site in known for p in pieces(site, signals, start_ms, end_ms, interval_s)]
     for i, row in enumerate(rows):
         row["piece"] = i
     con.register("pieces", pa.Table.from_pylist(rows))
@@ -404,7 +406,7 @@ def grid_report(capture: str | Path, since: str | None = None, until: str | None
     sums = totals(out)
     for row in out:
         del row["_shifted"]  # unrounded, for the totals only
-    return {"window": {"from": _iso(start_ms), "to": _iso(end_ms), "interval_min": INTERVAL_S // 60},
+    return {"window": {"from": _iso(start_ms), "to": _iso(end_ms), "interval_min": interval_s // 60},
             "intervals": out, "sites": sums, "signals": window_signals}  # fmt: skip
 
 
