@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,14 @@ def test_the_live_fleet_in_a_real_browser(tmp_path: Path) -> None:
                 time.sleep(0.5)  # the page refreshes the twin on its own every 2 s
             assert len(seen) >= 2, f"EVSE 1's energy direction never changed: {seen}"
 
+            with urllib.request.urlopen(up.urls["datex2"], timeout=30) as feed:  # a NAP reads the table
+                assert feed.status == 200
             page.goto(f"{up.urls['dashboard']}/feeds")  # twin ocpi's feeds, from its /status
             sign_in(page, up.token)
             page.get_by_role("heading", name="Feeds: OCPI & DATEX II").wait_for(timeout=60_000)
             page.get_by_text(up.urls["ocpi"]).first.wait_for(state="attached", timeout=60_000)
             page.get_by_text(up.urls["datex2"], exact=True).first.wait_for(state="attached", timeout=60_000)
+            page.get_by_text("XML", exact=True).first.wait_for(state="attached", timeout=60_000)  # when, what
             page.wait_for_timeout(1000)
             page.screenshot(path=SHOTS / "feeds.png", full_page=True)
         finally:

@@ -436,6 +436,28 @@ def test_handshake_then_token_a_is_spent_and_c_reads_versions(stack: Stack, ocpi
     assert stack.call("GET", "/ocpi/2.2.1/locations", token_c, raw_token=True)[0] == 200  # 2.1.1's plain token
 
 
+def test_credentials_update_then_delete(stack: Stack) -> None:
+    """PUT credentials with a new token B: a new token C, the old one refused; DELETE: the
+    party is gone, its token refused."""
+    emsp = Emsp("upd-token-b-1", "BE", "UPD")
+    try:
+        first = _register_at(stack, emsp, stack.base)
+        emsp.token_b = "upd-token-b-2"
+        ours = {"token": emsp.token_b, "url": f"{emsp.base}/versions", "roles": [{"role": "EMSP", "business_details": {
+            "name": "Test eMSP UPD"}, "party_id": "UPD", "country_code": "BE"}]}  # fmt: skip
+        status, _, body = stack.call("PUT", "/ocpi/2.2.1/credentials", first, ours)
+        assert status == 200 and body["status_code"] == 1000, body
+        second = body["data"]["token"]
+        assert second != first and stack.call("GET", "/ocpi/2.2.1/locations", first)[0] == 401
+        assert stack.call("GET", "/ocpi/2.2.1/locations", second)[0] == 200
+        assert stack.call("DELETE", "/ocpi/2.2.1/credentials", second)[0] == 200
+        assert stack.call("GET", "/ocpi/2.2.1/locations", second)[0] == 401
+        with urllib.request.urlopen(f"{stack.base}/status") as r:
+            assert "BE*UPD" not in {p["party"] for p in json.loads(r.read())["parties"]}
+    finally:
+        emsp.stop()
+
+
 def test_unknown_module_or_version_is_an_ocpi_404(stack: Stack) -> None:
     _register(stack)
     for path in ("/ocpi/2.2.1/chargingprofiles", "/ocpi/2.1.1/locations", "/ocpi/3.0"):
@@ -681,6 +703,10 @@ def test_push_survives_a_receiver_that_fails_then_recovers(stack: Stack) -> None
     with urllib.request.urlopen(f"{stack.base}/status") as r:
         push = json.loads(r.read())["push"]
     assert push["failures"] >= 2 and push["sent"] >= len(pools)
+    # statuses that changed while it failed (CS-GONE went and came back, a simulated fleet charges) follow
+    method, path, patch = stack.wait("an EVSE status PATCHed", lambda: next(
+        (p for p in stack.emsp.pushes if p[0] == "PATCH"), None), timeout=120)  # fmt: skip
+    assert set(patch) == {"status", "last_updated"} and len(path.split("/")) == 4
     put = next(b for m, _, b in stack.emsp.pushes if m == "PUT")
     assert put["evses"] and put["country_code"] == "NL"
 

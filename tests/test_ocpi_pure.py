@@ -105,3 +105,73 @@ def test_art20_passes_with_the_inventory_and_a_price_on_every_evse() -> None:
     bare = [{k: v for k, v in r.items() if k not in ("address", "operator")} for r in pool]
     assert "address, operator" in art20(bare, stations, priced)["why"]
     assert art20([], stations, priced)["result"] == "unknown"
+
+
+# -- whose a Session or CDR is, and who is sent it ---------------------------------------------------
+
+
+def _rows() -> list[dict[str, Any]]:
+    row = {"station_id": "CS-00001", "evse_id": 1, "ended_at": "2026-03-02T11:00:00.000Z", "energy_kwh": 10.0,
+           "cost": 5.9, "currency": "EUR"}  # fmt: skip
+    return [{**row, "transaction_id": "TX-CMD", "started_at": "2026-03-02T10:00:00.000Z", "id_token": "APP-9"},
+            {**row, "transaction_id": "TX-RFID", "started_at": "2026-03-02T10:01:00.000Z", "id_token": "TOK-1"},
+            {**row, "transaction_id": "TX-OTH", "started_at": "2026-03-02T10:02:00.000Z", "id_token": "OTH-1"},
+            {**row, "transaction_id": "TX-OURS", "started_at": "2026-03-02T10:03:00.000Z", "id_token": "LOCAL-7",
+             "updated_at": "2026-03-02T11:00:00.000Z"}]  # fmt: skip
+
+
+def _objects(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from twin.publish import sessions as sess
+    from twin.publish.party import Party
+
+    rows = [{**r, "updated_at": r["ended_at"]} for r in rows]
+    started = {"TX-CMD": {**TOKEN, "uid": "APP-9"}}
+    tokens = {"TOK-1": TOKEN, "OTH-1": {**TOKEN, "country_code": "FR", "party_id": "OTH", "uid": "OTH-1"}}
+    roaming = sess.roaming(rows, started, tokens)
+    inventory_rows = inventory(2, 1)
+    return sess.sessions(Party(), rows, inventory_rows, roaming), sess.cdrs(Party(), rows, inventory_rows, roaming)
+
+
+def test_a_session_is_the_emsps_whose_token_started_or_authorised_it() -> None:
+    from twin.publish.sessions import owner
+
+    sessions, cdrs = _objects(_rows())
+    by_id = {s["id"]: s for s in sessions}
+    assert {i: owner(s) for i, s in by_id.items()} == {"TX-CMD": "DE*EMS", "TX-RFID": "DE*EMS", "TX-OTH": "FR*OTH",
+                                                       "TX-OURS": "NL*TWN"}  # fmt: skip
+    assert by_id["TX-CMD"]["auth_method"] == "COMMAND" and by_id["TX-RFID"]["auth_method"] == "WHITELIST"
+    assert by_id["TX-OURS"]["auth_method"] == "AUTH_REQUEST"
+    assert [owner(c) for c in cdrs] == [owner(by_id[c["id"]]) for c in cdrs]
+
+
+def test_each_emsp_is_sent_its_own_sessions_and_cdrs_once(tmp_path: Any) -> None:
+    from twin.publish.deliver import Deliveries
+    from twin.publish.party import Party
+
+    def party(cc: str, pid: str) -> dict[str, Any]:
+        base = f"http://{pid.lower()}/ocpi/2.2.1"
+        return {"country_code": cc, "party_id": pid, "token_b": f"b-{pid}", "url": f"http://{pid.lower()}/versions",
+                "endpoints": {"sessions:RECEIVER": f"{base}/sessions", "cdrs:RECEIVER": f"{base}/cdrs"}}  # fmt: skip
+
+    parties = [party("DE", "EMS"), party("FR", "OTH"), party("BE", "NON")]
+    sessions, cdrs = _objects(_rows())
+    out = Deliveries(Party(), tmp_path / "cdrs-taken.jsonl")
+    out.plan(parties, sessions, cdrs)
+    sent = {k: [(p.method, p.url, p.body["id"]) for p in o.queue] for k, o in out.outboxes.items()}
+    assert sent["DE*EMS"] == [("PUT", "http://ems/ocpi/2.2.1/sessions/NL/TWN/TX-CMD", "TX-CMD"),
+                              ("PUT", "http://ems/ocpi/2.2.1/sessions/NL/TWN/TX-RFID", "TX-RFID"),
+                              ("POST", "http://ems/ocpi/2.2.1/cdrs", "TX-CMD"),
+                              ("POST", "http://ems/ocpi/2.2.1/cdrs", "TX-RFID")]  # fmt: skip
+    assert [i for _, _, i in sent["FR*OTH"]] == ["TX-OTH", "TX-OTH"] and sent["BE*NON"] == []
+    out.plan(parties, sessions, cdrs)  # nothing new: nothing more
+    assert len(out.outboxes["DE*EMS"].queue) == 4
+    for push in out.outboxes["DE*EMS"].queue:  # DE*EMS takes them
+        if push.then is not None:
+            push.then()
+    again = Deliveries(Party(), tmp_path / "cdrs-taken.jsonl")  # a restart: Sessions PUT again, no CDR twice
+    again.plan(parties[:1], sessions, cdrs)
+    assert [p.method for p in again.outboxes["DE*EMS"].queue] == ["PUT", "PUT"]
+    assert set(again.outboxes) == {"DE*EMS"}
+    moved = [{**s, "last_updated": "2026-03-02T12:00:00.000Z"} if s["id"] == "TX-CMD" else s for s in sessions]
+    again.plan(parties[:1], moved, cdrs)  # a Session that changed is PUT again
+    assert [p.url.rsplit("/", 1)[1] for p in again.outboxes["DE*EMS"].queue] == ["TX-CMD", "TX-RFID", "TX-CMD"]

@@ -18,7 +18,7 @@ NOT_RUNNING = (
     "(TWIN_OCPI); on its own: `twin ocpi --port PORT`, and TWIN_OCPI=http://HOST:PORT for `twin dashboard`."
 )
 FEED_COLUMNS = {
-    "url": st.column_config.LinkColumn("where", width="large"),
+    "url": st.column_config.LinkColumn("where", width="medium"),
     "last_served": st.column_config.TextColumn("last served (UTC)"),
     "to": st.column_config.TextColumn("to", help="the registered party (OCPI) or the address (DATEX II)"),
     "result": st.column_config.TextColumn(help="objects in the page served of all that matched; a command's answer"),
@@ -30,8 +30,13 @@ def ocpi_url() -> str:
 
 
 def feed_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"feed": f["feed"], "url": f["url"], "last_served": f.get("last_served") or "never",
-             "to": f.get("last_to"), "result": f.get("last_result")} for f in status["feeds"]]  # fmt: skip
+    return [{"feed": f["feed"], "url": f["url"], "last_served": when(f.get("last_served")),
+             "to": f.get("last_to") or "", "result": f.get("last_result") or ""} for f in status["feeds"]]  # fmt: skip
+
+
+def when(ts: str | None) -> str:
+    """``2026-03-02 10:00:01`` (UTC) of an ISO time, or ``never``."""
+    return ts[:19].replace("T", " ") if ts else "never"
 
 
 def party_rows(status: dict[str, Any]) -> list[dict[str, Any]]:
