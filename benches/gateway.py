@@ -1,17 +1,26 @@
-"""Gateway benchmark: 2,000 concurrent stations on loopback, a realistic mix of calls.
+"""Gateway benchmark: 1,000 concurrent stations on loopback, a realistic mix of calls, the
+gateway (csms mode, capturing into the embedded Tansu broker) against a bare websockets echo
+server (the floor: the same load answered by a server that records nothing).
 
-Two phases, each run with capture on and with capture off (the ratio is capture's price):
+Two phases, each run for every server of ``--configs``, alternating within each round:
 - saturate: every station sends its next CALL as soon as the last is answered; gives
-  frames captured per second (each CALL and its answer are two frames);
-- paced: the stations together offer a fixed rate (default 6,000 frames/s) with jitter;
-  gives the CALL round-trip p50/p99 at that load. (A closed loop cannot: with 2,000 calls
-  always outstanding, latency is 2,000 / throughput by Little's law.)
+  frames per second (each CALL and its answer are two frames) and the ratio to echo's;
+- paced: the stations together offer a fixed rate (default 4,000 frames/s: 2 calls/s from
+  each of 1,000) with jitter; gives the CALL round trip (p50/p99/p99.9 and a histogram).
+  A closed loop cannot: with every call always outstanding, latency is stations /
+  throughput by Little's law.
 
-Broker (embedded Tansu), gateway (``python -m twin gateway``) and this load generator
-share the machine; CPU seconds per process during each run show what bounds it. The load
-generator runs with its garbage collector off, so its own pauses do not count as latency.
+``--configs`` may add ``no-capture`` (the gateway recording nothing: capture's price) and
+``before`` (the gateway of another checkout, ``--before DIR``, e.g. a ``git worktree`` of
+the commit before a change: before and after in one run).
 
-    .venv/bin/python benches/gateway.py [--stations 2000] [--seconds 15] [--json]
+Broker, server and this load generator share the machine with whatever else runs on it;
+CPU per process and the machine's other busy time ("others", /proc/stat) during each run
+show what bounds it. The load generator runs with its garbage collector off, so its own
+pauses do not count as latency.
+
+    .venv/bin/python benches/gateway.py [--stations 1000] [--rate 4000] [--seconds 15]
+        [--configs echo,gateway,before --before /tmp/twin-before] [--repeat 3] [--json]
 """
 
 from __future__ import annotations
@@ -129,15 +138,63 @@ class Load:
         await asyncio.gather(*(station(i) for i in range(self.stations)))
 
 
-def run_once(stations: int, seconds: float, rate: float | None, capture: bool, workdir: Path) -> dict[str, float]:
+ECHO = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def answer(ws):
+    async for message in ws:
+        await ws.send('[3,' + message.split(',', 2)[1] + ',{}]')
+
+async def main():
+    async with serve(answer, '127.0.0.1', int(sys.argv[1]), reuse_port=True, compression=None,
+                     ping_interval=None, subprotocols=['ocpp2.1']):
+        await asyncio.Future()
+
+asyncio.run(main())
+"""
+"""A bare websockets echo server: the floor. It answers every CALL with ``[3, id, {}]`` and
+records nothing: what any Python websockets server costs on this machine under this load."""
+
+EDGES_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+def histogram(rtts: list[float]) -> list[tuple[str, int]]:
+    """Calls per round-trip bucket (ms)."""
+    counts = [0] * (len(EDGES_MS) + 1)
+    for x in rtts:
+        ms = x * 1000
+        counts[next((k for k, e in enumerate(EDGES_MS) if ms < e), len(EDGES_MS))] += 1
+    labels = [f"< {EDGES_MS[0]}"] + [f"{a}-{b}" for a, b in zip(EDGES_MS, EDGES_MS[1:], strict=False)]
+    return list(zip([*labels, f">= {EDGES_MS[-1]}"], counts, strict=True))
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every process, every core)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(config: str, bootstrap: str, port: int, workdir: Path, before: Path | None) -> subprocess.Popen[bytes]:
+    if config == "echo":
+        return subprocess.Popen([sys.executable, "-c", ECHO, str(port)])
+    args = [sys.executable, "-m", "twin", "gateway", "-b", bootstrap, "--port", str(port),
+            "--spool", str(workdir / "spool")] + (["--no-capture"] if config == "no-capture" else [])  # fmt: skip
+    env = dict(os.environ)
+    if config == "before":  # the gateway as it was: that tree's package ahead of this one
+        assert before is not None
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(before / "src"), env.get("PYTHONPATH")]))
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(workdir / "gateway.log", "ab"), env=env)  # noqa: SIM115
+
+
+def run_once(stations: int, seconds: float, rate: float | None, config: str, workdir: Path,
+             before: Path | None = None) -> dict[str, Any]:  # fmt: skip
     port = free_port()
     with EmbeddedBroker(port, log=workdir / "tansu.log") as broker:
         settings = Settings(bootstrap=broker.bootstrap, partitions=4)
         ensure_topics(settings, broker.bootstrap)
         gw_port = free_port()
-        args = [sys.executable, "-m", "twin", "gateway", "-b", broker.bootstrap, "--port", str(gw_port),
-                "--spool", str(workdir / "spool")] + ([] if capture else ["--no-capture"])  # fmt: skip
-        gateway = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(workdir / "gateway.log", "ab"))  # noqa: SIM115
+        server = start_server(config, broker.bootstrap, gw_port, workdir, before)
         try:
             deadline = time.time() + 30
             while time.time() < deadline:
@@ -146,11 +203,12 @@ def run_once(stations: int, seconds: float, rate: float | None, capture: bool, w
                         break
                 except OSError:
                     time.sleep(0.2)
+            time.sleep(1.0)  # the gateway's collector tuned after start-up
             assert broker.process is not None
-            rss0 = rss_bytes(gateway.pid)
+            rss0 = rss_bytes(server.pid)
             load = Load(f"ws://127.0.0.1:{gw_port}/ocpp", stations, seconds, rate)
-            cpu0 = {"gateway": cpu_seconds(gateway.pid), "broker": cpu_seconds(broker.process.pid)}
-            me0 = time.process_time()
+            cpu0 = {"server": cpu_seconds(server.pid), "broker": cpu_seconds(broker.process.pid)}
+            me0, busy0 = time.process_time(), busy_seconds()
             t0 = time.perf_counter()
             gc.disable()  # the load generator's own pauses are not the gateway's latency
             try:
@@ -159,24 +217,15 @@ def run_once(stations: int, seconds: float, rate: float | None, capture: bool, w
                 gc.enable()
             wall = time.perf_counter() - t0
             cpu = {
-                "gateway": cpu_seconds(gateway.pid) - cpu0["gateway"],
+                "server": cpu_seconds(server.pid) - cpu0["server"],
                 "broker": cpu_seconds(broker.process.pid) - cpu0["broker"],
                 "loadgen": time.process_time() - me0,
             }
-            rss1 = rss_bytes(gateway.pid)
+            cpu["others"] = busy_seconds() - busy0 - sum(cpu.values())  # other people's work on the machine
+            rss1 = rss_bytes(server.pid)
         finally:
-            gateway.terminate()
-            gateway.wait(10)
-    if os.environ.get("BENCH_TAIL"):
-        when = getattr(load.rtts, "when", [])
-        slow = sorted((w, r) for w, r in zip(when, load.rtts, strict=True) if r > 0.05)
-        if when:
-            t0 = min(when)
-            print(
-                "slow calls at (s into window, ms):",
-                [(round(w - t0, 2), round(r * 1000)) for w, r in slow][:40],
-                file=sys.stderr,
-            )
+            server.terminate()
+            server.wait(10)
     frames = 2 * load.calls
     return {
         "frames_per_s": frames / seconds,
@@ -184,31 +233,49 @@ def run_once(stations: int, seconds: float, rate: float | None, capture: bool, w
         "errors": load.errors,
         "rtt_p50_ms": pct(load.rtts, 0.50) * 1000,
         "rtt_p99_ms": pct(load.rtts, 0.99) * 1000,
+        "rtt_p999_ms": pct(load.rtts, 0.999) * 1000,
+        "server_cpu_us_per_frame": cpu["server"] / max(1, frames) * 1e6,
         "rss_per_connection_kib": (rss1 - rss0) / stations / 1024,
         "cpu_share": {k: round(v / wall, 2) for k, v in cpu.items()},  # cores busy, over the whole run
+        "histogram": histogram(load.rtts),
     }
 
 
 def _median(each: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per figure, the median over repeated runs."""
+    """Per figure, the median over repeated runs; histograms summed."""
     out: dict[str, Any] = {}
     for key, value in each[0].items():
-        if isinstance(value, dict):
+        if key == "histogram":
+            out[key] = [(label, sum(r[key][k][1] for r in each)) for k, (label, _) in enumerate(value)]
+        elif isinstance(value, dict):
             out[key] = {k: round(statistics.median(r[key][k] for r in each), 2) for k in value}
         else:
-            out[key] = statistics.median(r[key] for r in each)
+            out[key] = round(statistics.median(r[key] for r in each), 2)
     return out
+
+
+def show_histogram(rows: list[tuple[str, int]]) -> str:
+    total = sum(c for _, c in rows) or 1
+    return "\n".join(f"    {label:>10} ms {c:7d} {'#' * round(60 * c / total)}" for label, c in rows if c)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stations", type=int, default=2000)
+    parser.add_argument("--stations", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--rate", type=float, default=6000, help="offered frames/s in the paced phase")
+    parser.add_argument("--rate", type=float, default=4000, help="offered frames/s in the paced phase")
     parser.add_argument("--phases", default="saturate,paced", help="which phases to run")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians are reported")
+    parser.add_argument("--configs", default="echo,gateway",
+                        help="servers, each round in this order: echo, gateway, no-capture, before")  # fmt: skip
+    parser.add_argument(
+        "--before", type=Path, help="a checkout of twin as it was (`git worktree add`): config 'before'"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported, ratios paired by round")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    configs = args.configs.split(",")
+    if "before" in configs and args.before is None:
+        parser.error("config 'before' needs --before DIR")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -217,48 +284,43 @@ def main() -> None:
             if phase not in args.phases.split(","):
                 continue
             for i in range(args.repeat):
-                for capture in (True, False):  # alternate, so drift in the machine hits both
-                    name = f"{phase}/{'capture' if capture else 'no-capture'}"
+                for config in configs:  # alternate, so drift in the machine hits each alike
+                    name = f"{phase}/{config}"
                     print(f"running {name} ({i + 1}/{args.repeat}) ...", file=sys.stderr, flush=True)
-                    runs.setdefault(name, []).append(run_once(args.stations, args.seconds, rate, capture, Path(tmp)))
+                    runs.setdefault(name, []).append(
+                        run_once(args.stations, args.seconds, rate, config, Path(tmp), args.before)
+                    )
     results = {name: _median(each) for name, each in runs.items()}
-    nan = {
-        "frames_per_s": float("nan"),
-        "rtt_p50_ms": float("nan"),
-        "rtt_p99_ms": float("nan"),
-        "rss_per_connection_kib": float("nan"),
-    }
-    sat_on, sat_off = results.get("saturate/capture", nan), results.get("saturate/no-capture", nan)
-    paced_on, paced_off = results.get("paced/capture", nan), results.get("paced/no-capture", nan)
-    ratios = [
-        off["frames_per_s"] / on["frames_per_s"]
-        for on, off in zip(runs.get("saturate/capture", []), runs.get("saturate/no-capture", []), strict=True)
-    ]
+    paired: dict[str, list[float]] = {}  # each config against echo in the same round
+    for config in configs:
+        if config == "echo":
+            continue
+        sat, floor = runs.get(f"saturate/{config}", []), runs.get("saturate/echo", [])
+        if sat and floor:
+            paired[f"saturate {config} / echo, frames/s"] = [
+                round(a["frames_per_s"] / b["frames_per_s"], 2) for a, b in zip(sat, floor, strict=True)
+            ]
+        paced, floor = runs.get(f"paced/{config}", []), runs.get("paced/echo", [])
+        if paced and floor:
+            paired[f"paced {config} - echo, p99 ms"] = [
+                round(a["rtt_p99_ms"] - b["rtt_p99_ms"], 1) for a, b in zip(paced, floor, strict=True)
+            ]
     summary = {
-        "stations": args.stations,
-        "seconds": args.seconds,
-        "repeat": args.repeat,
-        "frames_captured_per_s": round(sat_on["frames_per_s"]),
-        "frames_per_s_without_capture": round(sat_off["frames_per_s"]),
-        "capture_cost_ratio": round(statistics.median(ratios), 2) if ratios else None,
-        "capture_cost_ratios": [round(r, 2) for r in ratios],
-        "paced_rate": args.rate,
-        "paced_rtt_p50_ms": round(paced_on["rtt_p50_ms"], 1),
-        "paced_rtt_p99_ms": round(paced_on["rtt_p99_ms"], 1),
-        "paced_rtt_p99_ms_without_capture": round(paced_off["rtt_p99_ms"], 1),
-        "gateway_rss_per_connection_kib": round(sat_on["rss_per_connection_kib"], 1),
+        "stations": args.stations, "seconds": args.seconds, "repeat": args.repeat, "paced_rate": args.rate,
+        "paired_by_round": paired,
+        "paired_median": {k: round(statistics.median(v), 2) for k, v in paired.items()},
         "runs": results,
-    }
+    }  # fmt: skip
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        for key, value in summary.items():
-            if key != "runs":
-                print(f"{key:36} {value}")
-        for name, run in results.items():
-            print(
-                f"  {name:22} {json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in run.items()})}"
-            )
+        return
+    for name, run in results.items():
+        figures = {k: v for k, v in run.items() if k != "histogram"}
+        print(f"{name:22} {json.dumps(figures)}")
+        if name.startswith("paced/"):
+            print(show_histogram(run["histogram"]))
+    for key, values in paired.items():
+        print(f"{key:40} {values} median {summary['paired_median'][key]}")
 
 
 if __name__ == "__main__":
