@@ -542,6 +542,7 @@ def test_commands_reach_the_stations_and_their_answers_come_back(stack: Stack, o
                                                                      .get("reservations") or {}).get(
         str(roaming["ocpp_id"])))  # fmt: skip
     assert reservation["id_token"] == "EMS-TOKEN-1"
+    assert reservation["roaming"] == {"party": "DE*EMS", "command": "RESERVE_NOW", "reservation_id": "R-1"}
 
     replay = _command(stack, "RESERVE_NOW", reserve, "r1-again")
     assert replay["data"]["result"] == "REJECTED" and "replayed" in replay["data"]["message"][0]["text"]
