@@ -1,19 +1,27 @@
 """Reports at fleet scale: sessions, uptime and afir over a simulated archive of ~1 M and
-~10 M records (2,000 stations), each run in fresh processes, with its peak memory; the
-baseline in the same run is a straightforward pandas implementation (read the columns with
-a filter, ``json.loads`` each payload, accumulate in Python) of each report.
+~10 M records (2,000 stations), each run in fresh processes, with its peak memory. Two
+references in the same run:
 
-Each report is timed two ways, the median of ``--repeats`` runs (ours and pandas alternate,
-so both see the same machine):
+- the **floor**: one DuckDB scan of the same files (count and latest ``ts`` per station),
+  the least any report over the whole log costs;
+- a straightforward **pandas** implementation (read the columns with a filter, ``json.loads``
+  each payload, accumulate in Python) of each report.
+
+Each report is timed three ways, the median of ``--repeats`` runs (every run takes its turn
+in each round, so all see the same machine):
 
 - ``process``: the whole process, Python's start and every import included;
 - ``call``: the report's call alone, its libraries imported before (DuckDB and twin's
-  module; pandas and pyarrow): what computing the metric costs.
+  module; pandas and pyarrow): what computing the metric costs;
+- ``cli``: ``twin report KIND --archive DIR --json`` as users run it, a process of its own
+  (its start-up, the command line's imports and the JSON on stdout included).
 
 Pandas' uptime is checked to be ours, port by port, before either is timed.
 
     .venv/bin/python benches/analytics.py [--sizes 1000000,10000000] [--stations 2000] [--repeats 3] [--json]
+    .venv/bin/python benches/analytics.py --stations 1000 --days 14   # issue 23's archive: 11.3 M records
     .venv/bin/python benches/analytics.py --archive DIR   # an archive already written (with _stations.json)
+    .venv/bin/python benches/analytics.py --archive DIR --no-pandas   # the floor, ours and the CLI only
 """
 
 from __future__ import annotations
@@ -36,7 +44,10 @@ from twin.simulator import inventory, write
 
 RECORDS_PER_STATION_DAY = 775  # over a week (one day, benches/simulator.py: 818); the archive reaches the size
 
+FLOOR = "import duckdb; floor = lambda a: duckdb.connect().execute(f\"SELECT station_id, count(*), max(ts) FROM read_parquet('{a}/**/*.parquet', hive_partitioning = true) GROUP BY station_id\").fetchall()"  # noqa: E501
+
 RUN = {  # name: (imports, the call, which gives the rows)
+    "floor": (FLOOR, "len(floor(A))"),
     "sessions duckdb": ("from twin.analytics.sessions import sessions_duckdb as f", "len(f(A))"),
     "sessions polars": ("from twin.analytics.sessions import sessions_polars as f; import polars", "len(f(A))"),
     "sessions pandas": ("import benches_pandas as b", "len(b.sessions(A))"),
@@ -161,17 +172,46 @@ def afir(path):
 '''
 
 
-def timed(command: list[str]) -> dict[str, Any]:
-    """Run ``command``; its wall time, peak memory and the last line it printed. (A child
-    forked from a large parent reports the parent's memory as its peak: keep the parent small.)"""
+CLI = ("sessions", "uptime")
+"""The reports also timed as ``twin report KIND`` (sessions and uptime: issue 23)."""
+CLI_ROWS = {"sessions": "sessions", "uptime": "ports"}
+
+
+CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+"""The children's environment: Python's bytecode cached, as in a user's install (a checkout whose
+.pyc files are stale compiles the modules at every start: 0.4 s of ``twin``'s)."""
+
+
+def timed(command: list[str], out: Path | None = None) -> dict[str, Any]:
+    """Run ``command``; its wall and CPU time, peak memory and the last line it printed (into
+    ``out`` if given, unread: a report's JSON). (A child forked from a large parent reports the
+    parent's memory as its peak: keep the parent small.)"""
     began = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(out, "wb") if out else open(os.devnull, "wb") as sink:
+        proc = subprocess.Popen(command, stdout=sink if out else subprocess.PIPE, env=CHILD_ENV)
+        if out:
+            _, status, usage = os.wait4(proc.pid, 0)
+            lines = []
+        else:
+            text = proc.stdout.read() if proc.stdout else b""  # read before waiting: a full pipe would block it
+            _, status, usage = os.wait4(proc.pid, 0)
+            lines = text.decode().strip().splitlines()
     seconds = time.perf_counter() - began
     if status != 0:
         raise RuntimeError(f"{command} failed")
-    lines = proc.stdout.read().decode().strip().splitlines() if proc.stdout else []
-    return {"seconds": round(seconds, 2), "peak_mib": round(usage.ru_maxrss / 1024), "out": lines[-1] if lines else ""}
+    return {"seconds": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_mib": round(usage.ru_maxrss / 1024), "out": lines[-1] if lines else ""}  # fmt: skip
+
+
+def timed_cli(kind: str, archive: Path, workdir: Path) -> dict[str, Any]:
+    """``twin report KIND --archive ARCHIVE --json`` as a user runs it: the installed ``twin``
+    script beside this Python, its JSON written to a file; its time, peak memory and rows."""
+    twin = Path(sys.executable).with_name("twin")
+    out = workdir / f"{kind}.json"
+    result = timed([str(twin), "report", kind, "--archive", str(archive), "--json"], out)
+    rows = len(orjson.loads(out.read_bytes())[CLI_ROWS[kind]])
+    out.unlink()
+    return {"process_s": result["seconds"], "cpu_s": result["cpu_s"], "peak_mib": result["peak_mib"], "rows": rows}
 
 
 def timed_report(run: tuple[str, str], archive: Path, workdir: Path) -> dict[str, Any]:
@@ -182,7 +222,8 @@ def timed_report(run: tuple[str, str], archive: Path, workdir: Path) -> dict[str
               f"began = time.perf_counter(); n = {call}; print(n, time.perf_counter() - began)")  # fmt: skip
     result = timed([sys.executable, "-c", script])
     rows, call_s = result["out"].split()
-    return {"process_s": result["seconds"], "call_s": float(call_s), "peak_mib": result["peak_mib"], "rows": int(rows)}
+    return {"process_s": result["seconds"], "call_s": float(call_s), "cpu_s": result["cpu_s"],
+            "peak_mib": result["peak_mib"], "rows": int(rows)}  # fmt: skip
 
 
 AGREE = """
@@ -217,45 +258,70 @@ def records_in(archive: Path) -> int:
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median time of each kind over ``runs``, the largest peak, and the rows (all equal)."""
     assert len({r["rows"] for r in runs}) == 1, "a report gave different rows from one run to the next"
-    return {"process_s": round(statistics.median(r["process_s"] for r in runs), 2),
-            "call_s": round(statistics.median(r["call_s"] for r in runs), 3),
-            "peak_mib": max(r["peak_mib"] for r in runs), "rows": runs[0]["rows"]}  # fmt: skip
+    times = {kind: round(statistics.median(r[kind] for r in runs), 3) for kind in ("process_s", "call_s", "cpu_s")
+             if kind in runs[0]}  # fmt: skip
+    return {**times, "peak_mib": max(r["peak_mib"] for r in runs), "rows": runs[0]["rows"]}
+
+
+def against_floor(row: dict[str, Any]) -> None:
+    """Each report's times as multiples of the floor's, each kind against its own kind: the
+    process and the CLI against the floor's process, the call against its call."""
+    floor = row["floor"]
+    for name in [n for n in row if isinstance(row[n], dict) and "process_s" in row[n] and n != "floor"]:
+        ours = row[name]
+        ratio = {"process_s": round(ours["process_s"] / floor["process_s"], 2),
+                 "cpu_s": round(ours["cpu_s"] / floor["cpu_s"], 2)}  # fmt: skip
+        if "call_s" in ours:
+            ratio["call_s"] = round(ours["call_s"] / floor["call_s"], 2)
+        row[f"{name} / floor"] = ratio
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--stations", type=int, default=2000)
+    parser.add_argument("--days", type=float, help="simulate this many days (--sizes ignored)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--archive", help="time the reports on this archive instead of writing one (--sizes ignored)")
+    parser.add_argument("--no-pandas", action="store_true", help="leave out the pandas baseline (28 s a sessions run)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "benches_pandas.py").write_text(PANDAS)
-        for size in [int(s) for s in args.sizes.split(",")] if not args.archive else [0]:
+        sizes = [int(s) for s in args.sizes.split(",")] if not (args.archive or args.days) else [0]
+        run = {name: r for name, r in RUN.items() if not (args.no_pandas and name.endswith("pandas"))}
+        for size in sizes:
             if args.archive:
                 archive = Path(args.archive)
                 row: dict[str, Any] = {"records": records_in(archive), "archive": str(archive)}
             else:
-                days = size / (args.stations * RECORDS_PER_STATION_DAY)
+                days = args.days or size / (args.stations * RECORDS_PER_STATION_DAY)
                 archive = work / f"archive-{size}"
                 began = time.perf_counter()
                 n = write(archive, args.stations, days, seed=1, workers=os.cpu_count() or 1)
                 inventory_path(archive).write_bytes(orjson.dumps(inventory(args.stations, 1)))
                 generated = round(time.perf_counter() - began, 1)
                 row = {"records": n, "days": round(days, 2), "generate_s": generated}
-            row["uptime agrees"] = uptime_agrees(archive, work)
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in RUN}
+            if not args.no_pandas:
+                row["uptime agrees"] = uptime_agrees(archive, work)
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*run, *(f"{k} cli" for k in CLI)]}
+            for kind in CLI:  # once untimed: the bytecode written, the files in the page cache
+                timed_cli(kind, archive, work)
             for _ in range(args.repeats):  # round-robin: a slow minute of the machine falls on every report
-                for name, run in RUN.items():
-                    runs[name].append(timed_report(run, archive, work))
-            for name in RUN:
+                for name, each in run.items():
+                    runs[name].append(timed_report(each, archive, work))
+                for kind in CLI:
+                    runs[f"{kind} cli"].append(timed_cli(kind, archive, work))
+            for name in runs:
                 row[name] = median_of(runs[name])
+            against_floor(row)
             for slower, faster in [(f"{r} pandas", f"{r} duckdb") for r in ("sessions", "uptime", "afir")] + [
                 ("sessions polars", "sessions duckdb")
             ]:
+                if slower not in row:
+                    continue
                 row[f"{slower} / {faster.split()[1]}"] = {kind: round(row[slower][kind] / row[faster][kind], 2)
                                                            for kind in ("process_s", "call_s")}  # fmt: skip
             results[str(row["records"])] = row
