@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_controller import LIMIT_A, SPEED, TOLERANCE_KW, TWIN, SiteStack, _accepted
+from tests.conftest import TopicReader
+from tests.test_controller import LIMIT_A, SITES, SPEED, TOLERANCE_KW, TWIN, SiteStack, _accepted
 from tests.test_grid_vtn import CLIENT_ID, CLIENT_SECRET, EAN_A, GAC_PROGRAM, Vtn, limit_event, price_event
 from twin import runtime
 from twin.broker import EmbeddedBroker, free_port
@@ -96,6 +97,8 @@ def test_a_limit_event_is_logged_in_force_and_kept(grid: GridStack) -> None:
     imports = [s["import_kw"] for s in grid.samples("SITE-A", 3) if s["limit_source"] == "openadr"]
     assert imports and max(imports) <= GRID_KW + TOLERANCE_KW, imports
     assert grid.wait("a report back to the VTN", lambda: grid.vtn.reports, timeout=30)
+    # subscribed where the VTN offers it, and called back with the subscription's bearer token
+    assert grid.vtn.subscriptions and "notified of CREATE EVENT" in (grid.workdir / "ven.log").read_text()
     assert grid.vtn.violations == [], grid.vtn.violations
 
 
@@ -138,6 +141,15 @@ def test_the_vtn_going_away_brings_safe_mode_after_the_schedule(grid: GridStack)
     assert safe and safe[-1]["intervals"][0]["start"] == _iso(ends).replace("Z", ".000Z")
     down = [s for s in grid.signals("SITE-A") if s["event_id"] == "vtn-unreachable"]
     assert down and down[-1]["status"] == "rejected" and "unreachable" in down[-1]["reason"]
+    alerts = TopicReader(grid.broker.bootstrap, grid.settings.topics.alerts)
+    try:  # an alert for each of the site's stations
+        found = alerts.wait(lambda rs: {r["station_id"] for r in rs if r["kind"] == "grid_signal" and
+                                        r["detail"]["protocol"] == "safe-mode"} >= set(SITES[0]["stations"]),
+                            timeout=30)  # fmt: skip
+    finally:
+        alerts.close()
+    safe_alerts = [r for r in found if r["kind"] == "grid_signal" and r["detail"]["protocol"] == "safe-mode"]
+    assert all(r["severity"] == "warning" and r["detail"]["site_id"] == "SITE-A" for r in safe_alerts)
     # the VEN restarted while the VTN is still away: it reads grid.signals back, stays in safe
     # mode without entering it twice, and (below) ends it when the VTN answers again
     runtime.stop(grid.procs.pop("ven"), signal.SIGINT, 15)
