@@ -1,15 +1,20 @@
 """Central cost end to end: `twin gateway`, `twin worker`, `twin controller --central-cost` and
 a live simulated fleet in which CS-00002 computes no cost (`--central-cost-stations`). The
 controller sends CS-00002's running cost as CostUpdated, worked out with
-twin.cost.session_cost from the energy in its twin; CS-00003 reports its own cost and is
-sent none. Every frame is valid for 2.1."""
+twin.cost.session_cost from the readings in its twin, and its final cost once a transaction
+ended, which the station keeps; CS-00003 reports its own cost and is sent none. CS-00002's
+clock is set to Europe/Berlin and its EVSE 2 priced by time of day: a session there straddles
+11:00 Berlin (10:00 UTC) and is billed as `twin report tariffs` recomputes it. Every frame is
+valid for 2.1."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
+import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +41,24 @@ SESSIONS = """session_id,evse_id,arrival,departure,energy_kwh,max_kw,v2g,max_dis
 S0,CS-00001:1,2026-03-02T08:00:00Z,2026-03-02T08:05:00Z,1,11,false,0
 S1,CS-00002:1,2026-03-02T08:40:00Z,2026-03-02T10:30:00Z,10,11,false,0
 S2,CS-00003:1,2026-03-02T08:40:00Z,2026-03-02T10:30:00Z,10,50,false,0
+S3,CS-00002:2,2026-03-02T09:40:00Z,2026-03-02T10:40:00Z,10,11,false,0
 """
+ZONED: dict[str, Any] = {}
+"""S3's tariff, made when the fleet starts (its clock starts then: S0 a minute later, S3 at 101
+minutes, charging for 55 minutes at least): 0.30 a kWh, 0.50 from 128 minutes on, a time of
+day in Berlin (UTC+1 in winter, +2 in summer), so read in UTC the change would come after S3."""
+
+
+def zoned(start: datetime) -> tuple[dict[str, Any], datetime]:
+    from zoneinfo import ZoneInfo
+
+    change = (start + timedelta(minutes=128)).astimezone(ZoneInfo("Europe/Berlin")).replace(second=0, microsecond=0)
+    until = change + timedelta(hours=12)
+    tariff = {"tariffId": "ZONED-1", "currency": "EUR",
+              "energy": {"prices": [{"priceKwh": 0.50, "conditions": {"startTimeOfDay": change.strftime("%H:%M"),
+                                                                      "endTimeOfDay": until.strftime("%H:%M")}},
+                                    {"priceKwh": 0.30}], "taxRates": [{"type": "VAT", "tax": 20}]}}  # fmt: skip
+    return tariff, change
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +74,17 @@ def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                            "--archive", str(s.workdir / "archive")])  # fmt: skip
         s.spawn("controller", ["controller", "-b", b, "--archive", str(s.workdir / "archive"), "--central-cost",
                                "--cost-interval-s", "60", "--time-scale", str(SPEED)])  # fmt: skip
+        ZONED["tariff"], ZONED["change"] = zoned(datetime.now(UTC))
         s.spawn("simulator", ["simulate", "--live", f"ws://127.0.0.1:{s.gateway_port}/ocpp", "--stations", "3",
                               "--days", "1", "--speed", str(SPEED), "--sessions", str(s.workdir / "sessions.csv"),
                               "--central-cost-stations", "CS-00002"])  # fmt: skip
         for station in ("CS-00001", "CS-00002", "CS-00003"):
             s.wait(f"{station}'s twin", lambda st=station: (s.twin(st) or {}).get("evses"), timeout=120)  # type: ignore[misc]
+        (s.workdir / "zoned.json").write_text(json.dumps(ZONED["tariff"]))  # before S3 comes (100 s here)
+        for args in (("zone", "CS-00002", "Europe/Berlin"), ("set", "CS-00002", "--evse", "2",
+                                                             str(s.workdir / "zoned.json"))):  # fmt: skip
+            code, out, said = s.tariff(*args)
+            assert code == 0 and {r["status"] for r in out["results"]} == {"Accepted"}, said
         yield s
     finally:
         for name in ("simulator", "controller", "worker", "gateway"):
@@ -120,6 +148,64 @@ def test_the_controller_sends_the_running_cost_of_stations_without_local_cost(st
             if (v := schemas.problem("ocpp2.1", r["action"], kind, r["payload"])) is not None:
                 problems.append(f"{r['action']} {kind}: {v.reason}")
     assert not problems and all(r["valid"] for r in records if r["msg_type"] in (2, 3))
+
+
+def test_the_final_cost_goes_to_the_station_cut_at_its_local_time(stack: Stack) -> None:
+    """S3 on CS-00002's EVSE 2 charges across its tariff's change, a time of day in Berlin. Once
+    it ended the controller sends its final cost: session_cost of its readings in the log, in
+    Berlin time (read in UTC it would all be at 0.30), the cost `twin report tariffs`
+    recomputes. The twin shows it final, the station keeps it."""
+    import subprocess
+    import sys
+
+    def ended() -> dict[str, Any] | None:
+        tx = ((stack.twin("CS-00002") or {}).get("evses", {}).get("2") or {}).get("transaction") or {}
+        return tx if (tx.get("cost") or {}).get("final") else None
+
+    tx = stack.wait("S3's final cost in CS-00002's twin", ended, timeout=240)
+    assert tx["state"] == "ended" and tx["cost"]["source"] == "central"
+    assert (stack.twin("CS-00002") or {})["tariffs"]["time_zone"] == "Europe/Berlin"
+    reader = TopicReader(stack.bootstrap, f"{stack.prefix}ocpp.frames")
+    try:
+        records = reader.wait(lambda rs: any(r["action"] == "CostUpdated" and r["msg_type"] == 3 and r["ts"] >=
+                                             tx["cost"]["updated_at"] for r in rs), timeout=60)  # fmt: skip
+        for _ in range(3):
+            records = reader.poll()
+    finally:
+        reader.close()
+    mine = [r for r in records if r["action"] == "TransactionEvent" and r["msg_type"] == 2
+            and r["payload"]["transactionInfo"]["transactionId"] == tx["id"]]  # fmt: skip
+    end = next(r for r in mine if r["payload"]["eventType"] == "Ended")
+    costs = [r for r in records if r["action"] == "CostUpdated" and r["msg_type"] == 2
+             and r["payload"]["transactionId"] == tx["id"]]  # fmt: skip
+    final = costs[-1]
+    assert final["origin"] == "csms" and final["ts"] > end["ts"], "sent after the Ended event"
+    assert final["payload"]["totalCost"] == tx["cost"]["total_incl_tax"]
+
+    started = next(r["payload"] for r in mine if r["payload"]["eventType"] == "Started")
+    start, base = instant(started["timestamp"]), register(started)
+    samples = [Sample(instant(r["payload"]["meterValue"][0]["timestamp"]), register(r["payload"]) - base)
+               for r in mine if r["payload"]["eventType"] != "Started"]  # fmt: skip
+    stop = instant(end["payload"]["timestamp"])
+    berlin = session_cost(ZONED["tariff"], start, samples, end=stop, tz="Europe/Berlin").total_incl_tax
+    utc = session_cost(ZONED["tariff"], start, samples, end=stop).total_incl_tax
+    assert start < ZONED["change"] < samples[-1].at, "the session straddles the change in Berlin"
+    assert final["payload"]["totalCost"] == pytest.approx(berlin, abs=1e-4) and abs(berlin - (utc or 0)) > 0.05
+
+    deadline = time.monotonic() + 120  # the fleet's day ends 2 simulated minutes after S3: it says what it kept
+    while stack.procs["simulator"].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    said = stack.log("simulator")
+    assert re.search(r"reconnects, [1-9][0-9]* final costs from the CSMS", said), said
+    stack.procs.pop("simulator")  # done: the others still run
+    report = stack.wait("the archive's report of S3", lambda: next(
+        (s for s in json.loads(subprocess.run([sys.executable, "-m", "twin", "report", "tariffs", "--archive",
+                                                str(stack.workdir / "archive"), "--json"], capture_output=True,
+                                               text=True, timeout=120).stdout or "{}").get("sessions", ())
+         if s["transaction_id"] == tx["id"] and s["ended_at"]), None), timeout=120)  # fmt: skip
+    assert report["time_zone"] == "Europe/Berlin" and report["reported_source"] == "central"
+    assert report["recomputed_incl_tax"] == pytest.approx(berlin, abs=1e-4) and report["difference"] == pytest.approx(
+        0.0, abs=1e-3)  # fmt: skip
 
 
 def register(payload: dict[str, Any]) -> float:

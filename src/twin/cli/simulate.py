@@ -174,4 +174,5 @@ def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, targ
         s = summary
         err.print(f"{s.stations} stations, {s.sessions} sessions, {s.frames_sent:,} calls sent, "
                   f"{s.answers_received:,} answers, profiles {s.profiles_accepted} accepted / "
-                  f"{s.profiles_rejected} rejected, {s.errors} errors, {s.reconnects} reconnects")  # fmt: skip
+                  f"{s.profiles_rejected} rejected, {s.errors} errors, {s.reconnects} reconnects"
+                  + (f", {s.final_costs} final costs from the CSMS" if s.final_costs else ""))  # fmt: skip

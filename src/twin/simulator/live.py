@@ -85,6 +85,7 @@ class Summary:
     profiles_rejected: int = 0
     reconnects: int = 0
     errors: int = 0  # CALLERRORs received and calls the CSMS left unanswered
+    final_costs: int = 0  # final costs the CSMS told stations without local cost
     seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
@@ -350,6 +351,7 @@ class StationAgent:
 
     def _told_cost(self, tx: str, total: Any, ended: bool = False) -> None:
         if self.tariffs.told_cost(tx, total, ended):
+            self.summary.final_costs += 1
             log.info("%s: final cost of transaction %s from the CSMS: %s", self.s.station_id, tx, total)
 
     def _tariff_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
