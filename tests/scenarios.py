@@ -261,11 +261,15 @@ FLAT_TARIFF = {"tariffId": "FLAT", "currency": "EUR", "energy": {"prices": [{"pr
 
 def tariff_costs() -> Script:
     s = Script("SC-TARIFF").connect().boot().status(1, "Available").status(2, "Available")
+    clock = {"component": {"name": "ClockCtrlr"}, "variable": {"name": "TimeZone"}}
+    s.csms("SetVariables", {"setVariableData": [{**clock, "attributeValue": "Europe/Vienna"}]},
+           {"setVariableResult": [{**clock, "attributeStatus": "Accepted"}]})  # fmt: skip
     s.csms("SetDefaultTariff", {"evseId": 0, "tariff": FLAT_TARIFF}, {"status": "Accepted"})
     s.tx("Started", "T9", 0, imp=1000, chargingState="EVConnected")
+    s.tx("Updated", "T9", 1, imp=2000)
     cost = {"totalCost": {"currency": "EUR", "typeOfCost": "NormalCost", "total": {"exclTax": 0.7, "inclTax": 0.84}},
             "totalUsage": {"energy": 2000, "chargingTime": 600, "idleTime": 0}}  # fmt: skip
-    updated = {"eventType": "Updated", "timestamp": s.now, "seqNo": 1, "triggerReason": "MeterValuePeriodic",
+    updated = {"eventType": "Updated", "timestamp": s.now, "seqNo": 2, "triggerReason": "MeterValuePeriodic",
                "transactionInfo": {"transactionId": "T9"}, "evse": {"id": 1, "connectorId": 1},
                "costDetails": cost}  # fmt: skip
     s.cs("TransactionEvent", updated)
@@ -281,6 +285,7 @@ def _expect_tariff_costs(t: dict[str, Any]) -> None:
                                          "time_per_min": None, "fixed_fee": None, "idle_per_min": 0.05}  # fmt: skip
     assert e1["transaction"]["cost"]["source"] == "central" and e1["transaction"]["cost"]["total_incl_tax"] == 0.9
     assert [x["tariff"]["tariffId"] for x in e1["transaction"]["tariffs"].values()] == ["FLAT", "DRIVER"]
+    assert t["tariffs"]["time_zone"] == "Europe/Vienna" and e1["transaction"]["readings"][0][1] == 1000.0
 
 
 SCENARIOS["tariffs"] = (tariff_costs, _expect_tariff_costs)
