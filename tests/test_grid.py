@@ -88,6 +88,9 @@ def test_a_limit_event_is_logged_in_force_and_kept(grid: GridStack) -> None:
     site = grid.wait("SITE-A under the OpenADR limit", lambda: (lambda v: v if v and v["limit_source"] == "openadr"
                                                                 else None)(grid.site("SITE-A")))  # fmt: skip
     assert site["import_limit_kw"] == GRID_KW < LIMIT_A
+    ends = _at(_iso(start)) + timedelta(minutes=40)  # and after it, the static limit again
+    assert site["next_intervals"][0] == {"start": ends.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "import_limit_kw": LIMIT_A,
+                                         "export_limit_kw": 20.0, "limit_source": "static", "event_id": None}
     logged = [s for s in grid.signals("SITE-A") if s["protocol"] == "openadr" and s["payload_type"] ==
               "IMPORT_CAPACITY_LIMIT"]  # fmt: skip
     assert logged and logged[-1]["status"] == "accepted" and logged[-1]["ean"] == EAN_A

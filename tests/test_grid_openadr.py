@@ -225,6 +225,22 @@ def test_safe_mode_the_schedule_holds_then_the_safe_limit_then_back() -> None:
     assert sites.limit_at(SITE_A, log, T0 + timedelta(minutes=55)).source == "static"
 
 
+def test_the_site_shows_the_next_changes_of_its_limit() -> None:
+    """``next_intervals`` of ``GET /v1/sites/{id}``: where the limit in force changes next."""
+    log = openadr.signals(gac_event(), GAC_PROGRAM, SITES, RECEIVED)
+    outage = T0 + timedelta(minutes=5)
+    entered = safe_mode.enter(SITE_A, log + openadr.signals(_safe_event(6), GAC_PROGRAM, SITES, RECEIVED), outage,
+                              "VTN unreachable")  # fmt: skip
+    assert entered is not None
+    log.append(entered)
+    limit = sites.limit_at(SITE_A, log, outage)
+    assert [(n["start"], n["import_limit_kw"], n["limit_source"]) for n in sites.ahead(SITE_A, limit)] == [
+        ("2026-03-02T08:15:00.000Z", 12.5, "openadr"), ("2026-03-02T08:30:00.000Z", 6.0, "safe-mode"),
+        (envelope_ts(T0 + timedelta(minutes=30, days=365)), 30.0, "static")]  # fmt: skip
+    assert sites.view(SITE_A, [], limit, None)["next_intervals"] == sites.ahead(SITE_A, limit)
+    assert sites.ahead(SITE_A, sites.limit_at(SITE_A, [], T0)) == []
+
+
 def envelope_ts(moment: datetime) -> str:
     from twin import envelope
 

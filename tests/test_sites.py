@@ -126,6 +126,6 @@ def test_what_a_site_draws_comes_from_its_online_twins_in_a_transaction() -> Non
     assert view | {"evses": None, "signal": None} == {
         "site_id": "S1", "name": None, "ean": "871687000000000016", "stations": ["CS-1", "CS-2"],
         "import_limit_kw": 50.0, "export_limit_kw": 20.0, "static_import_limit_kw": 50.0,
-        "static_export_limit_kw": 20.0, "limit_source": "static", "signal": None, "import_kw": 11.0,
-        "export_kw": 5.0, "evses": None, "planned_at": "x"}  # fmt: skip
+        "static_export_limit_kw": 20.0, "limit_source": "static", "signal": None, "next_intervals": [],
+        "import_kw": 11.0, "export_kw": 5.0, "evses": None, "planned_at": "x"}  # fmt: skip
     assert view["evses"][0]["plan_kw"] == 8.0 and view["evses"][1]["plan_kw"] is None

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from twin.envelope import parse_ts
+from twin.envelope import iso_ms, parse_ts
 
 IMPORT_LIMIT, EXPORT_LIMIT = "IMPORT_CAPACITY_LIMIT", "EXPORT_CAPACITY_LIMIT"
 PRICE, EXPORT_PRICE = "PRICE", "EXPORT_PRICE"
@@ -151,6 +151,10 @@ class Limit:
     source: str
     """``static``, or the protocol of the signal in force (``openadr``, ``operator``)."""
     signal: Mapping[str, Any] | None = None
+    at: datetime | None = field(default=None, compare=False, repr=False)
+    """The moment it is the limit of."""
+    signals: Sequence[Mapping[str, Any]] = field(default=(), compare=False, repr=False)
+    """The site's signals it was judged from (each event's newest version): for :func:`ahead`."""
 
 
 def _covering(signal: Mapping[str, Any], at: datetime) -> float | None:
@@ -204,7 +208,37 @@ def limit_at(site: Site, signals: Sequence[Mapping[str, Any]], at: datetime) -> 
         export_kw=exports[0] if exports else site.export_limit_kw,
         source=str(shown[1].get("protocol") or "signal") if shown else "static",
         signal=shown[1] if shown else None,
+        at=at,
+        signals=ordered,
     )
+
+
+def ahead(site: Site, limit: Limit, count: int = 4) -> list[dict[str, Any]]:
+    """The next changes of the limit in force after ``limit.at`` (at most ``count``): where
+    an accepted capacity interval starts or ends, the limit from then on and where it comes
+    from. What ``GET /v1/sites/{id}`` shows as ``next_intervals``."""
+    if limit.at is None:
+        return []
+    edges: set[datetime] = set()
+    for signal in limit.signals:
+        if signal.get("status") != "accepted" or signal.get("payload_type") not in (IMPORT_LIMIT, EXPORT_LIMIT):
+            continue
+        for interval in signal.get("intervals") or ():
+            start = parse_ts(interval["start"])
+            edges |= {start, start + timedelta(seconds=min(float(interval["duration_s"]), 100 * 365 * 86400.0))}
+    out: list[dict[str, Any]] = []
+    before = (limit.import_kw, limit.export_kw, limit.source)
+    for edge in sorted(e for e in edges if e > limit.at):
+        then = limit_at(site, limit.signals, edge)
+        now = (then.import_kw, then.export_kw, then.source)
+        if now != before:
+            out.append({"start": iso_ms(edge.timestamp()), "import_limit_kw": then.import_kw,
+                        "export_limit_kw": then.export_kw, "limit_source": then.source,
+                        "event_id": (then.signal or {}).get("event_id")})  # fmt: skip
+            before = now
+            if len(out) >= count:
+                break
+    return out
 
 
 def limits_ahead(site: Site, signals: Sequence[Mapping[str, Any]], now: datetime, step_s: float,
@@ -298,6 +332,7 @@ def view(site: Site, rows: list[dict[str, Any]], limit: Limit, plan: Mapping[str
         "static_export_limit_kw": site.export_limit_kw,
         "limit_source": limit.source,
         "signal": dict(limit.signal) if limit.signal else None,
+        "next_intervals": ahead(site, limit),
         "import_kw": imported,
         "export_kw": exported,
         "evses": evse_rows,
