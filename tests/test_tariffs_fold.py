@@ -147,3 +147,20 @@ def test_the_times_of_day_are_the_stations_clock_zone() -> None:
         if r["msg_type"] in (2, 3):
             kind: Kind = "Request" if r["msg_type"] == 2 else "Response"
             assert schemas.problem("ocpp2.1", r["action"], kind, r["payload"]) is None, r
+
+
+def test_the_csms_total_in_the_answer_to_ended_is_the_final_central_cost() -> None:
+    """TransactionEventResponse.totalCost: at Updated the running cost, at Ended the final one;
+    a later CostUpdated of the ended transaction is final too."""
+    s = Script("SC-TEC").connect().boot().status(1, "Available")
+    s.csms("SetDefaultTariff", {"evseId": 0, "tariff": FLAT}, {"status": "Accepted"})
+    s.cs("TransactionEvent", te(s, "Started", 0, 1000))
+    s.at(10).cs("TransactionEvent", te(s, "Updated", 1, 2000), {"totalCost": 0.33})
+    cost = public(fold(s.records)["SC-TEC"])["evses"]["1"]["transaction"]["cost"]
+    assert (cost["source"], cost["total_incl_tax"], cost["final"]) == ("central", 0.33, False)
+    s.at(20).cs("TransactionEvent", te(s, "Ended", 2, 3000), {"totalCost": 0.66})
+    cost = public(fold(s.records)["SC-TEC"])["evses"]["1"]["transaction"]["cost"]
+    assert (cost["total_incl_tax"], cost["final"], cost["currency"]) == (0.66, True, "EUR")
+    s.at(21).csms("CostUpdated", {"transactionId": "T1", "totalCost": 0.70}, {})
+    cost = public(fold(s.records)["SC-TEC"])["evses"]["1"]["transaction"]["cost"]
+    assert (cost["total_incl_tax"], cost["final"]) == (0.70, True)

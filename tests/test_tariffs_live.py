@@ -135,6 +135,7 @@ def test_tariffs_set_get_change_clear_through_the_gateway(stack: Stack, tmp_path
     assert twin["next_change_at"] is not None
     code, shown, _ = stack.tariff("show", "CS-00002")
     assert code == 0 and shown["evses"]["1"]["tariff"]["tariff_id"] == "TOD-1"
+    assert (shown["time_zone"], shown["time_zone_known"]) == ("UTC", False)  # no clock zone set: UTC
 
     code, got, _ = stack.tariff("get", "CS-00003")
     answer = by_station(got)["CS-00003"]["answer"]

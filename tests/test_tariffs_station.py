@@ -4,6 +4,7 @@ transaction ended."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -60,3 +61,27 @@ def test_a_station_without_local_cost_keeps_the_final_cost_it_is_told() -> None:
     assert station.told_cost("T1", 7.8) is True and station.final == {"T1": 7.8}  # T1 ended: its final cost
     assert station.told_cost("T2", 2.0, ended=True) is True  # TransactionEventResponse.totalCost at Ended
     assert station.final == {"T1": 7.8, "T2": 2.0}
+
+
+def test_the_answers_a_station_gives_to_tariffs_it_cannot_take() -> None:
+    from tests.test_tariffs import TIME_OF_DAY
+    from twin.tariffs_station import MAX_TARIFFS
+
+    station = StationTariffs(2)
+    assert station.set_default({"evseId": 1, "tariff": TIME_OF_DAY}) == {"status": "Accepted"}
+    assert station.set_default({"evseId": 1, "tariff": TIME_OF_DAY}) == {"status": "Accepted"}  # the same again
+    other = {**TIME_OF_DAY, "energy": {"prices": [{"priceKwh": 0.1}]}}
+    assert station.set_default({"evseId": 1, "tariff": other})["status"] == "DuplicateTariffId"
+    for n in range(1, MAX_TARIFFS):
+        assert station.set_default({"evseId": 1, "tariff": {**other, "tariffId": f"X{n}"}})["status"] == "Accepted"
+    assert station.set_default({"evseId": 1, "tariff": {**other, "tariffId": "MORE"}})["status"] == "TooManyElements"
+    assert station.set_default({"evseId": 3, "tariff": other})["status"] == "Rejected"  # no EVSE 3
+    bad = station.set_default({"evseId": 0, "tariff": {"tariffId": "B", "currency": "EUR", "energy": {"prices": [
+        {"priceKwh": "cheap"}]}}})  # fmt: skip
+    assert bad["status"] == "Rejected" and "energy.prices[0].priceKwh" in bad["statusInfo"]["additionalInfo"]
+    simple = StationTariffs(2, simple=True)
+    assert simple.set_default({"evseId": 0, "tariff": TIME_OF_DAY})["status"] == "ConditionNotSupported"
+    assert simple.set_default({"evseId": 0, "tariff": other})["status"] == "Accepted"
+    for answer in (bad, simple.set_default({"evseId": 0, "tariff": TIME_OF_DAY})):
+        assert schemas.problem("ocpp2.1", "SetDefaultTariff", "Response", answer) is None
+    assert station.change({"transactionId": "NONE", "tariff": other}, datetime.now(UTC))["status"] == "TxNotFound"
