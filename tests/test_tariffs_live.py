@@ -160,6 +160,9 @@ def test_tariffs_set_get_change_clear_through_the_gateway(stack: Stack, tmp_path
     code, cleared, _ = stack.tariff("clear", "CS-00002", "--tariff-id", "TOD-1")
     assert code == 0 and by_station(cleared)["CS-00002"]["answer"]["clearTariffsResult"] == [
         {"tariffId": "TOD-1", "status": "Accepted"}]  # fmt: skip
+    code, every, said = stack.tariff("clear", "--all", "--tariff-id", "NO-SUCH")  # every 2.1 station the twin knows
+    statuses = {r["station_id"]: r["status"] for r in every["results"]}
+    assert code == 0 and statuses == dict.fromkeys(("CS-00001", "CS-00002", "CS-00003", "CS-00005"), "NoTariff"), said
 
     reader = TopicReader(stack.bootstrap, f"{stack.prefix}ocpp.frames")
     try:
