@@ -87,7 +87,15 @@ def covering_end(signal: dict[str, Any], at: datetime) -> datetime | None:
 
 
 def in_force(site: dict[str, Any], at: datetime) -> str:
-    """The limit in force, in a sentence: static, or whose and until when."""
+    """The limit in force, in a sentence: static, or whose and until when; and what comes next."""
+    return _now_in_force(site, at) + "".join(
+        f" From {when(parse_ts(n['start']))}: " + (f"import at most {kw(n['import_limit_kw'])}" if
+                                                  n["import_limit_kw"] >= 0 else
+                                                  f"export at least {kw(-n['import_limit_kw'])}")
+        + f" ({n['limit_source']})." for n in (site.get("next_intervals") or ())[:2])  # fmt: skip
+
+
+def _now_in_force(site: dict[str, Any], at: datetime) -> str:
     imp, exp = site["import_limit_kw"], site["export_limit_kw"]
     static = f"import {kw(site['static_import_limit_kw'])}, export {kw(site['static_export_limit_kw'])}"
     if site["limit_source"] == "static":
