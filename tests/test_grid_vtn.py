@@ -385,8 +385,9 @@ async def test_a_restarted_ven_remembers_what_it_wrote() -> None:
         assert len(topic) == 2
 
         fresh = Ven(_sites())  # restarted while the VTN answers
-        fresh.restore([*topic, {**topic[0], "site_id": "SITE-X"}, {**topic[0], "protocol": "operator"}])
-        assert await _poll(vtn, fresh) == []  # nothing new
+        other = {**topic[0], "program_id": "a-2.0b-program", "event_id": "another-vens"}  # not this VTN's
+        fresh.restore([*topic, {**topic[0], "site_id": "SITE-X"}, {**topic[0], "protocol": "operator"}, other])
+        assert await _poll(vtn, fresh) == []  # nothing new, and another VEN's event left be
         vtn.delete(gone["id"])
         [cancelled] = await _poll(vtn, fresh)
         assert (cancelled["event_id"], cancelled["status"]) == (gone["id"], "cancelled")

@@ -46,6 +46,7 @@ class Ven:
         self.safe: dict[str, dict[str, Any]] = {}  # site id -> its safe-mode record in force
         self.outage: str | None = None  # why the VTN is not heard, while it is not
         self.unreadable: set[bytes] = set()  # events without an id, already recorded
+        self.restored: set[str] = set()  # events known from the log, not (yet) from this VTN
 
     def restore(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Remember what a VEN of these sites wrote before (``grid.signals`` read back at
@@ -75,6 +76,7 @@ class Ven:
             elif newest[0].get("program_id") != "vtn" and any(x.get("status") != "cancelled" for x in newest):
                 self.written[event_id] = newest
                 self.seen[event_id] = number[event_id]
+                self.restored.add(event_id)
 
     def _keep(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         out = list(records)
@@ -116,7 +118,11 @@ class Ven:
             if isinstance(event_id, str):
                 self.written[event_id] = records
             out += records
+        self.restored -= present  # heard again: this VTN's
         for event_id in [e for e in self.written if e not in present]:
+            if event_id in self.restored and self.written[event_id][0].get("program_id") not in by_program:
+                continue  # read back from the log, of a program this VTN does not list: another VEN's
+            self.restored.discard(event_id)
             out += openadr.cancelled([r for r in self.written.pop(event_id) if r["site_id"]], received)
             self.seen.pop(event_id, None)
         return self._keep(out)
