@@ -66,15 +66,18 @@ def read(
         records = _parquet(p, stations)
     else:
         wanted = set(stations) if stations is not None else None
-        records = (r for r in _jsonl(p) if wanted is None or r["station_id"] in wanted)
+        records = _jsonl(p) if wanted is None else (r for r in _jsonl(p) if r["station_id"] in wanted)
     limit = envelope.parse_ts(until) if until else None
+    if not dedupe and limit is None:
+        yield from records
+        return
     seen: set[tuple[str, int]] = set()
     for record in records:
         if dedupe:
-            key = (record["conn_id"], record["seq"])
-            if key in seen:
-                continue
-            seen.add(key)
+            size = len(seen)
+            seen.add((record["conn_id"], record["seq"]))
+            if len(seen) == size:
+                continue  # a duplicate
         if limit is not None and envelope.parse_ts(record["ts"]) > limit:
             continue
         yield record
@@ -83,11 +86,11 @@ def read(
 def _jsonl(path: Path) -> Iterator[Envelope]:
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
+                if not line.strip():
+                    continue  # a blank line (checked only here: a copy of every line costs)
                 raise CaptureError(f"{path}:{number}: not JSON ({exc})") from None
             if not isinstance(record, dict) or "conn_id" not in record or "seq" not in record:
                 raise CaptureError(f"{path}:{number}: not a frame envelope")

@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -121,10 +121,20 @@ def load(path: str | Path) -> dict[str, Any]:
         raise TariffError(f"{path}: {exc}") from None
 
 
+_INSTANTS: dict[str, datetime] = {}
+
+
 def instant(value: str | datetime) -> datetime:
+    """An ISO time as a datetime. Parsed once: the fold reads a transaction's start and its
+    kept readings' times again at every event of it."""
     if isinstance(value, datetime):
         return value
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    found = _INSTANTS.get(value)
+    if found is None:
+        if len(_INSTANTS) >= 8192:
+            _INSTANTS.clear()
+        found = _INSTANTS[value] = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return found
 
 
 def iso(value: datetime) -> str:
@@ -371,15 +381,17 @@ def _as_list(tariffs: Tariff | Sequence[Tariff]) -> list[Tariff]:
 def boundaries(tariffs: Tariff | Sequence[Tariff], after: datetime, until: datetime,
                tz: str = "UTC") -> list[datetime]:  # fmt: skip
     """Every instant in ``(after, until]`` where a calendar condition or a ``validFrom`` may
-    change the price, ascending: local midnights, times of day, dates, validFrom."""
+    change the price, ascending: local midnights, times of day, dates, validFrom. Kept by
+    POSIX time: a set of zoned datetimes asks the zone for an offset at every hash and
+    comparison, and the fold asks at every reading."""
     zone = _zone(tz)
     times: set[int] = {0}
     dates: set[str] = set()
-    out: set[datetime] = set()
+    out: dict[float, datetime] = {}
     for tariff in _as_list(tariffs):
         start = valid_from(tariff)
         if start is not None:
-            out.add(start)
+            out.setdefault(start.timestamp(), start)
         for name in COMPONENTS:
             for p in (tariff.get(name) or {}).get("prices", ()):
                 c = p.get("conditions") or {}
@@ -387,13 +399,25 @@ def boundaries(tariffs: Tariff | Sequence[Tariff], after: datetime, until: datet
                 dates.update(c[k] for k in ("validFromDate", "validToDate") if k in c)
     day = _local(after, tz).date()
     last = _local(until, tz).date()
+    minutes = tuple(sorted(times))
     while day <= last:
-        for m in times:
-            out.add(datetime.combine(day, time(m // 60, m % 60), zone))
+        for key, t in _times_of_day(day, minutes, tz):
+            out.setdefault(key, t)
         day += timedelta(days=1)
     for d in dates:
-        out.add(datetime.combine(date.fromisoformat(d), time(0), zone))
-    return sorted(t for t in out if after < t <= until)
+        t = datetime.combine(date.fromisoformat(d), time(0), zone)
+        out.setdefault(t.timestamp(), t)
+    low, high = after.timestamp(), until.timestamp()
+    return [t for key, t in sorted(out.items()) if low < key <= high]
+
+
+@lru_cache(maxsize=4096)
+def _times_of_day(day: date, minutes: tuple[int, ...], tz: str) -> tuple[tuple[float, datetime], ...]:
+    """The instants of a local day at these minutes past midnight, with their POSIX times:
+    made once a day, not at every reading the fold asks about."""
+    zone = _zone(tz)
+    made = (datetime.combine(day, time(m // 60, m % 60), zone) for m in minutes)
+    return tuple((t.timestamp(), t) for t in made)
 
 
 def next_change(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage = START, tz: str = "UTC",

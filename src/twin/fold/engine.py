@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 Twin = dict[str, Any]
@@ -51,22 +50,17 @@ def folded_actions() -> set[str]:
     return {action for action, _ in _HANDLERS}
 
 
-@dataclass(slots=True)
 class Event:
-    """What a handler sees: the record, and for answers the CALL they answer."""
+    """What a handler sees: the record, and for answers the CALL they answer. The payload and
+    the time are read from the record once: every handler of every record reads them."""
 
-    record: Record
-    request: dict[str, Any] | None = None
+    __slots__ = ("record", "request", "payload", "ts")
 
-    @property
-    def payload(self) -> dict[str, Any]:
-        value: dict[str, Any] = self.record["payload"]
-        return value
-
-    @property
-    def ts(self) -> str:
-        value: str = self.record["ts"]
-        return value
+    def __init__(self, record: Record, request: dict[str, Any] | None = None) -> None:
+        self.record = record
+        self.request = request
+        self.payload: dict[str, Any] = record.get("payload")  # type: ignore[assignment]
+        self.ts: str = record.get("ts")  # type: ignore[assignment]
 
     @property
     def accepted(self) -> bool:
@@ -78,8 +72,9 @@ class Change:
 
     __slots__ = ("twin", "_fresh")
 
-    def __init__(self, twin: Twin) -> None:
-        self.twin: Twin = dict(twin)
+    def __init__(self, twin: Twin, copied: bool = False) -> None:
+        """``copied``: ``twin`` is already a copy of its own (the engine's), not copied again."""
+        self.twin: Twin = twin if copied else dict(twin)
         self._fresh = {id(self.twin)}
 
     def at(self, *path: str) -> dict[str, Any]:
@@ -91,7 +86,7 @@ class Change:
                 child = node[key] = {}
                 fresh.add(id(child))
             elif id(child) not in fresh:
-                child = node[key] = dict(child)
+                child = node[key] = child.copy()
                 fresh.add(id(child))
             node = child
         return node
@@ -153,8 +148,9 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
     seen = twin["_seen"]
     if seq <= seen.get(conn_id, 0):
         return twin  # redelivered: already folded
-    t = dict(twin)
-    marks = t["_seen"] = {**seen, conn_id: seq}
+    t = twin.copy()
+    marks = t["_seen"] = seen.copy()
+    marks[conn_id] = seq
     if len(marks) > REMEMBERED_CONNECTIONS:
         del marks[next(iter(marks))]
     t["frames_folded"] = twin["frames_folded"] + 1
@@ -169,8 +165,7 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
         if not record.get("valid", True):
             t["invalid_frames"] = twin["invalid_frames"] + 1
         return t  # the common case of an answer nobody reads: counters only
-    change = Change(t)
-    t = change.twin
+    change = Change(t, copied=True)
     if not record.get("valid", True):
         t["invalid_frames"] = twin["invalid_frames"] + 1
         _forget_answered(change, record)
