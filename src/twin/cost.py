@@ -191,21 +191,36 @@ _POWER = ("minPower", "maxPower", "minCurrent", "maxCurrent")
 def needed(tariff: Tariff | TariffTimeline, a: Sample, b: Sample, c: Sample, tz: str = "UTC") -> bool:
     """Whether reading ``b``, between ``a`` and ``c``, changes the session's cost: it does
     unless both stretches charge (or both are idle), no price may change between ``a`` and
-    ``c`` (a calendar boundary, a tariff change), and no price depends on the session's
-    progress or power (where ``b`` would move a threshold's crossing or the power seen).
-    Without ``b``, :func:`session_cost` gives the same cost: each component is linear in the
-    energy and the time of a stretch priced alike."""
+    ``c`` (a calendar boundary, :func:`first_cut`; a tariff change), and no price depends on
+    the session's progress or power (:func:`progress_priced`: ``b`` would move a threshold's
+    crossing or the power seen). Without ``b``, :func:`session_cost` gives the same cost:
+    each component is linear in the energy and the time of a stretch priced alike."""
     timeline: TariffTimeline = [(None, tariff)] if isinstance(tariff, Mapping) else list(tariff)
     tariffs = [t for _, t in timeline]
     if (b.energy_wh > a.energy_wh) != (c.energy_wh > b.energy_wh):
         return True
-    if any(since is not None and a.at < since <= c.at for since, _ in timeline):
+    if any(since is not None and a.at < since < c.at for since, _ in timeline):
         return True
-    if _thresholds(tariffs) or any(k in (p.get("conditions") or {}) for t in tariffs for name in ("energy",
-                                   "chargingTime", "idleTime") for p in (t.get(name) or {}).get("prices", ())
-                                   for k in _POWER):  # fmt: skip
+    if progress_priced(tariffs):
         return True
-    return any(t < c.at for t in boundaries(tariffs, a.at, c.at, tz))
+    cut = first_cut(tariffs, a.at, tz)
+    return cut is not None and cut < c.at
+
+
+def progress_priced(tariffs: Iterable[Tariff]) -> bool:
+    """Whether a price depends on a session's progress (time, energy) or power."""
+    listed = list(tariffs)
+    return bool(_thresholds(listed)) or any(
+        k in (p.get("conditions") or {}) for t in listed for name in ("energy", "chargingTime", "idleTime")
+        for p in (t.get(name) or {}).get("prices", ()) for k in _POWER)  # fmt: skip
+
+
+def first_cut(tariffs: Tariff | Sequence[Tariff], after: datetime, tz: str = "UTC") -> datetime | None:
+    """The first moment after ``after`` where a calendar condition or a ``validFrom`` may change
+    a price (:func:`twin.tariffs.boundaries`; a local midnight is one, so it is within two
+    days); None without tariffs."""
+    cuts = boundaries(tariffs, after, after + timedelta(days=2), tz)
+    return cuts[0] if cuts else None
 
 
 def _crossings(limits: Mapping[str, set[float]], state: Usage, a: datetime, b: datetime, charging: bool,

@@ -38,7 +38,6 @@ LastSent = Mapping[str, tuple[datetime, float]]
 FINAL_WITHIN_S = 3600.0
 """A transaction that ended longer ago than this (the stations' time) is sent no final cost:
 the controller starting on an old log does not bill its past."""
-timeline = twin_timeline
 
 
 def running_cost(tx: Mapping[str, Any], energy: Mapping[str, Any],

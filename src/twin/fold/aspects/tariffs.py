@@ -20,7 +20,8 @@ force at the twin's ``as_of``, a transaction's driver tariff and its running cos
   folded after the transaction ended is its final cost);
   ``transaction.readings``: ``[[ts, wh since the start, power W], ...]``, the readings of its
   TransactionEvents that change its cost (:func:`twin.cost.needed`; the others merge), so
-  central cost prices the session as the station and the report do.
+  central cost prices the session as the station and the report do; ``readings_cut``: the
+  first price boundary after the reading before the last (worked out once, not per event).
 - ``tariffs.time_zone``: the station's clock's zone, from the ``ClockCtrlr.TimeZone`` of a
   SetVariables it accepted or a GetVariables answer (:func:`twin.tariffs.clock_zone`); the
   times of day of its tariffs are read in it (UTC while the log says none).
@@ -30,9 +31,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twin.cost import Sample, needed, reading, twin_timeline
+from twin.cost import first_cut, progress_priced, reading, twin_timeline
 from twin.fold.engine import Change, Event, on
-from twin.tariffs import clock_zone, instant, quote, station_zone
+from twin.tariffs import clock_zone, instant, iso, quote, station_zone
 
 DRIVERS_KEPT = 32
 """Id tokens whose driver tariff a twin keeps, waiting for their transaction."""
@@ -194,6 +195,9 @@ def transaction_event(change: Change, event: Event) -> None:
 
 
 def _keep_reading(change: Change, evse_id: str, payload: dict[str, Any]) -> None:
+    """Append the event's reading to its transaction's; merge the one before it where it does
+    not change the cost (:func:`twin.cost.needed`, its parts here so that the first price
+    boundary after the reading before, ``readings_cut``, is worked out once, not per event)."""
     found = reading(payload)
     tx = change.get("evses", evse_id, "transaction") or {}
     if found is None or tx.get("meter_start_import_wh") is None or not tx.get("started_at"):
@@ -203,14 +207,27 @@ def _keep_reading(change: Change, evse_id: str, payload: dict[str, Any]) -> None
                                                                found[2]]]  # fmt: skip
     if len(readings) < 2:
         return
-    a = Sample(instant(tx["started_at"]), 0.0) if len(readings) < 3 else _sample(readings[-3])
-    if len(readings) > READINGS_KEPT or not needed(twin_timeline(tx), a, _sample(readings[-2]),
-                                                   _sample(readings[-1]), station_zone(change.twin)):  # fmt: skip
+    a = [tx["started_at"], 0.0, None] if len(readings) < 3 else readings[-3]
+    if len(readings) > READINGS_KEPT or not _needed(change, tx, a, readings[-2], readings[-1]):
         del readings[-2]
 
 
-def _sample(kept: list[Any]) -> Sample:
-    return Sample(instant(kept[0]), float(kept[1]), kept[2])
+def _needed(change: Change, tx: dict[str, Any], a: list[Any], b: list[Any], c: list[Any]) -> bool:
+    """:func:`twin.cost.needed` of readings as the twin keeps them (``[ts, wh, power]``)."""
+    if (b[1] > a[1]) != (c[1] > b[1]):
+        return True
+    kept = tx.get("tariffs") or {}
+    if len(kept) > 1 and any(instant(a[0]) < since < instant(c[0]) for since, _ in twin_timeline(tx) if since):
+        return True
+    tz = station_zone(change.twin)
+    cut = tx.get("readings_cut") or {}
+    if (cut.get("after"), cut.get("tariffs"), cut.get("zone")) != (a[0], len(kept), tz):
+        tariffs = [v["tariff"] for _, v in sorted(kept.items(), key=lambda kv: int(kv[0]))]
+        first = first_cut(tariffs, instant(a[0]), tz)
+        cut = tx["readings_cut"] = {"after": a[0], "tariffs": len(kept), "zone": tz,
+                                    "progress": progress_priced(tariffs), "at": None if first is None else iso(first),
+                                    "epoch": None if first is None else first.timestamp()}  # fmt: skip
+    return bool(cut["progress"]) or (cut["epoch"] is not None and cut["epoch"] < instant(c[0]).timestamp())
 
 
 @on("SetVariables", "result")
