@@ -30,8 +30,9 @@ def price_line(price: dict | None, currency: str) -> str:
     return ", ".join(money(v, unit) for v, unit in parts if v is not None) or "free"
 
 
-def prices(evses: dict) -> None:
-    """Each EVSE's tariff in force (evses.{id}.tariff): its price now and from when the next."""
+def prices(evses: dict, zone: str = "UTC") -> None:
+    """Each EVSE's tariff in force (evses.{id}.tariff): its price now and from when the next,
+    also in the station's local time (its clock's zone, the tariffs' times of day)."""
     shown = [(k, e) for k, e in sorted(evses.items(), key=lambda kv: int(kv[0])) if e.get("tariff")]
     if not shown:
         return
@@ -44,7 +45,8 @@ def prices(evses: dict) -> None:
         now, nxt = t.get("price_now") or {}, t.get("price_next")
         cell.metric(f"EVSE {evse_id} price now", price_line(now, currency), help=f"tariff {t.get('tariff_id')}")
         if t.get("next_change_at"):
-            cell.caption(f"Next: {price_line(nxt, currency)} from {t['next_change_at']}")
+            at = t["next_change_at"]
+            cell.caption(f"Next: {price_line(nxt, currency)} from {at} ({local(at, zone)})")
         else:
             cell.caption("No change ahead")
         cost = (evse.get("transaction") or {}).get("cost") or {}
@@ -55,6 +57,15 @@ def prices(evses: dict) -> None:
                      "session_cost": None if total is None else f"{total:.2f} {cost.get('currency') or currency}",
                      "cost_source": cost.get("source"), "cost_final": cost.get("final")})  # fmt: skip
     table(rows)
+
+
+def local(moment: str, zone: str) -> str:
+    """``moment`` (UTC) as the station's local time: ``22:00 Europe/Berlin``."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    at = datetime.fromisoformat(moment.replace("Z", "+00:00")).astimezone(ZoneInfo(zone))
+    return f"{at:%H:%M} {zone}"
 
 
 def table(rows: list[dict]) -> None:
@@ -101,7 +112,9 @@ def twin_view(station: str) -> None:
             "tx_import_kwh": round((tx.get("import_wh") or 0) / 1000, 3), "since": energy.get("since"),
         })  # fmt: skip
     table(lines)
-    prices(evses)
+    from twin.tariffs import station_zone
+
+    prices(evses, station_zone(twin))
 
     left, right = st.columns(2)
     with left:
