@@ -111,8 +111,10 @@ def test_kafka_keeps_every_topic_and_record_across_a_stop_and_a_crash(tmp_path: 
             assert [v for k, v in got if k == station] == [v for k, v in first + second if k == station]
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.state)])
+        signals = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.signals)])
         admin.close()
         assert "'cleanup.policy': {'value': 'compact'" in str(configs), f"twin.state is still compacted: {configs}"
+        assert "'retention.ms': {'value': '-1'" in str(signals), f"grid.signals is kept whole: {signals}"
     finally:
         broker.stop()
     log = (data / "broker.log").read_text()

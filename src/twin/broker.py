@@ -440,12 +440,7 @@ def ensure_topics(settings: Settings, bootstrap: str) -> list[str]:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(
-                spec.name,
-                settings.partitions,
-                1,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
-            )
+            NewTopic(spec.name, settings.partitions, 1, topic_configs=spec.configs())
             for spec in settings.topics.specs()
             if spec.name not in existing
         ]

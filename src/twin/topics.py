@@ -10,6 +10,14 @@ from functools import cached_property
 class TopicSpec:
     name: str
     compacted: bool = False
+    kept: bool = False  # never deleted by age: what is read back whole to decide (not just archived)
+
+    def configs(self) -> dict[str, str]:
+        """The topic's configuration at creation: compacted keeps each key's last record; kept
+        keeps every record (``retention.ms=-1``) where the broker would drop them after its
+        default retention (7 days on Apache Kafka)."""
+        configs = {"cleanup.policy": "compact"} if self.compacted else {}
+        return configs | ({"retention.ms": "-1"} if self.kept else {})
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ class Topics:
             TopicSpec(self.deadletter),
             TopicSpec(self.state, compacted=True),
             TopicSpec(self.alerts),
-            TopicSpec(self.signals),
+            # the limit in force and the VEN's memory are functions of every signal received
+            TopicSpec(self.signals, kept=True),
             TopicSpec(self.plans, compacted=True),
             TopicSpec(self.connections, compacted=True),
         ]
