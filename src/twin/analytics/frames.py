@@ -120,7 +120,16 @@ def connect(
               FROM (SELECT station_id {carried} {parse} FROM frames
                     WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid))
     """)
+    con.execute("SET VARIABLE twin_events_direct = ?", [pinned is not None and typed == "all"])  # see events_direct
     return con
+
+
+def events_direct(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether :func:`connect`'s ``transaction_events`` reads the archive's typed column where
+    it lies (no dedupe, no JSON to parse): each mention of it then reads only the columns it
+    needs, and a query that names it twice had better read it twice than buffer it."""
+    said = con.execute("SELECT getvariable('twin_events_direct')").fetchone()
+    return bool(said and said[0])
 
 
 PAYLOAD_TYPE = """{"eventType": "VARCHAR", "timestamp": "VARCHAR", "offline": "VARCHAR", "reservationId": "VARCHAR",

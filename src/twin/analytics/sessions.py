@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twin.analytics.frames import query, rounded, transaction_events_polars
+from twin.analytics.frames import connect, events_direct, rounded, rows, transaction_events_polars
 
 if TYPE_CHECKING:
     import polars as pl
@@ -78,7 +78,13 @@ ORDER BY tx.started_at, tx.station_id, tx.transaction_id
 
 
 def sessions_duckdb(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
-    return query(capture, ("TransactionEvent",), SQL, [since, since, until, until], events=True)
+    con = connect(capture, ("TransactionEvent",), events=True)
+    # ``te`` is named twice (its readings, its events' own fields). Where the events are read
+    # from the files as they lie, each mention reads only its own columns; materialized, ``te``
+    # carried every event's list of readings through a buffer (at 11.3 M records: CPU 3.2 ->
+    # 2.2 s). Where they are deduplicated or parsed from JSON, that work is done once.
+    sql = SQL.replace("WITH te AS (", "WITH te AS NOT MATERIALIZED (", 1) if events_direct(con) else SQL
+    return rows(con, sql, [since, since, until, until])
 
 
 def sessions_polars(capture: str | Path, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
