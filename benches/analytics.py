@@ -22,6 +22,9 @@ Pandas' uptime is checked to be ours, port by port, before either is timed.
     .venv/bin/python benches/analytics.py --stations 1000 --days 14   # issue 23's archive: 11.3 M records
     .venv/bin/python benches/analytics.py --archive DIR   # an archive already written (with _stations.json)
     .venv/bin/python benches/analytics.py --archive DIR --no-pandas   # the floor, ours and the CLI only
+
+``--before SRC`` times another version of twin in the same run, beside this one (SRC a ``src``
+directory, e.g. ``git archive REV src | tar -x -C /tmp/rev``: its runs named "... (before)").
 """
 
 from __future__ import annotations
@@ -175,6 +178,8 @@ def afir(path):
 CLI = ("sessions", "uptime")
 """The reports also timed as ``twin report KIND`` (sessions and uptime: issue 23)."""
 CLI_ROWS = {"sessions": "sessions", "uptime": "ports"}
+OURS = ("duckdb", "polars", "cli")
+"""The runs of twin's own code, which --before times twice."""
 
 
 CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
@@ -182,13 +187,13 @@ CHILD_ENV = {name: value for name, value in os.environ.items() if name != "PYTHO
 .pyc files are stale compiles the modules at every start: 0.4 s of ``twin``'s)."""
 
 
-def timed(command: list[str], out: Path | None = None) -> dict[str, Any]:
+def timed(command: list[str], out: Path | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``command``; its wall and CPU time, peak memory and the last line it printed (into
     ``out`` if given, unread: a report's JSON). (A child forked from a large parent reports the
     parent's memory as its peak: keep the parent small.)"""
     began = time.perf_counter()
     with open(out, "wb") if out else open(os.devnull, "wb") as sink:
-        proc = subprocess.Popen(command, stdout=sink if out else subprocess.PIPE, env=CHILD_ENV)
+        proc = subprocess.Popen(command, stdout=sink if out else subprocess.PIPE, env=env or CHILD_ENV)
         if out:
             _, status, usage = os.wait4(proc.pid, 0)
             lines = []
@@ -203,24 +208,26 @@ def timed(command: list[str], out: Path | None = None) -> dict[str, Any]:
             "peak_mib": round(usage.ru_maxrss / 1024), "out": lines[-1] if lines else ""}  # fmt: skip
 
 
-def timed_cli(kind: str, archive: Path, workdir: Path) -> dict[str, Any]:
+def timed_cli(kind: str, archive: Path, workdir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``twin report KIND --archive ARCHIVE --json`` as a user runs it: the installed ``twin``
     script beside this Python, its JSON written to a file; its time, peak memory and rows."""
     twin = Path(sys.executable).with_name("twin")
     out = workdir / f"{kind}.json"
-    result = timed([str(twin), "report", kind, "--archive", str(archive), "--json"], out)
+    result = timed([str(twin), "report", kind, "--archive", str(archive), "--json"], out, env)
     rows = len(orjson.loads(out.read_bytes())[CLI_ROWS[kind]])
     out.unlink()
     return {"process_s": result["seconds"], "cpu_s": result["cpu_s"], "peak_mib": result["peak_mib"], "rows": rows}
 
 
-def timed_report(run: tuple[str, str], archive: Path, workdir: Path) -> dict[str, Any]:
+def timed_report(
+    run: tuple[str, str], archive: Path, workdir: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A report run in a fresh process on ``archive``: its time (whole process, and the call
     alone), peak memory and rows."""
     imports, call = run
     script = (f"import sys, time; sys.path.insert(0, {str(workdir)!r}); A = {str(archive)!r}\n{imports}\n"
               f"began = time.perf_counter(); n = {call}; print(n, time.perf_counter() - began)")  # fmt: skip
-    result = timed([sys.executable, "-c", script])
+    result = timed([sys.executable, "-c", script], env=env)
     rows, call_s = result["out"].split()
     return {"process_s": result["seconds"], "call_s": float(call_s), "cpu_s": result["cpu_s"],
             "peak_mib": result["peak_mib"], "rows": int(rows)}  # fmt: skip
@@ -284,6 +291,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--archive", help="time the reports on this archive instead of writing one (--sizes ignored)")
     parser.add_argument("--no-pandas", action="store_true", help="leave out the pandas baseline (28 s a sessions run)")
+    parser.add_argument("--before", help="a src directory of another version of twin, timed beside this one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[str, object] = {}
@@ -306,14 +314,23 @@ def main() -> None:
                 row = {"records": n, "days": round(days, 2), "generate_s": generated}
             if not args.no_pandas:
                 row["uptime agrees"] = uptime_agrees(archive, work)
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*run, *(f"{k} cli" for k in CLI)]}
-            for kind in CLI:  # once untimed: the bytecode written, the files in the page cache
-                timed_cli(kind, archive, work)
-            for _ in range(args.repeats):  # round-robin: a slow minute of the machine falls on every report
-                for name, each in run.items():
-                    runs[name].append(timed_report(each, archive, work))
+            trees: dict[str, dict[str, str] | None] = {"": None}
+            if args.before:
+                trees[" (before)"] = {**CHILD_ENV, "PYTHONPATH": str(Path(args.before).resolve())}
+            names = [*run, *(f"{k} cli" for k in CLI)]
+            runs: dict[str, list[dict[str, Any]]] = {
+                f"{name}{tree}": [] for name in names for tree in trees if not tree or name.split()[-1] in OURS
+            }
+            for env in trees.values():  # once untimed: the bytecode written, the files in the page cache
                 for kind in CLI:
-                    runs[f"{kind} cli"].append(timed_cli(kind, archive, work))
+                    timed_cli(kind, archive, work, env)
+            for _ in range(args.repeats):  # round-robin: a slow minute of the machine falls on every report
+                for name in names:
+                    for tree, env in trees.items():
+                        if f"{name}{tree}" in runs:
+                            kind = name.split()[0]
+                            runs[f"{name}{tree}"].append(timed_cli(kind, archive, work, env) if name.endswith(" cli")
+                                                         else timed_report(run[name], archive, work, env))  # fmt: skip
             for name in runs:
                 row[name] = median_of(runs[name])
             against_floor(row)

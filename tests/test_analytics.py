@@ -343,6 +343,47 @@ def test_the_report_command(capture: Path, tmp_path: Path) -> None:
     assert done.returncode == 1 and "no capture" in done.stderr
 
 
+def test_sessions_from_events_read_where_they_lie(tmp_path: Path) -> None:
+    """An archive in which no record can be twice, typed as today: sessions reads its events
+    straight from the files, each part of the query only its own columns; the same sessions.
+    Records written twice are deduplicated first, and read once."""
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    archive.write(once, hand_made(), unique=True)
+    archive.write(twice, hand_made())
+    archive.write(twice, hand_made()[3:12])
+    assert frames.events_direct(connect(once, ("TransactionEvent",), events=True))
+    assert not frames.events_direct(connect(twice, ("TransactionEvent",), events=True))
+    assert sessions_duckdb(once) == sessions_duckdb(twice) == EXPECTED
+    window = ("2026-03-02T08:30:00Z", "2026-03-02T12:00:00Z")
+    assert sessions_duckdb(once, *window) == sessions_duckdb(twice, *window) == EXPECTED[1:2]
+
+
+def test_twin_report_starts_without_the_other_commands() -> None:
+    """``twin report`` imports its own command, not the gateway, Kafka, the fold or Polars
+    (twin.cli.COMMANDS): they took 0.8 s of every report's start."""
+    sample = Path(__file__).parent.parent / "datasets" / "sample"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "twin", "report", "sessions", "--archive",
+                           str(sample), "--json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time")}
+    assert "twin.analytics.sessions" in imported  # (importlib.import_module's imports are not listed)
+    assert not imported & {"kafka", "polars", "twin.fold", "twin.gateway.server", "twin.cli.gateway"}
+    assert len(json.loads(done.stdout)["sessions"]) > 100
+
+
+def test_every_command_is_where_the_command_line_looks_for_it() -> None:
+    """``twin COMMAND`` imports the module twin.cli.COMMANDS names: each command is there."""
+    from typer.main import get_command_name
+
+    from twin.cli import COMMANDS, app
+
+    found = {c.name or get_command_name(c.callback.__name__): c.callback.__module__  # type: ignore[union-attr]
+             for c in app.registered_commands}  # fmt: skip
+    found |= {g.name: g.typer_instance.registered_commands[0].callback.__module__  # type: ignore[union-attr]
+              for g in app.registered_groups}  # fmt: skip
+    assert found == {name: f"twin.cli.{module}" for name, module in COMMANDS.items()}
+
+
 ENERGY_DAY = {"station_id": "AN-1", "day": "2026-03-02", "import_kwh": 16.5, "export_kwh": 3.0, "discharge_hours": 1.0,
               "peak_export_kw": 7.0}  # fmt: skip
 
