@@ -182,3 +182,20 @@ def test_tariffs_set_get_change_clear_through_the_gateway(stack: Stack, tmp_path
                 problems.append(f"{r['action']} {kind}: {v.reason}")
     assert not problems and all(r["valid"] for r in records if r["msg_type"] in (2, 3))
     assert any("costDetails" in r["payload"] for r in records if r["action"] == "TransactionEvent")
+
+
+def test_site_names_the_stations_of_a_site(tmp_path: Path) -> None:
+    """`--site SITE` sends to the site's stations (sites as `twin controller` reads them); an
+    unknown site is one clear line naming the known ones."""
+    from twin.cli.tariff import _targets
+    from twin.settings import Settings
+
+    sites = tmp_path / "sites.json"
+    sites.write_text(json.dumps([{"site_id": "SITE-A", "ean": "871687000000000016", "import_limit_kw": 50,
+                                  "export_limit_kw": 0, "stations": ["CS-1", "CS-2"]}]))  # fmt: skip
+    assert _targets([], False, "SITE-A", None, Settings.load(sites=str(sites))) == ["CS-1", "CS-2"]
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps(FLAT))
+    done = subprocess.run([*TWIN, "tariff", "set", "--site", "SITE-B", str(flat)], capture_output=True, text=True,
+                          env={**os.environ, "TWIN_SITES": str(sites)}, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and "no site 'SITE-B' (sites: SITE-A)" in done.stderr
