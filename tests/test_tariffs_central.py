@@ -309,8 +309,11 @@ def test_central_cost_cuts_at_the_local_boundary_as_the_report_does(tmp_path: Pa
     assert total == pytest.approx(13.59) and at == instant("2026-03-01T22:30:00Z")
     assert running_cost(tx, energy) == (round((34.5 * 0.40) * 1.2, 4), at)  # the zone matters
     now = instant("2026-03-01T22:31:00Z")
-    assert final_costs(twins, now, set()) == [("SC-CC", {"totalCost": 13.59, "transactionId": "TZ1"})]
-    assert final_costs(twins, now, {"TZ1"}) == [] and final_costs(twins, instant("2026-03-02T12:00:00Z"), set()) == []
+    assert final_costs(twins, now, {}, 300) == [("SC-CC", {"totalCost": 13.59, "transactionId": "TZ1"})]
+    assert final_costs(twins, now, {"TZ1": now}, 300) == []  # sent: waiting for the twin to show it
+    later = now + timedelta(seconds=301)
+    assert len(final_costs(twins, later, {"TZ1": now}, 300)) == 1  # not shown yet: the call was lost, again
+    assert final_costs(twins, instant("2026-03-02T12:00:00Z"), {}, 300) == []  # ended too long ago
     assert cost_updates(twins, now, {}, 60) == []  # ended: no running cost
 
     capture = tmp_path / "cc.jsonl"
@@ -325,7 +328,7 @@ def test_central_cost_cuts_at_the_local_boundary_as_the_report_does(tmp_path: Pa
     after = public(fold(s.records)["SC-CC"])
     cost = after["evses"]["1"]["transaction"]["cost"]
     assert (cost["source"], cost["final"], cost["total_incl_tax"]) == ("central", True, 13.59)
-    assert final_costs({"SC-CC": after}, now, set()) == [], "the twin shows the final cost"
+    assert final_costs({"SC-CC": after}, later, {}, 300) == [], "the twin shows the final cost"
     local = {"SC-CC": {**after, "evses": {"1": {**after["evses"]["1"], "transaction": {**tx, "cost": {
         "source": "local", "final": True}}}}}}  # fmt: skip
-    assert final_costs(local, now, set()) == []
+    assert final_costs(local, now, {}, 300) == []

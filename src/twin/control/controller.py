@@ -36,6 +36,8 @@ SIGNALS_KEPT = 1000
 """Grid signals kept per site (the newest): enough for days of 15-minute intervals."""
 COSTS_KEPT = 10_000
 """Transactions whose last CostUpdated the process remembers (the oldest forgotten first)."""
+FINAL_AGAIN = 5
+"""Intervals after which a final cost the twin does not show yet is sent again."""
 SETTLE_S = 1.0
 """A triggered re-plan waits this long (wall time) for the rest of the burst that caused it."""
 
@@ -177,7 +179,7 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
         ends = await consumer.end_offsets(partitions)
         caught_up = False
         costs_sent: dict[str, tuple[datetime, float]] = {}
-        finals_sent: dict[str, None] = {}  # transactions sent their final cost (oldest first)
+        finals_sent: dict[str, datetime] = {}  # transactions sent their final cost, when (oldest first)
         costs_at = 0.0  # monotonic: costs are worked out at most once a second
         wall_step = controller.step_s / controller.clock.scale
         log.info("controller: %d sites, a plan every %g s of station time (%g s here); reading the twins",
@@ -217,14 +219,15 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
 
 
 async def _send_costs(controller: Controller, producer: Any, topics: Any, sent: dict[str, tuple[datetime, float]],
-                      interval_s: float, finals: dict[str, None]) -> None:  # fmt: skip
+                      interval_s: float, finals: dict[str, datetime]) -> None:  # fmt: skip
     now = controller.clock.now()
     for station_id, payload in cost_updates(controller.twins, now, sent, interval_s):
         sent[payload["transactionId"]] = (now, payload["totalCost"])
         cmd = command(station_id, "CostUpdated", payload, "controller")
         await producer.send(topics.commands, key=station_id.encode(), value=orjson.dumps(cmd))
-    for station_id, payload in final_costs(controller.twins, now, finals):
-        finals[payload["transactionId"]] = None
+    for station_id, payload in final_costs(controller.twins, now, finals, FINAL_AGAIN * interval_s):
+        finals.pop(payload["transactionId"], None)
+        finals[payload["transactionId"]] = now
         cmd = command(station_id, "CostUpdated", payload, "controller")
         await producer.send(topics.commands, key=station_id.encode(), value=orjson.dumps(cmd))
         log.info("%s: final cost of transaction %s: %s", station_id, payload["transactionId"], payload["totalCost"])

@@ -21,12 +21,13 @@ else it is the cost without.
 The final cost: OCPP 2.1 has the CSMS answer the TransactionEvent of ``Ended`` with
 ``totalCost``, but the gateway answers at once from no twin (its hot path stays free of
 prices); so once the twin shows the transaction ended, the cost to its end goes to the
-station as one more CostUpdated (:func:`final_costs`), which the twin records as ``final``.
+station as one more CostUpdated (:func:`final_costs`), which the twin records as ``final``;
+until the twin shows it so (the station offline, the call lost), it goes again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -88,11 +89,13 @@ def cost_updates(twins: Mapping[str, Mapping[str, Any]], now: datetime, last_sen
     return out
 
 
-def final_costs(twins: Mapping[str, Mapping[str, Any]], now: datetime,
-                sent: Container[str]) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
+def final_costs(twins: Mapping[str, Mapping[str, Any]], now: datetime, sent: Mapping[str, datetime],
+                again_s: float) -> list[tuple[str, dict[str, Any]]]:  # fmt: skip
     """The CostUpdated calls of final costs due: for each transaction costed centrally that
-    has ended (within :data:`FINAL_WITHIN_S` of ``now``) on a station online, whose twin
-    shows no final cost and whose id is not in ``sent``, its cost to its end."""
+    has ended (within :data:`FINAL_WITHIN_S` of ``now``) on a station online and whose twin
+    shows no final cost, its cost to its end; once more where it was sent (``sent``: when,
+    the stations' time) ``again_s`` ago and the twin still shows none (the station was
+    offline, the call lost)."""
     out = []
     for station_id, twin in sorted(twins.items()):
         if not (twin.get("connection") or {}).get("online"):
@@ -100,8 +103,10 @@ def final_costs(twins: Mapping[str, Mapping[str, Any]], now: datetime,
         for evse in (twin.get("evses") or {}).values():
             tx = evse.get("transaction") or {}
             cost = tx.get("cost") or {}
-            if (not tx.get("id") or tx.get("state") != "ended" or not tx.get("ended_at") or str(tx["id"]) in sent
+            if (not tx.get("id") or tx.get("state") != "ended" or not tx.get("ended_at")
                     or cost.get("source") == "local" or cost.get("final")):  # fmt: skip
+                continue
+            if str(tx["id"]) in sent and now - sent[str(tx["id"])] < timedelta(seconds=again_s):
                 continue
             if now - instant(tx["ended_at"]) > timedelta(seconds=FINAL_WITHIN_S):
                 continue
