@@ -95,7 +95,7 @@ class Fleet:
         self.host, self.port = where.hostname or "127.0.0.1", where.port or 80
         self.rtts: dict[int, array.array[float]] = {i: array.array("f") for i in range(len(PHASES))}
         self.sent = self.answered = self.errors = self.unanswered = self.connections = self.failed_connects = 0
-        self.up = 0
+        self.up = self.dropped = 0
         self.open: set[Any] = set()
         self.all_up = asyncio.Event()
         self.blip: asyncio.Future[None] | None = None
@@ -142,6 +142,8 @@ class Fleet:
         tx = i % self.args.tx_every == 0
         while True:
             assert self.blip is not None and self.stopping is not None
+            if self.stopping.done():
+                return
             blip = self.blip
             try:
                 async with self.handshakes:
@@ -192,8 +194,9 @@ class Fleet:
                 await ws.close()
                 return
             if not blip.done():  # dropped for some other reason: back off a little, as a station does
+                self.dropped += 1
                 await asyncio.sleep(1 + rng.random())
-            await blip  # the blip dropped it: reconnect at once
+            # else the blip dropped it: reconnect at once
 
     def trigger_blip(self) -> None:
         """Every connection dropped at once: a TCP reset, as the gateway sees a network blip."""
@@ -211,12 +214,13 @@ class Fleet:
         t0 = time.monotonic()
         await self.all_up.wait()
         out.put(("up", time.monotonic() - t0))
-        await asyncio.to_thread(go_blip.wait)
-        t0 = time.monotonic()
-        self.trigger_blip()
-        await asyncio.sleep(0.5)
-        await self.all_up.wait()
-        out.put(("up", time.monotonic() - t0))
+        if not self.args.no_blip:
+            await asyncio.to_thread(go_blip.wait)
+            t0 = time.monotonic()
+            self.trigger_blip()
+            await asyncio.sleep(0.5)
+            await self.all_up.wait()
+            out.put(("up", time.monotonic() - t0))
         await asyncio.to_thread(go_stop.wait)
         self.stopping.set_result(None)
         await asyncio.gather(*stations)
@@ -230,7 +234,7 @@ def _load(url: str, first: int, count: int, args: argparse.Namespace, phase: Any
     asyncio.run(fleet.run(out, go_blip, go_stop))
     out.put(("done", {
         "sent": fleet.sent, "answered": fleet.answered, "errors": fleet.errors, "unanswered": fleet.unanswered,
-        "connections": fleet.connections, "failed_connects": fleet.failed_connects,
+        "connections": fleet.connections, "failed_connects": fleet.failed_connects, "dropped": fleet.dropped,
         "rtts": {PHASES[k]: v.tobytes() for k, v in fleet.rtts.items()}, "cpu": time.process_time() - cpu0,
     }))  # fmt: skip
 
@@ -353,18 +357,21 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             time.sleep(args.seconds)
             cpu["steady"] = meter.read()
             rss_steady = rss_bytes(gateway.pid)
-            print("steady window done; blip", file=sys.stderr, flush=True)
-            phase.value = 2
-            t_blip = time.monotonic()
-            go_blip.set()
-            blip_each = [out.get(timeout=args.phase_timeout)[1] for _ in procs]
-            reconnect = time.monotonic() - t_blip
-            cpu["blip"] = meter.read()
-            rss_blip = rss_bytes(gateway.pid)
-            print(f"blip: every station back in {reconnect:.1f} s", file=sys.stderr, flush=True)
-            phase.value = 3
-            time.sleep(args.after)
-            cpu["after"] = meter.read()
+            print(f"steady window done: gateway RSS {rss_steady / 2**20:.0f} MiB (start {rss0 / 2**20:.0f}), "
+                  f"CPU {cpu['steady']}", file=sys.stderr, flush=True)  # fmt: skip
+            reconnect, blip_each, rss_blip = float("nan"), [], rss_steady
+            if not args.no_blip:
+                phase.value = 2
+                t_blip = time.monotonic()
+                go_blip.set()
+                blip_each = [out.get(timeout=args.phase_timeout)[1] for _ in procs]
+                reconnect = time.monotonic() - t_blip
+                cpu["blip"] = meter.read()
+                rss_blip = rss_bytes(gateway.pid)
+                print(f"blip: every station back in {reconnect:.1f} s", file=sys.stderr, flush=True)
+                phase.value = 3
+                time.sleep(args.after)
+                cpu["after"] = meter.read()
             go_stop.set()
             done = [out.get(timeout=args.phase_timeout)[1] for _ in procs]
             for p in procs:
@@ -381,13 +388,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 gateway.wait()
             stop = time.monotonic() - t_stop
     total = {k: sum(d[k] for d in done) for k in ("sent", "answered", "errors", "unanswered", "connections",
-                                                  "failed_connects")}  # fmt: skip
+                                                  "failed_connects", "dropped")}  # fmt: skip
     rtts: dict[str, list[float]] = {}
     for name in PHASES:
         values: list[float] = []
         for d in done:
             values.extend(array.array("f", d["rtts"][name]))
         rtts[name] = values
+    log = (work / "gateway.log").read_text(errors="replace")
     expected_low = 2 * total["answered"] + 2 * total["connections"]
     expected_high = 2 * total["sent"] + 2 * total["connections"]
     every = [x for v in rtts.values() for x in v]
@@ -404,6 +412,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         **total,
         "captured": frames, "expected_captured": [expected_low, expected_high],
         "all_captured": expected_low <= frames <= expected_high,
+        "gateway_spooled": "spooling to" in log,  # it took the broker for gone (acks later than capture_timeout)
+        "gateway_out_of_files": log.count("Too many open files"),
         "rtt": {name: quantiles(v) for name, v in rtts.items()},
         "rtt_all": quantiles(every),
         "histogram": {name: histogram(v) for name, v in rtts.items()},
@@ -423,6 +433,7 @@ def main() -> None:
     parser.add_argument("--loadgen", type=int, default=4, help="load generator processes")
     parser.add_argument("--per-address", type=int, default=10_000, help="stations per loopback source address")
     parser.add_argument("--handshakes", type=int, default=1000, help="handshakes in flight per load generator")
+    parser.add_argument("--no-blip", action="store_true", help="no mass reconnect: ramp and steady only")
     parser.add_argument("--open-timeout", type=float, default=300)
     parser.add_argument("--call-timeout", type=float, default=60)
     parser.add_argument("--phase-timeout", type=float, default=900, help="give up on a phase after this long")

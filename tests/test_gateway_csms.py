@@ -219,3 +219,36 @@ async def test_cli_send_validates_then_queues(gateway: Any, settings: Settings) 
         assert ok.exit_code == 0, ok.output
         assert json.loads(ok.stdout)["action"] == "ReserveNow"
         await read_until(settings, has("ReserveNow", "CS-X", msg_type=3))
+
+
+async def test_a_mass_reconnect_is_admitted_a_few_at_a_time_and_leaks_no_slot(
+    gateway: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a network blip every station reconnects at once: the gateway admits a few
+    handshakes at a time (thousands at once filled its event loop until capture acks timed out
+    and it spooled with the broker alive); every station still gets in, and a station that
+    leaves half-way through its handshake does not keep its slot."""
+    from twin.gateway import server
+
+    monkeypatch.setattr(server, "HANDSHAKES", 3)
+    quick = settings.replace(handshake_timeout=1.0)
+    gw = await gateway(quick)
+    request = (
+        f"GET /ocpp/CS-GONE HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ocpp2.1\r\n\r\n"
+    )
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(request.encode())
+    await writer.drain()
+    writer.transport.abort()  # gone before the answer
+
+    async def boot(i: int) -> None:
+        async with raw_station(url(gw, f"CS-M{i:02d}")) as st:
+            assert (await st.ask(BOOT))[0] == 3
+
+    await asyncio.gather(*(boot(i) for i in range(20)))
+    records = await read_until(settings, has("Disconnected", count=20))
+    assert {r["station_id"] for r in records if r["action"] == "Connected"} >= {f"CS-M{i:02d}" for i in range(20)}
+    await asyncio.sleep(quick.handshake_timeout + 1.5)  # the half-done handshake's slot expires
+    assert gw._admission._value == 3 and not gw._handshakes

@@ -145,34 +145,52 @@ class Recorder:
         """The writer, a group commit: everything submitted since the last round was acked
         goes out as one record batch per partition; the round's future completes when all
         are acknowledged, fails on the first error, or times out. A timed-out round's error
-        carries ``outcome``, which settles when the producer knows what became of it."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            records, done = self._queue, self._round
-            self._queue, self._round = [], None
-            if done is None:
-                continue
-            producer = self._producer
-            if producer is None:
-                done.set_exception(ConnectionError("no producer"))
-                continue
-            try:
-                acks = await self._send_batches(producer, records)
-            except Exception as exc:
-                done.set_exception(exc)
-                continue
-            outcome = asyncio.get_running_loop().create_future()
-            _follow(outcome, acks)
-            await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
-            if not outcome.done():
-                late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
-                late.outcome = outcome  # type: ignore[attr-defined]
-                done.set_exception(late)
-            elif outcome.exception() is not None:
-                done.set_exception(outcome.exception())  # type: ignore[arg-type]
-            else:
-                done.set_result(None)
+        carries ``outcome``, which settles when the producer knows what became of it.
+
+        One round is in flight at a time (the producer sends one request to a broker at a
+        time anyway). When it is acked, the next round is handed to the producer before the
+        acked round's sessions are woken, and they are woken one turn of the loop later: the
+        produce request is written first and the broker works on it while the sessions send
+        their answers, instead of after them."""
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[None] | None = None  # acked, its sessions not yet woken
+        try:
+            while True:
+                if self._round is None and acked is not None:
+                    acked.set_result(None)  # nothing to send first
+                    acked = None
+                await self._wake.wait()
+                self._wake.clear()
+                records, done = self._queue, self._round
+                self._queue, self._round = [], None
+                if done is None:
+                    continue
+                producer = self._producer
+                try:
+                    if producer is None:
+                        raise ConnectionError("no producer")
+                    acks = await self._send_batches(producer, records)
+                except Exception as exc:
+                    done.set_exception(exc)
+                    continue
+                finally:
+                    if acked is not None:
+                        loop.call_soon(_wake_sessions, acked)  # behind the producer's next turns
+                        acked = None
+                outcome = loop.create_future()
+                _follow(outcome, acks)
+                await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
+                if not outcome.done():
+                    late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
+                    late.outcome = outcome  # type: ignore[attr-defined]
+                    done.set_exception(late)
+                elif outcome.exception() is not None:
+                    done.set_exception(outcome.exception())  # type: ignore[arg-type]
+                else:
+                    acked = done
+        finally:
+            if acked is not None:
+                acked.set_result(None)
 
     async def _send_batches(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
         builders: dict[tuple[str, int], Any] = {}
@@ -286,10 +304,11 @@ class Recorder:
         if self.mode == "starting":
             await self._decide_mode()
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, **kafka_security.aiokafka(self.settings),
+            bootstrap_servers=self.bootstrap,
+            **kafka_security.aiokafka(self.settings),
             acks="all",
             enable_idempotence=self._idempotent,
-            linger_ms=1,
+            linger_ms=0,  # the writer batches a round itself: lingering only delays every round
             max_batch_size=MAX_BATCH_BYTES,
             request_timeout_ms=int(self.settings.capture_timeout * 1000),
             retry_backoff_ms=50,
@@ -305,6 +324,11 @@ class Recorder:
         producer, self._producer = self._producer, None
         if producer is not None:
             await _quietly_stop(producer, timeout=self.settings.capture_timeout)
+
+
+def _wake_sessions(acked: asyncio.Future[None]) -> None:
+    if not acked.done():
+        acked.set_result(None)
 
 
 def _follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None:

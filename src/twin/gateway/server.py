@@ -36,6 +36,16 @@ from twin.security import Guard, UpstreamTls
 from twin.settings import Settings
 
 log = logging.getLogger("twin.gateway")
+HANDSHAKES = 100
+"""Stations admitted at once between their HTTP request and their recorded ``Connected``; the
+rest wait their turn (within the handshake timeout). After a network blip every station
+reconnects at once: unbounded, thousands of handshakes fill the event loop's queue, capture
+acks wait behind them past ``capture_timeout`` and the gateway takes a live broker for a dead
+one and spools."""
+BACKLOG = 4096
+"""Connections waiting to be accepted (the kernel caps it at ``net.core.somaxconn``). After a
+network blip every station reconnects at once; past a full queue the kernel drops their SYNs
+and each station's TCP tries again only 1, 3, 7 s later."""
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Handshake:
     conn_id: str
     upstream: ClientConnection | None = None
     shown: dict[str, Any] | None = None  # the security profile and certificate the guard admitted
+    expiry: asyncio.TimerHandle | None = None  # frees the admission slot if the handshake never completes
 
 
 class Gateway:
@@ -82,6 +93,7 @@ class Gateway:
         self.inbox = CommandInbox(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handshakes: dict[ServerConnection, Handshake] = {}
+        self._admission = asyncio.Semaphore(HANDSHAKES)
         self._server: Server | None = None
         self._warming: asyncio.Future[int] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -106,6 +118,7 @@ class Gateway:
             compression=None,
             open_timeout=self.settings.handshake_timeout,
             reuse_port=self.reuse_port and not tls,
+            backlog=BACKLOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if tls is not None:
@@ -175,6 +188,37 @@ class Gateway:
 
     # -- the handshake --------------------------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        await self._admission.acquire()  # released once Connected is recorded (_admitted), or here
+        try:
+            refusal = await self._admit(connection, request)
+        except BaseException:
+            self._admission.release()
+            raise
+        if refusal is not None:
+            self._admission.release()
+            return refusal
+        hs = self._handshakes[connection]
+        hs.expiry = asyncio.get_running_loop().call_later(
+            self.settings.handshake_timeout + 1, self._expire, connection, hs
+        )
+        return None
+
+    def _admitted(self, hs: Handshake) -> None:
+        if hs.expiry is not None:
+            hs.expiry.cancel()
+            hs.expiry = None
+            self._admission.release()
+
+    def _expire(self, connection: ServerConnection, hs: Handshake) -> None:
+        """A handshake admitted and never completed (the station went away half-way)."""
+        hs.expiry = None
+        self._admission.release()
+        if self._handshakes.get(connection) is hs:
+            del self._handshakes[connection]
+            if hs.upstream is not None:
+                self.spawn(close_quietly(hs.upstream, 1000, "station disconnected"))
+
+    async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         station_id = unquote(path.rstrip("/").rsplit("/", 1)[-1])
         offered = _offered(request.headers)
@@ -267,7 +311,10 @@ class Gateway:
 
     # -- a connection ---------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
-        hs = self._handshakes.pop(ws)
+        hs = self._handshakes.pop(ws, None)
+        if hs is None:  # its handshake took longer than the handshake timeout allows
+            await close_quietly(ws, 1011, "handshake expired")
+            return
         session = Session(
             ws=ws, station_id=hs.station_id, protocol=hs.protocol, recorder=self.recorder,
             settings=self.settings, upstream=hs.upstream, conn_id=hs.conn_id, certificates=self.certificates,
@@ -284,6 +331,7 @@ class Gateway:
                 ("Connected", {"subprotocol": hs.protocol, "security_profile": _profile(ws),
                                "remote_address": self._remote(ws), "mode": self.mode, **(hs.shown or {})})
             )  # fmt: skip
+            self._admitted(hs)
             if hs.upstream is not None:
                 pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
             bucket = TokenBucket(self.settings.station_rate, self.settings.station_burst)
@@ -298,6 +346,7 @@ class Gateway:
             code, reason = 1011, "internal error"
             await close_quietly(ws, code, reason)
         finally:
+            self._admitted(hs)
             session.abandon_calls()
             if pump is not None:
                 pump.cancel()
