@@ -420,12 +420,25 @@ def _times_of_day(day: date, minutes: tuple[int, ...], tz: str) -> tuple[tuple[f
     return tuple((t.timestamp(), t) for t in made)
 
 
+_CALENDAR = ("dayOfWeek", "startTimeOfDay", "endTimeOfDay", "validFromDate", "validToDate")
+
+
+def _calendared(tariffs: Tariff | Sequence[Tariff]) -> bool:
+    """Whether a price's conditions name days, dates or times of day."""
+    return any(k in (p.get("conditions") or {}) for t in _as_list(tariffs) for name in COMPONENTS
+               for p in (t.get(name) or {}).get("prices", ()) for k in _CALENDAR)  # fmt: skip
+
+
 def next_change(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage = START, tz: str = "UTC",
                 horizon_days: int = HORIZON_DAYS) -> tuple[datetime, Price | None] | None:  # fmt: skip
     """When the price in force next changes after ``at`` (calendar conditions and validFrom;
     a session's own progress is not foreseen), and to what; None within the horizon."""
     now = price_at(tariffs, at, usage, tz)
-    for t in boundaries(tariffs, at, at + timedelta(days=horizon_days), tz):
+    cuts = boundaries(tariffs, at, at + timedelta(days=horizon_days), tz)
+    if not _calendared(tariffs):  # only a validFrom can change the price: no midnight to look at
+        starts = [valid_from(t) for t in _as_list(tariffs)]
+        cuts = [t for t in cuts if t in starts]
+    for t in cuts:
         then = price_at(tariffs, t, usage, tz)
         if then != now:
             return t, then

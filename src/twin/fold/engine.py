@@ -91,6 +91,11 @@ class Change:
             node = child
         return node
 
+    def own(self, value: dict[str, Any]) -> dict[str, Any]:
+        """``value``, a dict this change made, marked as its own: written through, not copied."""
+        self._fresh.add(id(value))
+        return value
+
     def get(self, *path: str) -> Any:
         node: Any = self.twin
         for key in path:

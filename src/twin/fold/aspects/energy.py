@@ -119,7 +119,7 @@ def transaction_event(change: Change, event: Event) -> None:
         current = {"id": tx_id, "state": "started", "started_at": p.get("timestamp"), "ended_at": None,
                    "import_wh": 0.0, "export_wh": 0.0, "reservation_id": None, "seq_no": None,
                    "seq_gaps": 0, "offline_events": 0}  # fmt: skip
-    tx = evse["transaction"] = dict(current)
+    tx = evse["transaction"] = change.own(dict(current))  # the tariffs aspect writes it next
     last_seq = tx.get("seq_no")
     if last_seq is not None and seq_no > last_seq + 1:
         tx["seq_gaps"] += seq_no - last_seq - 1
