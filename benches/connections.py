@@ -25,7 +25,10 @@ what bounds it.
 The load comes from ``--loadgen`` processes, each station from a loopback source address of
 its own range (127.0.0.2, 127.0.0.3, ...: ``--per-address`` stations each, under the
 ~28,000 ephemeral ports of one address); the open-files limit is raised for every process
-(as root, past the hard limit up to ``fs.nr_open``; else to the hard limit).
+(as root, past the hard limit up to ``fs.nr_open``; else to the hard limit). One connection
+is one file of the gateway process: where the hard limit cannot be raised (a root without
+CAP_SYS_RESOURCE, as in a container) it bounds the stations one process can hold, and a mass
+reconnect needs room for the old sockets beside the new ones (about half the limit).
 
     .venv/bin/python benches/connections.py --stations 50000 [--seconds 120] [--json]
 """
