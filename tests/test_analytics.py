@@ -676,7 +676,9 @@ def test_afir_art_5_judges_the_price_in_force(tmp_path: Path) -> None:
     with a 0.10/min occupancy fee: passes. POOL-MIN: a 150 kW point priced per minute only:
     fails. POOL-MIX: a 150 kW point per kWh from 07:00 to 22:00 and per minute at night (fails
     at 22:00 that day), a 150 kW point whose per-kWh tariff was cleared (fails: none in force),
-    and a 22 kW AC point priced per minute with a session fee (below 50 kW: its components)."""
+    and a 22 kW AC point priced per minute with a session fee (below 50 kW: its components).
+    POOL-ZONE: the day/night tariff on a station whose clock the log set to Europe/Berlin: its
+    times of day are local, so it fails at 21:00 UTC."""
     kwh = {"tariffId": "KWH", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.59}]},
            "idleTime": {"prices": [{"priceMinute": 0.10}]}}  # fmt: skip
     per_min = {"tariffId": "MIN", "currency": "EUR", "chargingTime": {"prices": [{"priceMinute": 0.30}]}}
@@ -689,10 +691,14 @@ def test_afir_art_5_judges_the_price_in_force(tmp_path: Path) -> None:
     records: list[dict[str, Any]] = []
     point = {"max_kw": 150.0, "evses": 1, "kind": "DC", "bidirectional": False, "iso15118": True}
     inventory = []
+    clock = {"component": {"name": "ClockCtrlr"}, "variable": {"name": "TimeZone"}}
     for station, pool, tariff in (("P-KWH", "POOL-KWH", kwh), ("P-MIN", "POOL-MIN", per_min),
                                   ("M-DN", "POOL-MIX", day_night), ("M-GONE", "POOL-MIX", kwh),
-                                  ("M-AC", "POOL-MIX", ac)):  # fmt: skip
+                                  ("M-AC", "POOL-MIX", ac), ("Z-DN", "POOL-ZONE", day_night)):  # fmt: skip
         s = Script(station).connect().boot().status(1, "Available")
+        if station == "Z-DN":  # its clock in Berlin (UTC+1 in March): its night begins at 21:00 UTC
+            s.csms("SetVariables", {"setVariableData": [{**clock, "attributeValue": "Europe/Berlin"}]},
+                   {"setVariableResult": [{**clock, "attributeStatus": "Accepted"}]})  # fmt: skip
         s.csms("SetDefaultTariff", {"evseId": 0, "tariff": tariff}, {"status": "Accepted"})
         if station == "M-GONE":
             s.csms("ClearTariffs", {"tariffIds": ["KWH"]},
@@ -715,3 +721,4 @@ def test_afir_art_5_judges_the_price_in_force(tmp_path: Path) -> None:
                                    "M-GONE: no default tariff in force")  # fmt: skip
     why = "in force on every station below 50 kW (1): per minute charging, per session"
     assert mix[parts] == {"rule": parts, "result": "pass", "why": why}
+    assert pools["POOL-ZONE"][per_kwh]["why"] == "Z-DN: no per-kWh price at 2026-03-01T21:00:00.000Z"

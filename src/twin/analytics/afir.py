@@ -35,7 +35,7 @@ from twin.analytics import migration
 from twin.analytics.frames import bounds, connect, rows
 from twin.analytics.migration import inventory_of
 from twin.publish.afir import art20
-from twin.tariffs import Price, Tariff, Usage, boundaries, iso, price_at
+from twin.tariffs import DEFAULT_ZONE, Price, Tariff, Usage, boundaries, clock_zone, iso, price_at
 
 THRESHOLDS = [  # (rule, minimum pool kW, minimum points of >= 150 kW)
     ("Art. 3 TEN-T core, end 2025", 400.0, 1),
@@ -70,7 +70,8 @@ TARIFFS_SQL = """
 SELECT c.station_id, c.action, CAST(c.payload AS VARCHAR) AS request, CAST(a.payload AS VARCHAR) AS answer
 FROM frames c JOIN frames a ON a.conn_id = c.conn_id AND a.msg_id = c.msg_id AND a.origin = 'cs' AND a.msg_type = 3
                                AND a.action = c.action  -- an answer's is its CALL's: fewer row groups
-WHERE c.action IN ('SetDefaultTariff', 'ClearTariffs') AND c.msg_type = 2 AND c.origin = 'csms'
+WHERE c.msg_type = 2 AND c.origin = 'csms' AND (c.action IN ('SetDefaultTariff', 'ClearTariffs')
+      OR c.action IN ('SetVariables', 'GetVariables') AND CAST(c.payload AS VARCHAR) LIKE '%TimeZone%')
 ORDER BY a.ts, a.conn_id, a.seq
 """
 FAST_KW = 50.0
@@ -81,11 +82,11 @@ COMPONENTS = "Art. 5 ad hoc price and its components below 50 kW"
 def afir(capture: str | Path) -> list[dict[str, Any]]:
     known = inventory_of(capture)
     # the log read once (a table: SQL names frames five times), for these checks and migration's
-    con = connect(capture, ("SetDefaultTariff", "ClearTariffs", "SetChargingProfile", "StatusNotification",
-                            *migration.ACTIONS), once=True)  # fmt: skip
+    con = connect(capture, ("SetDefaultTariff", "ClearTariffs", "SetVariables", "GetVariables", "SetChargingProfile",
+                            "StatusNotification", *migration.ACTIONS), once=True)  # fmt: skip
     seen = {r["station_id"]: r for r in rows(con, SQL)}
     iso20 = {r["station_id"]: r["iso15118_20"] for r in migration.migration_duckdb(capture, con)}
-    held = _held(rows(con, TARIFFS_SQL))
+    held, zones = _held(rows(con, TARIFFS_SQL))
     end = bounds(con, capture)[1]
     pools: dict[str, list[str]] = {}
     for station in sorted(seen):
@@ -103,7 +104,7 @@ def afir(capture: str | Path) -> list[dict[str, Any]]:
                 ok = total_kw >= kw and points_150 >= points
                 checks.append(_check(rule, ok, f"{total_kw:g} kW, {points_150} points of 150 kW or more "
                                                f"(needs {kw:g} kW and {points})"))  # fmt: skip
-        checks += _ad_hoc(listed, held, end)
+        checks += _ad_hoc([{**s, "time_zone": zones.get(s["station_id"], DEFAULT_ZONE)} for s in listed], held, end)
         unsmart = [s for s in stations if not seen[s]["smart"]]
         checks.append(_check("Art. 5(8) smart charging", None if unsmart else True,
                              f"no accepted charging profile seen on {', '.join(unsmart)}" if unsmart
@@ -125,13 +126,18 @@ def afir(capture: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _held(found: list[dict[str, Any]]) -> dict[tuple[str, str], list[Tariff]]:
+def _held(found: list[dict[str, Any]]) -> tuple[dict[tuple[str, str], list[Tariff]], dict[str, str]]:
     """Per (station, EVSE) the default tariffs accepted and not cleared by the log's end, as
-    the twin's fold keeps them (EVSE ``0``: the whole station)."""
+    the twin's fold keeps them (EVSE ``0``: the whole station); and each station's clock zone
+    at the end (:func:`twin.tariffs.clock_zone`), in which the tariffs' times of day are read."""
     held: dict[tuple[str, str], list[Tariff]] = {}
+    zones: dict[str, str] = {}
     for r in found:
         request, answer, station = orjson.loads(r["request"]), orjson.loads(r["answer"]), r["station_id"]
-        if r["action"] == "SetDefaultTariff" and answer.get("status") == "Accepted":
+        zone = clock_zone(r["action"], request, answer)
+        if zone is not None:
+            zones[station] = zone
+        elif r["action"] == "SetDefaultTariff" and answer.get("status") == "Accepted":
             tariff = request.get("tariff") or {}
             slot = (station, str(request.get("evseId", 0)))
             held[slot] = [*(t for t in held.get(slot, ()) if t.get("tariffId") != tariff.get("tariffId")), tariff]
@@ -140,14 +146,15 @@ def _held(found: list[dict[str, Any]]) -> dict[tuple[str, str], list[Tariff]]:
             evse = request.get("evseId")
             for slot in [k for k in held if k[0] == station and (evse is None or k[1] == str(evse))]:
                 held[slot] = [t for t in held[slot] if t.get("tariffId") not in gone]
-    return held
+    return held, zones
 
 
-def _prices(tariffs: list[Tariff], end: datetime, kind: str | None) -> list[tuple[datetime, Price | None]]:
-    """The price in force at ``end`` and at each change in the week after it."""
-    usage = Usage(evse_kind=kind)
-    moments = [end, *boundaries(tariffs, end, end + timedelta(days=7))]
-    return [(t, price_at(tariffs, t, usage)) for t in moments]
+def _prices(tariffs: list[Tariff], end: datetime, station: dict[str, Any]) -> list[tuple[datetime, Price | None]]:
+    """The price in force at ``end`` and at each change in the week after it, the times of
+    day read in the station's zone."""
+    usage, tz = Usage(evse_kind=station.get("kind")), station.get("time_zone", DEFAULT_ZONE)
+    moments = [end, *boundaries(tariffs, end, end + timedelta(days=7), tz)]
+    return [(t, price_at(tariffs, t, usage, tz)) for t in moments]
 
 
 def _fault(station: dict[str, Any], held: dict[tuple[str, str], list[Tariff]], end: datetime | None) -> str | None:
@@ -159,7 +166,7 @@ def _fault(station: dict[str, Any], held: dict[tuple[str, str], list[Tariff]], e
         name = sid if int(station.get("evses") or 1) == 1 else f"{sid} EVSE {evse}"
         if not tariffs or end is None:
             return f"{name}: no default tariff in force"
-        for at, price in _prices(tariffs, end, station.get("kind")):
+        for at, price in _prices(tariffs, end, station):
             when = iso(at)
             if price is None or not any(v is not None for v in price.as_json().values()):
                 return f"{name}: no ad hoc price in force at {when}"
@@ -181,7 +188,7 @@ def _components(stations: list[dict[str, Any]], held: dict[tuple[str, str], list
     seen: set[str] = set()
     for s in stations:
         for key in [k for k in held if k[0] == s["station_id"]]:
-            for _, price in _prices(held[key], end, s.get("kind")) if end is not None else ():
+            for _, price in _prices(held[key], end, s) if end is not None else ():
                 seen |= {k for k, v in (price.as_json() if price else {}).items() if v is not None}
     return ", ".join(label for key, label in names.items() if key in seen) or "none"
 
