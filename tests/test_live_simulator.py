@@ -487,6 +487,29 @@ def test_clear_charging_profile_removes_what_it_names() -> None:
         assert schemas.problem(station.protocol, action, "Response", agent.answer(action, {})) is None
 
 
+def test_a_reading_as_a_profile_lands_tells_the_power_from_then_on() -> None:
+    """A profile caught the EV up to the moment it landed; a meter reading then (off the
+    station's reading grid) gives what the EVSE draws now, not the step before: a report
+    holds a reading's power until the next one."""
+    from twin.simulator import payloads
+
+    station = build(1, 1)[1][0]
+    agent = live.StationAgent(station, [], live.Options("ws://unused"), live.Clock(T0, 1), live.Summary())
+    e = agent.evses[1]
+    e.ev, e.state, e.tx_id, e.tx_start = EV(60_000, 11_000), EVState(20_000, 40_000, power_w=11_000), "T1", T0
+    e.last_t = agent.clock.now()
+
+    def reading() -> float:
+        return next(v["value"] for v in payloads.meter(station, e, e.last_t)["sampledValue"]
+                    if v["measurand"] == "Power.Active.Import")  # fmt: skip
+
+    cap = profile(7, "TxDefaultProfile", [{"startPeriod": 0, "limit": 3_000}], evse=0)
+    assert agent.answer("SetChargingProfile", cap) == {"status": "Accepted"}
+    assert reading() == 3_000 and e.setting.limit_w == 3_000
+    assert agent.answer("ClearChargingProfile", {"chargingProfileId": 7}) == {"status": "Accepted"}
+    assert reading() == 11_000 and e.setting == FREE
+
+
 # -- the command --------------------------------------------------------------------------------
 
 

@@ -261,3 +261,12 @@ def advance(ev: EV, state: EVState, profiles: Iterable[Profile], t0: float, t1: 
         state = step(ev, state, setting, until - t)
         t = until
     return state, setting
+
+
+def retuned(ev: EV, state: EVState, profiles: Iterable[Profile], t: float, evse_id: int, tx_id: str | None,
+            tx_start: float | None, horizon_s: float) -> tuple[EVState, Setting]:  # fmt: skip
+    """The state at ``t`` once the profiles changed then: the same energy, the power the EV
+    draws from ``t`` on (over ``horizon_s``, the next reading's distance). A reading taken at
+    the moment a profile lands tells what the EVSE does now, not the step before it."""
+    setting = in_force(list(profiles), t, evse_id, tx_id, tx_start)
+    return replace(state, power_w=power(ev, state, setting, horizon_s)), setting

@@ -379,10 +379,11 @@ class StationAgent:
                          if i != new.id and (p.purpose, p.stack_level, p.evse_id) != slot}  # fmt: skip
         self.profiles[new.id] = new
         self.summary.profiles_accepted += 1
+        self._retune(now)
         return {"status": "Accepted"}
 
     def _clear_profiles(self, request: dict[str, Any]) -> dict[str, Any]:
-        self._catch_up()
+        now = self._catch_up()
         pid, criteria = request.get("chargingProfileId"), request.get("chargingProfileCriteria") or {}
 
         def matches(p: Profile) -> bool:
@@ -393,6 +394,7 @@ class StationAgent:
         kept = {i: p for i, p in self.profiles.items() if not matches(p)}
         cleared = len(kept) < len(self.profiles)
         self.profiles = kept
+        self._retune(now)
         return {"status": "Accepted" if cleared else "Unknown"}
 
     def _catch_up(self) -> float:
@@ -401,6 +403,13 @@ class StationAgent:
         for evse in self.evses.values():
             self._advance(evse, now)
         return now
+
+    def _retune(self, now: float) -> None:
+        """Every EV's power from ``now`` on, under the profiles as they now are (caught up to ``now``)."""
+        for e in self.evses.values():
+            if e.ev is not None and e.state is not None:
+                e.state, e.setting = physics.retuned(e.ev, e.state, self.profiles.values(), now, e.n, e.tx_id,
+                                                     e.tx_start, self.opts.meter_interval_s)  # fmt: skip
 
     def _advance(self, e: Evse, t: float) -> None:
         if e.ev is None or e.state is None or t <= e.last_t:
