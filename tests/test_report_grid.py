@@ -246,8 +246,9 @@ def test_live_and_rebuilt_from_the_archive_give_the_same_limits_over_time(broker
     SITE-A; the limit the live API showed at each moment is the one the archive gives back
     (``twin.analytics.grid.limit_at``, ``twin sites --capture --at``, ``twin report grid``);
     and the report, minute by minute, shows no minute over the limit in force once the
-    controller has planned for it (:func:`obeyed_from`), but where a simulated station's
-    reading was taken as a profile landed (:func:`stale_readings`: rare, and said)."""
+    controller has planned for it (:func:`obeyed_from`). A simulated station's reading taken
+    as a profile lands gives the power from then on (``twin.simulator.ev.retuned``): before,
+    it gave the step before, which the report held for a minute over the limit."""
     from tests.conftest import TopicReader
     from tests.test_cli_processes import wait_port
     from tests.test_controller import SPEED, SiteStack, _accepted
@@ -359,7 +360,6 @@ def test_live_and_rebuilt_from_the_archive_give_the_same_limits_over_time(broker
     frames = sorted(captures.read(store, stations=site.stations), key=lambda f: (f["ts"], f["seq"]))
     checked: dict[float, int] = {}
     over = []
-    stale = stale_readings(frames)
     for run in _runs(minutes):
         first = run[0]
         began = datetime.fromisoformat(first["start"])
@@ -374,12 +374,8 @@ def test_live_and_rebuilt_from_the_archive_give_the_same_limits_over_time(broker
                 if row["minutes_over_limit"] > 0:
                     over.append(row)
     assert checked.get(20.0, 0) >= 3 and checked.get(12.0, 0) >= 3, (checked, minutes)
-    excused = [r for r in over if any(datetime.fromisoformat(r["start"]) - timedelta(seconds=METER_S) < at <
-                                      datetime.fromisoformat(r["end"]) for at in stale)]  # fmt: skip
-    print("minutes judged:", checked, "over:", [(r["start"], r["minutes_over_limit"]) for r in over],
-          "readings taken as a profile landed:", sorted(stale))  # fmt: skip
-    assert [r for r in over if r not in excused] == [], over
-    assert len(excused) <= 2 * len(stale)  # a reading holds one meter interval: two minutes at most
+    print("minutes judged:", checked, "over:", [(r["start"], r["minutes_over_limit"]) for r in over])
+    assert over == [], over
 
 
 def _drain(reader: Any) -> list[dict[str, Any]]:
@@ -402,34 +398,6 @@ def _runs(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
             out.append([row])
     return out
 
-
-METER_S = 60.0
-"""The simulated stations' meter interval (``twin simulate --live``: a TransactionEvent
-Updated every 60 s of station time from the session's start)."""
-
-
-def stale_readings(frames: list[dict[str, Any]]) -> list[datetime]:
-    """The moments of readings a simulated station took as a profile landed: off its meter
-    interval's grid, stamped at the profile's arrival, and saying the power of the step
-    before it, which the report holds for the interval after. On a site whose plan moves
-    power from one EVSE to another, such a reading beside another EVSE's taken after its own
-    profile sums above the limit for one meter interval in the report, while the stations
-    drew under it from the profile's arrival on (the plan itself stays under the limit)."""
-    started: dict[tuple[str, str], datetime] = {}
-    out = []
-    for f in frames:
-        if f["action"] != "TransactionEvent" or f["msg_type"] != 2 or f["origin"] != "cs":
-            continue
-        p = f["payload"]
-        key = (f["station_id"], p["transactionInfo"]["transactionId"])
-        at = datetime.fromisoformat(p["timestamp"].replace("Z", "+00:00"))
-        if p["eventType"] == "Started":
-            started[key] = at
-        elif p["eventType"] == "Updated" and key in started:
-            off = ((at - started[key]).total_seconds() * 1000) % (METER_S * 1000)
-            if min(off, METER_S * 1000 - off) > 5:
-                out.append(at)
-    return out
 
 
 def obeyed_from(frames: list[dict[str, Any]], planned_at: str, step_s: float = 60.0) -> datetime | None:
