@@ -154,9 +154,9 @@ def on_capture(args: argparse.Namespace) -> dict[str, object]:
             wall, cpu, out = _timed([twin, "rebuild", str(capture)], src)
             runs[tree]["cli"].append((wall, cpu))
     result: dict[str, object] = {"capture": str(capture), "records": records, "rounds": args.rounds}
+    floors = [f for figures in runs.values() for f in figures["floor"]]  # no twin code: one floor for all trees
+    floor, floor_cpu = statistics.median(w for w, _ in floors), statistics.median(c for _, c in floors)
     for tree, figures in runs.items():
-        floor = statistics.median(w for w, _ in figures["floor"])
-        floor_cpu = statistics.median(c for _, c in figures["floor"])
         row: dict[str, object] = {}
         for what, values in figures.items():
             wall, cpu = statistics.median(w for w, _ in values), statistics.median(c for _, c in values)
