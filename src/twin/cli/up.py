@@ -111,8 +111,10 @@ def up(
     openadr_client_id: Annotated[str, typer.Option("--openadr-client-id", help="The VEN's OAuth2 client id.")] = "twin",
     openadr_client_secret: Annotated[str, typer.Option("--openadr-client-secret", help="Its secret.")] = "",
     ocpi_port: Annotated[int | None, typer.Option("--ocpi-port", help="`twin ocpi`'s port: OCPI 2.2.1 for eMSPs, "
-                                                  "DATEX II AFIR feeds (default 8180, else a free one); its token A "
-                                                  "from TWIN_OCPI_TOKEN_A, else generated.")] = None,
+                                                  "DATEX II AFIR feeds (default 8180, else a free one).")] = None,
+    ocpi_token_a: Annotated[str | None, typer.Option("--ocpi-token-a", help="The credentials token A eMSPs register "
+                                                     "with at `twin ocpi`; printed. (env TWIN_OCPI_TOKEN_A; default: "
+                                                     "generated)")] = None,  # fmt: skip
     json_out: Json = False,
 ) -> None:
     """The main job in one command: the embedded broker (unless --bootstrap), the gateway, the
@@ -176,7 +178,7 @@ def up(
         "archive": captures.shown(settings.archive),
         "logs": str(data / "logs"),
         "ocpi": f"http://{host}:{ocpi_port}/ocpi/versions",
-        "ocpi_token_a": os.environ.get("TWIN_OCPI_TOKEN_A") or secrets.token_urlsafe(24),
+        "ocpi_token_a": ocpi_token_a or os.environ.get("TWIN_OCPI_TOKEN_A") or secrets.token_urlsafe(24),
         "datex2": f"http://{host}:{ocpi_port}/datex2/v3/afir/table",
         "api_token": admin_token,
         "api_tokens": str(store.path),
