@@ -109,7 +109,9 @@ def up(
     openadr_vtn: Annotated[str | None, typer.Option("--openadr-vtn", help="Also run the OpenADR VEN (`twin ven`) "
                                                     "against this VTN.")] = None,
     openadr_client_id: Annotated[str, typer.Option("--openadr-client-id", help="The VEN's OAuth2 client id.")] = "twin",
-    openadr_client_secret: Annotated[str, typer.Option("--openadr-client-secret", help="Its secret.")] = "",
+    openadr_client_secret: Annotated[str, typer.Option("--openadr-client-secret", envvar="TWIN_OPENADR_CLIENT_SECRET",
+                                                       help="Its secret (better from the environment: a command "
+                                                            "line is what `ps` shows).")] = "",  # fmt: skip
     ocpi_port: Annotated[int | None, typer.Option("--ocpi-port", help="`twin ocpi`'s port: OCPI 2.2.1 for eMSPs, "
                                                   "DATEX II AFIR feeds (default 8180, else a free one).")] = None,
     ocpi_token_a: Annotated[str | None, typer.Option("--ocpi-token-a", help="The credentials token A eMSPs register "
