@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -125,15 +126,19 @@ def _kill_left(pids: set[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def _start_up(tmp: Path, engine: str) -> tuple[subprocess.Popen[bytes], dict[str, Any], set[int]]:
-    """``twin up --json`` on free ports (``--broker kafka`` on Kafka): the process, its URLs,
-    and every process below it once it has printed them."""
+Started = tuple[subprocess.Popen[bytes], dict[str, Any], set[int]]
+
+
+def _start_up(tmp: Path, engine: str, args: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Started:
+    """``twin up --json ARGS`` on free ports (``--broker kafka`` on Kafka): the process, its
+    URLs, and every process below it once it has printed them."""
     ports = [free_port() for _ in range(4)]
     argv = [*TWIN, "up", "--json", "--data-dir", str(tmp / "twin-data"), "--archive", str(tmp / "archive"),
             "--broker-port", str(ports[0]), "--port", str(ports[1]), "--web-port", str(ports[2]),
-            "--dashboard-port", str(ports[3]), *(["--broker", "kafka"] if engine == "kafka" else [])]  # fmt: skip
+            "--dashboard-port", str(ports[3]), *(["--broker", "kafka"] if engine == "kafka" else []),
+            *args]  # fmt: skip
     with open(tmp / "up.stderr", "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=tmp)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=tmp, env=env)
     assert proc.stdout is not None
     text = b""
     deadline = time.monotonic() + 240

@@ -35,8 +35,7 @@ from tests.test_ocpi import (
     _token,
     ocpi_models,  # noqa: F401  - the fixture, for this module too
 )
-from tests.test_up import _kill_left, _pids_below, _running, get
-from tests.up import TWIN
+from tests.test_up import _kill_left, _pids_below, _running, _start_up, get
 from twin.broker import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.one_engine]
@@ -81,34 +80,6 @@ class Acting:
         return (self.tmp / "up.stderr").read_text(errors="replace")[-3000:]
 
 
-Started = tuple[subprocess.Popen[bytes], dict[str, Any], set[int]]
-
-
-def _start(tmp: Path, engine: str, args: list[str], env: dict[str, str]) -> Started:
-    """``twin up --json ARGS`` on free ports, as test_up's ``_start_up``: the process, its
-    URLs, and every process below it once it has printed them."""
-    ports = [free_port() for _ in range(3)]
-    argv = [*TWIN, "up", "--json", "--data-dir", str(tmp / "twin-data"), "--archive", str(tmp / "archive"),
-            "--broker-port", str(ports[0]), "--port", str(ports[1]), "--web-port", str(ports[2]), "--no-dashboard",
-            *(["--broker", "kafka"] if engine == "kafka" else []), *args]  # fmt: skip
-    with open(tmp / "up.stderr", "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=tmp, env=env)
-    assert proc.stdout is not None
-    text = b""
-    deadline = time.monotonic() + 240
-    while True:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"twin up ended (exit {proc.wait()}): {(tmp / 'up.stderr').read_text()[-3000:]}")
-        text += line
-        try:
-            urls: dict[str, Any] = orjson.loads(text)
-            break
-        except orjson.JSONDecodeError:
-            assert time.monotonic() < deadline, "twin up printed no URLs in time"
-    return proc, urls, _pids_below(proc.pid)
-
-
 @pytest.fixture(scope="module")
 def up(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acting]:
     """The VTN with a GAC program and a limit for SITE-0001's EAN in force now (wall-clock
@@ -126,8 +97,9 @@ def up(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acting
         env = {**os.environ, "TWIN_OCPI_TOKEN_A": ENV_TOKEN_A}
         for name in ("TWIN_API_TOKENS", "TWIN_API_TOKEN", "TWIN_BOOTSTRAP", "TWIN_SITES", "TWIN_ARCHIVE"):
             env.pop(name, None)  # the stack's own, not the shell's
-        proc, urls, below = _start(tmp, engine, [
-            "--simulate", str(STATIONS), "--speed", "60", "--ocpi-port", str(ocpi_port), "--ocpi-token-a", TOKEN_A,
+        proc, urls, below = _start_up(tmp, engine, [
+            "--no-dashboard", "--simulate", str(STATIONS), "--speed", "60", "--ocpi-port", str(ocpi_port),
+            "--ocpi-token-a", TOKEN_A,
             "--openadr-vtn", vtn.url, "--openadr-client-id", CLIENT_ID, "--openadr-client-secret", CLIENT_SECRET,
         ], env)  # fmt: skip
         ocpi = UpOcpi(f"http://127.0.0.1:{ocpi_port}", tmp / "twin-data" / "logs", emsp)
