@@ -96,6 +96,27 @@ def test_valid_from_in_the_future_and_the_tariff_in_force_among_several() -> Non
     assert alone["tariff_id"] == "B" and alone["next_change_at"] == "2026-03-03T00:00:00.000Z"
 
 
+def test_a_quote_asked_again_and_again_is_a_fresh_one() -> None:
+    """Quotes of the same tariffs are reused until the next change: across a validFrom that
+    changes the tariff but not the price, a time of day, a skipped hour and a horizon moving."""
+    same_price = {"tariffId": "C", "currency": "EUR", "validFrom": "2026-03-02T10:00:00.000500Z",
+                  "energy": {"prices": [{"priceKwh": 0.30}]}}  # fmt: skip
+    old = {"tariffId": "A", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.30}]}}
+    skipped = {"tariffId": "S", "currency": "EUR", "energy": {"prices": [  # 02:30 is no time in Berlin on 29 March
+        {"priceKwh": 0.20, "conditions": {"startTimeOfDay": "02:30", "endTimeOfDay": "05:00"}}, {"priceKwh": 0.40}]}}
+    far = {"tariffId": "F", "currency": "EUR", "validFrom": "2026-03-12T00:00:00Z", "energy": {"prices": [
+        {"priceKwh": 0.50, "conditions": {"dayOfWeek": ["Monday"]}}, {"priceKwh": 0.50}]}}  # fmt: skip
+    cases = [([old, same_price], "UTC", MONDAY), (TIME_OF_DAY, "Europe/Berlin", MONDAY), ([old, far], "UTC", MONDAY),
+             (skipped, "Europe/Berlin", datetime(2026, 3, 28, 20, tzinfo=UTC))]  # fmt: skip
+    for tariffs, tz, start in cases:
+        for minutes in range(0, 10 * 24 * 60, 7):
+            moment = start + timedelta(minutes=minutes, microseconds=600)
+            kept = quote(tariffs, moment, tz=tz)
+            tariffs = tariffs if isinstance(tariffs, dict) else list(tariffs)
+            fresh = quote(json.loads(json.dumps(tariffs)), moment, tz=tz)  # other objects: not reused
+            assert kept == fresh, (tariffs, moment)
+
+
 def test_tax_rates_stack() -> None:
     assert tax_factor([{"type": "VAT", "tax": 21}]) == pytest.approx(1.21)
     assert tax_factor([{"type": "A", "tax": 10}, {"type": "B", "tax": 5, "stack": 1}]) == pytest.approx(1.155)

@@ -445,13 +445,43 @@ def next_change(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage =
     return None
 
 
+_QUOTES: dict[tuple[Any, ...], tuple[tuple[Tariff, ...], float, float, Any, dict[str, Any]]] = {}
+
+
 def quote(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage = START,
           tz: str = "UTC") -> dict[str, Any] | None:  # fmt: skip
     """The twin's view of an EVSE's tariffs at ``at``: the tariff in force (or, none being in
-    force yet, the next one), its price now and the next change."""
+    force yet, the next one), its price now and the next change.
+
+    The same until the next change or ``validFrom``: a quote of these very tariffs (the same
+    objects) is reused at any moment from the one it was made at to the first of them, within
+    a day and the same offset of the zone (a time of day in a skipped hour is no boundary).
+    The fold asks again at every start and end of a transaction, and at every event of one
+    with a driver tariff."""
     listed = _as_list(tariffs)
     if not listed:
         return None
+    key = (*map(id, listed), tz, usage)
+    ts = at.timestamp()
+    offset = _local(at, tz).utcoffset()
+    kept = _QUOTES.get(key)
+    if kept is not None:
+        held, low, high, zone_offset, made = kept
+        if low <= ts < high and zone_offset == offset and all(a is b for a, b in zip(held, listed, strict=True)):
+            return dict(made)
+    made, change = _quote(listed, at, usage, tz)
+    starts = [s.timestamp() for s in map(valid_from, listed) if s is not None and s > at]
+    if change is not None:
+        starts.append(change.timestamp())
+    elif _calendared(listed):
+        starts.append(ts)  # no change within the horizon: the horizon moves with ``at``
+    if len(_QUOTES) >= 4096:
+        _QUOTES.clear()
+    _QUOTES[key] = (tuple(listed), ts, min([ts + 86400.0, *starts]), offset, made)
+    return dict(made)
+
+
+def _quote(listed: list[Tariff], at: datetime, usage: Usage, tz: str) -> tuple[dict[str, Any], datetime | None]:
     tariff = _pick(listed, at)
     shown = tariff
     if shown is None:  # every tariff still to come: show the first of them
@@ -468,4 +498,4 @@ def quote(tariffs: Tariff | Sequence[Tariff], at: datetime, usage: Usage = START
         "next_change_at": iso(change[0]) if change else None,
         "price_next": change[1].as_json() if change and change[1] else None,
         "next_tariff_id": upcoming.get("tariffId") if upcoming is not None and upcoming is not tariff else None,
-    }
+    }, change[0] if change else None
