@@ -27,7 +27,7 @@ until the twin shows it so (the station offline, the call lost), it goes again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -72,21 +72,31 @@ def cost_updates(twins: Mapping[str, Mapping[str, Any]], now: datetime, last_sen
     then one each ``interval_s`` of the stations' time when the total changed.
     ``(station_id, {"totalCost", "transactionId"})``."""
     out = []
+    for station_id, twin, evse, tx in _online_transactions(twins):
+        if tx.get("state") == "ended" or (tx.get("cost") or {}).get("source") == "local":
+            continue
+        sent = last_sent.get(str(tx["id"]))
+        if sent is not None and now - sent[0] < timedelta(seconds=interval_s):
+            continue
+        found = running_cost(tx, evse.get("energy") or {}, station_zone(twin))
+        if found is None or (sent is not None and found[0] == sent[1]):
+            continue
+        out.append((station_id, {"totalCost": found[0], "transactionId": str(tx["id"])}))
+    return out
+
+
+Found = tuple[str, Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]
+
+
+def _online_transactions(twins: Mapping[str, Mapping[str, Any]]) -> Iterator[Found]:
+    """``(station_id, twin, evse, transaction)`` of every transaction on a station online."""
     for station_id, twin in sorted(twins.items()):
         if not (twin.get("connection") or {}).get("online"):
             continue
         for evse in (twin.get("evses") or {}).values():
             tx = evse.get("transaction") or {}
-            if not tx.get("id") or tx.get("state") == "ended" or (tx.get("cost") or {}).get("source") == "local":
-                continue
-            sent = last_sent.get(str(tx["id"]))
-            if sent is not None and now - sent[0] < timedelta(seconds=interval_s):
-                continue
-            found = running_cost(tx, evse.get("energy") or {}, station_zone(twin))
-            if found is None or (sent is not None and found[0] == sent[1]):
-                continue
-            out.append((station_id, {"totalCost": found[0], "transactionId": str(tx["id"])}))
-    return out
+            if tx.get("id"):
+                yield station_id, twin, evse, tx
 
 
 def final_costs(twins: Mapping[str, Mapping[str, Any]], now: datetime, sent: Mapping[str, datetime],
@@ -97,20 +107,15 @@ def final_costs(twins: Mapping[str, Mapping[str, Any]], now: datetime, sent: Map
     the stations' time) ``again_s`` ago and the twin still shows none (the station was
     offline, the call lost)."""
     out = []
-    for station_id, twin in sorted(twins.items()):
-        if not (twin.get("connection") or {}).get("online"):
+    for station_id, twin, evse, tx in _online_transactions(twins):
+        cost = tx.get("cost") or {}
+        if tx.get("state") != "ended" or not tx.get("ended_at") or cost.get("source") == "local" or cost.get("final"):
             continue
-        for evse in (twin.get("evses") or {}).values():
-            tx = evse.get("transaction") or {}
-            cost = tx.get("cost") or {}
-            if (not tx.get("id") or tx.get("state") != "ended" or not tx.get("ended_at")
-                    or cost.get("source") == "local" or cost.get("final")):  # fmt: skip
-                continue
-            if str(tx["id"]) in sent and now - sent[str(tx["id"])] < timedelta(seconds=again_s):
-                continue
-            if now - instant(tx["ended_at"]) > timedelta(seconds=FINAL_WITHIN_S):
-                continue
-            found = running_cost(tx, evse.get("energy") or {}, station_zone(twin))
-            if found is not None:
-                out.append((station_id, {"totalCost": found[0], "transactionId": str(tx["id"])}))
+        if str(tx["id"]) in sent and now - sent[str(tx["id"])] < timedelta(seconds=again_s):
+            continue
+        if now - instant(tx["ended_at"]) > timedelta(seconds=FINAL_WITHIN_S):
+            continue
+        found = running_cost(tx, evse.get("energy") or {}, station_zone(twin))
+        if found is not None:
+            out.append((station_id, {"totalCost": found[0], "transactionId": str(tx["id"])}))
     return out
