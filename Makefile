@@ -53,7 +53,7 @@ $(KAFKA_STAMP): kafka-jars/pom.xml
 
 # Tansu, embedded: no Java
 run: install
-	$(BIN)/twin up --simulate 20
+	$(BIN)/twin up --simulate 20 --faults 0.5 --outages 0.5
 
 test: install browser kafka
 	$(BIN)/python -m pytest -q

@@ -412,6 +412,34 @@ async def test_a_drawn_fleet_boots_and_a_car_charges_at_once(gateway: Any, setti
     assert all(r["valid"] for r in records if r["origin"] == "cs")
 
 
+async def test_faults_and_outages_are_played_live_and_recorded(gateway: Any, settings: Settings) -> None:
+    """--faults and --outages live: an empty bay goes Faulted with a NotifyEvent of the
+    connector's problem and comes back Available; a station loses its network (1006 at the
+    gateway) and comes back without a reboot, its EVSEs' statuses sent again. Every frame
+    valid; none of it without the options (the other tests here)."""
+    gw = await gateway(mode="csms")
+
+    def played(records: list[dict[str, Any]]) -> bool:
+        faulted = [r for r in records if r["action"] == "StatusNotification" and r["msg_type"] == 2
+                   and r["payload"]["connectorStatus"] == "Faulted"]  # fmt: skip
+        lost = [r for r in records if r["action"] == "Disconnected" and (r["payload"] or {}).get("code") == 1006]
+        back = [r for r in records if r["action"] == "Connected" and any(
+            d["station_id"] == r["station_id"] and d["ts"] < r["ts"] for d in lost)]  # fmt: skip
+        statuses = [r for r in records if r["action"] == "StatusNotification" and r["msg_type"] == 2]
+        return bool(faulted and lost and back) and has("NotifyEvent", msg_type=2)(records) and any(
+            r["payload"]["connectorStatus"] == "Available" and r["ts"] > min(f["ts"] for f in faulted)
+            for r in statuses)  # fmt: skip
+
+    async with simulating(url(gw, "x").rsplit("/", 1)[0], [], stations=2, speed=3_600, faults_per_day=100,
+                          outages_per_day=60) as sent:  # fmt: skip
+        records = await read_until(settings, played, timeout=30)
+    assert sum(r["action"] == "BootNotification" and r["msg_type"] == 2 for r in records) == 2  # no reboot
+    problem = next(r for r in records if r["action"] == "NotifyEvent" and r["msg_type"] == 2)["payload"]["eventData"][0]
+    assert (problem["component"]["name"], problem["variable"]["name"], problem["actualValue"]) == (
+        "Connector", "Problem", "true")  # fmt: skip
+    assert all(r["valid"] for r in records if r["origin"] == "cs") and not sent.problems()
+
+
 async def test_a_2_0_1_station_rejects_v2x_sent_to_it_directly() -> None:
     """The gateway never lets a V2X profile reach an OCPP 2.0.1 station; a CSMS of ours here does."""
     answers: asyncio.Queue[list[Any]] = asyncio.Queue()

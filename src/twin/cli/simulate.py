@@ -44,8 +44,12 @@ def simulate(
     meter_interval: Annotated[
         int, typer.Option(help="Seconds between TransactionEvent Updated while charging.")
     ] = 60,  # fmt: skip
-    faults: Annotated[float, typer.Option(help="Offline: connector faults per station-day.")] = Rates.fault_per_day,
-    outages: Annotated[float, typer.Option(help="Offline: connection outages per station-day.")] = Rates.outage_per_day,
+    faults: Annotated[float | None, typer.Option(
+        min=0, help=f"Connector faults per station-day (offline: default {Rates.fault_per_day}; live: none "
+                    "unless asked).")] = None,  # fmt: skip
+    outages: Annotated[float | None, typer.Option(
+        min=0, help=f"Connection outages per station-day (offline: default {Rates.outage_per_day}; live: none "
+                    "unless asked).")] = None,  # fmt: skip
     workers: Annotated[int, typer.Option(help="Processes sharing the stations (offline).")] = os.cpu_count() or 1,
     sessions: Annotated[
         str | None,
@@ -83,17 +87,23 @@ def simulate(
     on DC); CentralSetpoint follows the setpoint, a negative one discharging down to a fifth
     of the battery. Rejected: V2X on OCPP 2.0.1 or unidirectional stations, an unknown EVSE,
     a TxProfile for a transaction not running, anything for --reject-profiles stations. Other
-    calls get the smallest valid answer. Dropped connections are retried with backoff.
-    Ctrl-C stops; --json then prints a summary (sessions, frames sent, answers received,
+    calls get the smallest valid answer. Dropped connections are retried with backoff. With
+    --faults and --outages (none by default live, so a sessions file plays as written) a bay
+    goes Faulted while empty (30 minutes to 4 hours, a NotifyEvent of the connector's problem;
+    an EV arriving meanwhile leaves) and a station loses its network (5 to 90 minutes; what it
+    sends meanwhile waits for it). Ctrl-C stops; --json then prints a summary (sessions, frames sent, answers received,
     profiles accepted and rejected).
     """
-    rates = Rates(meter_interval_s=meter_interval, fault_per_day=faults, outage_per_day=outages)
+    rates = Rates(meter_interval_s=meter_interval,
+                  fault_per_day=Rates.fault_per_day if faults is None else faults,
+                  outage_per_day=Rates.outage_per_day if outages is None else outages)  # fmt: skip
+    incidents = (faults or 0.0, outages or 0.0)  # live: only what was asked
     if live:
         if inventory_to:
             _inventory(inventory_to, stations, seed, prefix)
         rejecting = frozenset(x.strip() for x in (reject_profiles or "").split(",") if x.strip())
         central = frozenset(x.strip() for x in (central_cost or "").split(",") if x.strip())
-        _live(stations, days, seed, rates, prefix, live, speed, json_out, sessions, rejecting, central)
+        _live(stations, days, seed, rates, prefix, live, speed, json_out, sessions, rejecting, central, incidents)
         return
     if sessions or reject_profiles or central_cost:
         fail("--sessions, --reject-profiles and --central-cost-stations drive a live fleet: add --live URL")
@@ -130,7 +140,7 @@ def _inventory(capture: str | Path, stations: int, seed: int, prefix: str) -> Pa
 
 def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, target: str, speed: str,
           json_out: bool, sessions_csv: str | None, rejecting: frozenset[str],
-          central: frozenset[str] = frozenset()) -> None:  # fmt: skip
+          central: frozenset[str] = frozenset(), incidents: tuple[float, float] = (0.0, 0.0)) -> None:  # fmt: skip
     import signal
     from datetime import UTC, datetime
 
@@ -156,7 +166,8 @@ def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, targ
     unknown = sorted(rejecting - {s.station_id for s in fleet})
     if unknown:
         err.print(f"[yellow]warning:[/] --reject-profiles names stations not in the fleet: {', '.join(unknown)}")
-    opts = live.Options(target, factor, days, rates.meter_interval_s, rejecting, central, start=start)
+    opts = live.Options(target, factor, days, rates.meter_interval_s, rejecting, central, start=start,
+                        faults_per_day=incidents[0], outages_per_day=incidents[1])  # fmt: skip
 
     async def drive() -> live.Summary:
         stop = asyncio.Event()
@@ -175,4 +186,5 @@ def _live(stations: int, days: float, seed: int, rates: Rates, prefix: str, targ
         err.print(f"{s.stations} stations, {s.sessions} sessions, {s.frames_sent:,} calls sent, "
                   f"{s.answers_received:,} answers, profiles {s.profiles_accepted} accepted / "
                   f"{s.profiles_rejected} rejected, {s.errors} errors, {s.reconnects} reconnects"
-                  + (f", {s.final_costs} final costs from the CSMS" if s.final_costs else ""))  # fmt: skip
+                  + (f", {s.final_costs} final costs from the CSMS" if s.final_costs else "")
+                  + (f", {s.faults} faults and {s.outages} outages" if s.faults or s.outages else ""))  # fmt: skip

@@ -75,6 +75,10 @@ def up(
         int, typer.Option("--simulate", "-n", min=0, help="Also drive a live simulated fleet of N stations.")
     ] = 0,
     speed: Annotated[str, typer.Option(help="The simulated fleet's speed: simulated seconds per second.")] = "60",
+    faults: Annotated[float, typer.Option(min=0, help="The simulated fleet's connector faults per station-day "
+                                                      "(`twin simulate --faults`).")] = 0.0,  # fmt: skip
+    outages: Annotated[float, typer.Option(min=0, help="The simulated fleet's connection outages per "
+                                                       "station-day (`twin simulate --outages`).")] = 0.0,  # fmt: skip
     bootstrap: Bootstrap = None,
     kafka_config: KafkaConfig = None,
     broker_port: Annotated[int | None, typer.Option(help="The embedded broker's port. (default 9092)")] = None,
@@ -237,7 +241,9 @@ def up(
                 stack.start("simulator", [*twin, "simulate", "--stations", str(simulate), "--days", "7",
                                           "--live", gateway_url, "--speed", speed, "--inventory", settings.archive,
                                           *(["--central-cost-stations", central_cost_stations]
-                                            if central_cost_stations else [])],
+                                            if central_cost_stations else []),
+                                          *(["--faults", str(faults)] if faults else []),
+                                          *(["--outages", str(outages)] if outages else [])],
                             may_finish=True)  # fmt: skip
                 if not no_tariffs:
                     threading.Thread(target=install_sample_tariffs, daemon=True, name="tariffs",

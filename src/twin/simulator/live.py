@@ -71,6 +71,8 @@ class Options:
     call_timeout: float = 30.0  # real seconds for the CSMS to answer a call
     start: datetime | None = None  # the simulated clock's start; None: now
     on_sent: Callable[[Sent], None] | None = None
+    faults_per_day: float = 0.0  # connector faults per station-day (while the bay is empty)
+    outages_per_day: float = 0.0  # connection outages per station-day
 
 
 @dataclass
@@ -86,6 +88,8 @@ class Summary:
     reconnects: int = 0
     errors: int = 0  # CALLERRORs received and calls the CSMS left unanswered
     final_costs: int = 0  # final costs the CSMS told stations without local cost
+    faults: int = 0  # connector faults played
+    outages: int = 0  # connection outages played
     seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
@@ -162,6 +166,8 @@ class StationAgent:
         self.msg = 0
         self.heartbeat_s = 1800.0
         self.run_id = secrets.token_hex(3)  # transaction ids differ from one run to the next
+        self.down_until = 0.0  # the simulated time an outage ends
+        self.event_id = 0
         self.tx_count = 0
         self.tariffs = StationTariffs(self.s.evses, simple=self.s.index % 5 == 4,  # every fifth: no conditions
                                       local_cost=self.s.station_id not in self.opts.central_cost)  # fmt: skip
@@ -170,7 +176,7 @@ class StationAgent:
         by_evse: dict[int, list[Visit]] = {}
         for visit in self.visits:
             by_evse.setdefault(visit.evse, []).append(visit)
-        jobs = [self._connection(), self._sender(), self._heartbeat(),
+        jobs = [self._connection(), self._sender(), self._heartbeat(), self._incidents(),
                 *(self._evse(self.evses[n], by_evse.get(n, [])) for n in self.evses)]  # fmt: skip
         tasks = [asyncio.create_task(job) for job in jobs]
         try:
@@ -187,6 +193,7 @@ class StationAgent:
         url = self.opts.target.rstrip("/") + "/" + self.s.station_id
         backoff, connected = 0.5, False
         while True:
+            await self.clock.until(self.down_until)  # an outage: no network until it ends
             try:
                 ws = await asyncio.wait_for(connect(url, subprotocols=[Subprotocol(self.s.protocol)],
                                                     open_timeout=10, max_size=2**20), 11)  # fmt: skip
@@ -426,7 +433,60 @@ class StationAgent:
                 self.summary.sessions_missed += 1
                 continue
             await self.clock.until(visit.arrival)
+            if e.status == "Faulted":  # the driver finds the bay out of order and goes elsewhere
+                self.summary.sessions_missed += 1
+                continue
             await self._session(e, visit)
+
+    # -- incidents ------------------------------------------------------------------------------
+    async def _incidents(self) -> None:
+        """Connector faults and connection outages, each a Poisson process per station-day from
+        the station's own seed (``Options.faults_per_day``, ``outages_per_day``; none by default,
+        so a sessions file plays as written). A fault comes while its bay is empty and lasts 30
+        minutes to 4 hours: Faulted, a NotifyEvent of the connector's problem, Available again;
+        an EV arriving meanwhile leaves. An outage drops the connection (no close handshake:
+        1006 at the CSMS) for 5 to 90 minutes; what the station sends meanwhile waits for it,
+        as the batch simulator's stations do."""
+        faults, outages = self.opts.faults_per_day, self.opts.outages_per_day
+        if faults + outages <= 0:
+            return
+        rng = random.Random(zlib.crc32(f"{self.s.station_id}:incidents".encode()))
+        await self.booted.wait()
+        while True:
+            await self.clock.sleep(rng.expovariate((faults + outages) / 86_400))
+            if rng.random() < faults / (faults + outages):
+                await self._fault(self.evses[rng.randint(1, len(self.evses))], rng.uniform(30, 240) * 60)
+            else:
+                await self._outage(rng.uniform(5, 90) * 60)
+
+    async def _fault(self, e: Evse, lasts_s: float) -> None:
+        if e.ev is not None or e.status == "Faulted":
+            return  # a bay with a car in it: this fault is not played
+        t = self.clock.now()
+        e.status = "Faulted"
+        self.summary.faults += 1
+        self.post("StatusNotification", payloads.status(e, t))
+        self.event_id += 1
+        problem: dict[str, Any] = {"eventId": self.event_id, "timestamp": iso(t), "trigger": "Delta",
+                                   "actualValue": "true", "eventNotificationType": "HardWiredMonitor",
+                                   "component": {"name": "Connector", "evse": {"id": e.n, "connectorId": 1}},
+                                   "variable": {"name": "Problem"}}  # fmt: skip
+        if self.v21:
+            problem["severity"] = 1
+        self.post("NotifyEvent", {"generatedAt": iso(t), "seqNo": 0, "eventData": [problem]})
+        await self.clock.sleep(lasts_s)
+        e.status = "Available"
+        self.post("StatusNotification", payloads.status(e, self.clock.now()))
+
+    async def _outage(self, lasts_s: float) -> None:
+        ws = self.ws
+        if ws is None:
+            return
+        self.down_until = self.clock.now() + lasts_s
+        self.summary.outages += 1
+        log.info("%s loses its network for %.0f simulated minutes", self.s.station_id, lasts_s / 60)
+        ws.transport.abort()
+        await self.clock.until(self.down_until)
 
     async def _session(self, e: Evse, visit: Visit) -> None:
         s, clock = self.s, self.clock
