@@ -51,7 +51,9 @@ def readings(meter_values: list[dict[str, Any]]) -> list[tuple[str, dict[str, fl
             unit = sv.get("unitOfMeasure")
             value = float(sv["value"])
             if unit is not None:
-                value *= _SCALE.get(unit.get("unit", ""), 1.0) * 10 ** unit.get("multiplier", 0)
+                scale = _SCALE.get(unit.get("unit", ""), 1.0) * 10 ** unit.get("multiplier", 0)
+                if scale != 1.0:  # Wh and W, as most readings are: the value as it is
+                    value *= scale
             values[sv.get("measurand", IMPORT)] = value  # Import.Register: the schema's default
         out.append((mv.get("timestamp", ""), values))
     if len(out) > 1:
@@ -74,8 +76,10 @@ def direction_of(values: dict[str, float], energy: dict[str, Any]) -> str:
 
 def meter(change: Change, evse_id: str, samples: list[tuple[str, dict[str, float]]], ts: str) -> None:
     """Fold meter readings into the EVSE's live energy, skipping any older than the last."""
+    if not samples:
+        return
+    energy = change.at("evses", evse_id, "energy")
     for at, values in samples:
-        energy = change.at("evses", evse_id, "energy")
         if earlier(at or ts, energy.get("meter_ts")):
             continue  # replayed late: history, not the present
         direction = direction_of(values, energy)

@@ -65,8 +65,12 @@ def refresh(change: Change, force: bool = False) -> None:
     if not as_of:
         return
     due = tariffs is not None and tariffs.get("next_change_at") is not None and tariffs["next_change_at"] <= as_of
-    if not force and not due and all("tariff" in e for e in twin["evses"].values()):
-        return
+    if not force and not due:
+        for e in twin["evses"].values():
+            if "tariff" not in e:
+                break
+        else:
+            return  # every EVSE has its price, none due: the common case, asked at most records
     at, tz = instant(as_of), station_zone(twin)
     soonest: str | None = None
     drivers = False
@@ -221,13 +225,30 @@ def _needed(change: Change, tx: dict[str, Any], a: list[Any], b: list[Any], c: l
         return True
     tz = station_zone(change.twin)
     cut = tx.get("readings_cut") or {}
-    if (cut.get("after"), cut.get("tariffs"), cut.get("zone")) != (a[0], len(kept), tz):
+    if cut.get("after") != a[0] or cut.get("tariffs") != len(kept) or cut.get("zone") != tz:
+        if _still_first(cut, a[0], len(kept), tz):
+            cut = tx["readings_cut"] = {**cut, "after": a[0]}
+            return bool(cut["progress"]) or cut["epoch"] < instant(c[0]).timestamp()
         tariffs = [v["tariff"] for _, v in sorted(kept.items(), key=lambda kv: int(kv[0]))]
         first = first_cut(tariffs, instant(a[0]), tz)
         cut = tx["readings_cut"] = {"after": a[0], "tariffs": len(kept), "zone": tz,
                                     "progress": progress_priced(tariffs), "at": None if first is None else iso(first),
                                     "epoch": None if first is None else first.timestamp()}  # fmt: skip
-    return bool(cut["progress"]) or (cut["epoch"] is not None and cut["epoch"] < instant(c[0]).timestamp())
+    if cut["progress"]:
+        return True
+    epoch = cut["epoch"]
+    return epoch is not None and epoch < instant(c[0]).timestamp()
+
+
+def _still_first(cut: dict[str, Any], after: str, tariffs: int, tz: str) -> bool:
+    """Whether the boundary ``cut`` found after an earlier reading is the first after ``after``
+    too: the same tariffs and zone, ``after`` between the two (no boundary lies between them,
+    and the boundaries do not depend on where one starts looking). ``after`` moves on with
+    every reading kept: at every event of a transaction priced by its progress or power."""
+    if cut.get("tariffs") != tariffs or cut.get("zone") != tz or cut.get("epoch") is None:
+        return False
+    moment = instant(after)
+    return instant(cut["after"]) <= moment and moment.timestamp() < cut["epoch"]
 
 
 @on("SetVariables", "result")
