@@ -2,7 +2,7 @@
 and returns only once they are durable, so the gateway can capture before it acknowledges.
 
 Records are written in group commits: whatever all sessions hand over within one turn of
-the event loop goes out as one record batch per partition (``send_batch``), so the cost per
+the event loop goes out as one produce request (a record batch per partition), so the cost per
 record is an append, not a producer call and a future.
 
 Durable means acknowledged by the broker with ``acks=all`` (idempotent where the broker
@@ -26,8 +26,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import DuplicateSequenceNumber, KafkaError, LeaderNotAvailableError, NoError, for_code
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.produce import ProduceRequest
 
 from twin import envelope, kafka_security
 from twin.broker import ensure_topics, grants_idempotence, reachable
@@ -193,8 +195,19 @@ class Recorder:
                 acked.set_result(None)
 
     async def _send_batches(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
-        builders: dict[tuple[str, int], Any] = {}
-        acks: list[asyncio.Future[Any]] = []
+        """The round as one produce request per partition leader, sent on the producer's own
+        connections; the futures are done when each is answered.
+
+        The writer already batches and keeps one round in flight, so the producer's
+        accumulator and sender task are bypassed: handing them a round took about 260 µs of
+        CPU and a dozen turns of the event loop, a request sent straight about 110 µs. What
+        they did besides is done here: idempotence's producer id and sequence numbers (from
+        the producer's own state), and the answer's errors; a failed round is not retried
+        here but fails, and the recorder spools it and starts a new producer."""
+        txn = producer._txn_manager  # None unless idempotent
+        if txn is not None and not txn.has_pid():
+            await asyncio.wait_for(asyncio.shield(txn.wait_for_pid()), self.settings.capture_timeout)
+        requests: list[dict[tuple[str, int], Any]] = [{}]  # a partition's full batch moves to the next request
         cached = self._partition_of
         for topic, key, value in records:
             partition = cached.get((topic, key)) if key is not None else 0
@@ -202,16 +215,41 @@ class Recorder:
                 assert key is not None
                 partition = await self._partition(producer, topic, key)
             tp = (topic, partition)
-            builder = builders.get(tp)
-            if builder is None or builder.append(key=key, value=value, timestamp=None) is None:
-                if builder is not None:  # full: off it goes, and a new one
-                    acks.append(await producer.send_batch(builder, topic, partition=tp[1]))
-                builder = builders[tp] = producer.create_batch()
+            for request in requests:
+                builder = request.get(tp)
+                if builder is None:
+                    builder = request[tp] = producer.create_batch()
+                if builder.append(key=key, value=value, timestamp=None) is not None:
+                    break
+                if builder.record_count() == 0:
+                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
+            else:
+                builder = producer.create_batch()
                 if builder.append(key=key, value=value, timestamp=None) is None:
                     raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-        for (topic, partition), builder in builders.items():
-            acks.append(await producer.send_batch(builder, topic, partition=partition))
-        return acks
+                requests.append({tp: builder})
+        client, loop = producer.client, asyncio.get_running_loop()
+        sent: list[asyncio.Future[Any]] = []
+        for request in requests:
+            by_leader: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
+            for (topic, partition), builder in request.items():
+                tp = TopicPartition(topic, partition)
+                leader = client.cluster.leader_for_partition(tp)
+                if leader is None or leader < 0:
+                    client.force_metadata_update()
+                    raise LeaderNotAvailableError(f"no leader known for {topic}/{partition}")
+                if txn is not None:
+                    sequence = txn.sequence_number(tp)
+                    txn.increment_sequence_number(tp, builder.record_count())
+                    builder._set_producer_state(txn.producer_id, txn.producer_epoch, sequence)
+                by_leader.setdefault(leader, {}).setdefault(topic, []).append((partition, builder._build()))
+            for leader, topics in by_leader.items():
+                produce = ProduceRequest(
+                    required_acks=-1, timeout=int(self.settings.capture_timeout * 1000),
+                    topics=list(topics.items()), transactional_id=None,
+                )  # fmt: skip
+                sent.append(loop.create_task(_produce(client, leader, produce)))
+        return sent
 
     async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
         """The default partitioner's choice (murmur2 of the key), as every other producer
@@ -324,6 +362,24 @@ class Recorder:
         producer, self._producer = self._producer, None
         if producer is not None:
             await _quietly_stop(producer, timeout=self.settings.capture_timeout)
+
+
+async def _produce(client: Any, leader: int, request: ProduceRequest) -> None:
+    """Send one produce request; raises the first partition's error (a duplicate sequence is
+    the broker telling an idempotent producer it already has the batch: success)."""
+    try:
+        response = await client.send(leader, request)
+    except KafkaError as exc:
+        if getattr(exc, "invalid_metadata", False):
+            client.force_metadata_update()
+        raise
+    for topic, partitions in response.topics:
+        for answer in partitions:
+            error = for_code(answer[1])
+            if error is not NoError and error is not DuplicateSequenceNumber:
+                if getattr(error, "invalid_metadata", False):
+                    client.force_metadata_update()
+                raise error(f"{topic}/{answer[0]}")
 
 
 def _wake_sessions(acked: asyncio.Future[None]) -> None:
