@@ -124,6 +124,21 @@ async def test_schema_violations_get_their_error_code_and_are_recorded_invalid(
     assert err["payload"]["errorCode"] == code and err["action"] == "BootNotification"
 
 
+async def test_a_violation_deep_in_an_array_names_the_item(gateway: Any, settings: Settings) -> None:
+    """The validators build an array item's name without ``format(**locals())``: the same name."""
+    ts = "2026-03-01T08:00:00.000Z"
+    values = [{"value": 1.0}, {"value": 2.0, "measurand": "Energy.Nope"}]
+    payload = {"eventType": "Updated", "timestamp": ts, "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+               "transactionInfo": {"transactionId": "T-1"},
+               "meterValue": [{"timestamp": ts, "sampledValue": values}]}  # fmt: skip
+    gw = await gateway()
+    async with raw_station(url(gw, "CS-DEEP")) as st:
+        answer = await st.ask([2, "deep-1", "TransactionEvent", payload])
+    assert answer[:3] == [4, "deep-1", "PropertyConstraintViolation"]
+    where = "meterValue[0].sampledValue[1].measurand"
+    assert answer[3].startswith(f"meterValue.0.sampledValue.1.measurand: {where} must be")
+
+
 async def test_reused_message_ids_are_refused(gateway: Any, settings: Settings) -> None:
     gw = await gateway()
     async with raw_station(url(gw, "CS-DUP")) as st:

@@ -8,6 +8,7 @@ A violation comes back as the OCPP-J error code to answer with and a short reaso
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from functools import cache
 from typing import Any, Literal
@@ -52,10 +53,31 @@ def schema(protocol: str, action: str, kind: Kind) -> dict[str, Any] | None:
 @cache
 def validator(protocol: str, action: str, kind: Kind) -> Validator | None:
     document = schema(protocol, action, kind)
-    # use_default=False: fastjsonschema otherwise writes the schema's defaults into the
-    # payload it checks (a unitOfMeasure gained "multiplier": 0), and the capture must hold
-    # what the station sent, byte for byte in meaning
-    return None if document is None else fastjsonschema.compile(document, use_default=False)
+    return None if document is None else _compile(document)
+
+
+_FORMAT_LOCALS = re.compile(r'"((?:[^"\\]|\\.)*)"\.format\(\*\*locals\(\)\)')
+
+
+def _compile(document: dict[str, Any]) -> Validator:
+    """fastjsonschema's validator, its code rewritten in one respect: the name of every array
+    item handed to a referenced definition (``data.meterValue[0]``, for error messages) is
+    built with ``"...".format(**locals())``, a dict of the function's locals made for each
+    item even when nothing fails; an f-string builds the same text without it (a
+    TransactionEvent with four sampled values: about a quarter of its validation).
+
+    use_default=False: fastjsonschema otherwise writes the schema's defaults into the payload
+    it checks (a unitOfMeasure gained "multiplier": 0), and the capture must hold what the
+    station sent, byte for byte in meaning."""
+    try:
+        resolver, generator = fastjsonschema._factory(document, {}, use_default=False)
+        code = _FORMAT_LOCALS.sub(r'f"\1"', generator.func_code)
+        state = generator.global_state
+        exec(code, state)  # what fastjsonschema.compile does with the code it generated
+        check: Validator = state[resolver.get_scope_name()]
+    except (AttributeError, TypeError, SyntaxError):  # a fastjsonschema that generates otherwise
+        check = fastjsonschema.compile(document, use_default=False)
+    return check
 
 
 def validate(protocol: str, action: str, kind: Kind, payload: Any) -> None:
