@@ -57,7 +57,7 @@ class Recorder:
         self._tokens = itertools.count(1)
         self._retired: list[AIOKafkaProducer] = []  # kept until their sends settle
         self._queue: list[Record] = []  # the next round
-        self._round: asyncio.Future[None] | None = None  # done when the next round is acked
+        self._waiters: list[asyncio.Future[None]] = []  # the next round's callers, woken once it is acked
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._partitions: dict[str, list[int]] = {}
@@ -132,21 +132,21 @@ class Recorder:
         self._uncertain[token] = send
         return token
 
-    def _submit(self, records: list[Record]) -> asyncio.Future[None]:
-        """Add records to the next round; its future is done once the round is acked."""
-        self._queue.extend(records)
-        if self._round is None:
-            self._round = asyncio.get_running_loop().create_future()
-            self._wake.set()
-        return self._round
-
     async def _send(self, records: list[Record]) -> None:
-        await asyncio.shield(self._submit(records))  # the round's future is shared: shield it
+        """Add records to the next round; returns once it is acked. Each caller waits on a
+        future of its own: a cancelled caller cancels only its own, and the round wakes each
+        caller with one callback (a shared future, shielded, took two and a future more)."""
+        waiter = asyncio.get_running_loop().create_future()
+        if not self._waiters:
+            self._wake.set()
+        self._queue.extend(records)
+        self._waiters.append(waiter)
+        await waiter
 
     async def _write(self) -> None:
         """The writer, a group commit: everything submitted since the last round was acked
-        goes out as one record batch per partition; the round's future completes when all
-        are acknowledged, fails on the first error, or times out. A timed-out round's error
+        goes out as one produce request; the round's callers are woken when all of it is
+        acknowledged, with the first error, or with a timeout. A timed-out round's error
         carries ``outcome``, which settles when the producer knows what became of it.
 
         One round is in flight at a time (the producer sends one request to a broker at a
@@ -155,17 +155,17 @@ class Recorder:
         produce request is written first and the broker works on it while the sessions send
         their answers, instead of after them."""
         loop = asyncio.get_running_loop()
-        acked: asyncio.Future[None] | None = None  # acked, its sessions not yet woken
+        acked: list[asyncio.Future[None]] | None = None  # acked, its sessions not yet woken
         try:
             while True:
-                if self._round is None and acked is not None:
-                    acked.set_result(None)  # nothing to send first
+                if not self._waiters and acked is not None:
+                    _settle(acked)  # nothing to send first
                     acked = None
                 await self._wake.wait()
                 self._wake.clear()
-                records, done = self._queue, self._round
-                self._queue, self._round = [], None
-                if done is None:
+                records, done = self._queue, self._waiters
+                self._queue, self._waiters = [], []
+                if not done:
                     continue
                 producer = self._producer
                 try:
@@ -173,11 +173,11 @@ class Recorder:
                         raise ConnectionError("no producer")
                     acks = await self._send_batches(producer, records)
                 except Exception as exc:
-                    done.set_exception(exc)
+                    _settle(done, exc)
                     continue
                 finally:
                     if acked is not None:
-                        loop.call_soon(_wake_sessions, acked)  # behind the producer's next turns
+                        loop.call_soon(_settle, acked)  # behind the producer's next turns
                         acked = None
                 outcome = loop.create_future()
                 _follow(outcome, acks)
@@ -185,14 +185,14 @@ class Recorder:
                 if not outcome.done():
                     late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
                     late.outcome = outcome  # type: ignore[attr-defined]
-                    done.set_exception(late)
+                    _settle(done, late)
                 elif outcome.exception() is not None:
-                    done.set_exception(outcome.exception())  # type: ignore[arg-type]
+                    _settle(done, outcome.exception())
                 else:
                     acked = done
         finally:
             if acked is not None:
-                acked.set_result(None)
+                _settle(acked)
 
     async def _send_batches(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
         """The round as one produce request per partition leader, sent on the producer's own
@@ -382,14 +382,22 @@ async def _produce(client: Any, leader: int, request: ProduceRequest) -> None:
                 raise error(f"{topic}/{answer[0]}")
 
 
-def _wake_sessions(acked: asyncio.Future[None]) -> None:
-    if not acked.done():
-        acked.set_result(None)
+def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
+    """Wake a round's callers (those not cancelled meanwhile), with its error if any."""
+    for waiter in waiters:
+        if not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
 
 
 def _follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None:
     """Complete ``done`` once every ack has come, with the first failure if any."""
     pending = len(acks)
+    if not pending:  # a round of records that all turned out to have landed already
+        done.set_result(None)
+        return
 
     def settle(ack: asyncio.Future[Any]) -> None:
         nonlocal pending

@@ -335,7 +335,8 @@ class Gateway:
             if hs.upstream is not None:
                 pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
             bucket = TokenBucket(self.settings.station_rate, self.settings.station_burst)
-            async for message in ws:
+            while True:  # recv, not ``async for``: the asynchronous generator is one more layer a frame
+                message = await ws.recv()  # ends with ConnectionClosed, the OK kind too (caught below)
                 session.heard = time.monotonic()
                 await bucket.take()
                 await session.on_station(message)
