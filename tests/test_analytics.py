@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.scenarios import PROFILE as SCENARIOS_PROFILE
@@ -722,3 +724,28 @@ def test_afir_art_5_judges_the_price_in_force(tmp_path: Path) -> None:
     why = "in force on every station below 50 kW (1): per minute charging, per session"
     assert mix[parts] == {"rule": parts, "result": "pass", "why": why}
     assert pools["POOL-ZONE"][per_kwh]["why"] == "Z-DN: no per-kWh price at 2026-03-01T21:00:00.000Z"
+
+
+def test_bad_times_and_unreadable_archives_are_one_line_and_an_empty_report_says_so(tmp_path: Path) -> None:
+    """A time option that is not ISO 8601 is a usage error naming it (exit 2), checked before
+    anything reads the archive; files DuckDB cannot read as one archive are one line (exit 1);
+    a report with no rows says "0 rows" (a table without columns printed nothing)."""
+    sample = Path(__file__).parent.parent / "datasets" / "sample"
+
+    def twin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "twin", *args], capture_output=True, text=True, timeout=120)
+
+    for args, option in ((("report", "sessions", "--archive", str(sample), "--from", "garbage"), "--from"),
+                         (("report", "grid", "--archive", str(sample), "--to", "2026-13-01"), "--to"),
+                         (("state", "CS-00001", "--capture", str(sample), "--at", "garbage"), "--at"),
+                         (("replay", str(sample), "--target", "ws://127.0.0.1:1/ocpp", "--from", "x"),
+                          "--from")):  # fmt: skip
+        done = twin(*args)
+        assert done.returncode == 2 and option in done.stderr and "Traceback" not in done.stderr, done.stderr
+    shutil.copytree(sample, tmp_path / "archive")
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "stray.parquet")
+    done = twin("report", "afir", "--archive", str(tmp_path))
+    assert done.returncode == 1 and done.stderr.startswith(f"error: reading {tmp_path}"), done.stderr
+    assert "Traceback" not in done.stderr
+    done = twin("report", "reservations", "--archive", str(sample), "--from", "2030-01-01")
+    assert done.returncode == 0 and "reservations: 0 rows" in done.stderr

@@ -107,6 +107,19 @@ app = TwinTyper(
 err = Console(stderr=True)
 
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+
+
+def iso_time(value: str | None) -> str | None:
+    """An option's ISO 8601 time, checked where it is given (a typer callback): a bad one is
+    a usage error naming the option, not a traceback from whatever reads it later."""
+    if value is not None:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-03-01T09:00:00Z)") from None
+    return value
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")]
 
 

@@ -27,7 +27,8 @@ from twin.settings import Settings
 from twin.sites import Site
 
 control_app = TwinTyper(
-    help="Adaptive smart charging: evaluate policies on sessions, explain the controller's last plan.",
+    help="Adaptive smart charging: evaluate policies on sessions, explain the controller's last plan, "
+    "set an operator's limit.",
     no_args_is_help=True,
 )
 app.add_typer(control_app, name="control")

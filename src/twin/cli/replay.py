@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import Progress
 
-from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, print_json
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, iso_time, print_json
 from twin.settings import Settings
 
 
@@ -38,10 +38,10 @@ def replay(
         str | None, typer.Option(help="Only these stations: comma-separated globs, e.g. 'CS-000*,DC-*'.")
     ] = None,  # fmt: skip
     since: Annotated[
-        str | None, typer.Option("--from", help="Only records captured at or after this ISO time.")
+        str | None, typer.Option("--from", callback=iso_time, help="Only records captured at or after this ISO time.")
     ] = None,  # fmt: skip
     until: Annotated[
-        str | None, typer.Option("--to", help="Only records captured at or before this ISO time.")
+        str | None, typer.Option("--to", callback=iso_time, help="Only records captured at or before this ISO time.")
     ] = None,  # fmt: skip
     station_prefix: Annotated[
         str, typer.Option(help="Prepend to every station id, so replays do not collide with live stations.")

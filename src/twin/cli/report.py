@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from twin.analytics.reports import KINDS
-from twin.cli.app import app, err, fail, print_json
+from twin.cli.app import app, err, fail, iso_time, print_json
 from twin.settings import Settings
 
 
@@ -21,8 +21,10 @@ def report(
         str | None,
         typer.Option("--archive", "-a", help="A Parquet archive directory or a .jsonl capture. (env TWIN_ARCHIVE)"),
     ] = None,
-    since: Annotated[str | None, typer.Option("--from", help="From this ISO time (inclusive).")] = None,
-    until: Annotated[str | None, typer.Option("--to", help="Up to this ISO time (exclusive).")] = None,
+    since: Annotated[str | None, typer.Option("--from", callback=iso_time,
+                                              help="From this ISO time (inclusive).")] = None,  # fmt: skip
+    until: Annotated[str | None, typer.Option("--to", callback=iso_time,
+                                              help="Up to this ISO time (exclusive).")] = None,  # fmt: skip
     engine: Annotated[str, typer.Option(help="duckdb or polars (the same numbers either way).")] = "duckdb",
     rule: Annotated[
         str, typer.Option(help="uptime: nevi (> 97% per port, maintenance excluded) or uk (99% network average).")
@@ -55,6 +57,8 @@ def report(
     interval, into later ones); a site's total is the sum of the positive parts, and
     shifted_under_signals_kwh of those under a limit or price signal. A lower bound (an EV held
     below its maximum all session shows none); import only."""
+    import duckdb
+
     from twin.analytics.reports import ReportError
     from twin.analytics.reports import report as compute
     from twin.captures import CaptureError
@@ -66,6 +70,8 @@ def report(
         fail(str(exc), code=2)
     except CaptureError as exc:
         fail(str(exc))
+    except duckdb.Error as exc:  # files in the archive DuckDB cannot read as one (a stray file, a broken one)
+        fail(f"reading {path}: {str(exc).splitlines()[0]}")
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -88,6 +94,9 @@ def _csv(rows: list[dict[str, Any]]) -> None:
 
 
 def _table(kind: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:  # a table without columns prints nothing at all
+        err.print(f"{kind}: 0 rows")
+        return
     table = Table(title=f"{kind}: {len(rows)} rows")
     if rows:
         for column in rows[0]:

@@ -15,7 +15,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from twin import captures, fold
-from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, print_json, reachable
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, iso_time, print_json, reachable
 from twin.cli.door import ApiToken
 from twin.fold.engine import Record
 from twin.settings import Settings
@@ -89,7 +89,8 @@ def state(
     api_token: ApiToken = None,
     capture: Capture = None,
     at: Annotated[
-        str | None, typer.Option(help="With --capture: the twin as it was at this moment (ISO time).")
+        str | None,
+        typer.Option(callback=iso_time, help="With --capture: the twin as it was at this moment (ISO time)."),
     ] = None,
     json_out: Json = False,
 ) -> None:
