@@ -4,6 +4,7 @@ force from the grid signals; what the site draws, from its twins."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -129,3 +130,27 @@ def test_what_a_site_draws_comes_from_its_online_twins_in_a_transaction() -> Non
         "static_export_limit_kw": 20.0, "limit_source": "static", "signal": None, "next_intervals": [],
         "import_kw": 11.0, "export_kw": 5.0, "evses": None, "planned_at": "x"}  # fmt: skip
     assert view["evses"][0]["plan_kw"] == 8.0 and view["evses"][1]["plan_kw"] is None
+
+
+def test_a_limit_for_a_site_without_a_plan_warns_and_is_recorded(broker: Any) -> None:
+    """`twin control limit` for a site the controller never planned (a typo, or no controller
+    yet): a warning that says so and where the start comes from; the signal is on grid.signals
+    all the same (an operator may set a limit before the controller runs)."""
+    from tests.conftest import TopicReader, fresh_prefix
+    from twin.settings import Settings
+
+    prefix = fresh_prefix("lim")
+    env = {**os.environ, "TWIN_TOPIC_PREFIX": prefix}
+    done = subprocess.run([sys.executable, "-m", "twin", "control", "limit", "SITE-NOPE", "--import-kw", "5",
+                           "-b", broker.bootstrap, "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "no plan for site 'SITE-NOPE'" in " ".join(done.stderr.split()), done.stderr
+    [signal] = json.loads(done.stdout)["signals"]
+    settings = Settings(bootstrap=broker.bootstrap, topic_prefix=prefix)
+    reader = TopicReader(broker.bootstrap, settings.topics.signals)
+    try:
+        records = reader.wait(lambda rs: len(rs) >= 1)
+    finally:
+        reader.close()
+    assert records[0]["event_id"] == signal["event_id"] and records[0]["site_id"] == "SITE-NOPE"

@@ -314,6 +314,9 @@ def control_limit(
     target = reachable(settings, ("Write", settings.topics.signals), ("Read", settings.topics.plans))
     if begins is None:  # now in the stations' time: the site's last plan's clock (a simulated fleet's runs ahead)
         planned = (latest_plan(settings, target, site) or {}).get("planned_at")
+        if not planned:  # a typo, or a controller not running yet: the limit is recorded all the same
+            err.print(f"[yellow]warning:[/] no plan for site {site!r} on {settings.topics.plans} (is the id right? "
+                      "`twin sites` lists them); the limit starts from this machine's clock")  # fmt: skip
         begins = datetime.fromisoformat(planned.replace("Z", "+00:00")) if planned else datetime.now(UTC)
     if begins.tzinfo is None:
         begins = begins.replace(tzinfo=UTC)
