@@ -229,20 +229,24 @@ class Recorder:
                     raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
                 requests.append({tp: builder})
         client, loop = producer.client, asyncio.get_running_loop()
+        leaders: dict[tuple[str, int], int] = {}
+        for topic, partition in {tp for request in requests for tp in request}:  # all, before anything is sent
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            if leader is None or leader < 0:
+                client.force_metadata_update()
+                raise LeaderNotAvailableError(f"no leader known for {topic}/{partition}")
+            leaders[topic, partition] = leader
         sent: list[asyncio.Future[Any]] = []
         for request in requests:
             by_leader: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
             for (topic, partition), builder in request.items():
-                tp = TopicPartition(topic, partition)
-                leader = client.cluster.leader_for_partition(tp)
-                if leader is None or leader < 0:
-                    client.force_metadata_update()
-                    raise LeaderNotAvailableError(f"no leader known for {topic}/{partition}")
                 if txn is not None:
+                    tp = TopicPartition(topic, partition)
                     sequence = txn.sequence_number(tp)
                     txn.increment_sequence_number(tp, builder.record_count())
                     builder._set_producer_state(txn.producer_id, txn.producer_epoch, sequence)
-                by_leader.setdefault(leader, {}).setdefault(topic, []).append((partition, builder._build()))
+                batches = by_leader.setdefault(leaders[topic, partition], {}).setdefault(topic, [])
+                batches.append((partition, builder._build()))
             for leader, topics in by_leader.items():
                 produce = ProduceRequest(
                     required_acks=-1, timeout=int(self.settings.capture_timeout * 1000),
