@@ -34,26 +34,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 import websockets  # noqa: E402
-from gateway import BOOT, Load, cpu_seconds  # noqa: E402  (benches/gateway.py: the mix and /proc)
+from gateway import BOOT, ECHO, Load, cpu_seconds  # noqa: E402  (benches/gateway.py: the mix, the floor, /proc)
 
 from twin.broker import EmbeddedBroker, KafkaBroker, ensure_topics, free_port  # noqa: E402
 from twin.settings import Settings  # noqa: E402
-
-ECHO = """
-import asyncio, sys
-from websockets.asyncio.server import serve
-
-async def answer(ws):
-    async for message in ws:
-        await ws.send('[3,' + message.split(',', 2)[1] + ',{}]')
-
-async def main():
-    async with serve(answer, '127.0.0.1', int(sys.argv[1]), reuse_port=True, compression=None,
-                     ping_interval=None, subprotocols=['ocpp2.1']):
-        await asyncio.Future()
-
-asyncio.run(main())
-"""
 
 
 def children(pid: int) -> list[int]:
