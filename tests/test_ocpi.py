@@ -415,6 +415,7 @@ def test_without_a_valid_token_401_with_an_ocpi_status(stack: Stack, ocpi_models
     for token in ("", "wrong"):
         status, _, body = stack.call("GET", "/ocpi/2.2.1/locations", token)
         assert status == 401 and body["status_code"] == 2000 and "timestamp" in body
+        assert "no valid 'Authorization: Token" in body["status_message"]
     status, _, body = stack.call("GET", "/ocpi/versions", "wrong")
     assert status == 401
 
@@ -425,7 +426,8 @@ def test_handshake_then_token_a_is_spent_and_c_reads_versions(stack: Stack, ocpi
     status, _, body = stack.call("GET", "/ocpi/2.2.1/credentials")
     assert status == 200 and body["data"]["roles"][0]["role"] == "CPO"
     ocpi_models("Credentials", [body["data"]])
-    assert stack.call("GET", "/ocpi/2.2.1/locations", TOKEN_A)[0] == 401
+    status, _, body = stack.call("GET", "/ocpi/2.2.1/locations", TOKEN_A)
+    assert status == 401 and "token A is for registering only" in body["status_message"]
     assert stack.call("POST", "/ocpi/2.2.1/credentials", body={"token": "x", "url": "y", "roles": []})[0] == 405
     status, headers, body = stack.call("GET", "/ocpi/2.2.1")
     assert headers.get("X-Request-ID") == "req-1"

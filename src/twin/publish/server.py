@@ -205,13 +205,17 @@ class Ocpi:
             return {}
         return None
 
-    @staticmethod
-    def _denied() -> web.Response:
-        return ocpi(None, 2000, "Unauthorized: no valid 'Authorization: Token ...' header", 401)
+    def _denied(self, request: web.Request) -> web.Response:
+        token = token_of(request)
+        if token is not None and secrets.compare_digest(token, self.token_a):
+            why = "token A is for registering only (versions, credentials): use the token C the registration returned"
+        else:
+            why = "no valid 'Authorization: Token ...' header"
+        return ocpi(None, 2000, f"Unauthorized: {why}", 401)
 
     async def unknown(self, request: web.Request) -> web.Response:
         if self._auth(request, registering=True) is None:
-            return self._denied()
+            return self._denied(request)
         tail = request.match_info["tail"]
         what = f"unknown version {tail.split('/')[0]!r}" if not tail.startswith(VERSION) else f"unknown module " \
             f"{tail.split('/')[1] if '/' in tail else tail!r}"  # fmt: skip
@@ -219,13 +223,13 @@ class Ocpi:
 
     async def versions(self, request: web.Request) -> web.Response:
         if self._auth(request, registering=True) is None:
-            return self._denied()
+            return self._denied(request)
         self._served("ocpi versions", request, VERSION)
         return ocpi([{"version": VERSION, "url": f"{self.base}/ocpi/{VERSION}"}])
 
     async def details(self, request: web.Request) -> web.Response:
         if self._auth(request, registering=True) is None:
-            return self._denied()
+            return self._denied(request)
         endpoints = [{"identifier": m, "role": role, "url": f"{self.base}/ocpi/{VERSION}/{m}"}
                      for m, role in MODULES.items()]  # fmt: skip
         return ocpi({"version": VERSION, "endpoints": endpoints})
@@ -239,7 +243,7 @@ class Ocpi:
     async def credentials(self, request: web.Request) -> web.Response:
         caller = self._auth(request, registering=request.method in ("POST", "GET"))
         if caller is None:
-            return self._denied()
+            return self._denied(request)
         token = token_of(request) or ""
         if request.method == "GET":
             return ocpi(self._ours(token))
@@ -294,7 +298,7 @@ class Ocpi:
 
     async def _page(self, request: web.Request, feed: str, objects: list[dict[str, Any]]) -> web.Response:
         if self._auth(request) is None:
-            return self._denied()
+            return self._denied(request)
         q = request.query
         try:
             offset = int(q.get("offset", 0))
@@ -324,7 +328,7 @@ class Ocpi:
 
     async def location(self, request: web.Request) -> web.Response:
         if self._auth(request) is None:
-            return self._denied()
+            return self._denied(request)
         m = request.match_info
         found: Any = next((x for x in self.location_objects() if x["id"] == m["location_id"]), None)
         if found is not None and "evse_uid" in m:
@@ -360,14 +364,14 @@ class Ocpi:
     async def sessions(self, request: web.Request) -> web.Response:
         caller = self._auth(request)
         if caller is None:
-            return self._denied()
+            return self._denied(request)
         objects = [s for s in (await self.session_objects())[0] if sess.owner(s) == _who(caller)]
         return await self._page(request, "ocpi sessions", objects)
 
     async def cdrs(self, request: web.Request) -> web.Response:
         caller = self._auth(request)
         if caller is None:
-            return self._denied()
+            return self._denied(request)
         objects = [c for c in (await self.session_objects())[1] if sess.owner(c) == _who(caller)]
         return await self._page(request, "ocpi cdrs", objects)
 
@@ -379,7 +383,7 @@ class Ocpi:
     async def command(self, request: web.Request) -> web.Response:
         caller = self._auth(request)
         if caller is None:
-            return self._denied()
+            return self._denied(request)
         name = request.match_info["command"]
         if name not in cmds.COMMANDS:
             return ocpi({"result": "NOT_SUPPORTED", "timeout": 0}, 2000, f"unknown command {name!r}", 404)
