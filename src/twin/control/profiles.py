@@ -86,4 +86,7 @@ def why(need: Need, kw: float, others: int, limit_kw: float, binding: bool) -> s
                 "more per hour left")  # fmt: skip
     if binding:
         return f"{asked}; {kw:.1f} of its {d.max_kw:g} kW: the site's {limit_kw:g} kW limit is shared by departure"
-    return f"{asked}; {kw:.1f} kW spreads what it needs over its stay"
+    # below its maximum, the limit not binding: the plan maximises each EV's energy by its
+    # departure first, so holding back means its need is met all the same (the rest of it in
+    # this step, or later where prices make later cheaper)
+    return f"{asked}; {kw:.1f} of its {d.max_kw:g} kW: its need is met by departure all the same (the site has room)"
