@@ -515,6 +515,11 @@ def test_uptime_worked_out_by_hand(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     body = json.loads(done.stdout)
     assert body["rule"] == "nevi" and body["ports"] == nevi["ports"] and body["network"] == nevi["network"]
+    table = subprocess.run([sys.executable, "-m", "twin", "report", "uptime", "--archive", str(path), "--rule", "nevi",
+                            "--from", window["since"], "--to", window["until"]],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    said = " ".join(table.stderr.split())  # the console wraps, wherever
+    assert "uptime by pool" in said and "network: 91.666% over 2 ports under --rule nevi" in said and "fail" in said
 
 
 def test_an_older_connection_closing_after_a_newer_one_came_is_no_outage(tmp_path: Path) -> None:

@@ -83,6 +83,12 @@ def report(
         _csv(rows)
     elif not parquet:
         _table(kind, rows)
+        if kind == "uptime":  # the verdicts beyond the ports: per pool, and the network's
+            _table("uptime by pool", extra.get("pools") or [])
+            net = extra.get("network") or {}
+            verdict = "no verdict" if net.get("pass") is None else "pass" if net["pass"] else "fail"
+            err.print(f"network: {net.get('uptime_pct')}% over {net.get('ports_counted')} ports under --rule {rule} "
+                      f"(target {extra.get('target_pct')}%): {verdict}")  # fmt: skip
 
 
 def _csv(rows: list[dict[str, Any]]) -> None:
