@@ -140,6 +140,10 @@ def test_tariffs_set_get_change_clear_through_the_gateway(stack: Stack, tmp_path
     code, got, _ = stack.tariff("get", "CS-00003")
     answer = by_station(got)["CS-00003"]["answer"]
     assert answer["status"] == "Accepted" and answer["tariffAssignments"][0]["tariffId"] == "TOD-1"
+    table = subprocess.run([*TWIN, "tariff", "get", "CS-00003", "-b", stack.bootstrap, "--api", stack.api],
+                           capture_output=True, text=True, env=stack.env, timeout=90)  # fmt: skip
+    said = " ".join(table.stderr.split())  # the console wraps, wherever
+    assert table.returncode == 0 and "tariffs held" in said and "TOD-1 DefaultTariff" in said, table.stderr
 
     # a session started under the tariff: the station's local cost reaches the twin
     def costed() -> dict[str, Any] | None:

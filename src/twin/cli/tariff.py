@@ -147,16 +147,17 @@ def _status_of(answer: dict[str, Any]) -> str | None:
     return None
 
 
-def run(calls: list[tuple[str, str, dict[str, Any]]], refused: list[str], bootstrap: str | None, by: str,
+def run(action: str, calls: list[tuple[str, dict[str, Any]]], refused: list[str], bootstrap: str | None, by: str,
         wait_s: float, json_out: bool) -> None:  # fmt: skip
-    """Send, wait, print; exit 1 when a station was not reached, did not answer or was refused."""
+    """Send ``action`` with each station's payload, wait, print; exit 1 when a station was not
+    reached, did not answer or was refused."""
     settings = Settings.load(bootstrap=bootstrap)
-    for _, action, payload in calls:
+    for _, payload in calls:
         problem = command_problem(action, payload)
         if problem is not None:
             fail(f"not sent: {problem}")
-    results = send_and_wait(settings, calls, by, wait_s) if calls else []
-    results += [{"station_id": s, "action": calls[0][1] if calls else None, "command_id": None,
+    results = send_and_wait(settings, [(s, action, p) for s, p in calls], by, wait_s) if calls else []
+    results += [{"station_id": s, "action": action, "command_id": None,
                  "outcome": "refused", "status": None, "reason": NO_TARIFFS, "answer": None}
                 for s in refused]  # fmt: skip
     results.sort(key=lambda o: o["station_id"])
@@ -164,14 +165,23 @@ def run(calls: list[tuple[str, str, dict[str, Any]]], refused: list[str], bootst
         print_json({"results": results})
     else:
         table = Table(title=f"{len(results)} stations")
-        for column in ("station", "action", "outcome", "status", "reason"):
+        held = action == "GetTariffs"
+        for column in ("station", "action", "outcome", "status", "reason", *(["tariffs held"] if held else [])):
             table.add_column(column)
         for o in results:
             table.add_row(o["station_id"], str(o["action"]), o["outcome"], str(o["status"] or "-"),
-                          str(o["reason"] or "-"))  # fmt: skip
+                          str(o["reason"] or "-"), *([_held(o["answer"])] if held else []))  # fmt: skip
         err.print(table)
     if any(o["outcome"] != "answered" for o in results):
         raise typer.Exit(1)
+
+
+def _held(answer: dict[str, Any] | None) -> str:
+    """A GetTariffs answer's assignments, a line each: id, kind, EVSEs, validFrom."""
+    lines = [f"{t.get('tariffId')} {t.get('tariffKind', '')} EVSE {','.join(map(str, t.get('evseIds') or [])) or 'all'}"
+             + (f" from {t['validFrom']}" if t.get("validFrom") else "")
+             for t in (answer or {}).get("tariffAssignments") or ()]  # fmt: skip
+    return "\n".join(lines) or "-"
 
 
 def _split(api: str | None, stations: list[str]) -> tuple[list[str], list[str]]:
@@ -218,7 +228,7 @@ def set_default(
     targets = _targets(stations, every, site, api, Settings.load(bootstrap=bootstrap))
     send, old = _split(api, targets)
     payload = {"evseId": evse or 0, "tariff": tariff}
-    run([(s, "SetDefaultTariff", payload) for s in send], old, bootstrap, by, wait, json_out)
+    run("SetDefaultTariff", [(s, payload) for s in send], old, bootstrap, by, wait, json_out)
 
 
 def zone_call(zone: str) -> dict[str, Any]:
@@ -252,7 +262,7 @@ def zone(
     if known_zone(name) is None:
         fail(f"not a time zone: {name!r} (an IANA name such as Europe/Berlin)", 2)
     targets = _targets(stations, every, site, api, Settings.load(bootstrap=bootstrap))
-    run([(s, "SetVariables", zone_call(name)) for s in targets], [], bootstrap, by, wait, json_out)
+    run("SetVariables", [(s, zone_call(name)) for s in targets], [], bootstrap, by, wait, json_out)
 
 
 @tariff_app.command("change")
@@ -277,7 +287,7 @@ def change(
         if station is None:
             fail(f"no station of the twin runs transaction {transaction!r}; give --station")
     send, old = _split(api, [station])
-    run([(s, "ChangeTransactionTariff", {"transactionId": transaction, "tariff": tariff}) for s in send], old,
+    run("ChangeTransactionTariff", [(s, {"transactionId": transaction, "tariff": tariff}) for s in send], old,
         bootstrap, by, wait, json_out)  # fmt: skip
 
 
@@ -315,7 +325,7 @@ def clear(
         payload["tariffIds"] = list(tariff_id)
     if evse is not None:
         payload["evseId"] = evse
-    run([(s, "ClearTariffs", payload) for s in send], old, bootstrap, by, wait, json_out)
+    run("ClearTariffs", [(s, payload) for s in send], old, bootstrap, by, wait, json_out)
 
 
 @tariff_app.command("get")
@@ -332,7 +342,7 @@ def get(
 ) -> None:
     """Ask a station which tariffs it holds (GetTariffs): ids, kinds, EVSEs, validFrom."""
     send, old = _split(api, [station])
-    run([(s, "GetTariffs", {"evseId": evse or 0}) for s in send], old, bootstrap, by, wait, json_out)
+    run("GetTariffs", [(s, {"evseId": evse or 0}) for s in send], old, bootstrap, by, wait, json_out)
 
 
 @tariff_app.command("show")
