@@ -204,6 +204,7 @@ def test_the_final_cost_goes_to_the_station_cut_at_its_local_time(stack: Stack) 
                                                text=True, timeout=120).stdout or "{}").get("sessions", ())
          if s["transaction_id"] == tx["id"] and s["ended_at"]), None), timeout=120)  # fmt: skip
     assert report["time_zone"] == "Europe/Berlin" and report["reported_source"] == "central"
+    assert report["reported_incl_tax"] == report["reported"]  # CostUpdated's totalCost includes taxes
     assert report["recomputed_incl_tax"] == pytest.approx(berlin, abs=1e-4) and report["difference"] == pytest.approx(
         0.0, abs=1e-3)  # fmt: skip
 

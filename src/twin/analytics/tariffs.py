@@ -80,12 +80,14 @@ def tariffs_report(capture: str | Path, since: str | None = None, until: str | N
                 tx["changes"].append((r["ts"], request["tariff"]))
         elif r["action"] == "CostUpdated":
             tx = txs.get(str(request.get("transactionId")))
-            if tx is not None:
-                tx["reported"], tx["source"] = request.get("totalCost"), "central"
+            if tx is not None:  # CostUpdated's totalCost includes taxes (OCPP 2.1)
+                tx["reported"] = tx["reported_incl"] = request.get("totalCost")
+                tx["source"] = "central"
         elif r["action"] == "TransactionEvent" and "totalCost" in p:
             tx = txs.get(str((request.get("transactionInfo") or {}).get("transactionId")))
             if tx is not None:
-                tx["reported"], tx["source"] = p["totalCost"], "central"
+                tx["reported"] = tx["reported_incl"] = p["totalCost"]
+                tx["source"] = "central"
     sessions = [s for s in (_session(tx, held) for tx in txs.values()) if s is not None]
     sessions = [s for s in sessions if (since is None or (s["ended_at"] or "") >= since)
                 and (until is None or s["started_at"] < until)]  # fmt: skip
