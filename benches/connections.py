@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import websockets  # noqa: E402
 from gateway import BOOT, TX, cpu_seconds, rss_bytes  # noqa: E402  (benches/gateway.py)
 
+from twin import runtime  # noqa: E402
 from twin.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
 from twin.settings import Settings  # noqa: E402
 
@@ -395,12 +396,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             settled_s = time.monotonic() - settle
         finally:
             t_stop = time.monotonic()
-            gateway.send_signal(signal.SIGTERM)
-            try:
-                gateway.wait(60)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
-                gateway.wait()
+            runtime.stop(gateway, signal.SIGTERM, 60)
             stop = time.monotonic() - t_stop
     total = {k: sum(d[k] for d in done) for k in ("sent", "answered", "errors", "unanswered", "connections",
                                                   "failed_connects", "dropped")}  # fmt: skip

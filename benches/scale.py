@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import websockets  # noqa: E402
 from gateway import BOOT, ECHO, Load, cpu_seconds  # noqa: E402  (benches/gateway.py: the mix, the floor, /proc)
 
+from twin import runtime  # noqa: E402
 from twin.broker import EmbeddedBroker, KafkaBroker, ensure_topics, free_port  # noqa: E402
 from twin.settings import Settings  # noqa: E402
 
@@ -173,12 +174,7 @@ def run_gateway(bootstrap: str, broker_pid: int, processes: int, args: argparse.
         return measure(f"ws://127.0.0.1:{port}/ocpp", args.stations, args.seconds, args.loadgen,
                        {"gateways": gateways, "broker": [broker_pid]})  # fmt: skip
     finally:
-        parent.send_signal(signal.SIGTERM)
-        try:
-            parent.wait(30)
-        except subprocess.TimeoutExpired:
-            parent.kill()
-            parent.wait()
+        runtime.stop(parent, signal.SIGTERM, 30)
 
 
 def run_echo(processes: int, args: argparse.Namespace) -> dict[str, Any]:
