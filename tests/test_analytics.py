@@ -743,6 +743,8 @@ def test_bad_times_and_unreadable_archives_are_one_line_and_an_empty_report_says
     for args, option in ((("report", "sessions", "--archive", str(sample), "--from", "garbage"), "--from"),
                          (("report", "grid", "--archive", str(sample), "--to", "2026-13-01"), "--to"),
                          (("state", "CS-00001", "--capture", str(sample), "--at", "garbage"), "--at"),
+                         (("sites", "SITE-A", "--capture", str(sample), "--at", "garbage"), "--at"),
+                         (("control", "limit", "SITE-A", "--import-kw", "5", "--start", "garbage"), "--start"),
                          (("replay", str(sample), "--target", "ws://127.0.0.1:1/ocpp", "--from", "x"),
                           "--from")):  # fmt: skip
         done = twin(*args)

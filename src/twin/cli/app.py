@@ -113,10 +113,10 @@ def iso_time(value: str | None) -> str | None:
     """An option's ISO 8601 time, checked where it is given (a typer callback): a bad one is
     a usage error naming the option, not a traceback from whatever reads it later."""
     if value is not None:
-        from datetime import datetime
+        from twin.envelope import parse_ts
 
         try:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parse_ts(value)
         except ValueError:
             raise typer.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-03-01T09:00:00Z)") from None
     return value

@@ -19,6 +19,7 @@ from twin.cli.app import (
     app,
     err,
     fail,
+    iso_time,
     print_json,
     reachable,
     setup_logging,
@@ -292,7 +293,7 @@ def control_limit(
                                                     "at least that much.")] = None,
     export_kw: Annotated[float | None, typer.Option(min=0.0, help="Export limit, kW.")] = None,
     minutes: Annotated[float, typer.Option("--for", min=0.1, help="For how many minutes, from now.")] = 60.0,
-    start: Annotated[str | None, typer.Option(help=START_HELP)] = None,
+    start: Annotated[str | None, typer.Option(callback=iso_time, help=START_HELP)] = None,
     bootstrap: Bootstrap = None,
     kafka_config: KafkaConfig = None,
     json_out: Json = False,
@@ -306,10 +307,7 @@ def control_limit(
 
     if import_kw is None and export_kw is None:
         fail("say which limit: --import-kw and/or --export-kw", code=2)
-    try:
-        begins = datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None
-    except ValueError as exc:
-        fail(f"--start: {exc}", code=2)
+    begins = envelope.parse_ts(start) if start else None  # checked as given (iso_time)
     settings = Settings.load(bootstrap=bootstrap)
     target = reachable(settings, ("Write", settings.topics.signals), ("Read", settings.topics.plans))
     if begins is None:  # now in the stations' time: the site's last plan's clock (a simulated fleet's runs ahead)
@@ -317,7 +315,7 @@ def control_limit(
         if not planned:  # a typo, or a controller not running yet: the limit is recorded all the same
             err.print(f"[yellow]warning:[/] no plan for site {site!r} on {settings.topics.plans} (is the id right? "
                       "`twin sites` lists them); the limit starts from this machine's clock")  # fmt: skip
-        begins = datetime.fromisoformat(planned.replace("Z", "+00:00")) if planned else datetime.now(UTC)
+        begins = envelope.parse_ts(planned) if planned else datetime.now(UTC)
     if begins.tzinfo is None:
         begins = begins.replace(tzinfo=UTC)
     import secrets

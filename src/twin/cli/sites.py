@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from twin.cli.app import Json, app, err, fail, print_json
+from twin.cli.app import Json, app, err, fail, iso_time, print_json
 from twin.cli.door import ApiToken
 from twin.cli.twins import Api, api_get
 
@@ -22,8 +22,10 @@ def sites(
     capture: Annotated[str | None, typer.Option("--capture", "--archive", "-c", help="Rebuild from this archive "
                                                 "(its frames, grid signals and inventory) instead of asking the "
                                                 "API.")] = None,  # fmt: skip
-    at: Annotated[str | None, typer.Option(help="With --capture: as the API showed it at this moment (ISO time; "
-                                           "default: the archive's last record).")] = None,  # fmt: skip
+    at: Annotated[str | None, typer.Option(
+        callback=iso_time,
+        help="With --capture: as the API showed it at this moment (ISO time; default: the archive's last record)."),
+    ] = None,  # fmt: skip
     sites_file: Annotated[str | None, typer.Option("--sites", help="With --capture: a sites file instead of the "
                                                    "archive's inventory. (env TWIN_SITES)")] = None,  # fmt: skip
     json_out: Json = False,
@@ -66,10 +68,7 @@ def _rebuilt(capture: str, at: str | None, sites_file: str | None) -> tuple[str 
     from twin.settings import Settings
     from twin.sites import SitesError
 
-    try:
-        moment = parse_ts(at) if at else None
-    except ValueError as exc:
-        fail(f"--at: {exc}", code=2)
+    moment = parse_ts(at) if at else None  # checked as given (iso_time)
     if moment is not None and moment.tzinfo is None:
         from datetime import UTC
 
