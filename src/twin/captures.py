@@ -9,6 +9,7 @@ station's records in log order.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,17 +57,25 @@ def local(capture: str | Path) -> Path:
 
 
 def read(
-    path: str | Path, *, until: str | None = None, dedupe: bool = True, stations: Collection[str] | None = None
+    path: str | Path,
+    *,
+    until: str | None = None,
+    dedupe: bool = True,
+    stations: Collection[str] | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[Envelope]:
     """Every record of a capture, duplicates dropped (unless ``dedupe`` is False); with
     ``until``, only those captured at or before that moment (an ISO timestamp); with
-    ``stations``, only those stations' records (an archive reads no others)."""
+    ``stations``, only those stations' records (an archive reads no others, a ``.jsonl``
+    decodes no others); with ``part=(i, n)``, only the records of the stations of part ``i``
+    of ``n`` (:func:`part_of`: a ``.jsonl`` decodes no others)."""
     p = local(path)
     if p.is_dir():
         records = _parquet(p, stations)
+        if part[1] > 1:
+            records = (r for r in records if part_of(str(r.get("station_id") or ""), part[1]) == part[0])
     else:
-        wanted = set(stations) if stations is not None else None
-        records = _jsonl(p) if wanted is None else (r for r in _jsonl(p) if r["station_id"] in wanted)
+        records = _jsonl(p, None if stations is None else set(stations), part)
     limit = envelope.parse_ts(until) if until else None
     if not dedupe and limit is None:
         yield from records
@@ -116,9 +125,30 @@ class Seen:
         return True
 
 
-def _jsonl(path: Path) -> Iterator[Envelope]:
+def part_of(station: str, parts: int) -> int:
+    """Which of ``parts`` parts a station's records belong to: the same in every process."""
+    return zlib.crc32(station.encode()) % parts if parts > 1 else 0
+
+
+_LEAD = b'{"station_id":"'
+"""How an envelope's line begins as twin writes it (:func:`twin.envelope.dumps`)."""
+_UNSEEN: Any = object()
+
+
+def _jsonl(path: Path, stations: Collection[str] | None = None, part: tuple[int, int] = (0, 1)) -> Iterator[Envelope]:
+    index, parts = part
+    choosy = stations is not None or parts > 1
+    verdicts: dict[bytes, bool | None] = {}  # a line's head -> its station wanted (None: decode to know)
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
+            verdict = None
+            if choosy and line.startswith(_LEAD):  # the station id read from the head, undecoded
+                head = line[15 : line.find(b'"', 15)]
+                verdict = verdicts.get(head, _UNSEEN)
+                if verdict is _UNSEEN:
+                    verdict = verdicts[head] = _head_wanted(head, stations, index, parts)
+                if verdict is False:
+                    continue  # another part's or an unasked station's line: not decoded
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
@@ -127,7 +157,24 @@ def _jsonl(path: Path) -> Iterator[Envelope]:
                 raise CaptureError(f"{path}:{number}: not JSON ({exc})") from None
             if not isinstance(record, dict) or "conn_id" not in record or "seq" not in record:
                 raise CaptureError(f"{path}:{number}: not a frame envelope")
+            if choosy and verdict is None and not _wanted(str(record.get("station_id") or ""), stations, index, parts):
+                continue
             yield record  # type: ignore[misc]
+
+
+def _head_wanted(head: bytes, stations: Collection[str] | None, index: int, parts: int) -> bool | None:
+    """Whether the station id read from a line's head is wanted; None where only decoding the
+    line says which station it is (an escape in the id, no closing quote, not UTF-8)."""
+    if b"\\" in head or b"\n" in head:
+        return None
+    try:
+        return _wanted(head.decode(), stations, index, parts)
+    except UnicodeDecodeError:
+        return None
+
+
+def _wanted(station: str, stations: Collection[str] | None, index: int, parts: int) -> bool:
+    return (stations is None or station in stations) and (parts == 1 or part_of(station, parts) == index)
 
 
 def inventory_path(capture: str | Path) -> Path:

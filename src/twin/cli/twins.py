@@ -3,10 +3,9 @@ a capture (a ``.jsonl`` of envelopes or a Parquet archive) or from ``ocpp.frames
 
 from __future__ import annotations
 
-import gc
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable
 from typing import Annotated, Any
 
 import orjson
@@ -18,6 +17,8 @@ from twin import captures, fold
 from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, iso_time, print_json, reachable
 from twin.cli.door import ApiToken
 from twin.fold.engine import Record
+from twin.rebuild import fold_capture as fold_file
+from twin.rebuild import fold_records, processes_for
 from twin.settings import Settings
 from twin.tokens import TOKEN_ENV, headers
 
@@ -50,34 +51,25 @@ def api_get(api: str | None, path: str, absent: bool = False) -> Any:
 
 
 def fold_counted(records: Iterable[Record], label: str, total: int | None = None) -> tuple[dict[str, fold.Twin], int]:
-    """Records folded with the one fold, a progress bar on stderr, and how many there were.
-    The cyclic collector is off meanwhile: the fold's twins hold no cycles, and its young
-    collections, one every few hundred of the decoder's dicts, took a sixth of a rebuild."""
-    n = 0
-    collecting = gc.isenabled()
-    gc.disable()
+    """Records folded with the one fold, a progress bar on stderr, and how many there were."""
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        return fold_records(records, lambda n: progress.update(task, completed=n))
+
+
+def fold_capture(
+    path: str, until: str | None = None, stations: Collection[str] | None = None, processes: int | None = None
+) -> tuple[dict[str, fold.Twin], int]:
+    """Twins folded from a capture (of ``stations`` only, if given), and how many records it
+    held; a large ``.jsonl`` in a process per core (:mod:`twin.rebuild`)."""
+    parts = processes_for(path, processes)
     try:
-        with Progress(console=err, transient=True) as progress:
-            task = progress.add_task(label, total=total)
-
-            def counted() -> Iterator[Record]:
-                nonlocal n
-                for n, record in enumerate(records, start=1):
-                    if not n % 10000:
-                        progress.update(task, completed=n)
-                    yield record
-
-            twins = fold.fold(counted())
-    finally:
-        if collecting:
-            gc.enable()
-    return twins, n
-
-
-def fold_capture(path: str, until: str | None = None) -> tuple[dict[str, fold.Twin], int]:
-    """Twins folded from a capture, and how many records it held."""
-    try:
-        return fold_counted(captures.read(path, until=until), f"folding {path}")
+        # no refresh thread: the parts are forked while the bar is up
+        with Progress(console=err, transient=True, auto_refresh=False) as progress:
+            label = f"folding {path}" + (f" in {parts} processes" if parts > 1 else "")
+            task = progress.add_task(label, total=None)
+            return fold_file(path, until=until, stations=stations, processes=parts,
+                             progress=lambda n: progress.update(task, completed=n, refresh=True))  # fmt: skip
     except captures.CaptureError as exc:
         fail(str(exc))
 
@@ -99,7 +91,7 @@ def state(
     if at and not capture:
         fail("--at needs --capture (the live twin is the present)")
     if capture:
-        twins, _ = fold_capture(capture, until=at)
+        twins, _ = fold_capture(capture, until=at, stations={station})
         if station not in twins:
             fail(f"no station {station!r} in {capture}" + (f" by {at}" if at else ""))
         twin = fold.public(twins[station])
@@ -156,12 +148,18 @@ def rebuild(
     verify: Annotated[bool, typer.Option("--verify", help="Compare with the live twins of the API.")] = False,
     api: Api = None,
     api_token: ApiToken = None,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", "-j", min=1, show_default=False,
+                     help="Fold a .jsonl capture in this many processes, its stations shared among them "
+                     "(default: one per core for a capture of 64 MiB or more, else one)."),
+    ] = None,  # fmt: skip
     json_out: Json = False,
 ) -> None:
     """Fold a capture, or ocpp.frames from the beginning, into twins with the same fold the
     worker runs; --verify lists every field where they differ from the live twins."""
     if capture:
-        twins, n = fold_capture(capture)
+        twins, n = fold_capture(capture, processes=processes)
     else:
         twins, n = fold_topic(Settings.load(bootstrap=bootstrap))
     public = {k: fold.public(v) for k, v in sorted(twins.items())}

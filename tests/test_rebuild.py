@@ -1,0 +1,106 @@
+"""Rebuilding twins from a capture in several processes: each station's twin is the one a
+single process folds, whatever the lines look like; a station asked for alone reads only its
+own lines; a bad line is named whichever process meets it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from twin import captures, envelope, fold, rebuild
+from twin.cli import app
+
+SAMPLE = Path(__file__).parent.parent / "datasets" / "sample"
+
+
+def _odd(station_id: str, conn_id: str, seq: int, ts: str) -> dict[str, Any]:
+    return envelope.lifecycle("Connected", {}, station_id=station_id, protocol="ocpp2.1", conn_id=conn_id, seq=seq,
+                              ts=ts)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample archive as a ``.jsonl``, with lines a reader of line heads must not misread:
+    a station id with an escaped quote and one with a non-ASCII letter, an envelope whose keys
+    come in another order, a blank line and redelivered records."""
+    records = list(captures.read(SAMPLE))
+    assert len({r["station_id"] for r in records}) >= 5
+    path = tmp_path_factory.mktemp("rebuild") / "capture.jsonl"
+    lines = [envelope.dumps(r) for r in records]
+    reordered = {k: v for k, v in sorted(records[7].items()) if k != "station_id"} | {"station_id": "CS-ODD"}
+    reordered["conn_id"], reordered["seq"] = "odd-1", 1
+    lines[10:10] = [
+        envelope.dumps(_odd('CS-"Q"', "q-1", 1, records[10]["ts"])),
+        envelope.dumps(_odd("CS-Ü", "u-1", 1, records[10]["ts"])),
+        orjson.dumps(reordered),
+        b"",
+        lines[3],  # redelivered
+    ]
+    lines.append(lines[-5])  # redelivered at the end
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _dump(twins: dict[str, Any]) -> dict[str, bytes]:
+    return {k: orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for k, v in twins.items()}
+
+
+def test_the_parts_are_the_capture_shared_out_by_station(capture: Path) -> None:
+    everything = list(captures.read(capture))
+    for parts in (2, 3):
+        shares = [list(captures.read(capture, part=(i, parts))) for i in range(parts)]
+        shared = (r for share in shares for r in share)
+        assert sorted(map(envelope.dumps, shared)) == sorted(map(envelope.dumps, everything))
+        owners: dict[str, set[int]] = {}
+        for i, share in enumerate(shares):
+            for r in share:
+                owners.setdefault(r["station_id"], set()).add(i)
+        assert all(owner == {captures.part_of(s, parts)} for s, owner in owners.items())
+        assert {'CS-"Q"', "CS-Ü", "CS-ODD"} <= set(owners)
+
+
+def test_a_station_asked_for_reads_its_own_records(capture: Path) -> None:
+    everything = list(captures.read(capture))
+    for station in ('CS-"Q"', "CS-ODD", everything[0]["station_id"]):
+        assert list(captures.read(capture, stations={station})) == [r for r in everything if r["station_id"] == station]
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_twins_folded_in_parts_are_those_of_one_process(capture: Path, processes: int) -> None:
+    alone = fold.fold(captures.read(capture))
+    seen: list[int] = []
+    twins, n = rebuild.fold_capture(capture, processes=processes, progress=seen.append)
+    assert n == len(list(captures.read(capture)))
+    assert _dump(twins) == _dump(alone)
+    until = sorted(r["ts"] for r in captures.read(capture))[len(seen) + 500]
+    assert _dump(rebuild.fold_capture(capture, until=until, processes=processes)[0]) == _dump(
+        fold.fold(captures.read(capture, until=until))
+    )
+
+
+def test_twin_rebuild_and_state_as_users_run_them(capture: Path) -> None:
+    runner = CliRunner()
+    one = runner.invoke(app, ["rebuild", str(capture), "--processes", "1", "--json"])
+    two = runner.invoke(app, ["rebuild", str(capture), "-j", "2", "--json"])
+    assert one.exit_code == two.exit_code == 0, (one.output, two.output)
+    assert one.stdout == two.stdout
+    rebuilt = orjson.loads(one.stdout)
+    station = sorted(rebuilt["twins"])[1]
+    state = runner.invoke(app, ["state", station, "--capture", str(capture), "--json"])
+    assert state.exit_code == 0, state.output
+    assert orjson.loads(state.stdout) == rebuilt["twins"][station]
+
+
+def test_a_bad_line_is_named_by_the_process_that_meets_it(tmp_path: Path, capture: Path) -> None:
+    lines = capture.read_bytes().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\n".join([*lines[:20], lines[20][:-7], *lines[21:]]) + b"\n")  # a line cut short
+    for processes in (1, 2):
+        with pytest.raises(captures.CaptureError, match=r"bad.jsonl:21: not JSON"):
+            rebuild.fold_capture(bad, processes=processes)
+    result = CliRunner().invoke(app, ["rebuild", str(bad), "-j", "2"])
+    assert result.exit_code == 1 and "bad.jsonl:21: not JSON" in result.output
