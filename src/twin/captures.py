@@ -81,9 +81,15 @@ def read(
         yield from records
         return
     seen = Seen()
+    runs = seen.runs
     for record in records:
-        if dedupe and not seen.first(record["conn_id"], record["seq"]):
-            continue
+        if dedupe:
+            conn_id, seq = record["conn_id"], record["seq"]
+            run = runs.get(conn_id)
+            if run is not None and seq == run[1] + 1 and not run[2]:
+                run[1] = seq  # the next of its connection's run, as most are: Seen.first, inlined
+            elif not seen.first(conn_id, seq):
+                continue
         if limit is not None and envelope.parse_ts(record["ts"]) > limit:
             continue
         yield record

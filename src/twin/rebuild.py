@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from twin.fold.engine import Record, Twin
 
 PARALLEL_BYTES = 64 << 20
 """A ``.jsonl`` capture this large or larger folds in several processes by default."""
-PROGRESS_EVERY = 10_000
 
 
 def processes_for(path: str | Path, asked: int | None = None) -> int:
@@ -64,19 +63,16 @@ def fold_records(
     records: Iterable[Record], progress: Callable[[int], None] = lambda n: None
 ) -> tuple[dict[str, Twin], int]:
     """Records folded into twins, and how many there were; the cyclic collector off meanwhile."""
-    n = 0
+    read = [0]
 
-    def counted() -> Iterator[Record]:
-        nonlocal n
-        for n, record in enumerate(records, start=1):
-            if not n % PROGRESS_EVERY:
-                progress(n)
-            yield record
+    def counted(n: int) -> None:
+        read[0] = n
+        progress(n)
 
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return fold.fold(counted()), n
+        return fold.fold(records, progress=counted), read[0]
     finally:
         if collecting:
             gc.enable()

@@ -30,6 +30,7 @@ Handler = Callable[["Change", "Event"], None]
 
 _HANDLERS: dict[tuple[str, str], list[Handler]] = {}
 _ANSWER_READERS: set[str] = set()  # actions whose answers a handler reads: keep the request
+PROGRESS_EVERY = 10_000
 REMEMBERED_CONNECTIONS = 16
 """How many connections' highest ``seq`` a twin keeps, to recognise redelivered records."""
 
@@ -91,6 +92,18 @@ class Change:
             node = child
         return node
 
+    def at_in(self, node: dict[str, Any], key: str) -> dict[str, Any]:
+        """``at(*path, key)`` for ``node``, the dict ``at(*path)`` gave: the child ready to be
+        written, without walking the path again."""
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+            self._fresh.add(id(child))
+        elif id(child) not in self._fresh:
+            child = node[key] = child.copy()
+            self._fresh.add(id(child))
+        return child
+
     def own(self, value: dict[str, Any]) -> dict[str, Any]:
         """``value``, a dict this change made, marked as its own: written through, not copied."""
         self._fresh.add(id(value))
@@ -138,12 +151,16 @@ def apply(twin: Twin | None, record: Record) -> Twin:
     try:
         return _apply(twin, record)
     except Exception:  # a record an aspect could not read: counted, the twin stays as it was
-        base = twin if twin is not None else new_twin(str(record.get("station_id", "")))
-        out = dict(base)
-        out["fold_errors"] = base.get("fold_errors", 0) + 1
-        with contextlib.suppress(Exception):
-            out["_seen"] = {**base["_seen"], record["conn_id"]: record["seq"]}
-        return out
+        return _failed(twin, record)
+
+
+def _failed(twin: Twin | None, record: Record) -> Twin:
+    base = twin if twin is not None else new_twin(str(record.get("station_id", "")))
+    out = dict(base)
+    out["fold_errors"] = base.get("fold_errors", 0) + 1
+    with contextlib.suppress(Exception):
+        out["_seen"] = {**base["_seen"], record["conn_id"]: record["seq"]}
+    return out
 
 
 def _apply(twin: Twin | None, record: Record) -> Twin:
@@ -196,14 +213,27 @@ def _forget_answered(change: Change, record: Record) -> None:
         change.remove("_pending", record["msg_id"])
 
 
-def fold(records: Iterable[Record], twins: dict[str, Twin] | None = None) -> dict[str, Twin]:
-    """Fold records into twins by station (a new dict; ``twins`` is not changed)."""
+def fold(
+    records: Iterable[Record], twins: dict[str, Twin] | None = None, progress: Callable[[int], None] | None = None
+) -> dict[str, Twin]:
+    """Fold records into twins by station (a new dict; ``twins`` is not changed): :func:`apply`
+    of each. ``progress``, if given, is called with the records read so far, every
+    :data:`PROGRESS_EVERY` and at the end."""
     out = dict(twins or {})
-    for record in records:
+    n = 0
+    for n, record in enumerate(records, start=1):
+        if progress is not None and not n % PROGRESS_EVERY:
+            progress(n)
         station = record.get("station_id")
         if not station:
             continue
-        out[station] = apply(out.get(station), record)
+        twin = out.get(station)
+        try:  # apply(), without a call of its own per record
+            out[station] = _apply(twin, record)
+        except Exception:
+            out[station] = _failed(twin, record)
+    if progress is not None:
+        progress(n)
     return out
 
 

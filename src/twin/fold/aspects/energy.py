@@ -18,6 +18,7 @@ IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register
 P_IMPORT, P_EXPORT, SOC = "Power.Active.Import", "Power.Active.Export", "SoC"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0}
+_KILO = frozenset(unit for unit, scale in _SCALE.items() if scale != 1.0)
 
 
 def instant(ts: str | None) -> datetime | None:
@@ -51,9 +52,9 @@ def readings(meter_values: list[dict[str, Any]]) -> list[tuple[str, dict[str, fl
             unit = sv.get("unitOfMeasure")
             value = float(sv["value"])
             if unit is not None:
-                scale = _SCALE.get(unit.get("unit", ""), 1.0) * 10 ** unit.get("multiplier", 0)
-                if scale != 1.0:  # Wh and W, as most readings are: the value as it is
-                    value *= scale
+                name, multiplier = unit.get("unit", ""), unit.get("multiplier", 0)
+                if multiplier or name in _KILO:  # Wh and W, as most readings are: the value as it is
+                    value *= _SCALE.get(name, 1.0) * 10**multiplier
             values[sv.get("measurand", IMPORT)] = value  # Import.Register: the schema's default
         out.append((mv.get("timestamp", ""), values))
     if len(out) > 1:
@@ -76,9 +77,11 @@ def direction_of(values: dict[str, float], energy: dict[str, Any]) -> str:
 
 def meter(change: Change, evse_id: str, samples: list[tuple[str, dict[str, float]]], ts: str) -> None:
     """Fold meter readings into the EVSE's live energy, skipping any older than the last."""
-    if not samples:
-        return
-    energy = change.at("evses", evse_id, "energy")
+    if samples:
+        _meter(change.at("evses", evse_id, "energy"), samples, ts)
+
+
+def _meter(energy: dict[str, Any], samples: list[tuple[str, dict[str, float]]], ts: str) -> None:
     for at, values in samples:
         if earlier(at or ts, energy.get("meter_ts")):
             continue  # replayed late: history, not the present
@@ -143,10 +146,11 @@ def transaction_event(change: Change, event: Event) -> None:
         tx["id_token"] = p["idToken"].get("idToken")
     samples = readings(p.get("meterValue", ()))
     _transaction_energy(tx, samples)
-    meter(change, evse_id, samples, event.ts)
+    if samples:
+        _meter(change.at_in(evse, "energy"), samples, event.ts)
     if kind == "Ended":
         tx["state"], tx["ended_at"] = "ended", p.get("timestamp")
-        energy = change.at("evses", evse_id, "energy")
+        energy = change.at_in(evse, "energy")
         if energy.get("direction") != "idle":
             energy["since"] = p.get("timestamp", event.ts)
         energy["direction"], energy["power_w"] = "idle", 0.0

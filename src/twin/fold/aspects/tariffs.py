@@ -158,13 +158,11 @@ def driver_tariff(change: Change, event: Event) -> None:
 def transaction_event(change: Change, event: Event) -> None:
     """Runs after the transactions aspect: the transaction is in place."""
     p = event.payload
-    tx_id = (p.get("transactionInfo") or {}).get("transactionId")
-    evse_id = _evse_of_tx(change, tx_id)
+    evse_id, tx = _transaction(change, (p.get("transactionInfo") or {}).get("transactionId"))
     if evse_id is None:
         return
-    tx = change.get("evses", evse_id, "transaction") or {}
     token = (p.get("idToken") or {}).get("idToken")
-    drivers = change.get("tariffs", "drivers") or {}
+    drivers = (change.twin.get("tariffs") or {}).get("drivers") or {}
     if "tariffs" not in tx and (evse_tariffs(change.twin, evse_id) or (token and token in drivers)):
         tx = change.at("evses", evse_id, "transaction")
         start = tx.get("started_at") or p.get("timestamp") or event.ts
@@ -184,7 +182,7 @@ def transaction_event(change: Change, event: Event) -> None:
         tx["tariffs"] = _then(tx, drivers[token], p.get("timestamp") or event.ts)
         change.at("tariffs", "drivers").pop(token, None)
     if "tariffs" in tx and p.get("eventType") != "Started":
-        _keep_reading(change, evse_id, p)
+        _keep_reading(change, evse_id, tx, p)
     details = p.get("costDetails")
     if details:
         total = (details.get("totalCost") or {}).get("total") or {}
@@ -198,13 +196,15 @@ def transaction_event(change: Change, event: Event) -> None:
     refresh(change, force=p.get("eventType") in ("Started", "Ended") or "driver_tariff" in tx)
 
 
-def _keep_reading(change: Change, evse_id: str, payload: dict[str, Any]) -> None:
-    """Append the event's reading to its transaction's; merge the one before it where it does
-    not change the cost (:func:`twin.cost.needed`, its parts here so that the first price
-    boundary after the reading before, ``readings_cut``, is worked out once, not per event)."""
+def _keep_reading(change: Change, evse_id: str, tx: dict[str, Any], payload: dict[str, Any]) -> None:
+    """Append the event's reading to its transaction's (``tx``, as the twin has it); merge the
+    one before it where it does not change the cost (:func:`twin.cost.needed`, its parts here
+    so that the first price boundary after the reading before, ``readings_cut``, is worked out
+    once, not per event)."""
+    if tx.get("meter_start_import_wh") is None or not tx.get("started_at"):
+        return
     found = reading(payload)
-    tx = change.get("evses", evse_id, "transaction") or {}
-    if found is None or tx.get("meter_start_import_wh") is None or not tx.get("started_at"):
+    if found is None:
         return
     tx = change.at("evses", evse_id, "transaction")
     readings = tx["readings"] = [*(tx.get("readings") or ()), [found[0], found[1] - tx["meter_start_import_wh"],
@@ -236,8 +236,12 @@ def _needed(change: Change, tx: dict[str, Any], a: list[Any], b: list[Any], c: l
                                     "epoch": None if first is None else first.timestamp()}  # fmt: skip
     if cut["progress"]:
         return True
-    epoch = cut["epoch"]
-    return epoch is not None and epoch < instant(c[0]).timestamp()
+    if cut["epoch"] is None:
+        return False
+    at, then = cut["at"], c[0]
+    if len(then) == len(at) == 24 and then[-1] == "Z":  # both as iso() writes: they compare as text
+        return at < then
+    return bool(cut["epoch"] < instant(then).timestamp())
 
 
 def _still_first(cut: dict[str, Any], after: str, tariffs: int, tz: str) -> bool:
@@ -320,12 +324,18 @@ def _then(tx: dict[str, Any], tariff: Any, at: str) -> dict[str, Any]:
 
 
 def _evse_of_tx(change: Change, tx_id: Any) -> str | None:
+    return _transaction(change, tx_id)[0]
+
+
+def _transaction(change: Change, tx_id: Any) -> tuple[str | None, dict[str, Any]]:
+    """The EVSE whose transaction is ``tx_id``, and that transaction ({} if none)."""
     if tx_id is None:
-        return None
+        return None, {}
     for key, evse in change.twin["evses"].items():
-        if (evse.get("transaction") or {}).get("id") == tx_id:
-            return str(key)
-    return None
+        tx = evse.get("transaction")
+        if tx and tx.get("id") == tx_id:
+            return str(key), tx
+    return None, {}
 
 
 def _refresh(change: Change, event: Event) -> None:
