@@ -29,8 +29,10 @@ def reading(payload: Mapping[str, Any]) -> tuple[str, float, float | None] | Non
     the import register (Wh) and the import power (W) of its first meter value with a
     register (phase totals only); None without one."""
     for mv in payload.get("meterValue") or ():
-        values = {sv.get("measurand", IMPORT): float(sv["value"]) for sv in mv.get("sampledValue", ())
-                  if "phase" not in sv}  # fmt: skip
+        values = {}
+        for sv in mv.get("sampledValue", ()):
+            if "phase" not in sv:
+                values[sv.get("measurand", IMPORT)] = float(sv["value"])
         if IMPORT in values:
             at = str(mv.get("timestamp") or payload.get("timestamp"))
             return at, values[IMPORT], values.get("Power.Active.Import")

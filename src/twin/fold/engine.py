@@ -104,6 +104,10 @@ class Change:
             self._fresh.add(id(child))
         return child
 
+    def owns(self, node: dict[str, Any]) -> bool:
+        """Whether ``node`` is a dict this change made or copied: written through as it is."""
+        return id(node) in self._fresh
+
     def own(self, value: dict[str, Any]) -> dict[str, Any]:
         """``value``, a dict this change made, marked as its own: written through, not copied."""
         self._fresh.add(id(value))

@@ -83,13 +83,15 @@ def meter(change: Change, evse_id: str, samples: list[tuple[str, dict[str, float
 
 def _meter(energy: dict[str, Any], samples: list[tuple[str, dict[str, float]]], ts: str) -> None:
     for at, values in samples:
-        if earlier(at or ts, energy.get("meter_ts")):
+        when, last = at or ts, energy.get("meter_ts") or ""
+        same_shape = last and when and len(when) == len(last) and when[-1] == last[-1] == "Z"
+        if (when < last) if same_shape else earlier(when, last):  # earlier(), its common case inline
             continue  # replayed late: history, not the present
         direction = direction_of(values, energy)
         if energy.get("direction") != direction:
-            energy["since"] = at or ts
+            energy["since"] = when
         energy["direction"] = direction
-        energy["meter_ts"] = at or ts
+        energy["meter_ts"] = when
         if IMPORT in values:
             energy["import_wh"] = values[IMPORT]
         if EXPORT in values:
@@ -105,7 +107,8 @@ def _evse_of(change: Change, payload: dict[str, Any], tx_id: str | None) -> str 
     if evse and "id" in evse:
         return str(evse["id"])
     for key, value in change.twin["evses"].items():  # later events may leave evse out (2.0.1)
-        if (value.get("transaction") or {}).get("id") == tx_id:
+        tx = value.get("transaction")
+        if tx and tx.get("id") == tx_id:
             return str(key)
     return None
 
@@ -136,10 +139,14 @@ def transaction_event(change: Change, event: Event) -> None:
         tx["offline_events"] += 1
     if kind == "Started":
         tx["started_at"] = p.get("timestamp")
-    for field, key in (("charging_state", "chargingState"), ("operation_mode", "operationMode"),
-                       ("stopped_reason", "stoppedReason"), ("tariff_id", "tariffId")):  # fmt: skip
-        if key in info:
-            tx[field] = info[key]
+    if "chargingState" in info:
+        tx["charging_state"] = info["chargingState"]
+    if "operationMode" in info:
+        tx["operation_mode"] = info["operationMode"]
+    if "stoppedReason" in info:
+        tx["stopped_reason"] = info["stoppedReason"]
+    if "tariffId" in info:
+        tx["tariff_id"] = info["tariffId"]
     if "reservationId" in p:
         tx["reservation_id"] = p["reservationId"]
     if p.get("idToken"):
@@ -162,17 +169,19 @@ def _transaction_energy(tx: dict[str, Any], samples: list[tuple[str, dict[str, f
     """What the session moved: registers against the first reading of the transaction.
     Registers only rise, so the highest reading seen is the latest, whatever the order."""
     for _, values in samples:
-        for reg, start_key, moved in (
-            (IMPORT, "meter_start_import_wh", "import_wh"),
-            (EXPORT, "meter_start_export_wh", "export_wh"),
-        ):
-            if reg in values:
-                start = tx.setdefault(start_key, values[reg])
-                if values[reg] < start:  # an earlier reading replayed late
-                    tx[moved] += start - values[reg]
-                    tx[start_key] = values[reg]
-                else:
-                    tx[moved] = max(tx[moved], values[reg] - start)
+        if IMPORT in values:
+            _moved(tx, values[IMPORT], "meter_start_import_wh", "import_wh")
+        if EXPORT in values:
+            _moved(tx, values[EXPORT], "meter_start_export_wh", "export_wh")
+
+
+def _moved(tx: dict[str, Any], value: float, start_key: str, moved: str) -> None:
+    start = tx.setdefault(start_key, value)
+    if value < start:  # an earlier reading replayed late
+        tx[moved] += start - value
+        tx[start_key] = value
+    else:
+        tx[moved] = max(tx[moved], value - start)
 
 
 @on("MeterValues")

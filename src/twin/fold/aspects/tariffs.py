@@ -206,7 +206,8 @@ def _keep_reading(change: Change, evse_id: str, tx: dict[str, Any], payload: dic
     found = reading(payload)
     if found is None:
         return
-    tx = change.at("evses", evse_id, "transaction")
+    if not change.owns(tx):  # the energy aspect's copy, as a rule
+        tx = change.at("evses", evse_id, "transaction")
     readings = tx["readings"] = [*(tx.get("readings") or ()), [found[0], found[1] - tx["meter_start_import_wh"],
                                                                found[2]]]  # fmt: skip
     if len(readings) < 2:
