@@ -10,8 +10,9 @@ traffic mix of DOMAIN.md.
 
 On a capture, as users run it (``--capture``): the floor (a process reading the file and
 ``orjson.loads`` of each line), the rebuild called in a process (``fold.fold`` of
-``captures.read``, what ``twin rebuild`` calls, timed inside) and ``twin rebuild CAPTURE`` as
-a process (its start-up and its output included), each in a fresh process, rounds
+``captures.read`` in one process, timed inside) and ``twin rebuild CAPTURE`` as a process (its
+start-up and its output included; by default a process per core, :mod:`twin.rebuild`, and
+again with ``--processes 1``), each in a fresh process, rounds
 alternating; wall and CPU seconds, medians, and each as a multiple of the floor's wall time.
 ``--simulate`` writes the capture first if it is missing (``twin simulate``, 300 stations, 7
 days: 1.7 M records, 670 MB). ``--baseline SRC``: the same, in the same rounds, with another
@@ -142,7 +143,9 @@ def on_capture(args: argparse.Namespace) -> dict[str, object]:
                         "--days", str(args.days), "--out", str(capture)], check=True)  # fmt: skip
     python, twin = sys.executable, str(Path(sys.executable).with_name("twin"))
     trees = {"now": None} | ({"baseline": args.baseline} if args.baseline else {})
-    runs: dict[str, dict[str, list[tuple[float, float]]]] = {t: {"floor": [], "call": [], "cli": []} for t in trees}
+    runs: dict[str, dict[str, list[tuple[float, float]]]] = {
+        t: {"floor": [], "call": [], "cli": []} | ({"cli_one_process": []} if t == "now" else {}) for t in trees
+    }
     records = 0
     for _ in range(args.rounds):  # alternate everything, so drift in the machine hits all alike
         for tree, src in trees.items():
@@ -153,6 +156,9 @@ def on_capture(args: argparse.Namespace) -> dict[str, object]:
             runs[tree]["call"].append((float(out.split()[1]), float(out.split()[2])))
             wall, cpu, out = _timed([twin, "rebuild", str(capture)], src)
             runs[tree]["cli"].append((wall, cpu))
+            if "cli_one_process" in runs[tree]:  # the same in one process, as before twin.rebuild
+                wall, cpu, out = _timed([twin, "rebuild", "--processes", "1", str(capture)], src)
+                runs[tree]["cli_one_process"].append((wall, cpu))
     result: dict[str, object] = {"capture": str(capture), "records": records, "rounds": args.rounds}
     floors = [f for figures in runs.values() for f in figures["floor"]]  # no twin code: one floor for all trees
     floor, floor_cpu = statistics.median(w for w, _ in floors), statistics.median(c for _, c in floors)
