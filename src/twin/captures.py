@@ -138,21 +138,24 @@ def part_of(station: str, parts: int) -> int:
 
 _LEAD = b'{"station_id":"'
 """How an envelope's line begins as twin writes it (:func:`twin.envelope.dumps`)."""
-_UNSEEN: Any = object()
+_HEAD = 64
+"""The first bytes of a line that name its station, when its id ends within them."""
 
 
 def _jsonl(path: Path, stations: Collection[str] | None = None, part: tuple[int, int] = (0, 1)) -> Iterator[Envelope]:
     index, parts = part
     choosy = stations is not None or parts > 1
-    verdicts: dict[bytes, bool | None] = {}  # a line's head -> its station wanted (None: decode to know)
+    verdicts: dict[bytes, bool] = {}  # a line's first bytes, the station id's end among them -> wanted
     with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
-            verdict = None
-            if choosy and line.startswith(_LEAD):  # the station id read from the head, undecoded
-                head = line[15 : line.find(b'"', 15)]
-                verdict = verdicts.get(head, _UNSEEN)
-                if verdict is _UNSEEN:
-                    verdict = verdicts[head] = _head_wanted(head, stations, index, parts)
+            verdict = None  # None: decode the line to know
+            if choosy:  # the station id read from the line's head, undecoded
+                verdict = verdicts.get(line[:_HEAD])
+                if verdict is None and line.startswith(_LEAD):
+                    end = line.find(b'"', 15)
+                    verdict = _head_wanted(line[15:end], stations, index, parts) if end > 0 else None
+                    if verdict is not None and end < _HEAD:
+                        verdicts[line[:_HEAD]] = verdict
                 if verdict is False:
                     continue  # another part's or an unasked station's line: not decoded
             try:
@@ -170,8 +173,8 @@ def _jsonl(path: Path, stations: Collection[str] | None = None, part: tuple[int,
 
 def _head_wanted(head: bytes, stations: Collection[str] | None, index: int, parts: int) -> bool | None:
     """Whether the station id read from a line's head is wanted; None where only decoding the
-    line says which station it is (an escape in the id, no closing quote, not UTF-8)."""
-    if b"\\" in head or b"\n" in head:
+    line says which station it is (an escape in the id, not UTF-8)."""
+    if b"\\" in head:
         return None
     try:
         return _wanted(head.decode(), stations, index, parts)
