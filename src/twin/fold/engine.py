@@ -200,13 +200,12 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
         return t
     event = Event(record)
     if record["origin"] == "cs":
-        change.at("connection")["last_seen"] = record["ts"]
+        change.at_in(t, "connection")["last_seen"] = event.ts
     if record["msg_type"] == 2 and action in _ANSWER_READERS:
         # an aspect reads this call's answer: keep the request until it comes
-        change.at("_pending")[record["msg_id"]] = {"action": action, "payload": record["payload"]}
+        change.at_in(t, "_pending")[record["msg_id"]] = {"action": action, "payload": record["payload"]}
     elif answers:
-        event.request = twin["_pending"][record["msg_id"]]["payload"]
-        change.remove("_pending", record["msg_id"])
+        event.request = change.at_in(t, "_pending").pop(record["msg_id"])["payload"]
     for handler in handlers:
         handler(change, event)
     return t
