@@ -82,12 +82,12 @@ EXPECTED = [
 
 def write_as(root: Path, records: list[dict[str, Any]], aged: Callable[[pa.Table], pa.Table]) -> None:
     """Records as an earlier version wrote them: a file a date, without a summary, each file's
-    table changed by ``aged`` first (every age lacks ``status_notification``)."""
+    table changed by ``aged`` first (every age lacks ``status_notification`` and ``meter_extremes``)."""
     import pyarrow.parquet as pq
 
     for date, group in groupby(records, key=lambda r: r["ts"][:10]):
         (root / f"date={date}").mkdir(parents=True, exist_ok=True)
-        table = archive.table(list(group)).drop_columns(["status_notification"])
+        table = archive.table(list(group)).drop_columns(["status_notification", "meter_extremes"])
         pq.write_table(aged(table), root / f"date={date}" / f"part-{uuid.uuid4().hex}.parquet")
 
 
@@ -200,7 +200,8 @@ def test_compact_rewrites_files_of_every_age_in_the_layout(tmp_path: Path) -> No
         (file,) = (root / f"date={date}").glob("*.parquet")
         assert pq.read_schema(file).equals(archive.SCHEMA)
         said = json.loads(pq.read_metadata(file).metadata[captures.SUMMARY.encode()])
-        assert said["unique_keys"] is True and said["derived"] == ["transaction_event", "status_notification"]
+        assert said["unique_keys"] is True
+        assert said["derived"] == ["transaction_event", "status_notification", "meter_extremes"]
     kept = pq.ParquetDataset(root).read(columns=["conn_id", "seq"]).to_pylist()
     assert sorted(kept, key=str) == sorted(({"conn_id": r["conn_id"], "seq": r["seq"]} for r in records), key=str)
     assert duplicate_free(root), "read as it is, without the dedupe"
@@ -358,6 +359,124 @@ def test_sessions_from_events_read_where_they_lie(tmp_path: Path) -> None:
     assert sessions_duckdb(once) == sessions_duckdb(twice) == EXPECTED
     window = ("2026-03-02T08:30:00Z", "2026-03-02T12:00:00Z")
     assert sessions_duckdb(once, *window) == sessions_duckdb(twice, *window) == EXPECTED[1:2]
+
+
+def test_meter_extremes_hold_each_events_lowest_and_highest_readings() -> None:
+    """``meter_extremes``: per TransactionEvent the lowest and highest energy register (a
+    reading without a measurand is the import register) and the highest power, over all its
+    meter values; a value that is not a number counts for nothing; null for other records."""
+    s = Script("EX-1").connect().boot()
+    s.cs("TransactionEvent", {"eventType": "Updated", "timestamp": s.now, "seqNo": 1,
+                              "triggerReason": "MeterValuePeriodic", "transactionInfo": {"transactionId": "T-1"},
+                              "evse": {"id": 1, "connectorId": 1}, "meterValue": [
+        {"timestamp": "2026-03-02T10:00:00Z", "sampledValue": [
+            {"value": 1200}, {"value": 1000.5, "measurand": "Energy.Active.Import.Register"},
+            {"value": 900, "measurand": "Energy.Active.Export.Register"},
+            {"value": 7000, "measurand": "Power.Active.Import"}, {"value": 230, "measurand": "Voltage"}]},
+        {"timestamp": "2026-03-02T10:05:00Z", "sampledValue": [
+            {"value": 1500}, {"value": "1e9", "measurand": "Energy.Active.Export.Register"},
+            {"value": 11000, "measurand": "Power.Active.Import"}, {"value": -3, "measurand": "Power.Active.Export"}]},
+    ]})  # fmt: skip
+    s.tx("Updated", "T-1", 2, 1)  # no meter values
+    s.tx("Ended", "T-1", 3, 1, exp=950, p_exp=0)
+    table = archive.table(s.records)
+    call = ("TransactionEvent", "cs", 2)
+    events = [((r["action"], r["origin"], r["msg_type"]), m) for r, m in
+              zip(s.records, table.column("meter_extremes").to_pylist(), strict=True)]  # fmt: skip
+    assert [m for kind, m in events if kind == call] == [
+        {"import_wh_min": 1000.5, "import_wh_max": 1500.0, "export_wh_min": 900.0, "export_wh_max": 900.0,
+         "import_w_max": 11000.0, "export_w_max": -3.0},
+        dict.fromkeys(archive.EXTREMES),
+        {"import_wh_min": None, "import_wh_max": None, "export_wh_min": 950.0, "export_wh_max": 950.0,
+         "import_w_max": None, "export_w_max": 0.0},
+    ]  # fmt: skip
+    assert all(m is None for kind, m in events if kind != call)
+    assert archive.meter_extremes(table.column("transaction_event")).equals(table.column("meter_extremes").chunk(0))
+    assert archive.meter_extremes(pa.chunked_array([], archive.TRANSACTION_EVENT)).to_pylist() == []
+
+
+def without_meter_extremes(root: Path) -> None:
+    """Each file of an archive as written before ``meter_extremes``: the column and its mention
+    in the summary gone, the rest as it was."""
+    for file in root.rglob("*.parquet"):
+        table = pq.read_table(file)
+        said = json.loads(table.schema.metadata[captures.SUMMARY.encode()])
+        said["derived"].remove("meter_extremes")
+        table = table.drop_columns(["meter_extremes"])
+        archive._write_clustered(table.replace_schema_metadata({captures.SUMMARY: json.dumps(said)}), str(file))
+
+
+def test_sessions_the_same_from_an_archive_with_meter_extremes_and_one_without(tmp_path: Path) -> None:
+    """The same records, files with ``meter_extremes`` (sessions reads each event's extremes)
+    and files without (sessions reads every reading, as before): the same sessions, and the
+    same ``twin report sessions --json``, byte for byte; with the dedupe too, and for a mix of
+    both (read from the readings)."""
+    from twin import simulator
+
+    new, old, mixed = tmp_path / "new", tmp_path / "old", tmp_path / "mixed"
+    simulator.write(new, 6, 1.5, seed=4, workers=2)
+    shutil.copytree(new, old)
+    without_meter_extremes(old)
+    shutil.copytree(new, mixed)
+    without_meter_extremes(next(mixed.glob("date=*")))
+    for path, has in ((new, True), (old, False), (mixed, False)):
+        assert duplicate_free(path), path
+        assert frames.meter_extremes(connect(path, ("TransactionEvent",), events=True)) is has, path
+    expected = sessions_duckdb(old)
+    assert len(expected) > 20 and any(r["export_kwh"] for r in expected) and any(r["peak_export_kw"] for r in expected)
+    assert sessions_duckdb(new) == sessions_duckdb(mixed) == expected
+    window = (expected[5]["started_at"], expected[-5]["started_at"])
+    assert sessions_duckdb(new, *window) == sessions_duckdb(old, *window) == expected[5:-5]
+
+    def printed(path: Path) -> bytes:
+        done = subprocess.run([sys.executable, "-m", "twin", "report", "sessions", "--archive", str(path), "--json"],
+                              capture_output=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.replace(str(path).encode(), b"ARCHIVE")
+
+    assert printed(new) == printed(old)
+    again = [r for r in captures.read(new) if r["station_id"] == "CS-00002"]
+    for path in (new, old):
+        archive.write(path, again)  # written twice: the dedupe, then the same columns
+    assert duplicate_free(new) is None and frames.meter_extremes(connect(new, ("TransactionEvent",), events=True))
+    assert sessions_duckdb(new) == sessions_duckdb(old) == expected
+
+
+def test_every_writer_writes_meter_extremes_and_compact_keeps_them(tmp_path: Path) -> None:
+    """The simulator, ``archive.write`` (the archive agent's and ``twin import``'s) and ``twin
+    compact`` write ``meter_extremes`` as ``transaction_event`` gives it; compact gives it to
+    files written before it, keeps it through the dedupe, and the sessions stay the same."""
+    from twin import simulator
+
+    def extremes_of(path: Path) -> None:
+        events = 0
+        for file in path.rglob("*.parquet"):
+            table = pq.read_table(file)
+            assert table.schema.equals(archive.SCHEMA), file
+            assert "meter_extremes" in json.loads(table.schema.metadata[captures.SUMMARY.encode()])["derived"]
+            expected = archive.meter_extremes(table.column("transaction_event"))
+            assert table.column("meter_extremes").combine_chunks().equals(expected), file
+            events += len(expected) - expected.null_count
+        assert events > 100, path
+
+    simulated, written, old = tmp_path / "simulated", tmp_path / "written", tmp_path / "old"
+    simulator.write(simulated, 4, 1.2, seed=2, workers=1)
+    extremes_of(simulated)
+    records = list(captures.read(simulated))
+    archive.write(written, records[: len(records) // 2])
+    archive.write(written, records[len(records) // 3 :])  # batches delivered again, in part
+    extremes_of(written)
+    shutil.copytree(simulated, old)
+    without_meter_extremes(old)
+    write_every_age(tmp_path / "every-age", records[:5000])
+    expected = {path: sessions_duckdb(path) for path in (written, old, tmp_path / "every-age")}
+    assert expected[written] == expected[old] == sessions_duckdb(simulated)
+    for path, sessions in expected.items():
+        assert {r["result"] for r in archive.compact(path)} == {"compacted"}, path
+        extremes_of(path)
+        assert duplicate_free(path) and frames.meter_extremes(connect(path, ("TransactionEvent",), events=True))
+        assert sessions_duckdb(path) == sessions, path
+        assert {r["result"] for r in archive.compact(path)} == {"already compact"}, path
 
 
 def test_twin_report_starts_without_the_other_commands() -> None:

@@ -36,8 +36,15 @@ record; every other row holds null):
 - ``status_notification``: a StatusNotification's EVSE, connector, status and time, which
   uptime, afir and the status intervals read (at 10 M records: uptime's query 0.14 -> 0.105 s).
 
+and one from ``transaction_event``:
+
+- ``meter_extremes``: per TransactionEvent, the lowest and highest reading of each energy
+  register and the highest of each power, what the sessions report needs of its readings:
+  reading a few numbers an event instead of unnesting every reading.
+
 Archives written before a column lack it; readers then derive the same from ``payload``
-(``twin.analytics.frames``), and ``twin compact`` writes it.
+(``twin.analytics.frames``), or read the readings where ``meter_extremes`` is missing, and
+``twin compact`` writes it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,25 +84,40 @@ STATUS_NOTIFICATION = pa.struct([
 """What ``status_notification`` holds: ``evseId``, ``connectorId``, ``connectorStatus`` and
 ``timestamp``, typed as for ``transaction_event``."""
 
+IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register"
+P_IMPORT, P_EXPORT = "Power.Active.Import", "Power.Active.Export"
+EXTREMES = {
+    "import_wh_min": (IMPORT, "min"), "import_wh_max": (IMPORT, "max"),
+    "export_wh_min": (EXPORT, "min"), "export_wh_max": (EXPORT, "max"),
+    "import_w_max": (P_IMPORT, "max"), "export_w_max": (P_EXPORT, "max"),
+}  # fmt: skip
+"""``meter_extremes``' fields: the measurand each is of (a reading without one is of the import
+register, as OCPP says), and which extreme of its values."""
+METER_EXTREMES = pa.struct([(name, pa.float64()) for name in EXTREMES])
+"""What ``meter_extremes`` holds: null for any record but a TransactionEvent with its
+``transaction_event``; a field is null where the event has no numeric reading of it."""
+
 SCHEMA = pa.schema([
     ("station_id", pa.string()), ("origin", pa.string()), ("msg_type", pa.int8()), ("msg_id", pa.string()),
     ("action", pa.string()), ("payload", pa.string()), ("ts", pa.timestamp("ms", tz="UTC")),
     ("protocol", pa.string()), ("conn_id", pa.string()), ("seq", pa.int64()), ("valid", pa.bool_()),
     ("error", pa.string()), ("transaction_event", TRANSACTION_EVENT), ("status_notification", STATUS_NOTIFICATION),
+    ("meter_extremes", METER_EXTREMES),
 ])  # fmt: skip
 
 
 def table(records: list[Mapping[str, Any]]) -> pa.Table:
     """Envelopes as an Arrow table of the archive's schema."""
     dumps = orjson.dumps
-    derived = ("payload", "ts", *DERIVED)
+    derived = ("payload", "ts", *DERIVED_COLUMNS)
     columns = {name: [r[name] for r in records] for name in SCHEMA.names if name not in derived}
     columns["payload"] = [dumps(r["payload"]).decode() for r in records]
     for name, (_, derive) in DERIVED.items():
         columns[name] = [derive(r) for r in records]
-    ts = pa.array([r["ts"] for r in records], pa.string()).cast(SCHEMA.field("ts").type)
-    arrays = [ts if name == "ts" else pa.array(columns[name], SCHEMA.field(name).type) for name in SCHEMA.names]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    arrays = {name: pa.array(values, SCHEMA.field(name).type) for name, values in columns.items()}
+    arrays["ts"] = pa.array([r["ts"] for r in records], pa.string()).cast(SCHEMA.field("ts").type)
+    arrays["meter_extremes"] = meter_extremes(arrays["transaction_event"])
+    return pa.Table.from_arrays([arrays[name] for name in SCHEMA.names], schema=SCHEMA)
 
 
 def transaction_event(record: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -143,7 +166,34 @@ DERIVED: dict[str, tuple[str, Callable[[Mapping[str, Any]], dict[str, Any] | Non
     "transaction_event": ("TransactionEvent", transaction_event),
     "status_notification": ("StatusNotification", status_notification),
 }
-"""The derived columns: the action each is for, and how a record (``payload`` as JSON) gives it."""
+"""The derived columns of a record: the action each is for, and how a record (``payload`` as
+JSON) gives it. ``meter_extremes`` is derived from ``transaction_event``, a column at a time."""
+DERIVED_COLUMNS = (*DERIVED, "meter_extremes")
+
+
+def meter_extremes(events: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The ``meter_extremes`` column of a ``transaction_event`` column (see ``METER_EXTREMES``):
+    the readings of all events grouped by event and measurand at once, in Arrow."""
+    if isinstance(events, pa.ChunkedArray):
+        events = events.combine_chunks() if events.num_chunks else pa.array([], TRANSACTION_EVENT)
+    readings = pc.struct_field(events, "readings")
+    flat = pc.list_flatten(readings)
+    grouped = pa.table({
+        "row": pc.list_parent_indices(readings),
+        "measurand": pc.fill_null(pc.struct_field(flat, "measurand"), IMPORT),
+        "value": pc.struct_field(flat, "value"),
+    }).group_by(["row", "measurand"], use_threads=False).aggregate([("value", "min"), ("value", "max")])  # fmt: skip
+    fields = []
+    for measurand, extreme in EXTREMES.values():
+        found = grouped.filter(pc.equal(grouped.column("measurand"), measurand))
+        values = np.zeros(len(events))
+        known = np.zeros(len(events), dtype=bool)
+        extremes = found.column(f"value_{extreme}")
+        rows = found.column("row").to_numpy()
+        values[rows] = extremes.to_numpy(zero_copy_only=False)
+        known[rows] = extremes.is_valid().to_numpy(zero_copy_only=False)
+        fields.append(pa.array(values, pa.float64(), mask=~known))
+    return pa.StructArray.from_arrays(fields, fields=list(METER_EXTREMES), mask=events.is_null())
 
 
 def _text(value: Any) -> str | None:
@@ -211,7 +261,7 @@ def summary(data: pa.Table, unique: bool) -> dict[str, Any]:
         return [ends["min"].as_py(), ends["max"].as_py()]
 
     ts = [iso_ms(t.timestamp()) if t else None for t in first_last("ts")]
-    derived = [name for name in DERIVED if name in data.column_names]
+    derived = [name for name in DERIVED_COLUMNS if name in data.column_names]
     return {"unique_keys": unique, "stations": first_last("station_id"), "ts": ts, "derived": derived}
 
 
@@ -332,22 +382,24 @@ def _in_layout(footer: pq.ParquetFile) -> bool:
 
 def _as_today(table: pa.Table) -> pa.Table:
     """A file's table in today's schema; a derived column derived again from ``payload`` where
-    the file lacks it or types it otherwise."""
+    the file lacks it or types it otherwise (``meter_extremes`` from ``transaction_event``)."""
     if table.schema.equals(SCHEMA):
         return table
     n = table.num_rows
     arrays = {f.name: table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(n, f.type)
-              for f in SCHEMA if f.name not in DERIVED}  # fmt: skip
-    action, msg_type, origin, payload = (arrays[c].to_pylist() for c in ("action", "msg_type", "origin", "payload"))
+              for f in SCHEMA if f.name not in DERIVED_COLUMNS}  # fmt: skip
+    stored: list[list[Any]] = []  # the records' columns as Python values, only if a column is derived from them
     for name, (wanted, derive) in DERIVED.items():
         kind = SCHEMA.field(name).type
         if name in table.column_names and table.schema.field(name).type == kind:
             arrays[name] = table.column(name)
             continue
+        stored = stored or [arrays[c].to_pylist() for c in ("action", "msg_type", "origin", "payload")]
         arrays[name] = pa.array([
             derive({"action": a, "msg_type": m, "origin": o, "payload": _json(p)}) if a == wanted else None
-            for a, m, o, p in zip(action, msg_type, origin, payload, strict=True)
+            for a, m, o, p in zip(*stored, strict=True)
         ], kind)  # fmt: skip
+    arrays["meter_extremes"] = meter_extremes(arrays["transaction_event"])  # always as the column it is of says
     return pa.Table.from_arrays([arrays[name] for name in SCHEMA.names], schema=SCHEMA)
 
 

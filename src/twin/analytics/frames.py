@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,10 @@ def connect(
     ``events``: ``frames`` holds only the stations' CALLs, and the view ``transaction_events``
     has their TransactionEvents as typed fields (the archive's ``transaction_event`` column,
     or the same parsed from the payload); without it ``frames`` does not carry that column (a
-    table of the frames would: afir 2.4 -> 4.3 s at 9.8 M records). ``frames`` always has
-    ``status_notification`` (the archive's column, or the same from the payload)."""
+    table of the frames would: afir 2.4 -> 4.3 s at 9.8 M records); where every file has the
+    archive's ``meter_extremes`` (:func:`meter_extremes`), ``transaction_events`` has it too.
+    ``frames`` always has ``status_notification`` (the archive's column, or the same from the
+    payload)."""
     path = captures.local(capture)
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")  # it writes to stdout, where --json goes
@@ -77,8 +80,9 @@ def connect(
             first, last = min(ts[0] for ts in spans), max(ts[1] for ts in spans)
             con.execute("SET VARIABLE twin_ts = ?", [[first.isoformat(), last.isoformat()]])  # text: see bounds
     typed = stored["transaction_event"] if events else "none"
+    extremes = ", meter_extremes" if typed == "all" and stored["meter_extremes"] == "all" else ""
     con.execute(f"CREATE VIEW frames_all AS SELECT * FROM {source}")  # as stored: for bounds and station lists
-    carried = ", transaction_event" if typed != "none" else ""
+    carried = ", transaction_event" + extremes if typed != "none" else ""
     status = {"all": "status_notification", "none": STATUS_FROM_PAYLOAD,
               "some": f"coalesce(status_notification, {STATUS_FROM_PAYLOAD})"}  # fmt: skip
     columns = ("station_id, origin, msg_type, msg_id, action, payload::JSON AS payload, ts, protocol, conn_id, seq, "
@@ -115,12 +119,13 @@ def connect(
         derived = f"coalesce(transaction_event, CAST({FROM_PAYLOAD} AS {kind}))"
     con.execute(f"""
         CREATE VIEW transaction_events AS
-        SELECT station_id, e.*
-        FROM (SELECT station_id, {derived} AS e
+        SELECT station_id, e.* {extremes}
+        FROM (SELECT station_id, {derived} AS e {extremes}
               FROM (SELECT station_id {carried} {parse} FROM frames
                     WHERE action = 'TransactionEvent' AND msg_type = 2 AND origin = 'cs' AND valid))
     """)
     con.execute("SET VARIABLE twin_events_direct = ?", [pinned is not None and typed == "all"])  # see events_direct
+    con.execute("SET VARIABLE twin_meter_extremes = ?", [bool(extremes)])  # see meter_extremes
     return con
 
 
@@ -129,6 +134,13 @@ def events_direct(con: duckdb.DuckDBPyConnection) -> bool:
     it lies (no dedupe, no JSON to parse): each mention of it then reads only the columns it
     needs, and a query that names it twice had better read it twice than buffer it."""
     said = con.execute("SELECT getvariable('twin_events_direct')").fetchone()
+    return bool(said and said[0])
+
+
+def meter_extremes(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether :func:`connect`'s ``transaction_events`` has the archive's ``meter_extremes``
+    (every file has it; archives written before it do not, and a report reads the readings)."""
+    said = con.execute("SELECT getvariable('twin_meter_extremes')").fetchone()
     return bool(said and said[0])
 
 
@@ -244,8 +256,8 @@ def _stored(
     con: duckdb.DuckDBPyConnection, path: Path, summaries: dict[str, dict[str, Any]] | None
 ) -> dict[str, str]:
     """Whether the archive's files have each derived column (``transaction_event``,
-    ``status_notification``): "all", "none" or "some"."""
-    derived = ("transaction_event", "status_notification")
+    ``status_notification``, ``meter_extremes``): "all", "none" or "some"."""
+    derived = ("transaction_event", "status_notification", "meter_extremes")
     if not path.is_dir():
         return dict.fromkeys(derived, "all")  # a .jsonl capture goes through archive.table
     if summaries:  # from the summaries when every file has one (10 ms less than the schemas)
@@ -257,7 +269,7 @@ def _stored(
                 SELECT count(DISTINCT file_name),
                        {", ".join(f"count(DISTINCT file_name) FILTER (WHERE name = '{d}')" for d in derived)}
                 FROM parquet_schema({_files(path)})
-            """).fetchone() or (0, 0, 0)  # fmt: skip
+            """).fetchone() or (0, 0, 0, 0)  # fmt: skip
         except duckdb.Error:
             return dict.fromkeys(derived, "none")  # no file yet: the view fails later with DuckDB's own words
     return {d: "all" if n == files and files else "none" if not n else "some"
@@ -297,7 +309,7 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Params = None) -> lis
     """The rows of ``sql`` on a connection of :func:`connect`, as dicts."""
     cursor = con.execute(sql, params or [])
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return list(map(dict, map(partial(zip, names), cursor.fetchall())))  # no Python loop per row
 
 
 def station_calls(capture: str | Path, action: str) -> pl.LazyFrame:

@@ -137,8 +137,15 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    binary = getattr(sys.stdout, "buffer", None)
     sys.stdout.flush()
+    if binary is None:  # a stdout of text only (a test's StringIO)
+        sys.stdout.write(text.decode())
+        sys.stdout.flush()
+        return
+    binary.write(text)  # the bytes as orjson made them, not decoded and encoded again
+    binary.flush()
 
 
 def reachable(settings: Settings, *needs: tuple[str, str]) -> str:
