@@ -111,7 +111,8 @@ def test_the_worker_archives_ocpp_frames_to_an_object_store(
     broker: EmbeddedBroker, settings: Settings, bucket: tuple[str, fs.S3FileSystem], tmp_path: Path
 ) -> None:
     """``twin worker --archive URL``: every frame on ``ocpp.frames`` lands on the store, as it was."""
-    url, store = bucket[0].format("worker/frames"), bucket[1]
+    where = f"worker/{tmp_path.name}"  # the bucket is the module's: each engine's worker archives apart
+    url, store = bucket[0].format(where), bucket[1]
     records = [r for r in captures.read(SAMPLE) if r["ts"] < "2026-03-02T06"]
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     for record in records:
@@ -129,14 +130,14 @@ def test_the_worker_archives_ocpp_frames_to_an_object_store(
         while len(archived) < len(records) and time.monotonic() < deadline:
             assert worker.poll() is None, log.read_text()[-3000:]
             time.sleep(1)
-            if store.get_file_info("worker/frames").type == fs.FileType.Directory:
-                copy = copied(store, tmp_path / f"copy-{time.monotonic_ns()}", "worker/frames")
+            if store.get_file_info(where).type == fs.FileType.Directory:
+                copy = copied(store, tmp_path / f"copy-{time.monotonic_ns()}", where)
                 archived = {key(r): r for r in captures.read(copy, dedupe=False)}
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
     assert archived == {key(r): r for r in records}, log.read_text()[-3000:]
-    assert "archiving ocpp.frames to s3://twin:***@worker/frames" in " ".join(log.read_text().split())
+    assert f"archiving ocpp.frames to s3://twin:***@{where}" in " ".join(log.read_text().split())
     assert "twin:twin" not in log.read_text(), "its secret not printed"
 
 
