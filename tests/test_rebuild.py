@@ -49,18 +49,32 @@ def _dump(twins: dict[str, Any]) -> dict[str, bytes]:
     return {k: orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for k, v in twins.items()}
 
 
-def test_the_parts_are_the_capture_shared_out_by_station(capture: Path) -> None:
+@pytest.mark.parametrize("head", [0, 40, 100_000])
+def test_the_parts_are_the_capture_shared_out_by_station(capture: Path, head: int) -> None:
+    """Stations shared out by a hash (``head`` 0), by the counts of a few first lines and a hash
+    for the rest, or by the counts of every line."""
     everything = list(captures.read(capture))
-    for parts in (2, 3):
-        shares = [list(captures.read(capture, part=(i, parts))) for i in range(parts)]
+    for n in (2, 3):
+        parts = captures.Parts.of_capture(capture, n, lines=head)
+        shares = [list(captures.read(capture, part=(i, parts))) for i in range(n)]
         shared = (r for share in shares for r in share)
         assert sorted(map(envelope.dumps, shared)) == sorted(map(envelope.dumps, everything))
         owners: dict[str, set[int]] = {}
         for i, share in enumerate(shares):
             for r in share:
                 owners.setdefault(r["station_id"], set()).add(i)
-        assert all(owner == {captures.part_of(s, parts)} for s, owner in owners.items())
+        assert all(owner == {parts.of(s)} for s, owner in owners.items())
         assert {'CS-"Q"', "CS-Ü", "CS-ODD"} <= set(owners)
+        if head == 100_000:  # every count known: no part holds more than the lightest and the busiest station
+            sizes = sorted(len(share) for share in shares)
+            busiest = max(sum(1 for r in everything if r["station_id"] == s) for s in owners)
+            assert sizes[-1] - sizes[0] <= busiest
+
+
+def test_stations_are_shared_out_by_their_records() -> None:
+    parts = captures.Parts(2, {"A": 50, "B": 30, "C": 25, "D": 5})
+    assert [parts.of(s) for s in "ABCD"] == [0, 1, 1, 0]  # 55 and 55
+    assert parts.of("E") == parts.of("E") in (0, 1)  # unseen: by its id's hash
 
 
 def test_a_station_asked_for_reads_its_own_records(capture: Path) -> None:

@@ -2,7 +2,8 @@
 
 A station's twin is the fold of its own records alone, so a capture folds in parts: each
 process reads the whole file but decodes only the lines of its part's stations
-(:func:`twin.captures.part_of`; a line's station id is read from its head, not decoded),
+(:class:`twin.captures.Parts`: the busiest of the file's first lines shared out evenly; a
+line's station id is read from its head, not decoded),
 drops their duplicates and folds them with the one fold; the parts' twins are joined. Each
 twin is the one a single process folds, record for record: the same function over the same
 records in the same order. Reading a line that another part decodes costs a tenth of
@@ -82,6 +83,7 @@ def _fold_in_parts(
     path: str | Path, until: str | None, stations: Collection[str] | None, parts: int,
     progress: Callable[[int], None],
 ) -> tuple[dict[str, Twin], int]:  # fmt: skip
+    shares = captures.Parts.of_capture(path, parts)  # worked out once, before the fork
     # fork: the parts start with the modules already imported, and before any thread of ours
     context = multiprocessing.get_context("fork")
     counts = context.Array("q", parts, lock=False)  # each part writes its own slot
@@ -90,7 +92,7 @@ def _fold_in_parts(
     try:
         for index in range(parts):
             receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_part, args=(path, until, stations, (index, parts), counts, sender),
+            child = context.Process(target=_part, args=(path, until, stations, (index, shares), counts, sender),
                                     name=f"twin-rebuild-{index}", daemon=True)  # fmt: skip
             child.start()
             sender.close()
@@ -124,7 +126,7 @@ def _fold_in_parts(
     return twins, sum(n for _, n in results.values())
 
 
-def _part(path: str | Path, until: str | None, stations: Collection[str] | None, part: tuple[int, int],
+def _part(path: str | Path, until: str | None, stations: Collection[str] | None, part: tuple[int, captures.Parts],
           counts: Any, sender: Connection) -> None:  # fmt: skip
     """One part's fold, in its own process: its twins and count, or the error, sent back."""
     try:
