@@ -181,27 +181,31 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
         del marks[next(iter(marks))]
     t["frames_folded"] = twin["frames_folded"] + 1
     t["as_of"] = record["ts"]
-    if record.get("protocol"):
-        t["protocol"] = record["protocol"]
-    phase = _PHASE.get(record["msg_type"])
+    protocol = record.get("protocol")
+    if protocol:
+        t["protocol"] = protocol
+    msg_type, origin = record["msg_type"], record["origin"]
+    phase = _PHASE.get(msg_type)
     action = record.get("action") or ""
     handlers = _HANDLERS.get((action, phase), ()) if phase else ()
-    answers = phase in ("result", "error") and record["msg_id"] in twin["_pending"]
-    if not handlers and not answers and record["origin"] != "cs" and action not in _ANSWER_READERS:
-        if not record.get("valid", True):
+    pending = twin["_pending"]
+    answers = (msg_type == 3 or phase == "error") and record["msg_id"] in pending
+    valid = record.get("valid", True)
+    if not handlers and not answers and origin != "cs" and action not in _ANSWER_READERS:
+        if not valid:
             t["invalid_frames"] = twin["invalid_frames"] + 1
         return t  # the common case of an answer nobody reads: counters only
     change = Change(t, copied=True)
-    if not record.get("valid", True):
+    if not valid:
         t["invalid_frames"] = twin["invalid_frames"] + 1
         _forget_answered(change, record)
         return t
     if phase is None:
         return t
     event = Event(record)
-    if record["origin"] == "cs":
+    if origin == "cs":
         change.at_in(t, "connection")["last_seen"] = event.ts
-    if record["msg_type"] == 2 and action in _ANSWER_READERS:
+    if msg_type == 2 and action in _ANSWER_READERS:
         # an aspect reads this call's answer: keep the request until it comes
         change.at_in(t, "_pending")[record["msg_id"]] = {"action": action, "payload": record["payload"]}
     elif answers:
