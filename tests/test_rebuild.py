@@ -4,6 +4,11 @@ own lines; a bad line is named whichever process meets it."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +123,29 @@ def test_a_bad_line_is_named_by_the_process_that_meets_it(tmp_path: Path, captur
             rebuild.fold_capture(bad, processes=processes)
     result = CliRunner().invoke(app, ["rebuild", str(bad), "-j", "2"])
     assert result.exit_code == 1 and "bad.jsonl:21: not JSON" in result.output
+
+
+def test_ctrl_c_stops_every_process_of_a_rebuild(tmp_path: Path, capture: Path) -> None:
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) ends the rebuild and its
+    parts without a traceback from each part."""
+    records = [r for r in captures.read(capture) if r["station_id"] != 'CS-"Q"']
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as f:  # the sample many times over, each copy on connections of its own
+        for copy in range(80):
+            f.write(b"".join(envelope.dumps({**r, "conn_id": f"{r['conn_id']}-{copy}"}) + b"\n" for r in records))
+    rebuild_ = subprocess.Popen([sys.executable, "-m", "twin", "rebuild", str(big), "-j", "2"], stderr=subprocess.PIPE,
+                                start_new_session=True)  # fmt: skip
+    try:
+        time.sleep(2.5)  # started, its parts forked and folding
+        parts = [int(p) for p in subprocess.run(["pgrep", "-P", str(rebuild_.pid)], capture_output=True,
+                                                  text=True).stdout.split()]  # fmt: skip
+        os.killpg(rebuild_.pid, signal.SIGINT)
+        _, stderr = rebuild_.communicate(timeout=30)
+    finally:
+        if rebuild_.poll() is None:
+            os.killpg(rebuild_.pid, signal.SIGKILL)
+    assert len(parts) == 2, "two parts were folding"
+    assert rebuild_.returncode == 130  # interrupted, as a shell counts SIGINT
+    assert stderr.decode().count("Traceback") == 0, stderr.decode()[-2000:]
+    for pid in parts:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()

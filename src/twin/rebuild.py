@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Collection, Iterable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -111,6 +112,8 @@ def _fold_in_parts(
                         f"{captures.shown(path)}: the process folding part {index + 1} of {parts} died "
                         f"(exit code {children[index].exitcode})"
                     ) from None
+                finally:
+                    receiver.close()
                 if kind == "error":
                     raise answer[0]
                 results[index] = (answer[0], answer[1])
@@ -120,6 +123,8 @@ def _fold_in_parts(
             if child.is_alive():
                 child.terminate()
             child.join()
+        for receiver in pipes:
+            receiver.close()
     twins: dict[str, Twin] = {}
     for index in range(parts):
         twins.update(results[index][0])
@@ -128,7 +133,9 @@ def _fold_in_parts(
 
 def _part(path: str | Path, until: str | None, stations: Collection[str] | None, part: tuple[int, captures.Parts],
           counts: Any, sender: Connection) -> None:  # fmt: skip
-    """One part's fold, in its own process: its twins and count, or the error, sent back."""
+    """One part's fold, in its own process: its twins and count, or the error, sent back.
+    Ctrl-C is the parent's to answer: it stops the parts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         twins, n = fold_records(captures.read(path, until=until, stations=stations, part=part),
                                 lambda n: counts.__setitem__(part[0], n))  # fmt: skip
