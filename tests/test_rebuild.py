@@ -125,6 +125,16 @@ def test_a_bad_line_is_named_by_the_process_that_meets_it(tmp_path: Path, captur
     assert result.exit_code == 1 and "bad.jsonl:21: not JSON" in result.output
 
 
+@pytest.mark.parametrize("where", ["nowhere.jsonl", "s3://bucket/frames"])
+def test_a_capture_that_is_not_there_is_one_line(tmp_path: Path, where: str) -> None:
+    where = where if "://" in where else str(tmp_path / where)
+    for args in (["rebuild", where], ["rebuild", where, "-j", "2"], ["state", "CS-1", "--capture", where],
+                 ["fleet", "--capture", where]):  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.exception)
+        assert "Traceback" not in result.output and ("no capture at" in result.output or "is a URL" in result.output)
+
+
 def test_ctrl_c_stops_every_process_of_a_rebuild(tmp_path: Path, capture: Path) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) ends the rebuild and its
     parts without a traceback from each part."""

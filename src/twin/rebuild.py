@@ -31,12 +31,16 @@ PARALLEL_BYTES = 64 << 20
 
 
 def processes_for(path: str | Path, asked: int | None = None) -> int:
-    """How many processes fold ``path``: ``asked`` if given, else one per core this process
-    may use (at most 8) for a ``.jsonl`` of :data:`PARALLEL_BYTES` or more, else one."""
+    """How many processes fold ``path``: one for an archive (one DuckDB query reads it);
+    for a ``.jsonl``, ``asked`` if given, else one per core this process may use (at most 8)
+    when it has :data:`PARALLEL_BYTES` or more, else one. Raises
+    :class:`twin.captures.CaptureError` where there is no capture."""
+    p = captures.local(path)
+    if p.is_dir():
+        return 1
     if asked is not None:
         return max(1, asked)
-    p = captures.local(path)
-    if p.is_dir() or not p.exists() or p.stat().st_size < PARALLEL_BYTES:
+    if p.stat().st_size < PARALLEL_BYTES:
         return 1
     return max(1, min(8, len(os.sched_getaffinity(0))))
 

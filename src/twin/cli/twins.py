@@ -62,10 +62,10 @@ def fold_capture(
 ) -> tuple[dict[str, fold.Twin], int]:
     """Twins folded from a capture (of ``stations`` only, if given), and how many records it
     held; a large ``.jsonl`` in a process per core (:mod:`twin.rebuild`)."""
-    parts = processes_for(path, processes)
-    if stations is not None:
-        parts = max(1, min(parts, len(stations)))  # a station's lines are all in one part
     try:
+        parts = processes_for(path, processes)
+        if stations is not None:
+            parts = max(1, min(parts, len(stations)))  # a station's lines are all in one part
         # no refresh thread: the parts are forked while the bar is up
         with Progress(console=err, transient=True, auto_refresh=False) as progress:
             label = f"folding {path}" + (f" in {parts} processes" if parts > 1 else "")
