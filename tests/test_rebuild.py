@@ -135,14 +135,82 @@ def test_a_capture_that_is_not_there_is_one_line(tmp_path: Path, where: str) -> 
         assert "Traceback" not in result.output and ("no capture at" in result.output or "is a URL" in result.output)
 
 
+def test_stations_that_share_connection_ids_fold_the_same_in_parts(tmp_path: Path, capture: Path) -> None:
+    """Two fleets' captures joined whose connection ids collide (as two simulations of one seed
+    did): every record of each station counts, in one process as in several."""
+    records = list(captures.read(capture))
+    joined = tmp_path / "joined.jsonl"
+    twice = [*records, *({**r, "station_id": f"B-{r['station_id']}"} for r in records)]
+    joined.write_bytes(b"".join(envelope.dumps(r) + b"\n" for r in twice))
+    alone, n = rebuild.fold_capture(joined)
+    assert n == len(twice) and len(alone) == 2 * len(fold.fold(records))
+    for processes in (2, 3):
+        assert _dump(rebuild.fold_capture(joined, processes=processes)[0]) == _dump(alone)
+
+
+def test_a_station_id_that_is_not_a_string_is_named(tmp_path: Path, capture: Path) -> None:
+    lines = capture.read_bytes().splitlines()
+    odd = tmp_path / "odd.jsonl"
+    record = orjson.loads(lines[30])
+    odd.write_bytes(b"\n".join([*lines[:30], orjson.dumps({**record, "station_id": 12345}), *lines[31:]]) + b"\n")
+    for processes in (1, 2):
+        with pytest.raises(captures.CaptureError, match=r"odd.jsonl:31: not a frame envelope \(its station_id"):
+            rebuild.fold_capture(odd, processes=processes)
+
+
+def test_a_time_without_a_zone_is_utc(capture: Path) -> None:
+    station = next(iter(captures.read(capture)))["station_id"]
+    at = sorted(r["ts"] for r in captures.read(capture))[1000][:19]  # 2026-03-02T08:00:00, no zone
+    runner = CliRunner()
+    bare = runner.invoke(app, ["state", station, "--capture", str(capture), "--at", at, "--json"])
+    zoned = runner.invoke(app, ["state", station, "--capture", str(capture), "--at", at + "Z", "--json"])
+    assert bare.exit_code == zoned.exit_code == 0, (bare.output, bare.exception)
+    assert bare.stdout == zoned.stdout
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_parts_end_with_their_parent_however_it_ends(tmp_path: Path, capture: Path, how: signal.Signals) -> None:
+    """The parent alone killed (a script's terminate(), the OOM killer): no part is left."""
+    big = _big(tmp_path, capture)
+    rebuild_ = subprocess.Popen([sys.executable, "-m", "twin", "rebuild", str(big), "-j", "2"],
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        time.sleep(2.5)
+        parts = [int(p) for p in subprocess.run(["pgrep", "-P", str(rebuild_.pid)], capture_output=True,
+                                                  text=True).stdout.split()]  # fmt: skip
+        os.kill(rebuild_.pid, how)
+        rebuild_.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in parts):
+            time.sleep(0.2)
+    finally:
+        for pid in parts:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert len(parts) == 2 and not any(_alive(pid) for pid in parts)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False
+
+
+def _big(tmp_path: Path, capture: Path) -> Path:
+    records = [r for r in captures.read(capture) if r["station_id"] != 'CS-"Q"']
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as f:  # the sample many times over, each copy a fleet of its own (many twins to send)
+        for copy in range(80):
+            f.write(b"".join(envelope.dumps({**r, "station_id": f"{r['station_id']}-{copy}"}) + b"\n"
+                             for r in records))  # fmt: skip
+    return big
+
+
 def test_ctrl_c_stops_every_process_of_a_rebuild(tmp_path: Path, capture: Path) -> None:
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) ends the rebuild and its
     parts without a traceback from each part."""
-    records = [r for r in captures.read(capture) if r["station_id"] != 'CS-"Q"']
-    big = tmp_path / "big.jsonl"
-    with big.open("wb") as f:  # the sample many times over, each copy on connections of its own
-        for copy in range(80):
-            f.write(b"".join(envelope.dumps({**r, "conn_id": f"{r['conn_id']}-{copy}"}) + b"\n" for r in records))
+    big = _big(tmp_path, capture)
     rebuild_ = subprocess.Popen([sys.executable, "-m", "twin", "rebuild", str(big), "-j", "2"], stderr=subprocess.PIPE,
                                 start_new_session=True)  # fmt: skip
     try:

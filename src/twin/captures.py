@@ -84,8 +84,8 @@ def read(
     seen = Seen()
     runs = seen.runs
     for record in records:
-        if dedupe:
-            conn_id, seq = record["conn_id"], record["seq"]
+        if dedupe:  # by station and connection, as the fold knows a record again: the parts agree
+            conn_id, seq = (record.get("station_id"), record["conn_id"]), record["seq"]
             run = runs.get(conn_id)
             if run is not None and seq == run[1] + 1 and not run[2]:
                 run[1] = seq  # the next of its connection's run, as most are: Seen.first, inlined
@@ -97,16 +97,17 @@ def read(
 
 
 class Seen:
-    """Which ``(conn_id, seq)`` were seen: per connection the run of consecutive seqs seen
-    (a connection's records come in order, the run grows at its end) and a set of any
-    others. Half the time of a set of every pair, and a tenth of its memory."""
+    """Which ``(connection, seq)`` were seen: per connection the run of consecutive seqs
+    seen (a connection's records come in order, the run grows at its end) and a set of any
+    others. Half the time of a set of every pair, and a tenth of its memory. A connection is
+    any key: ``conn_id``, or ``(station_id, conn_id)``."""
 
     __slots__ = ("runs",)
 
     def __init__(self) -> None:
-        self.runs: dict[str, list[Any]] = {}  # conn_id -> [low, high, set of others or None]
+        self.runs: dict[Any, list[Any]] = {}  # connection -> [low, high, set of others or None]
 
-    def first(self, conn_id: str, seq: int) -> bool:
+    def first(self, conn_id: Any, seq: int) -> bool:
         """Whether this is the first time ``(conn_id, seq)`` is seen; it is seen from now on."""
         run = self.runs.get(conn_id)
         if run is None:
@@ -204,6 +205,8 @@ def _jsonl(
                 raise CaptureError(f"{path}:{number}: not JSON ({exc})") from None
             if not isinstance(record, dict) or "conn_id" not in record or "seq" not in record:
                 raise CaptureError(f"{path}:{number}: not a frame envelope")
+            if not isinstance(record.get("station_id", ""), str | None):
+                raise CaptureError(f"{path}:{number}: not a frame envelope (its station_id is not a string)")
             if choosy and verdict is None and not _wanted(str(record.get("station_id") or ""), stations, part):
                 continue
             yield record  # type: ignore[misc]

@@ -14,6 +14,8 @@ Small captures and archives (whose reader is one DuckDB query) fold in the calli
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import multiprocessing
 import os
@@ -97,8 +99,9 @@ def _fold_in_parts(
     try:
         for index in range(parts):
             receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_part, args=(path, until, stations, (index, shares), counts, sender),
-                                    name=f"twin-rebuild-{index}", daemon=True)  # fmt: skip
+            ours = [*pipes, receiver]  # the parent's ends the child inherits: it closes them
+            args = (path, until, stations, (index, shares), counts, sender, ours, os.getpid())
+            child = context.Process(target=_part, args=args, name=f"twin-rebuild-{index}", daemon=True)
             child.start()
             sender.close()
             pipes[receiver] = index
@@ -136,10 +139,15 @@ def _fold_in_parts(
 
 
 def _part(path: str | Path, until: str | None, stations: Collection[str] | None, part: tuple[int, captures.Parts],
-          counts: Any, sender: Connection) -> None:  # fmt: skip
+          counts: Any, sender: Connection, parents: list[Connection], parent: int) -> None:  # fmt: skip
     """One part's fold, in its own process: its twins and count, or the error, sent back.
-    Ctrl-C is the parent's to answer: it stops the parts."""
+    Ctrl-C is the parent's to answer: it stops the parts. A part ends with its parent, however
+    the parent ends (killed, it cannot stop them): the kernel signals it (Linux), and its answer
+    finds no reader."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _end_with_parent(parent)
+    for end in parents:
+        end.close()
     try:
         twins, n = fold_records(captures.read(path, until=until, stations=stations, part=part),
                                 lambda n: counts.__setitem__(part[0], n))  # fmt: skip
@@ -152,3 +160,11 @@ def _part(path: str | Path, until: str | None, stations: Collection[str] | None,
             sender.send(("error", captures.CaptureError(f"{type(exc).__name__}: {exc}")))
     finally:
         sender.close()
+
+
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM to this process when its parent ends (``prctl(PR_SET_PDEATHSIG)``, Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it ended before that took hold
+        os._exit(1)

@@ -111,14 +111,19 @@ Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON docum
 
 def iso_time(value: str | None) -> str | None:
     """An option's ISO 8601 time, checked where it is given (a typer callback): a bad one is
-    a usage error naming the option, not a traceback from whatever reads it later."""
+    a usage error naming the option, not a traceback from whatever reads it later. A time
+    without a zone is UTC, as the log's times are: given back with its zone."""
     if value is not None:
+        from datetime import UTC
+
         from twin.envelope import parse_ts
 
         try:
-            parse_ts(value)
+            parsed = parse_ts(value)
         except ValueError:
             raise typer.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-03-01T09:00:00Z)") from None
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC).isoformat()
     return value
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail to stderr.")]
 

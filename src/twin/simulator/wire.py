@@ -8,6 +8,7 @@ E04); everything else due then is lost.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,10 @@ class Wire:
 
     def open_connection(self, t: int, out: list[tuple[int, int, dict[str, Any]]]) -> None:
         self.conn_count += 1
-        self.conn_id = f"{self.rng.getrandbits(64):016x}"
+        # drawn from the station's rng (a seed gives the same capture), and unique to the station
+        # and the moment: fleets simulated apart (another --prefix, --start) never share one
+        drawn = f"{self.s.station_id}|{t}|{self.rng.getrandbits(64)}"
+        self.conn_id = hashlib.blake2b(drawn.encode(), digest_size=8).hexdigest()
         self.free = {"cs": t, "csms": t}
         payload = {"subprotocol": self.s.protocol, "security_profile": 2,
                    "remote_address": f"10.{self.s.index // 250 % 250}.{self.s.index % 250}.2:{40000 + self.conn_count}",
