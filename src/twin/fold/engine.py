@@ -80,21 +80,14 @@ class Change:
 
     def at(self, *path: str) -> dict[str, Any]:
         """The dict at ``path``, ready to be written (created where missing)."""
-        node, fresh = self.twin, self._fresh
+        node = self.twin
         for key in path:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-                fresh.add(id(child))
-            elif id(child) not in fresh:
-                child = node[key] = child.copy()
-                fresh.add(id(child))
-            node = child
+            node = self.at_in(node, key)
         return node
 
     def at_in(self, node: dict[str, Any], key: str) -> dict[str, Any]:
-        """``at(*path, key)`` for ``node``, the dict ``at(*path)`` gave: the child ready to be
-        written, without walking the path again."""
+        """``at(*path, key)`` for ``node``, the dict ``at(*path)`` gave (or the twin): the child
+        ready to be written, without walking the path again."""
         child = node.get(key)
         if child is None:
             child = node[key] = {}

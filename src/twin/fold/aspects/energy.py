@@ -83,9 +83,8 @@ def meter(change: Change, evse_id: str, samples: list[tuple[str, dict[str, float
 
 def _meter(energy: dict[str, Any], samples: list[tuple[str, dict[str, float]]], ts: str) -> None:
     for at, values in samples:
-        when, last = at or ts, energy.get("meter_ts") or ""
-        same_shape = last and when and len(when) == len(last) and when[-1] == last[-1] == "Z"
-        if (when < last) if same_shape else earlier(when, last):  # earlier(), its common case inline
+        when = at or ts
+        if earlier(when, energy.get("meter_ts")):
             continue  # replayed late: history, not the present
         direction = direction_of(values, energy)
         if energy.get("direction") != direction:
