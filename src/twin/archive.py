@@ -65,6 +65,7 @@ import pyarrow.parquet as pq
 
 from twin.captures import SUMMARY
 from twin.envelope import iso_ms
+from twin.messages import EXPORT, IMPORT, P_EXPORT, P_IMPORT
 
 INSTANT = pa.timestamp("us", tz="UTC")
 READING = pa.struct([("sampled", INSTANT), ("measurand", pa.string()), ("value", pa.float64())])
@@ -84,8 +85,6 @@ STATUS_NOTIFICATION = pa.struct([
 """What ``status_notification`` holds: ``evseId``, ``connectorId``, ``connectorStatus`` and
 ``timestamp``, typed as for ``transaction_event``."""
 
-IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register"
-P_IMPORT, P_EXPORT = "Power.Active.Import", "Power.Active.Export"
 EXTREMES = {
     "import_wh_min": (IMPORT, "min"), "import_wh_max": (IMPORT, "max"),
     "export_wh_min": (EXPORT, "min"), "export_wh_max": (EXPORT, "max"),

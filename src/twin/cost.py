@@ -19,9 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from twin.messages import IMPORT, P_IMPORT
 from twin.tariffs import START, Tariff, Usage, boundaries, component_price
-
-IMPORT = "Energy.Active.Import.Register"
 
 
 def reading(payload: Mapping[str, Any]) -> tuple[str, float, float | None] | None:
@@ -35,7 +34,7 @@ def reading(payload: Mapping[str, Any]) -> tuple[str, float, float | None] | Non
                 values[sv.get("measurand", IMPORT)] = float(sv["value"])
         if IMPORT in values:
             at = str(mv.get("timestamp") or payload.get("timestamp"))
-            return at, values[IMPORT], values.get("Power.Active.Import")
+            return at, values[IMPORT], values.get(P_IMPORT)
     return None
 
 

@@ -34,6 +34,12 @@ BOTH_WAYS = frozenset({"DataTransfer"})
 SEND_ONLY = frozenset({"NotifyPeriodicEventStream"})
 """Actions carried by SEND (type 6): never answered, so they have no response schema."""
 
+IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register"
+"""The measurands of a meter value's energy registers; a sampled value without a measurand is
+of ``IMPORT`` (the schema's default)."""
+P_IMPORT, P_EXPORT, SOC = "Power.Active.Import", "Power.Active.Export", "SoC"
+"""The measurands of a meter value's power and state of charge."""
+
 
 def schema_dir(protocol: str) -> Path:
     return Path(str(resources.files("ocpp").joinpath(VERSION_DIRS[protocol], "schemas")))

@@ -53,6 +53,7 @@ import orjson
 
 from twin import sites as site_model
 from twin.captures import inventory_path, local
+from twin.messages import P_EXPORT, P_IMPORT
 
 SIGNALS = "_grid/signals"
 SUFFIX = ".pq"
@@ -190,8 +191,6 @@ def views_at(capture: str | Path, known: Sequence[site_model.Site], at: datetime
 
 
 # -- twin report grid --------------------------------------------------------------------------
-
-P_IMPORT, P_EXPORT = "Power.Active.Import", "Power.Active.Export"
 
 LEVELS = f"""
 WITH events AS MATERIALIZED (

@@ -27,6 +27,7 @@ from twin.analytics.frames import (
     rows,
     transaction_events_polars,
 )
+from twin.messages import EXPORT, IMPORT, P_EXPORT, P_IMPORT
 
 if TYPE_CHECKING:
     import polars as pl
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 COLUMNS = ("transaction_id", "station_id", "evse_id", "started_at", "ended_at", "duration_min", "import_kwh",
            "export_kwh", "peak_kw", "peak_export_kw", "reservation_id", "stopped_reason", "offline")  # fmt: skip
 
-IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register"
-P_IMPORT, P_EXPORT = "Power.Active.Import", "Power.Active.Export"
 
 TE = """
     -- typed fields (the archive's transaction_event column; see frames.transaction_events)

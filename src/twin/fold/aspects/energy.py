@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twin.fold.engine import Change, Event, on
+from twin.messages import EXPORT, IMPORT, P_EXPORT, P_IMPORT, SOC
 
-IMPORT, EXPORT = "Energy.Active.Import.Register", "Energy.Active.Export.Register"
-P_IMPORT, P_EXPORT, SOC = "Power.Active.Import", "Power.Active.Export", "SoC"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SCALE = {"Wh": 1.0, "kWh": 1000.0, "W": 1.0, "kW": 1000.0}
 _KILO = frozenset(unit for unit, scale in _SCALE.items() if scale != 1.0)
