@@ -104,11 +104,16 @@ def _evse_of(change: Change, payload: dict[str, Any], tx_id: str | None) -> str 
     evse = payload.get("evse")
     if evse and "id" in evse:
         return str(evse["id"])
-    for key, value in change.twin["evses"].items():  # later events may leave evse out (2.0.1)
-        tx = value.get("transaction")
+    return transaction_of(change.twin, tx_id)[0]  # later events may leave evse out (2.0.1)
+
+
+def transaction_of(twin: dict[str, Any], tx_id: Any) -> tuple[str | None, dict[str, Any]]:
+    """The EVSE whose transaction is ``tx_id``, and that transaction ({} if none)."""
+    for key, evse in twin["evses"].items():
+        tx = evse.get("transaction")
         if tx and tx.get("id") == tx_id:
-            return str(key)
-    return None
+            return str(key), tx
+    return None, {}
 
 
 @on("TransactionEvent")

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from twin.cost import first_cut, progress_priced, reading, twin_timeline
+from twin.fold.aspects.energy import transaction_of
 from twin.fold.engine import Change, Event, on
 from twin.tariffs import clock_zone, instant, iso, quote, station_zone
 
@@ -329,14 +330,8 @@ def _evse_of_tx(change: Change, tx_id: Any) -> str | None:
 
 
 def _transaction(change: Change, tx_id: Any) -> tuple[str | None, dict[str, Any]]:
-    """The EVSE whose transaction is ``tx_id``, and that transaction ({} if none)."""
-    if tx_id is None:
-        return None, {}
-    for key, evse in change.twin["evses"].items():
-        tx = evse.get("transaction")
-        if tx and tx.get("id") == tx_id:
-            return str(key), tx
-    return None, {}
+    """:func:`~twin.fold.aspects.energy.transaction_of`; none for an event without an id."""
+    return (None, {}) if tx_id is None else transaction_of(change.twin, tx_id)
 
 
 def _refresh(change: Change, event: Event) -> None:
