@@ -57,14 +57,47 @@ def validator(protocol: str, action: str, kind: Kind) -> Validator | None:
 
 
 _FORMAT_LOCALS = re.compile(r'"((?:[^"\\]|\\.)*)"\.format\(\*\*locals\(\)\)')
+_STR = r"'(?:[^'\\]|\\.)*'"
+_STRING_ENUM = re.compile(
+    rf"if not \((isinstance\((\w+), str\) and \2 == {_STR}(?: or isinstance\(\2, str\) and \2 == {_STR})*)\):"
+)
+"""fastjsonschema's test of an enum of strings: ``isinstance(data, str) and data == 'A' or
+isinstance(data, str) and data == 'B' or ...``, one after the other."""
+
+
+def _string_enum(match: re.Match[str]) -> str:
+    var = match[2]
+    values = re.findall(_STR, match[1])
+    return f"if not (isinstance({var}, str) and {var} in {{{', '.join(values)}}}):"
+
+
+_REQUIRED = re.compile(rf"(\w+)__missing_keys = set\(\[((?:{_STR}(?:, )?)+)\]\) - \1\.keys\(\)")
+"""fastjsonschema's required properties: ``set([...]) - data.keys()`` on a dict, a set made
+and a set difference through the keys view each time."""
+
+
+def _required(match: re.Match[str]) -> str:
+    var, names = match[1], match[2]
+    present = " and ".join(f"{name} in {var}" for name in re.findall(_STR, names))
+    return f"{var}__missing_keys = () if {present} else set([{names}]) - {var}.keys()"
 
 
 def _compile(document: dict[str, Any]) -> Validator:
-    """fastjsonschema's validator, its code rewritten in one respect: the name of every array
-    item handed to a referenced definition (``data.meterValue[0]``, for error messages) is
-    built with ``"...".format(**locals())``, a dict of the function's locals made for each
-    item even when nothing fails; an f-string builds the same text without it (a
-    TransactionEvent with four sampled values: about a quarter of its validation).
+    """fastjsonschema's validator, its code rewritten in two respects:
+
+    - the name of every array item handed to a referenced definition (``data.meterValue[0]``,
+      for error messages) is built with ``"...".format(**locals())``, a dict of the
+      function's locals made for each item even when nothing fails; an f-string builds the
+      same text without it (a TransactionEvent with four sampled values: about a quarter of
+      its validation);
+    - an enum of strings is tested as one lookup in a set of its values (a constant
+      ``frozenset``), not value by value: a measurand late in the 56 of the enum took some
+      forty tests;
+    - the required properties are looked up one by one (``"id" in data and ...``), and the
+      set of the missing ones is made only when one is missing (a set difference through
+      the keys view each time was a quarter of a TransactionEvent's validation).
+
+    The same payloads pass, and one that fails raises the same error.
 
     use_default=False: fastjsonschema otherwise writes the schema's defaults into the payload
     it checks (a unitOfMeasure gained "multiplier": 0), and the capture must hold what the
@@ -72,6 +105,8 @@ def _compile(document: dict[str, Any]) -> Validator:
     try:
         resolver, generator = fastjsonschema._factory(document, {}, use_default=False)
         code = _FORMAT_LOCALS.sub(r'f"\1"', generator.func_code)
+        code = _STRING_ENUM.sub(_string_enum, code)
+        code = _REQUIRED.sub(_required, code)
         state = generator.global_state
         exec(code, state)  # what fastjsonschema.compile does with the code it generated
         check: Validator = state[resolver.get_scope_name()]
