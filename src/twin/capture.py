@@ -97,7 +97,8 @@ class Recorder:
         """Returns once every envelope is acknowledged by the broker or in the spool."""
         if not self.settings.capture:
             return
-        records: list[Record] = [(self.topics.frames, e["station_id"].encode(), envelope.dumps(e)) for e in envelopes]
+        topic, dumps = self.topics.frames, envelope.dumps
+        records: list[Record] = [(topic, e["station_id"].encode(), dumps(e)) for e in envelopes]
         await self._put(records)
         self.recorded += len(records)
 
@@ -113,7 +114,7 @@ class Recorder:
             outcome: asyncio.Future[None] | None = None
             if not self._spooling:
                 try:
-                    await self._send(records)
+                    await self._submit(records)
                     return
                 except Exception as exc:
                     outcome = getattr(exc, "outcome", None)
@@ -132,16 +133,17 @@ class Recorder:
         self._uncertain[token] = send
         return token
 
-    async def _send(self, records: list[Record]) -> None:
-        """Add records to the next round; returns once it is acked. Each caller waits on a
-        future of its own: a cancelled caller cancels only its own, and the round wakes each
-        caller with one callback (a shared future, shielded, took two and a future more)."""
-        waiter = asyncio.get_running_loop().create_future()
+    def _submit(self, records: list[Record]) -> asyncio.Future[None]:
+        """Add records to the next round; the future is done once it is acked. Each caller
+        waits on a future of its own: a cancelled caller cancels only its own, and the round
+        wakes each caller with one callback (a shared future, shielded, took two and a future
+        more). A function, not a coroutine: one frame less to enter and leave per caller."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._waiters:
             self._wake.set()
         self._queue.extend(records)
         self._waiters.append(waiter)
-        await waiter
+        return waiter
 
     async def _write(self) -> None:
         """The writer, a group commit: everything submitted since the last round was acked
@@ -295,7 +297,7 @@ class Recorder:
                     self._producer = await self._new_producer()
                 entries, after = self.spool.read(offset)
                 if entries:
-                    await self._send([r for r, token in entries if not await self._landed(token)])
+                    await self._submit([r for r, token in entries if not await self._landed(token)])
                     offset, backoff = after, 0.2
                     continue
                 async with self._lock:

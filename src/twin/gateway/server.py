@@ -338,7 +338,9 @@ class Gateway:
             while True:  # recv, not ``async for``: the asynchronous generator is one more layer a frame
                 message = await ws.recv()  # ends with ConnectionClosed, the OK kind too (caught below)
                 session.heard = time.monotonic()
-                await bucket.take()
+                wait = bucket.take()
+                if wait:
+                    await asyncio.sleep(wait)
                 await session.on_station(message)
         except ConnectionClosed:
             pass
@@ -379,24 +381,26 @@ class Gateway:
 
 
 class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` waits for one."""
+    """``rate`` tokens a second, at most ``burst`` saved up. ``take`` takes one and says how
+    long to wait before using it: 0 while tokens are saved up, and then no coroutine a frame."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, float(max(1, burst))
         self.tokens, self.stamp = self.burst, time.monotonic()
 
-    async def take(self) -> None:
+    def take(self) -> float:
         if self.rate <= 0:
-            return
+            return 0.0
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+        wait = 0.0
         if self.tokens < 1:
             wait = (1 - self.tokens) / self.rate
-            await asyncio.sleep(wait)
             self.stamp += wait
             self.tokens = 1.0
         self.tokens -= 1
+        return wait
 
 
 def _offered(headers: Headers) -> list[str]:

@@ -88,17 +88,21 @@ class Session:
     # -- capture --------------------------------------------------------------------------
     async def capture(self, *items: tuple[Frame, str, str | None] | tuple[str, dict[str, Any]]) -> None:
         """Number and record frames ``(frame, origin, error)`` and lifecycle records
-        ``(action, payload)``, in the order given; returns once they are durable."""
-        async with self._capture_lock:
+        ``(action, payload)``, in the order given; returns once they are durable. The lock is
+        taken with ``acquire`` and ``release``, not ``async with`` (two coroutines a capture)."""
+        lock = self._capture_lock
+        await lock.acquire()
+        try:
             batch: list[Envelope] = []
+            seq = self.seq
             for item in items:
-                self.seq += 1
+                seq += 1
                 if len(item) == 3:
                     frame, origin, error = item
                     batch.append(
                         envelope.of_frame(
                             frame, station_id=self.station_id, origin=origin,
-                            protocol=self.protocol, conn_id=self.conn_id, seq=self.seq, error=error,
+                            protocol=self.protocol, conn_id=self.conn_id, seq=seq, error=error,
                         )
                     )  # fmt: skip
                 else:
@@ -106,10 +110,13 @@ class Session:
                     batch.append(
                         envelope.lifecycle(
                             action, payload, station_id=self.station_id,
-                            protocol=self.protocol, conn_id=self.conn_id, seq=self.seq,
+                            protocol=self.protocol, conn_id=self.conn_id, seq=seq,
                         )
                     )  # fmt: skip
+            self.seq = seq
             await self.recorder.record(batch)
+        finally:
+            lock.release()
 
     # -- from the station -----------------------------------------------------------------
     async def on_station(self, text: str | bytes) -> None:
@@ -121,9 +128,9 @@ class Session:
         except FrameError as exc:
             await self._unparsable(exc, text, origin="cs")
             return
-        if frame.msg_type == MessageType.CALL:
+        if frame.msg_type == ocpp_j.CALL:
             await self._station_call(frame, text)
-        elif frame.msg_type == MessageType.SEND:
+        elif frame.msg_type == ocpp_j.SEND:
             await self._send_frame(frame, text, origin="cs")
         else:
             await self._station_answer(frame, text)
@@ -182,7 +189,7 @@ class Session:
             return
         frame.action = outbound.action
         problem = None
-        if frame.msg_type == MessageType.CALLRESULT:
+        if frame.msg_type == ocpp_j.CALLRESULT:
             problem = schemas.problem(self.protocol, frame.action, "Response", frame.payload)
         if outbound.from_upstream:
             await self.capture((frame, "cs", _reason(problem)))
