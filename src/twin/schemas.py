@@ -76,6 +76,10 @@ _REQUIRED = re.compile(rf"(\w+)__missing_keys = set\(\[((?:{_STR}(?:, )?)+)\]\) 
 and a set difference through the keys view each time."""
 
 
+_KEYS = re.compile(r"(\w+)_keys = set\(\1\.keys\(\)\)")
+"""fastjsonschema's copy of a dict's keys, to find properties it does not allow."""
+
+
 def _required(match: re.Match[str]) -> str:
     var, names = match[1], match[2]
     present = " and ".join(f"{name} in {var}" for name in re.findall(_STR, names))
@@ -95,7 +99,8 @@ def _compile(document: dict[str, Any]) -> Validator:
       forty tests;
     - the required properties are looked up one by one (``"id" in data and ...``), and the
       set of the missing ones is made only when one is missing (a set difference through
-      the keys view each time was a quarter of a TransactionEvent's validation).
+      the keys view each time was a quarter of a TransactionEvent's validation), and a
+      dict's keys are copied with ``set(data)``, not through its keys view.
 
     The same payloads pass, and one that fails raises the same error.
 
@@ -107,6 +112,7 @@ def _compile(document: dict[str, Any]) -> Validator:
         code = _FORMAT_LOCALS.sub(r'f"\1"', generator.func_code)
         code = _STRING_ENUM.sub(_string_enum, code)
         code = _REQUIRED.sub(_required, code)
+        code = _KEYS.sub(r"\1_keys = set(\1)", code)
         state = generator.global_state
         exec(code, state)  # what fastjsonschema.compile does with the code it generated
         check: Validator = state[resolver.get_scope_name()]
@@ -118,25 +124,24 @@ def _compile(document: dict[str, Any]) -> Validator:
 def validate(protocol: str, action: str, kind: Kind, payload: Any) -> None:
     """Raises :class:`Violation` if ``payload`` is not valid; ``NotImplemented`` if the
     action does not exist in ``protocol``."""
+    violation = problem(protocol, action, kind, payload)
+    if violation is not None:
+        raise violation
+
+
+def problem(protocol: str, action: str | None, kind: Kind, payload: Any) -> Violation | None:
+    """The violation, or None when the payload is valid (every frame the gateway sees asks)."""
+    if action is None:
+        return Violation("ProtocolError", "no CALL with this message id is outstanding")
     check = validator(protocol, action, kind)
     if check is None:
-        raise Violation("NotImplemented", f"{action} is not an action of {protocol}")
+        return Violation("NotImplemented", f"{action} is not an action of {protocol}")
     try:
         check(payload)
     except fastjsonschema.JsonSchemaValueException as exc:
         code = _CODE_OF_RULE.get(exc.rule or "", "PropertyConstraintViolation")
         where = ".".join(str(p) for p in (exc.path or [])[1:]) or "payload"
-        raise Violation(code, f"{where}: {exc.message.removeprefix('data.').removeprefix('data ')}") from None
-
-
-def problem(protocol: str, action: str | None, kind: Kind, payload: Any) -> Violation | None:
-    """The violation, or None when the payload is valid."""
-    if action is None:
-        return Violation("ProtocolError", "no CALL with this message id is outstanding")
-    try:
-        validate(protocol, action, kind, payload)
-    except Violation as v:
-        return v
+        return Violation(code, f"{where}: {exc.message.removeprefix('data.').removeprefix('data ')}")
     return None
 
 
