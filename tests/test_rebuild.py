@@ -5,6 +5,7 @@ own lines; a bad line is named whichever process meets it."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,14 +126,18 @@ def test_a_bad_line_is_named_by_the_process_that_meets_it(tmp_path: Path, captur
     assert result.exit_code == 1 and "bad.jsonl:21: not JSON" in result.output
 
 
-@pytest.mark.parametrize("where", ["nowhere.jsonl", "s3://bucket/frames"])
+@pytest.mark.parametrize("where", ["nowhere.jsonl", "s3://bucket/frames", "empty/"])
 def test_a_capture_that_is_not_there_is_one_line(tmp_path: Path, where: str) -> None:
+    """Nothing there, a URL, or a directory with no archive in it (the wrong one, say)."""
+    if where == "empty/":
+        (tmp_path / "empty" / "date=2026-03-02").mkdir(parents=True)
     where = where if "://" in where else str(tmp_path / where)
     for args in (["rebuild", where], ["rebuild", where, "-j", "2"], ["state", "CS-1", "--capture", where],
-                 ["fleet", "--capture", where]):  # fmt: skip
+                 ["fleet", "--capture", where], ["report", "sessions", "--archive", where]):  # fmt: skip
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.exception)
-        assert "Traceback" not in result.output and ("no capture at" in result.output or "is a URL" in result.output)
+        assert "Traceback" not in result.output, (args, result.output)
+        assert re.search(r"no (capture|archive) at|is a URL", result.output), (args, result.output)
 
 
 def test_stations_that_share_connection_ids_fold_the_same_in_parts(tmp_path: Path, capture: Path) -> None:

@@ -54,6 +54,11 @@ def local(capture: str | Path) -> Path:
     path = Path(text)
     if not path.exists():
         raise CaptureError(f"no capture at {path}")
+    if path.is_dir() and next(path.rglob("*.parquet"), None) is None:
+        raise CaptureError(
+            f"no archive at {path}: a directory without Parquet files (an archive holds date=YYYY-MM-DD/*.parquet, "
+            "as the archive agent and `twin compact` write them; a capture file ends in .jsonl)"
+        )
     return path
 
 
@@ -71,29 +76,22 @@ def read(
     decodes no others); with ``part=(i, parts)``, only the records of the stations of part
     ``i`` (:class:`Parts`: a ``.jsonl`` decodes no others)."""
     p = local(path)
+    seen = Seen() if dedupe else None
     if p.is_dir():
-        records = _parquet(p, stations)
+        records: Iterable[Envelope] = _parquet(p, stations)
         if part is not None:
             records = (r for r in records if _wanted(str(r.get("station_id") or ""), None, part))
+        if seen is not None:
+            records = (r for r in records if seen.keep(r))
     else:
-        records = _jsonl(p, None if stations is None else set(stations), part)
-    limit = envelope.parse_ts(until) if until else None
-    if not dedupe and limit is None:
+        records = _jsonl(p, None if stations is None else set(stations), part, seen)
+    if not until:
         yield from records
         return
-    seen = Seen()
-    runs = seen.runs
+    limit = envelope.parse_ts(until)
     for record in records:
-        if dedupe:  # by station and connection, as the fold knows a record again: the parts agree
-            conn_id, seq = (record.get("station_id"), record["conn_id"]), record["seq"]
-            run = runs.get(conn_id)
-            if run is not None and seq == run[1] + 1 and not run[2]:
-                run[1] = seq  # the next of its connection's run, as most are: Seen.first, inlined
-            elif not seen.first(conn_id, seq):
-                continue
-        if limit is not None and envelope.parse_ts(record["ts"]) > limit:
-            continue
-        yield record
+        if envelope.parse_ts(record["ts"]) <= limit:
+            yield record
 
 
 class Seen:
@@ -106,6 +104,12 @@ class Seen:
 
     def __init__(self) -> None:
         self.runs: dict[Any, list[Any]] = {}  # connection -> [low, high, set of others or None]
+
+    def keep(self, record: Envelope) -> bool:
+        """Whether ``record`` is the first of its ``(station, connection, seq)``: duplicates
+        are dropped by station and connection, as the fold knows a record again, so that the
+        parts of a capture (:class:`Parts`) agree."""
+        return self.first((record.get("station_id"), record["conn_id"]), record["seq"])
 
     def first(self, conn_id: Any, seq: int) -> bool:
         """Whether this is the first time ``(conn_id, seq)`` is seen; it is seen from now on."""
@@ -180,9 +184,15 @@ _HEAD = 64
 
 
 def _jsonl(
-    path: Path, stations: Collection[str] | None = None, part: tuple[int, Parts] | None = None
+    path: Path,
+    stations: Collection[str] | None = None,
+    part: tuple[int, Parts] | None = None,
+    seen: Seen | None = None,
 ) -> Iterator[Envelope]:
+    """The records of a ``.jsonl`` capture (of ``stations``, of ``part``), without those
+    ``seen`` already has (:meth:`Seen.keep`, inlined: this loop is a rebuild's floor)."""
     choosy = stations is not None or part is not None
+    runs = seen.runs if seen is not None else {}
     verdicts: dict[bytes, bool] = {}  # a line's first bytes, the station id's end among them -> wanted
     with path.open("rb", buffering=1 << 20) as f:  # a MiB a read: 8 KiB reads took 40% longer a line
         for number, line in enumerate(f, start=1):
@@ -205,10 +215,18 @@ def _jsonl(
                 raise CaptureError(f"{path}:{number}: not JSON ({exc})") from None
             if not isinstance(record, dict) or "conn_id" not in record or "seq" not in record:
                 raise CaptureError(f"{path}:{number}: not a frame envelope")
-            if not isinstance(record.get("station_id", ""), str | None):
+            station = record.get("station_id")
+            if station is not None and not isinstance(station, str):
                 raise CaptureError(f"{path}:{number}: not a frame envelope (its station_id is not a string)")
-            if choosy and verdict is None and not _wanted(str(record.get("station_id") or ""), stations, part):
+            if choosy and verdict is None and not _wanted(station or "", stations, part):
                 continue
+            if seen is not None:
+                key, seq = (station, record["conn_id"]), record["seq"]
+                run = runs.get(key)
+                if run is not None and seq == run[1] + 1 and not run[2]:
+                    run[1] = seq  # the next of its connection's run, as most are: Seen.first's fast path
+                elif not seen.first(key, seq):
+                    continue
             yield record  # type: ignore[misc]
 
 

@@ -42,6 +42,7 @@ def on(action: str, phase: str = "call") -> Callable[[Handler], Handler]:
         _HANDLERS.setdefault((action, phase), []).append(fn)
         if phase in ("result", "error"):
             _ANSWER_READERS.add(action)
+        _ROUTES.clear()
         return fn
 
     return register
@@ -141,6 +142,16 @@ def new_twin(station_id: str) -> Twin:
 
 # record kinds -> phase
 _PHASE = {0: "lifecycle", 2: "call", 3: "result", 4: "error", 5: "error", 6: "call"}
+_ROUTES: dict[tuple[str, Any], tuple[str | None, tuple[Handler, ...], bool]] = {}
+"""``(action, msg_type)`` -> its phase, its handlers, and whether a handler reads the answers
+to this action: worked out at a kind's first record, not at every record."""
+
+
+def _route(action: str, msg_type: Any) -> tuple[str | None, tuple[Handler, ...], bool]:
+    phase = _PHASE.get(msg_type)
+    handlers = tuple(_HANDLERS.get((action, phase), ())) if phase else ()
+    found = _ROUTES[(action, msg_type)] = (phase, handlers, action in _ANSWER_READERS)
+    return found
 
 
 def apply(twin: Twin | None, record: Record) -> Twin:
@@ -177,40 +188,37 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
     protocol = record.get("protocol")
     if protocol:
         t["protocol"] = protocol
-    msg_type, origin = record["msg_type"], record["origin"]
-    phase = _PHASE.get(msg_type)
-    action = record.get("action") or ""
-    handlers = _HANDLERS.get((action, phase), ()) if phase else ()
-    pending = twin["_pending"]
-    answers = (msg_type == 3 or phase == "error") and record["msg_id"] in pending
+    action, msg_type, origin = record.get("action") or "", record["msg_type"], record["origin"]
+    phase, handlers, answer_read = _ROUTES.get((action, msg_type)) or _route(action, msg_type)
+    answers = (msg_type == 3 or phase == "error") and record["msg_id"] in twin["_pending"]
     valid = record.get("valid", True)
-    if not handlers and not answers and origin != "cs" and action not in _ANSWER_READERS:
+    if not handlers and not answers and origin != "cs" and not answer_read:
         if not valid:
             t["invalid_frames"] = twin["invalid_frames"] + 1
         return t  # the common case of an answer nobody reads: counters only
-    change = Change(t, copied=True)
     if not valid:
         t["invalid_frames"] = twin["invalid_frames"] + 1
-        _forget_answered(change, record)
+        if answers:  # the call is answered all the same: no longer kept
+            pending = t["_pending"] = twin["_pending"].copy()
+            del pending[record["msg_id"]]
         return t
     if phase is None:
         return t
-    event = Event(record)
     if origin == "cs":
-        change.at_in(t, "connection")["last_seen"] = event.ts
-    if msg_type == 2 and action in _ANSWER_READERS:
-        # an aspect reads this call's answer: keep the request until it comes
-        change.at_in(t, "_pending")[record["msg_id"]] = {"action": action, "payload": record["payload"]}
+        connection = t["connection"] = twin["connection"].copy()
+        connection["last_seen"] = record["ts"]
+    request = None
+    if msg_type == 2 and answer_read:  # an aspect reads this call's answer: keep the request until it comes
+        pending = t["_pending"] = twin["_pending"].copy()
+        pending[record["msg_id"]] = {"action": action, "payload": record["payload"]}
     elif answers:
-        event.request = change.at_in(t, "_pending").pop(record["msg_id"])["payload"]
-    for handler in handlers:
-        handler(change, event)
+        pending = t["_pending"] = twin["_pending"].copy()
+        request = pending.pop(record["msg_id"])["payload"]
+    if handlers:
+        change, event = Change(t, copied=True), Event(record, request)
+        for handler in handlers:
+            handler(change, event)
     return t
-
-
-def _forget_answered(change: Change, record: Record) -> None:
-    if record["msg_type"] in (3, 4, 5) and record["msg_id"] in change.twin["_pending"]:
-        change.remove("_pending", record["msg_id"])
 
 
 def fold(
