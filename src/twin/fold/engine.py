@@ -54,15 +54,18 @@ def folded_actions() -> set[str]:
 
 class Event:
     """What a handler sees: the record, and for answers the CALL they answer. The payload and
-    the time are read from the record once: every handler of every record reads them."""
+    the time are read from the record once: every handler of every record reads them.
+    ``evse_id``: the EVSE the record is about, once a handler has worked it out (the energy
+    aspect, for a TransactionEvent that may not name it), for the handlers after it."""
 
-    __slots__ = ("record", "request", "payload", "ts")
+    __slots__ = ("record", "request", "payload", "ts", "evse_id")
 
     def __init__(self, record: Record, request: dict[str, Any] | None = None) -> None:
         self.record = record
         self.request = request
         self.payload: dict[str, Any] = record.get("payload")  # type: ignore[assignment]
         self.ts: str = record.get("ts")  # type: ignore[assignment]
+        self.evse_id: str | None = None
 
     @property
     def accepted(self) -> bool:

@@ -121,7 +121,7 @@ def transaction_event(change: Change, event: Event) -> None:
     p = event.payload
     info = p.get("transactionInfo", {})
     tx_id = info.get("transactionId")
-    evse_id = _evse_of(change, p, tx_id)
+    evse_id = event.evse_id = _evse_of(change, p, tx_id)
     if evse_id is None:
         change.twin["orphan_transaction_events"] = change.twin.get("orphan_transaction_events", 0) + 1
         return

@@ -157,11 +157,12 @@ def driver_tariff(change: Change, event: Event) -> None:
 
 @on("TransactionEvent")
 def transaction_event(change: Change, event: Event) -> None:
-    """Runs after the transactions aspect: the transaction is in place."""
+    """Runs after the energy aspect: the transaction is in place, on the EVSE it found."""
     p = event.payload
-    evse_id, tx = _transaction(change, (p.get("transactionInfo") or {}).get("transactionId"))
-    if evse_id is None:
+    evse_id = event.evse_id
+    if evse_id is None or (p.get("transactionInfo") or {}).get("transactionId") is None:
         return
+    tx = change.twin["evses"][evse_id]["transaction"]
     token = (p.get("idToken") or {}).get("idToken")
     drivers = (change.twin.get("tariffs") or {}).get("drivers") or {}
     if "tariffs" not in tx and (evse_tariffs(change.twin, evse_id) or (token and token in drivers)):
