@@ -56,7 +56,7 @@ def validator(protocol: str, action: str, kind: Kind) -> Validator | None:
     return None if document is None else _compile(document)
 
 
-_FORMAT_LOCALS = re.compile(r'"((?:[^"\\]|\\.)*)"\.format\(\*\*locals\(\)\)')
+_FORMAT_LOCALS = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"\.format\(\*\*locals\(\)\)')
 _STR = r"'(?:[^'\\]|\\.)*'"
 _STRING_ENUM = re.compile(
     rf"if not \((isinstance\((\w+), str\) and \2 == {_STR}(?: or isinstance\(\2, str\) and \2 == {_STR})*)\):"
@@ -71,19 +71,19 @@ def _string_enum(match: re.Match[str]) -> str:
     return f"if not (isinstance({var}, str) and {var} in {{{', '.join(values)}}}):"
 
 
-_REQUIRED = re.compile(rf"(\w+)__missing_keys = set\(\[((?:{_STR}(?:, )?)+)\]\) - \1\.keys\(\)")
+_REQUIRED = re.compile(rf"^( +)(\w+)__missing_keys = set\(\[((?:{_STR}(?:, )?)+)\]\) - \2\.keys\(\)", re.M)
 """fastjsonschema's required properties: ``set([...]) - data.keys()`` on a dict, a set made
 and a set difference through the keys view each time."""
 
 
-_KEYS = re.compile(r"(\w+)_keys = set\(\1\.keys\(\)\)")
+_KEYS = re.compile(r"^( +)(\w+)_keys = set\(\2\.keys\(\)\)", re.M)
 """fastjsonschema's copy of a dict's keys, to find properties it does not allow."""
 
 
 def _required(match: re.Match[str]) -> str:
-    var, names = match[1], match[2]
+    indent, var, names = match[1], match[2], match[3]
     present = " and ".join(f"{name} in {var}" for name in re.findall(_STR, names))
-    return f"{var}__missing_keys = () if {present} else set([{names}]) - {var}.keys()"
+    return f"{indent}{var}__missing_keys = () if {present} else set([{names}]) - {var}.keys()"
 
 
 def _compile(document: dict[str, Any]) -> Validator:
@@ -112,7 +112,7 @@ def _compile(document: dict[str, Any]) -> Validator:
         code = _FORMAT_LOCALS.sub(r'f"\1"', generator.func_code)
         code = _STRING_ENUM.sub(_string_enum, code)
         code = _REQUIRED.sub(_required, code)
-        code = _KEYS.sub(r"\1_keys = set(\1)", code)
+        code = _KEYS.sub(r"\1\2_keys = set(\2)", code)
         state = generator.global_state
         exec(code, state)  # what fastjsonschema.compile does with the code it generated
         check: Validator = state[resolver.get_scope_name()]
