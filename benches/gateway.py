@@ -16,7 +16,9 @@ the commit before a change: before and after in one run).
 
 Broker, server and this load generator share the machine with whatever else runs on it;
 CPU per process and the machine's other busy time ("others", /proc/stat) during each run
-show what bounds it. The load generator runs with its garbage collector off, so its own
+show what bounds it. The server's CPU per frame is given over the whole run (the 1,000
+connects, boots and closes included) and over the calls alone (``..._calls``: its CPU read
+when the calls start and when they stop). The load generator runs with its garbage collector off, so its own
 pauses do not count as latency.
 
     .venv/bin/python benches/gateway.py [--stations 1000] [--rate 4000] [--seconds 15]
@@ -80,8 +82,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Load:
-    def __init__(self, url: str, stations: int, seconds: float, rate: float | None) -> None:
+    def __init__(self, url: str, stations: int, seconds: float, rate: float | None, server: int | None = None) -> None:
         self.url, self.stations, self.seconds, self.rate = url, stations, seconds, rate
+        self.server = server  # its CPU is read when the calls start and when they stop
+        self.server_cpu: list[float] = []
         self.rtts: list[float] = []
         self.calls = 0
         self.errors = 0
@@ -107,6 +111,10 @@ class Load:
                 opened += 1
                 if opened == self.stations:
                     start_at[0] = time.perf_counter() + 0.5
+                    if self.server is not None:
+                        loop, pid = asyncio.get_running_loop(), self.server
+                        for at in (0.5, 0.5 + self.seconds):
+                            loop.call_later(at, lambda: self.server_cpu.append(cpu_seconds(pid)))
                     connected.set()
                 await connected.wait()
                 rng = random.Random(i)
@@ -206,7 +214,7 @@ def run_once(stations: int, seconds: float, rate: float | None, config: str, wor
             time.sleep(1.0)  # the gateway's collector tuned after start-up
             assert broker.process is not None
             rss0 = rss_bytes(server.pid)
-            load = Load(f"ws://127.0.0.1:{gw_port}/ocpp", stations, seconds, rate)
+            load = Load(f"ws://127.0.0.1:{gw_port}/ocpp", stations, seconds, rate, server.pid)
             cpu0 = {"server": cpu_seconds(server.pid), "broker": cpu_seconds(broker.process.pid)}
             me0, busy0 = time.process_time(), busy_seconds()
             t0 = time.perf_counter()
@@ -235,6 +243,8 @@ def run_once(stations: int, seconds: float, rate: float | None, config: str, wor
         "rtt_p99_ms": pct(load.rtts, 0.99) * 1000,
         "rtt_p999_ms": pct(load.rtts, 0.999) * 1000,
         "server_cpu_us_per_frame": cpu["server"] / max(1, frames) * 1e6,
+        # the same over the calls alone, without the 1,000 connects, boots and closes
+        "server_cpu_us_per_frame_calls": (load.server_cpu[-1] - load.server_cpu[0]) / max(1, frames) * 1e6,
         "rss_per_connection_kib": (rss1 - rss0) / stations / 1024,
         "cpu_share": {k: round(v / wall, 2) for k, v in cpu.items()},  # cores busy, over the whole run
         "histogram": histogram(load.rtts),
@@ -292,6 +302,10 @@ def main() -> None:
                     )
     results = {name: _median(each) for name, each in runs.items()}
     paired: dict[str, list[float]] = {}  # each config against echo in the same round
+    for name, each in runs.items():  # and each config's CPU a frame over the calls, round by round
+        paired[f"{name.replace('/', ' ')} CPU us/frame (calls)"] = [
+            round(r["server_cpu_us_per_frame_calls"], 1) for r in each
+        ]
     for config in configs:
         if config == "echo":
             continue
