@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -16,6 +16,9 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from twin.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 Bootstrap = Annotated[
     str | None,
@@ -105,6 +108,14 @@ app = TwinTyper(
     rich_markup_mode="markdown",
 )
 err = Console(stderr=True)
+
+
+def progress_bar(**options: Any) -> Progress:
+    """A progress bar on stderr, gone when the work is done; none where stderr is not a
+    terminal (a pipe or a log gets neither a bar nor the blank line it would leave)."""
+    from rich.progress import Progress
+
+    return Progress(console=err, transient=True, disable=not err.is_terminal, **options)
 
 Json = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from twin import archive, captures, importer
-from twin.cli.app import Json, app, err, fail, print_json
+from twin.cli.app import Json, app, err, fail, print_json, progress_bar
 from twin.validate import check
 
 
@@ -105,7 +104,7 @@ def compact(
     if store is None and not Path(base).is_dir():
         fail(f"no archive directory at {captures.shown(root)}")
     results = []
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("compacting", total=None)
         for result in archive.compact(root, lambda done, total: progress.update(task, completed=done, total=total)):
             results.append(result)

@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from rich.progress import Progress
 
-from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, iso_time, print_json
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, iso_time, print_json, progress_bar
 from twin.settings import Settings
 
 
@@ -86,7 +85,7 @@ def replay(
         fail("no station of the capture matches the selection (--stations, --from, --to)")
     total = sum(p.frames for p in plans)
     err.print(f"replaying {len(plans)} stations, {total:,} frames, against {target} at speed {speed}")
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("frames sent", total=total)
         results = asyncio.run(
             run(plans, Options(target, factor, call_timeout=call_timeout), lambda n: progress.update(task, completed=n))

@@ -10,10 +10,9 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.progress import Progress
 
 from twin.captures import inventory_path
-from twin.cli.app import Json, app, err, fail, print_json
+from twin.cli.app import Json, app, err, fail, print_json, progress_bar
 from twin.simulator import DEFAULT_START, Rates, inventory, write
 
 Out = Annotated[
@@ -112,7 +111,7 @@ def simulate(
     path = Path(out)
     jsonl = path.suffix == ".jsonl"
     began = time.perf_counter()
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"simulating {stations} stations", total=days)
         n = write(path, stations, days, seed, start, rates, prefix, workers,
                   lambda done: progress.update(task, completed=done))  # fmt: skip

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.progress import Progress
 from rich.table import Table
 
 from twin import captures, fold
-from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, iso_time, print_json, reachable
+from twin.cli.app import Bootstrap, Json, KafkaConfig, app, err, fail, iso_time, print_json, progress_bar, reachable
 from twin.cli.door import ApiToken
 from twin.fold.engine import Record
 from twin.rebuild import fold_capture as fold_file
@@ -53,7 +52,7 @@ def api_get(api: str | None, path: str, absent: bool = False) -> Any:
 
 def fold_counted(records: Iterable[Record], label: str, total: int | None = None) -> tuple[dict[str, fold.Twin], int]:
     """Records folded with the one fold, a progress bar on stderr, and how many there were."""
-    with Progress(console=err, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task(label, total=total)
         return fold_records(records, lambda n: progress.update(task, completed=n))
 
@@ -68,7 +67,7 @@ def fold_capture(
         if stations is not None:
             parts = max(1, min(parts, len(stations)))  # a station's lines are all in one part
         # no refresh thread: the parts are forked while the bar is up
-        with Progress(console=err, transient=True, auto_refresh=False) as progress:
+        with progress_bar(auto_refresh=False) as progress:
             label = f"folding {path}" + (f" in {parts} processes" if parts > 1 else "")
             task = progress.add_task(label, total=None)
             return fold_file(path, until=until, stations=stations, processes=parts,
