@@ -183,8 +183,8 @@ def _moved(tx: dict[str, Any], value: float, start_key: str, moved: str) -> None
     if value < start:  # an earlier reading replayed late
         tx[moved] += start - value
         tx[start_key] = value
-    else:
-        tx[moved] = max(tx[moved], value - start)
+    elif value - start > tx[moved]:
+        tx[moved] = value - start
 
 
 @on("MeterValues")
