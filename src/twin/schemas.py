@@ -87,7 +87,7 @@ def _required(match: re.Match[str]) -> str:
 
 
 def _compile(document: dict[str, Any]) -> Validator:
-    """fastjsonschema's validator, its code rewritten in two respects:
+    """fastjsonschema's validator, its code rewritten in three respects:
 
     - the name of every array item handed to a referenced definition (``data.meterValue[0]``,
       for error messages) is built with ``"...".format(**locals())``, a dict of the
