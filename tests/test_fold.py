@@ -238,6 +238,48 @@ def test_redelivered_records_change_nothing(redeliver: list[int]) -> None:
     assert fold(stream) == fold(SCENARIO)
 
 
+def _heartbeat(conn: int, seq: int) -> dict[str, Any]:
+    return {"station_id": "CS-R", "origin": "cs", "msg_type": 2, "msg_id": f"{conn}:{seq}", "action": "Heartbeat",
+            "payload": {}, "ts": "2026-03-01T08:00:00.000Z", "conn_id": f"c{conn}", "seq": seq}  # fmt: skip
+
+
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=15), st.integers(min_value=1, max_value=8)), max_size=80))
+@settings(max_examples=200)
+def test_redelivery_is_known_on_each_of_the_last_sixteen_connections(steps: list[tuple[int, int]]) -> None:
+    """Connections taking turns (a reconnect while the old connection's last records still
+    come, a redelivery of an old connection's records): a record folds if and only if its
+    seq is above the highest folded on its connection, whichever connection came last."""
+    highest: dict[int, int] = {}
+    folded = 0
+    twin = None
+    for conn, seq in steps:
+        folded += seq > highest.get(conn, 0)
+        highest[conn] = max(seq, highest.get(conn, 0))
+        twin = apply(twin, _heartbeat(conn, seq))
+    assert (twin or {}).get("frames_folded", 0) == folded
+
+
+def test_the_earliest_connections_are_let_go_past_sixteen() -> None:
+    twin = None
+    for conn in range(20):
+        twin = apply(twin, _heartbeat(conn, 5))
+    assert twin is not None and twin["frames_folded"] == 20
+    again = [apply(twin, _heartbeat(conn, 5))["frames_folded"] for conn in range(20)]
+    assert again == [21] * 4 + [20] * 16  # c0..c3 forgotten: folded again; the last 16 known
+
+
+def test_a_twin_folded_before_its_current_connection_was_kept_apart_folds_on_alike() -> None:
+    """A twin stored by an older twin (every connection's highest seq in ``_seen``, no
+    ``_conn``/``_seq``: the live worker's table after an upgrade) knows its redeliveries and
+    folds the rest to the same twin."""
+    half = len(SCENARIO) // 2
+    twin = fold(SCENARIO[:half])["CS-H"]
+    old = {k: v for k, v in twin.items() if k not in ("_conn", "_seq")}
+    old["_seen"] = {**twin["_seen"], twin["_conn"]: twin["_seq"]}
+    rest = SCENARIO[half - 5 :]  # five redelivered
+    assert public(fold(rest, {"CS-H": old})["CS-H"]) == public(fold(SCENARIO)["CS-H"])
+
+
 PAYLOAD_KEYS = [
     "evseId", "status", "chargingNeeds", "meterValue", "eventData", "transactionInfo", "reservationId", "evse", "id",
 ]  # fmt: skip

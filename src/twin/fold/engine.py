@@ -14,7 +14,9 @@ Aspects register handlers per action and phase; the engine dispatches:
 - ``lifecycle``: the gateway's records (``Connected``, ``Disconnected``, ...).
 
 Records are idempotent under redelivery: a ``(conn_id, seq)`` at or below the highest seen
-on its connection changes nothing. Invalid records are counted and otherwise ignored. A
+on its connection changes nothing (the twin keeps its current connection's highest ``seq``
+as ``_conn``/``_seq`` and the other connections' in ``_seen``, so a record on the connection
+of the record before, as nearly all are, copies no dict of marks). Invalid records are counted and otherwise ignored. A
 handler that fails leaves the twin as it was, but for an error count: the fold never raises.
 """
 
@@ -140,6 +142,8 @@ def new_twin(station_id: str) -> Twin:
         "fold_errors": 0,
         "_seen": {},
         "_pending": {},
+        "_conn": None,
+        "_seq": 0,
     }
 
 
@@ -170,22 +174,45 @@ def _failed(twin: Twin | None, record: Record) -> Twin:
     out = dict(base)
     out["fold_errors"] = base.get("fold_errors", 0) + 1
     with contextlib.suppress(Exception):
-        out["_seen"] = {**base["_seen"], record["conn_id"]: record["seq"]}
+        _mark(base, out, record["conn_id"], record["seq"])
     return out
+
+
+_FOLDED_BEFORE_CONN = object()
+"""The current connection of a twin folded before ``_conn`` existed: none, and no record's."""
+
+
+def _mark(twin: Twin, t: Twin, conn_id: Any, seq: int) -> None:
+    """``t``, the copy of ``twin`` being made, with ``seq`` the highest seen on ``conn_id``, now
+    its current connection: the current one before joins the others in ``_seen`` (at most
+    :data:`REMEMBERED_CONNECTIONS` in all, the earliest let go). A twin folded before ``_conn``
+    existed has none: its ``_seen`` holds every connection."""
+    current = twin.get("_conn", _FOLDED_BEFORE_CONN)
+    if conn_id != current:
+        marks = t["_seen"] = twin["_seen"].copy()
+        if current is not _FOLDED_BEFORE_CONN and (current is not None or twin["_seq"]):
+            marks[current] = twin["_seq"]
+        marks.pop(conn_id, None)
+        while len(marks) >= REMEMBERED_CONNECTIONS:
+            del marks[next(iter(marks))]
+        t["_conn"] = conn_id
+    t["_seq"] = seq
 
 
 def _apply(twin: Twin | None, record: Record) -> Twin:
     if twin is None:
         twin = new_twin(record["station_id"])
     conn_id, seq = record["conn_id"], record["seq"]
-    seen = twin["_seen"]
-    if seq <= seen.get(conn_id, 0):
-        return twin  # redelivered: already folded
-    t = twin.copy()
-    marks = t["_seen"] = seen.copy()
-    marks[conn_id] = seq
-    if len(marks) > REMEMBERED_CONNECTIONS:
-        del marks[next(iter(marks))]
+    if conn_id == twin.get("_conn", _FOLDED_BEFORE_CONN):  # the connection of the record before, as nearly all are
+        if seq <= twin["_seq"]:
+            return twin  # redelivered: already folded
+        t = twin.copy()
+        t["_seq"] = seq
+    elif seq <= twin["_seen"].get(conn_id, 0):
+        return twin  # redelivered
+    else:
+        t = twin.copy()
+        _mark(twin, t, conn_id, seq)
     t["frames_folded"] = twin["frames_folded"] + 1
     t["as_of"] = record["ts"]
     protocol = record.get("protocol")
