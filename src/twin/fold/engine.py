@@ -245,7 +245,7 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
         pending = t["_pending"] = twin["_pending"].copy()
         request = pending.pop(record["msg_id"])["payload"]
     if handlers:
-        change, event = Change(t, copied=True), Event(record, request)
+        change, event = Change(t, True), Event(record, request)  # positional: a keyword costs 0.1 µs a call
         for handler in handlers:
             handler(change, event)
     return t
