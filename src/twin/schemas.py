@@ -1,8 +1,16 @@
 """Payload validation against the negotiated version's OCA JSON schema.
 
-Validators are compiled with fastjsonschema on first use and cached per (version, action,
-kind): compiling all 181 schemas of 2.1 takes seconds, validating one payload microseconds.
-A violation comes back as the OCPP-J error code to answer with and a short reason.
+Validators are compiled on first use and cached per (version, action, kind): compiling all
+181 schemas of 2.1 takes seconds, validating one payload microseconds. A violation comes
+back as the OCPP-J error code to answer with and a short reason.
+
+Two validators a schema, one verdict: jsonschema-rs (compiled Rust) says whether a payload is
+valid, and fastjsonschema (generated Python) judges any payload it does not pass, so that a
+violation is fastjsonschema's, its error and message as they always were. A bench's
+TransactionEvent takes 1.5 µs instead of 7.7. This holds because every payload jsonschema-rs
+passes, fastjsonschema passes too (``tests/test_codec.py`` compares them on full, minimal
+and mutated payloads of every schema); the other way round it is stricter (a date-time's
+offset without a colon, ``+0100``), and fastjsonschema then has the last word.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from functools import cache
 from typing import Any, Literal
 
 import fastjsonschema
+import jsonschema_rs
 
 from twin.messages import SEND_ONLY, actions, schema_dir, station_initiated
 
@@ -87,6 +96,26 @@ def _required(match: re.Match[str]) -> str:
 
 
 def _compile(document: dict[str, Any]) -> Validator:
+    """The schema's validator: jsonschema-rs's verdict where it passes the payload, else
+    fastjsonschema's (:func:`_generated`), which raises its error."""
+    judge = _generated(document)
+    try:
+        passes = jsonschema_rs.validator_for(document, validate_formats=True).is_valid
+    except Exception:  # a schema jsonschema-rs cannot compile: fastjsonschema alone
+        return judge
+
+    def check(payload: Any) -> None:
+        try:
+            if passes(payload):
+                return
+        except Exception:  # a value jsonschema-rs cannot take: fastjsonschema judges it
+            pass
+        judge(payload)
+
+    return check
+
+
+def _generated(document: dict[str, Any]) -> Validator:
     """fastjsonschema's validator, its code rewritten in three respects:
 
     - the name of every array item handed to a referenced definition (``data.meterValue[0]``,
