@@ -259,6 +259,20 @@ def test_redelivery_is_known_on_each_of_the_last_sixteen_connections(steps: list
     assert (twin or {}).get("frames_folded", 0) == folded
 
 
+def test_records_without_a_usable_connection_or_seq_are_counted_and_break_nothing() -> None:
+    """Records no gateway writes, found by a reviewer: a null connection whose seq is no number
+    keeps its mark; a connection id that is no dict key (a list) is counted as a fold error
+    and marks nothing, so the next records fold."""
+    twin = None
+    for record in (_heartbeat(0, 1) | {"conn_id": None, "seq": ""}, _heartbeat(1, 1),
+                   _heartbeat(0, 5) | {"conn_id": None}):  # fmt: skip
+        twin = apply(twin, record)
+    assert twin is not None and (twin["frames_folded"], twin["fold_errors"]) == (1, 2)
+    twin = apply(apply(None, _heartbeat(0, 1) | {"conn_id": [1]}), _heartbeat(1, 1))
+    assert (twin["frames_folded"], twin["fold_errors"]) == (1, 1)
+    assert apply(twin, _heartbeat(2, 1))["frames_folded"] == 2
+
+
 def test_the_earliest_connections_are_let_go_past_sixteen() -> None:
     twin = None
     for conn in range(20):

@@ -142,8 +142,6 @@ def new_twin(station_id: str) -> Twin:
         "fold_errors": 0,
         "_seen": {},
         "_pending": {},
-        "_conn": None,
-        "_seq": 0,
     }
 
 
@@ -178,19 +176,21 @@ def _failed(twin: Twin | None, record: Record) -> Twin:
     return out
 
 
-_FOLDED_BEFORE_CONN = object()
-"""The current connection of a twin folded before ``_conn`` existed: none, and no record's."""
+_NO_CONNECTION = object()
+"""A twin's current connection before its first record, and in a twin folded before
+``_conn`` existed (its ``_seen`` holds every connection): none, and no record's."""
 
 
-def _mark(twin: Twin, t: Twin, conn_id: Any, seq: int) -> None:
+def _mark(twin: Twin, t: Twin, conn_id: Any, seq: Any) -> None:
     """``t``, the copy of ``twin`` being made, with ``seq`` the highest seen on ``conn_id``, now
     its current connection: the current one before joins the others in ``_seen`` (at most
-    :data:`REMEMBERED_CONNECTIONS` in all, the earliest let go). A twin folded before ``_conn``
-    existed has none: its ``_seen`` holds every connection."""
-    current = twin.get("_conn", _FOLDED_BEFORE_CONN)
+    :data:`REMEMBERED_CONNECTIONS` in all, the one left longest ago let go). Raises
+    ``TypeError`` for a ``conn_id`` that is no dict key (a list): not marked."""
+    hash(conn_id)
+    current = twin.get("_conn", _NO_CONNECTION)
     if conn_id != current:
         marks = t["_seen"] = twin["_seen"].copy()
-        if current is not _FOLDED_BEFORE_CONN and (current is not None or twin["_seq"]):
+        if current is not _NO_CONNECTION:
             marks[current] = twin["_seq"]
         marks.pop(conn_id, None)
         while len(marks) >= REMEMBERED_CONNECTIONS:
@@ -203,7 +203,7 @@ def _apply(twin: Twin | None, record: Record) -> Twin:
     if twin is None:
         twin = new_twin(record["station_id"])
     conn_id, seq = record["conn_id"], record["seq"]
-    if conn_id == twin.get("_conn", _FOLDED_BEFORE_CONN):  # the connection of the record before, as nearly all are
+    if conn_id == twin.get("_conn", _NO_CONNECTION):  # the connection of the record before, as nearly all are
         if seq <= twin["_seq"]:
             return twin  # redelivered: already folded
         t = twin.copy()
