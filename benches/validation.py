@@ -39,8 +39,9 @@ def main() -> None:
     rows = []
     for action, payload in PAYLOADS.items():
         compiled = schemas.validator("ocpp2.1", action, "Request")
-        reference = jsonschema.Draft6Validator(schemas.schema("ocpp2.1", action, "Request"))
-        generated = schemas._generated(schemas.schema("ocpp2.1", action, "Request") or {})[0]
+        document = schemas.schema("ocpp2.1", action, "Request") or {}
+        reference = jsonschema.Draft6Validator(document)
+        generated = schemas._generated(document)[0]  # fastjsonschema alone
         ours = rate(compiled, payload, args.n)
         alone = rate(generated, payload, args.n)
         theirs = rate(reference.validate, payload, max(args.n // 10, 100))

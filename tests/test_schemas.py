@@ -56,6 +56,9 @@ def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
         yield from _paths(child, (*path, key))
 
 
+_REMOVED = object()
+
+
 def _variants(payload: Any) -> Iterator[Any]:
     """The payload, and the payload with one value removed or replaced, at every place."""
     yield from (payload, {}, [], "x")
@@ -81,8 +84,6 @@ def _variants(payload: Any) -> Iterator[Any]:
                 parent[path[-1]] = new
             yield variant
 
-
-_REMOVED = object()
 
 
 def _outcome(check: schemas.Validator, payload: Any) -> Any:

@@ -16,8 +16,9 @@ Aspects register handlers per action and phase; the engine dispatches:
 Records are idempotent under redelivery: a ``(conn_id, seq)`` at or below the highest seen
 on its connection changes nothing (the twin keeps its current connection's highest ``seq``
 as ``_conn``/``_seq`` and the other connections' in ``_seen``, so a record on the connection
-of the record before, as nearly all are, copies no dict of marks). Invalid records are counted and otherwise ignored. A
-handler that fails leaves the twin as it was, but for an error count: the fold never raises.
+of the record before, as nearly all are, copies no dict of marks). Invalid records are
+counted and otherwise ignored. A handler that fails leaves the twin as it was, but for an
+error count: the fold never raises.
 """
 
 from __future__ import annotations
