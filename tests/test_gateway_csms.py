@@ -4,7 +4,9 @@ with every envelope field, before the station sees its answer."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
+import weakref
 from typing import Any
 
 import pytest
@@ -191,6 +193,35 @@ async def test_subprotocol_negotiation(gateway: Any, settings: Settings) -> None
     records = await read_until(settings, has("Refused", count=2))
     refusal = next(r for r in records if r["station_id"] == "CS-P3")
     assert "ocpp1.6" in refusal["payload"]["reason"] and refusal["origin"] == "gateway"
+
+
+async def test_a_closed_connection_is_freed_without_the_cyclic_collector(gateway: Any, settings: Settings) -> None:
+    """A station's connection goes with its last reference, closed cleanly or reset, not at
+    the next full collection: in a gateway of thousands of connections those are rare, and
+    closed connections piled up until one came (websockets' subprotocol callback closed over
+    the connection: a cycle, broken once the connection is lost)."""
+    gw = await gateway()
+    gone: list[weakref.ref[Any]] = []
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # only reference counting frees anything from here
+    try:
+        async with raw_station(url(gw, "CS-FREE1")) as st:
+            assert (await st.ask(BOOT))[0] == 3
+            gone.append(weakref.ref(gw.sessions["CS-FREE1"].ws))
+        async with raw_station(url(gw, "CS-FREE2")) as st:
+            assert (await st.ask(BOOT))[0] == 3
+            gone.append(weakref.ref(gw.sessions["CS-FREE2"].ws))
+            st.ws.transport.abort()  # a reset: no closing handshake
+        await read_until(settings, has("Disconnected", count=2))
+        for _ in range(50):  # the handler returns just after recording Disconnected
+            if all(ref() is None for ref in gone):
+                break
+            await asyncio.sleep(0.1)
+        assert [ref() is None for ref in gone] == [True, True]
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 async def test_cli_send_validates_then_queues(gateway: Any, settings: Settings) -> None:
