@@ -85,7 +85,6 @@ def _variants(payload: Any) -> Iterator[Any]:
             yield variant
 
 
-
 def _outcome(check: schemas.Validator, payload: Any) -> Any:
     try:
         check(payload)

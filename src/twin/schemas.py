@@ -138,6 +138,10 @@ def _formats_as_patterns(node: Any, patterns: dict[str, re.Pattern[str]]) -> Any
     return out
 
 
+_FORMAT_PATTERN = "_re_pattern"
+"""How fastjsonschema names a format's pattern among its patterns (``date-time_re_pattern``)."""
+
+
 def _generated(document: dict[str, Any]) -> tuple[Validator, dict[str, re.Pattern[str]] | None]:
     """fastjsonschema's validator, and the patterns it tests formats with (by format: None
     where the code could not be rewritten), its code rewritten in three respects:
@@ -177,10 +181,6 @@ def _generated(document: dict[str, Any]) -> tuple[Validator, dict[str, re.Patter
     except (AttributeError, TypeError, SyntaxError, KeyError):  # a fastjsonschema that generates otherwise
         return fastjsonschema.compile(document, use_default=False), None
     return check, patterns
-
-
-_FORMAT_PATTERN = "_re_pattern"
-"""How fastjsonschema names a format's pattern among its patterns (``date-time_re_pattern``)."""
 
 
 def validate(protocol: str, action: str, kind: Kind, payload: Any) -> None:
