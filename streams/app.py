@@ -3,7 +3,11 @@ the same ``apply`` that ``twin rebuild`` uses, publishes each changed twin to th
 ``twin.state`` and its alerts to ``twin.alerts``.
 
 At least once, on purpose: Faust's exactly-once is unreliable, and the fold makes a
-redelivered record a no-op, so the table converges on the rebuild either way.
+redelivered record a no-op, so the table converges on the rebuild either way. What Faust
+loses around a rebalance is made up here: records skipped by the consumer
+(``streams.continuity``), records committed but missing from the table (a partition taken
+folds the records behind it again, :data:`REFOLD_WINDOW`), and a table recovery waiting for
+records its consumer dropped (``streams.recovery``).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import faust
 import orjson
 from faust.streams import _current_event
 
-from streams import access, signals_archive, views
+from streams import access, recovery, signals_archive, views
 from streams import sites as site_views
-from streams.continuity import QUIET, Continuity, read_range
+from streams.continuity import QUIET, Continuity
 from twin import archive, fold, kafka_security
 from twin.alerts import alerts
 from twin.settings import Settings
@@ -93,8 +97,28 @@ ARCHIVE_WINDOW = 10.0
 every ``ARCHIVE_BATCH`` frames): fewer, larger files than a frame at a time."""
 
 REFOLD_WINDOW = 5000
-"""Records of ocpp.frames per partition a starting worker folds again behind its committed
-position (see :func:`rewind`)."""
+"""Records of ocpp.frames a worker folds again behind the offset it takes a partition at, each
+time it takes one: at start, and at each rebalance, kept partitions included.
+
+Its table can lack their effects, though the group committed past them:
+
+- Faust commits a source offset once the events up to it are acknowledged, waiting only for
+  the sends attached to them; a table's changelog write is not attached (``send_soon``,
+  flushed by the producer afterwards), so a SIGKILL can fall between the commit and the
+  changelog write;
+- ``take_events`` acknowledges a batch when its generator is closed, so a worker stopped
+  while it folds a batch commits the batch unfolded (seen: a clean stop, then the new
+  owner one frame short);
+- a revoked worker finishing its batch writes the changelog after the new owner has read
+  it, and the memory store recovers every partition from its changelog at each rebalance;
+- on Tansu, a recovery can stop at a high-water mark short of the true end.
+
+(Rewinding the group's commit instead is refused by Tansu while a dead member's session
+lingers.)
+
+The fold makes what the table has a no-op and restores what it lost. It costs one read of at
+most ``REFOLD_WINDOW`` records per partition taken (tests/test_reliability.py: a worker
+killed mid-stream, a clean stop, a kill during a join; each survivor equals the rebuild)."""
 
 
 class _Partition:
@@ -138,51 +162,24 @@ def committed(settings: Settings, bootstrap: str) -> dict[int, int]:
         consumer.close()
 
 
-def backlog(
-    settings: Settings, bootstrap: str, positions: dict[int, int], window: int = REFOLD_WINDOW
-) -> dict[int, list[dict[str, Any]]]:
-    """The last ``window`` records of each ocpp.frames partition behind the worker group's
-    committed ``positions`` (see :func:`committed`), read before the worker starts.
-
-    The table recovered from the changelog can lack its last writes: a worker killed after
-    committing a frame but before its changelog write landed, or (on Tansu) a recovery that
-    stops at a high-water mark short of the true end. The agent folds a partition's backlog
-    again before its first new event: the fold makes what the table already has a no-op and
-    restores what it lost. (Rewinding the group's commit instead is refused by Tansu while a
-    dead member's session lingers.)
-
-    Apache Kafka needs it too: Faust commits a source offset once the events up to it are
-    acknowledged, waiting only for the sends attached to them, and a table's changelog write
-    is not attached (``send_soon``, flushed by the producer afterwards), so on any broker a
-    SIGKILL can fall between the commit and the changelog. Its cost is one read of at most
-    ``window`` records per partition at start (tests/test_reliability.py kills a worker
-    mid-stream on Kafka; the restarted one folds 1-2 thousand records again per partition
-    and equals the rebuild)."""
-    topic = settings.topics.frames
-    return {p: read_range(bootstrap, topic, p, end - window, end) for p, end in positions.items()}
-
-
 def create_app(
     settings: Settings,
     bootstrap: str,
     web_port: int,
     data_dir: str = "twin-data/worker",
-    refold: dict[int, list[dict[str, Any]]] | None = None,
     expect: dict[int, int] | None = None,
     archive_to: str | None = None,
     sites: list[Site] | None = None,
     guard: Guard | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> faust.App:
-    """The worker; ``refold``: per partition, records to fold again before its first new
-    event (see :func:`backlog`); ``expect``: per partition, the first offset it should see
-    (the committed position); ``archive_to``: write ocpp.frames to this Parquet archive too;
+    """The worker; ``expect``: per partition, the first offset it should see (the committed
+    position, see :func:`committed`); ``archive_to``: write ocpp.frames to this Parquet archive too;
     ``sites``: the grid connections ``/v1/sites`` shows; ``guard``: who may use the API (none:
     anyone); ``tls``: serve it over HTTPS."""
     tansu = holds_fetches(bootstrap)
     if tansu:
         _quick_fetches()
-    refold = dict(refold or {})
     # the gap fill on every broker; the read past a quiet partition's last event for the fold
     # on every broker too (on Kafka a rebalance left a partition's last frame unfolded: the
     # reliability suite's survivor one frame short after 120 s), for the archive on Tansu only
@@ -264,11 +261,31 @@ def create_app(
         for key, alert in raised:
             await alert_topic.send(key=key, value=alert)
 
+    taken: dict[int, int | None] = {}  # partition -> the consumer generation that last gave it
+
+    def take(partition: int, offset: int, generation: int | None) -> None:
+        """The first event (or position) of ``partition`` in ``generation``: the fold reads the
+        records behind it again first (see :data:`REFOLD_WINDOW`)."""
+        taken[partition] = generation
+        folded.rewind(partition, offset, REFOLD_WINDOW)
+
     async def tail_check() -> None:
-        """Quiet partitions read past their last event, for each agent (see continuity)."""
+        """Quiet partitions read past their last event, for each agent (see continuity); a
+        partition taken and quiet since, behind its position (see :data:`REFOLD_WINDOW`)."""
         if views.recovering(app):
             return  # the table is not whole yet: folding into it now would be folding onto nothing
-        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == topics.frames]
+        generation = app.consumer_generation_id
+        for tp in assigned:
+            if taken.get(tp.partition, -1) == generation:
+                continue
+            try:
+                position = await app.consumer.position(tp)
+            except Exception:  # revoked meanwhile: the next check sees the new assignment
+                continue
+            if position is not None:
+                take(tp.partition, position, generation)
+        mine = {tp.partition for tp in assigned}
         for partition, due, records in await folded.tails(mine):
             await fold_batch((partition, record) for record in records)
             folded.advance(partition, due + len(records))
@@ -279,11 +296,18 @@ def create_app(
 
     app.timer(QUIET)(tail_check)
 
+    @app.timer(recovery.STALL / 2)
+    async def unstick_recovery() -> None:
+        """Faust's recovery, read again where it waits for records it dropped (see recovery)."""
+        await recovery.unstick(app)
+
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=BATCH_WINDOW):
-            for partition in {event.message.partition for event in events} & refold.keys():
-                await fold_batch((partition, record) for record in refold.pop(partition))  # once, after recovery
+            for event in events:
+                message = event.message
+                if taken.get(message.partition, -1) != message.generation_id:
+                    take(message.partition, message.offset, message.generation_id)
             await fold_batch(await folded.with_gaps(events, decode))
 
     if archive_to:

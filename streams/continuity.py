@@ -18,6 +18,10 @@ for the fold on every broker: on Kafka it found nothing in most runs, but once a
 rebalance a partition's last frame stayed unfolded (nothing after it to show a gap); it
 costs a short read per quiet partition each ``QUIET`` seconds. The archive agent reads tails
 on Tansu only (``tails=False`` elsewhere).
+
+The same reads fold records again on purpose: :meth:`Continuity.rewind` makes the records
+behind a partition's first offset look skipped, so a worker that takes a partition folds
+them again before anything new (see ``streams.app.REFOLD_WINDOW``).
 """
 
 from __future__ import annotations
@@ -73,20 +77,35 @@ class Continuity:
         self.expected: dict[int, int] = dict(start or {})
         self.heard: dict[int, float] = {}  # partition -> when its last event came
         self.checked: dict[int, tuple[int, float]] = {}  # partition -> (offset looked past, when)
+        self.rewound: dict[int, int] = {}  # partition -> the offset it was rewound from (see rewind)
         self.started = time.monotonic()
+
+    def rewind(self, partition: int, offset: int, window: int) -> None:
+        """Expect ``partition`` again ``window`` records behind ``offset``: its next event (or
+        its tail read, when it is quiet) reads them directly first, whatever the distance."""
+        self.expected[partition] = max(0, offset - window)
+        self.rewound[partition] = offset
+        self.checked.pop(partition, None)
 
     async def with_gaps(
         self, events: list[Any], decode: Callable[[bytes], Record | None]
     ) -> list[tuple[int, Record | None]]:
-        """The events' records, each preceded by any its partition skipped."""
+        """The events' records, each preceded by any its partition skipped. (Gaps are read one
+        after another: reading several partitions' at once saved nothing, benches/takeover.py.)"""
         out: list[tuple[int, Record | None]] = []
         for event in events:
             partition, offset = event.message.partition, event.message.offset
             due = self.expected.get(partition)
-            if due is not None and due < offset <= due + WINDOW:
+            rewound = self.rewound.pop(partition, None)
+            if due is not None and due < offset and (offset <= due + WINDOW or rewound is not None):
                 missing = await asyncio.to_thread(read_range, self.bootstrap, self.topic, partition, due, offset)
-                log.warning("%s: partition %d skipped offsets %d..%d: read %d records directly",
-                            self.name, partition, due, offset - 1, len(missing))  # fmt: skip
+                if rewound is None:
+                    log.warning("%s: partition %d skipped offsets %d..%d: read %d records directly",
+                                self.name, partition, due, offset - 1, len(missing))  # fmt: skip
+                else:
+                    log.warning("%s: partition %d taken at offset %d: folding again the last records behind it, "
+                                "offsets %d..%d (%d)", self.name, partition, rewound, due, offset - 1,
+                                len(missing))  # fmt: skip
                 out += [(partition, record) for record in missing]
             out.append((partition, decode(event.value)))
             self.expected[partition] = max(due or 0, offset + 1)
@@ -109,11 +128,17 @@ class Continuity:
             self.checked[partition] = (due, now)
             records = await asyncio.to_thread(read_range, self.bootstrap, self.topic, partition, due, due + WINDOW)
             if records and self.expected.get(partition) == due:
-                log.warning("%s: partition %d: %d records past offset %d were not delivered: read directly",
-                            self.name, partition, len(records), due)  # fmt: skip
+                if partition in self.rewound:
+                    log.warning("%s: partition %d taken at offset %d, quiet: folding again the last records "
+                                "behind it, from offset %d (%d)", self.name, partition, self.rewound[partition], due,
+                                len(records))  # fmt: skip
+                else:
+                    log.warning("%s: partition %d: %d records past offset %d were not delivered: read directly",
+                                self.name, partition, len(records), due)  # fmt: skip
                 found.append((partition, due, records))
         return found
 
     def advance(self, partition: int, to: int) -> None:
         self.expected[partition] = max(self.expected.get(partition, 0), to)
+        self.rewound.pop(partition, None)
         self.heard[partition] = time.monotonic()

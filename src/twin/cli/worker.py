@@ -50,7 +50,7 @@ def worker(
     """
     import faust
 
-    from streams.app import backlog, committed, create_app
+    from streams.app import committed, create_app
     from twin.cli.control import load_sites
 
     settings = Settings.load(bootstrap=bootstrap, web_port=web_port, archive=archive, store=store, sites=sites)
@@ -69,12 +69,8 @@ def worker(
     if not port_is_free(settings.host, settings.web_port):
         fail(f"port {settings.web_port} on {settings.host} is already in use (--web-port)")
     positions = committed(settings, target)  # where the group left off, read once
-    refold = backlog(settings, target, positions)
-    if refold:
-        counts = {p: len(r) for p, r in refold.items()}
-        err.print(f"folding again the last records behind the committed position: {counts}")
     archive_to = archive or os.environ.get("TWIN_ARCHIVE")  # only when asked: not the default location
-    faust_app = create_app(settings, target, settings.web_port, data_dir, refold, positions, archive_to, found,
+    faust_app = create_app(settings, target, settings.web_port, data_dir, positions, archive_to, found,
                            door.guard, door.tls)  # fmt: skip
     scheme = "https" if door.tls else "http"
     err.print(f"worker: API on [bold]{scheme}://{settings.host}:{settings.web_port}/v1/stations[/] ({door.said}), "
