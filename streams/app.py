@@ -18,7 +18,7 @@ import logging
 import ssl
 import weakref
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -162,6 +162,20 @@ def committed(settings: Settings, bootstrap: str) -> dict[int, int]:
         consumer.close()
 
 
+def _going_on(check: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """``check`` as a timer that logs its failure and runs again next time: an exception
+    out of a Faust timer ends it for good, and a broker away for a moment (the tail check
+    reads ocpp.frames directly) or a partition revoked under a check is no reason."""
+
+    async def run() -> None:
+        try:
+            await check()
+        except Exception as exc:
+            log.warning("%s failed (%r): again in a moment", check.__name__, exc)
+
+    return run
+
+
 def create_app(
     settings: Settings,
     bootstrap: str,
@@ -294,12 +308,12 @@ def create_app(
                 await asyncio.to_thread(archive.write, archive_to, sorted(records, key=lambda r: r["ts"]))
                 archived.advance(partition, due + len(records))
 
-    app.timer(QUIET)(tail_check)
-
-    @app.timer(recovery.STALL / 2)
     async def unstick_recovery() -> None:
         """Faust's recovery, read again where it waits for records it dropped (see recovery)."""
         await recovery.unstick(app)
+
+    for every, check in ((QUIET, tail_check), (recovery.STALL / 2, unstick_recovery)):
+        app.timer(every, name=check.__name__)(_going_on(check))
 
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:

@@ -1,8 +1,13 @@
-"""When Faust's table recovery waits for records its consumer fetched and dropped
-(streams.recovery). The whole worker is exercised by tests/test_reliability.py's rebalance;
-here the decision, on the figures a stuck worker showed."""
+"""The worker's watchdogs: a table recovery waiting for records Faust's consumer fetched and
+dropped (streams.recovery), and checks that fail for a moment. The whole worker is exercised
+by tests/test_reliability.py's rebalance; here the decisions, on the figures a stuck worker
+showed."""
 
 from __future__ import annotations
+
+import logging
+
+import pytest
 
 from streams.recovery import STALL, stalled
 
@@ -37,3 +42,21 @@ def test_each_partition_is_judged_alone() -> None:
     done, stuck = "twins-changelog:0", "twins-changelog:1"
     applied, highwaters = {done: 9, stuck: 3}, {done: 9, stuck: 20}
     assert stalled(applied, highwaters, {done: 10, stuck: 21}, {done: 90.0, stuck: 80.0}, 0.0, 80 + STALL) == {stuck: 4}
+
+
+async def test_a_check_that_fails_is_logged_and_runs_again(caplog: pytest.LogCaptureFixture) -> None:
+    # an exception out of a Faust timer ends it for good: the worker's checks log and go on
+    from streams.app import _going_on
+
+    calls = []
+
+    async def tail_check() -> None:
+        calls.append(1)
+        raise ConnectionError("broker away")
+
+    timer = _going_on(tail_check)
+    with caplog.at_level(logging.WARNING, logger="twin.worker"):
+        await timer()
+        await timer()
+    assert len(calls) == 2
+    assert "tail_check failed (ConnectionError('broker away'))" in caplog.text
