@@ -252,9 +252,11 @@ def create_app(
     async def _fold_batch(records: Iterable[tuple[int, dict[str, Any] | None]]) -> None:
         """Fold (partition, record) pairs in order; then write each changed twin once, to the
         table's changelog (on the partition of its frames) and to twin.state, and the
-        batch's alerts after them."""
+        batch's alerts after them: for the partitions still this worker's (a fold that ends
+        after a rebalance took its partition away leaves the twin to the new owner, who
+        folds it again: a late write would leave a stale twin last in the changelog)."""
         changed: dict[str, tuple[int, dict[str, Any]]] = {}
-        raised: list[tuple[bytes, bytes]] = []
+        raised: list[tuple[int, bytes, bytes]] = []
         for partition, record in records:
             if record is None:
                 continue
@@ -265,46 +267,43 @@ def create_app(
                 continue  # redelivered: already folded
             changed[station] = (partition, after)
             recent[station].append(views.line(record))
-            raised += [(station.encode(), orjson.dumps(alert)) for alert in alerts(record, before, after)]
+            raised += [(partition, station.encode(), orjson.dumps(alert)) for alert in alerts(record, before, after)]
+        if not changed:
+            return
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
         for station, (partition, twin) in changed.items():
+            if partition not in mine:
+                continue
             # what ``twins[station] = twin`` does inside a one-event stream, here for a batch
             with on_partition(partition):  # the RocksDB store keeps a database per partition
                 twins.data[station] = twin
             twins.send_changelog(partition, station, twin)
             await state.send(key=station.encode(), value=orjson.dumps(fold.public(twin)))
-        for key, alert in raised:
-            await alert_topic.send(key=key, value=alert)
+        for partition, key, alert in raised:
+            if partition in mine:
+                await alert_topic.send(key=key, value=alert)
 
-    taken: dict[int, int | None] = {}  # partition -> the consumer generation that last gave it
-
-    def take(partition: int, offset: int, generation: int | None) -> None:
-        """The first event (or position) of ``partition`` in ``generation``: the fold reads the
-        records behind it again first (see :data:`REFOLD_WINDOW`)."""
-        taken[partition] = generation
-        folded.rewind(partition, offset, REFOLD_WINDOW)
+    agents = (folded, archived) if archive_to else (folded,)
 
     async def tail_check() -> None:
         """Quiet partitions read past their last event, for each agent (see continuity); a
-        partition taken and quiet since, behind its position (see :data:`REFOLD_WINDOW`)."""
+        partition taken and quiet since, from the group's committed offset (see
+        :data:`REFOLD_WINDOW`; not the consumer's position, which can be a fetch ahead of
+        what the agent has folded)."""
         if views.recovering(app):
             return  # the table is not whole yet: folding into it now would be folding onto nothing
-        assigned = [tp for tp in app.consumer.assignment() if tp.topic == topics.frames]
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
         generation = app.consumer_generation_id
-        for tp in assigned:
-            if taken.get(tp.partition, -1) == generation:
-                continue
-            try:
-                position = await app.consumer.position(tp)
-            except Exception:  # revoked meanwhile: the next check sees the new assignment
-                continue
-            if position is not None:
-                take(tp.partition, position, generation)
-        mine = {tp.partition for tp in assigned}
-        for partition, due, records in await folded.tails(mine):
+        if any(agent.taken.get(p, -1) != generation for agent in agents for p in assigned):
+            positions = await asyncio.to_thread(committed, settings, bootstrap)
+            for agent in agents:
+                for partition in assigned:  # the agent may have taken it meanwhile: take is a no-op then
+                    agent.take(partition, positions.get(partition, 0), generation, REFOLD_WINDOW)
+        for partition, due, records in await folded.tails(assigned):
             await fold_batch((partition, record) for record in records)
             folded.advance(partition, due + len(records))
         if archive_to:
-            for partition, due, records in await archived.tails(mine):
+            for partition, due, records in await archived.tails(assigned):
                 await asyncio.to_thread(archive.write, archive_to, sorted(records, key=lambda r: r["ts"]))
                 archived.advance(partition, due + len(records))
 
@@ -320,8 +319,7 @@ def create_app(
         async for events in stream.take_events(BATCH, within=BATCH_WINDOW):
             for event in events:
                 message = event.message
-                if taken.get(message.partition, -1) != message.generation_id:
-                    take(message.partition, message.offset, message.generation_id)
+                folded.take(message.partition, message.offset, message.generation_id, REFOLD_WINDOW)
             await fold_batch(await folded.with_gaps(events, decode))
 
     if archive_to:
@@ -329,9 +327,14 @@ def create_app(
         @app.agent(frames)
         async def archive_frames(stream: Any) -> None:
             """ocpp.frames into the Parquet archive, a batch at a time. Faust commits a frame
-            once both agents have acknowledged it, and this one acknowledges a batch only
-            after its files are written: at least once (readers drop duplicates)."""
+            once both agents have acknowledged it, and this one acknowledges a batch after
+            its files are written, but for a batch in hand when the worker stops (see
+            :data:`REFOLD_WINDOW`): the records behind each partition taken are written again
+            too. At least once (readers drop duplicates)."""
             async for events in stream.take_events(ARCHIVE_BATCH, within=ARCHIVE_WINDOW):
+                for event in events:
+                    message = event.message
+                    archived.take(message.partition, message.offset, message.generation_id, REFOLD_WINDOW)
                 records = [r for _, r in await archived.with_gaps(events, decode) if r is not None]
                 records.sort(key=lambda r: r["ts"])  # partitions interleave: one file per date
                 await asyncio.to_thread(archive.write, archive_to, records)

@@ -40,12 +40,17 @@ log = logging.getLogger("twin.worker")
 
 WINDOW = 5000
 QUIET = 5.0
+READ_DEADLINE = 60.0
 
 Record = dict[str, Any]
 
 
-def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[Record]:
-    """The records at offsets [start, end) of one partition, read directly."""
+def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int, to_end: bool = False) -> list[Record]:
+    """The records at offsets [start, end) of one partition, read directly: all of them (a
+    range of offsets seen exists whole: polls that bring nothing are tried again for
+    ``READ_DEADLINE`` seconds, and a read still short is logged), or with ``to_end`` those
+    the log holds (read until a poll brings nothing: the end a broker reports can be short
+    of the true end, on Tansu)."""
     from kafka import KafkaConsumer, TopicPartition
 
     tp = TopicPartition(topic, partition)
@@ -55,13 +60,17 @@ def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int)
         consumer.assign([tp])
         consumer.seek(tp, max(0, start))
         found: list[Record] = []
+        deadline = time.monotonic() + READ_DEADLINE
         while consumer.position(tp) < end:
             batches = consumer.poll(timeout_ms=1000)
-            if not batches:
+            if not batches and (to_end or time.monotonic() > deadline):
                 break
             for message in batches.get(tp, ()):
                 if message.offset < end:
                     found.append(orjson.loads(message.value))
+        if not to_end and len(found) < end - max(0, start):
+            log.warning("partition %d: read %d of offsets %d..%d in %.0f s: folding those",
+                        partition, len(found), start, end - 1, READ_DEADLINE)  # fmt: skip
         return found
     finally:
         consumer.close()
@@ -78,7 +87,16 @@ class Continuity:
         self.heard: dict[int, float] = {}  # partition -> when its last event came
         self.checked: dict[int, tuple[int, float]] = {}  # partition -> (offset looked past, when)
         self.rewound: dict[int, int] = {}  # partition -> the offset it was rewound from (see rewind)
+        self.taken: dict[int, int | None] = {}  # partition -> the consumer generation it was taken in
         self.started = time.monotonic()
+
+    def take(self, partition: int, offset: int, generation: int | None, window: int) -> None:
+        """``partition`` is this agent's from ``offset`` on in consumer ``generation`` (the
+        first event of it the generation delivers, or the group's committed offset): the
+        first time, :meth:`rewind` it by ``window`` records."""
+        if self.taken.get(partition, -1) != generation:
+            self.taken[partition] = generation
+            self.rewind(partition, offset, window)
 
     def rewind(self, partition: int, offset: int, window: int) -> None:
         """Expect ``partition`` again ``window`` records behind ``offset``: its next event (or
@@ -126,7 +144,8 @@ class Continuity:
             if self.checked.get(partition, (-1, 0.0))[0] == due and now - self.checked[partition][1] < 60:
                 continue  # looked past this offset lately: an idle partition is read once a minute
             self.checked[partition] = (due, now)
-            records = await asyncio.to_thread(read_range, self.bootstrap, self.topic, partition, due, due + WINDOW)
+            records = await asyncio.to_thread(read_range, self.bootstrap, self.topic, partition, due, due + WINDOW,
+                                              to_end=True)  # fmt: skip
             if records and self.expected.get(partition) == due:
                 if partition in self.rewound:
                     log.warning("%s: partition %d taken at offset %d, quiet: folding again the last records "

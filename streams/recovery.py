@@ -61,12 +61,13 @@ async def unstick(app: Any) -> dict[Any, int]:
     """Seek the changelog partitions :func:`stalled` finds in ``app``'s recovery back; what
     was sought where. A no-op outside recovery."""
     recovery = app.tables.recovery
-    if not recovery.in_recovery:
-        return {}
+    if not recovery.in_recovery or getattr(app, "rebalancing", False):
+        return {}  # a rebalance under way starts recovery again anyway
     started = recovery._recovery_started_at  # Faust keeps its clock (monotonic) here
     if started is None:
         return {}
-    highwaters = dict(recovery.active_highwaters)
+    assigned = app.consumer.assignment()
+    highwaters = {tp: h for tp, h in recovery.active_highwaters.items() if tp in assigned}
     positions = {tp: await app.consumer.position(tp) for tp in highwaters}
     seeks = stalled(recovery.active_offsets, highwaters, positions, recovery._active_events_received_at,
                     started, time.monotonic())  # fmt: skip

@@ -426,14 +426,21 @@ async def test_a_partition_taken_over_is_folded_again_behind_its_position(procs:
     changelog = f"{procs.prefix}twin-worker-twins-changelog"
     key = orjson.dumps(station)  # the table's keys are JSON
 
-    consumer = KafkaConsumer(bootstrap_servers=procs.bootstrap, consumer_timeout_ms=2000)
-    try:
-        consumer.assign([TopicPartition(changelog, p) for p in consumer.partitions_for_topic(changelog) or ()])
-        consumer.seek_to_beginning()
-        first = next(m for m in consumer if m.key == key)  # the station's first twin in the changelog
-    finally:
-        consumer.close()
     now_folded = api(two_port, f"/v1/stations/{station}")[1]["frames_folded"]
+
+    def twins_in_changelog() -> list[Any]:
+        consumer = KafkaConsumer(bootstrap_servers=procs.bootstrap, consumer_timeout_ms=2000)
+        try:
+            consumer.assign([TopicPartition(changelog, p) for p in consumer.partitions_for_topic(changelog) or ()])
+            consumer.seek_to_beginning()
+            return [m for m in consumer if m.key == key]
+        finally:
+            consumer.close()
+
+    began = time.monotonic()  # worker-2's last write of the twin has landed: the stale one comes after it
+    while orjson.loads((written := twins_in_changelog())[-1].value)["frames_folded"] != now_folded:
+        assert time.monotonic() - began < 30, "worker-2's last twin never reached the changelog"
+    first = written[0]  # the station's first twin in the changelog
     assert orjson.loads(first.value)["frames_folded"] < now_folded / 2, "a twin from the start"
     producer = KafkaProducer(bootstrap_servers=procs.bootstrap, acks="all")
     producer.send(changelog, key=key, value=first.value, partition=first.partition).get(timeout=10)
@@ -443,7 +450,7 @@ async def test_a_partition_taken_over_is_folded_again_behind_its_position(procs:
     assert two.wait(30) == 0, procs.log("worker-2")
     await asyncio.to_thread(wait_folded, procs, one, "worker-1", one_port, fleet.names)
     assert await asyncio.to_thread(rebuild_differences, procs, one_port) == []
-    assert "taken at offset" in procs.log("worker-1"), procs.log("worker-1")
+    assert f"partition {first.partition} taken at offset" in procs.log("worker-1"), procs.log("worker-1")
 
 
 
