@@ -61,8 +61,8 @@ async def unstick(app: Any) -> dict[Any, int]:
     """Seek the changelog partitions :func:`stalled` finds in ``app``'s recovery back; what
     was sought where. A no-op outside recovery."""
     recovery = app.tables.recovery
-    if not recovery.in_recovery or getattr(app, "rebalancing", False):
-        return {}  # a rebalance under way starts recovery again anyway
+    if not recovery.in_recovery:  # (not ``app.rebalancing``: Faust keeps it set until recovery ends)
+        return {}
     started = recovery._recovery_started_at  # Faust keeps its clock (monotonic) here
     if started is None:
         return {}

@@ -327,6 +327,17 @@ def answers_all(port: int, stations: list[str]) -> bool:
     return all(api(port, f"/v1/stations/{s}")[0] == 200 for s in stations)
 
 
+async def folds_a_partition(p: Processes, proc: subprocess.Popen[bytes], port: int, name: str,
+                            timeout: float) -> None:  # fmt: skip
+    """Until the worker folds a partition of its own (its ``?scope=local`` list has a station)."""
+    began = time.monotonic()
+    while not ((await asyncio.to_thread(api, port, "/v1/stations?scope=local"))[1] or {}).get("stations"):
+        assert proc.poll() is None, p.log(name)
+        # a group's join can wait on the session's broker after a long suite: the limit is generous
+        assert time.monotonic() - began < timeout, f"{name} folds no partition after {timeout} s\n{p.log(name)}"
+        await asyncio.sleep(0.5)
+
+
 async def wait_answers_all(proc: subprocess.Popen[bytes], port: int, stations: list[str], log: Callable[[], str],
                            timeout: float = 90) -> float:  # fmt: skip
     """Seconds until the worker answers 200 for every station."""
@@ -402,7 +413,8 @@ async def test_a_partition_taken_over_is_folded_again_behind_its_position(procs:
     the group committed past: a worker killed between its commit and its changelog write, a
     batch Faust acknowledged unfolded at a stop, a revoked worker's late write. Here the last
     changelog write of one station is its first twin, as a late write would leave it: the
-    worker that takes the partition folds again the records behind its position, and is whole.
+    worker that takes the partition folds again the records behind the group's committed offset,
+    and is whole.
     The partition is quiet then (the fleet has stopped), so no new event shows the gap."""
     _, url = procs.gateway("gateway")
     fleet = Fleet([url], STATIONS, "TO", pace=0.1)
@@ -412,11 +424,7 @@ async def test_a_partition_taken_over_is_folded_again_behind_its_position(procs:
         await wait_answers_all(one, one_port, fleet.names, lambda: procs.log("worker-1"))
         await asyncio.sleep(2)  # worker-1 folds both partitions for a while
         two, two_port = procs.worker("worker-2")
-        began = time.monotonic()
-        while not ((await asyncio.to_thread(api, two_port, "/v1/stations?scope=local"))[1] or {}).get("stations"):
-            assert two.poll() is None, procs.log("worker-2")
-            assert time.monotonic() - began < 180, f"{procs.log('worker-1')}\n---\n{procs.log('worker-2')}"
-            await asyncio.sleep(0.5)
+        await folds_a_partition(procs, two, two_port, "worker-2", timeout=180)
         await asyncio.sleep(3)  # worker-2 folds its partition for a while: worker-1 no longer sees it
     finally:
         await fleet.stop()
@@ -481,11 +489,7 @@ async def test_a_rebalance_keeps_every_station_answered(procs: Processes) -> Non
         print(f"\nafter a clean stop, the survivor answered for every station in {took:.1f} s")
 
         three, three_port = procs.worker("worker-3")
-        began = time.monotonic()
-        while not ((await asyncio.to_thread(api, three_port, "/v1/stations?scope=local"))[1] or {}).get("stations"):
-            assert three.poll() is None, procs.log("worker-3")  # until it folds a partition of its own
-            assert time.monotonic() - began < 90, procs.log("worker-3")
-            await asyncio.sleep(0.5)
+        await folds_a_partition(procs, three, three_port, "worker-3", timeout=90)
         await asyncio.sleep(2)
         two.kill()  # no goodbye: the group notices at the session timeout
         took = await wait_answers_all(three, three_port, fleet.names, lambda: procs.log("worker-3"))
