@@ -198,8 +198,8 @@ def create_app(
     # on every broker too (on Kafka a rebalance left a partition's last frame unfolded: the
     # reliability suite's survivor one frame short after 120 s), for the archive on Tansu only
     # (there its tail read duplicates what the archive agent still holds; see streams.continuity)
-    folded = Continuity("fold", bootstrap, settings.topics.frames, expect, tails=True)
-    archived = Continuity("archive", bootstrap, settings.topics.frames, expect, tails=tansu)
+    folded = Continuity("fold", bootstrap, settings.topics.frames, expect, tails=True, refold=REFOLD_WINDOW)
+    archived = Continuity("archive", bootstrap, settings.topics.frames, expect, tails=tansu, refold=REFOLD_WINDOW)
     folding = asyncio.Lock()  # the agent and the tail check take turns: read, fold, write
     app = faust.App(
         group_id(settings),
@@ -245,6 +245,10 @@ def create_app(
         station = record.get("station_id") if isinstance(record, dict) else None
         return record if isinstance(station, str) and station else None
 
+    def assigned() -> set[int]:
+        """This worker's partitions of ocpp.frames."""
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
+
     async def fold_batch(records: Iterable[tuple[int, dict[str, Any] | None]]) -> None:
         async with folding:
             await _fold_batch(records)
@@ -270,7 +274,7 @@ def create_app(
             raised += [(partition, station.encode(), orjson.dumps(alert)) for alert in alerts(record, before, after)]
         if not changed:
             return
-        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
+        mine = assigned()
         for station, (partition, twin) in changed.items():
             if partition not in mine:
                 continue
@@ -292,18 +296,18 @@ def create_app(
         what the agent has folded)."""
         if views.recovering(app):
             return  # the table is not whole yet: folding into it now would be folding onto nothing
-        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.frames}
+        mine = assigned()
         generation = app.consumer_generation_id
-        if any(agent.taken.get(p, -1) != generation for agent in agents for p in assigned):
+        if any(agent.taken.get(p, -1) != generation for agent in agents for p in mine):
             positions = await asyncio.to_thread(committed, settings, bootstrap)
             for agent in agents:
-                for partition in assigned:  # the agent may have taken it meanwhile: take is a no-op then
-                    agent.take(partition, positions.get(partition, 0), generation, REFOLD_WINDOW)
-        for partition, due, records in await folded.tails(assigned):
+                for partition in mine:  # the agent may have taken it meanwhile: take is a no-op then
+                    agent.take(partition, positions.get(partition, 0), generation)
+        for partition, due, records in await folded.tails(mine):
             await fold_batch((partition, record) for record in records)
             folded.advance(partition, due + len(records))
         if archive_to:
-            for partition, due, records in await archived.tails(assigned):
+            for partition, due, records in await archived.tails(mine):
                 await asyncio.to_thread(archive.write, archive_to, sorted(records, key=lambda r: r["ts"]))
                 archived.advance(partition, due + len(records))
 
@@ -317,9 +321,6 @@ def create_app(
     @app.agent(frames)
     async def fold_frames(stream: Any) -> None:
         async for events in stream.take_events(BATCH, within=BATCH_WINDOW):
-            for event in events:
-                message = event.message
-                folded.take(message.partition, message.offset, message.generation_id, REFOLD_WINDOW)
             await fold_batch(await folded.with_gaps(events, decode))
 
     if archive_to:
@@ -332,9 +333,6 @@ def create_app(
             :data:`REFOLD_WINDOW`): the records behind each partition taken are written again
             too. At least once (readers drop duplicates)."""
             async for events in stream.take_events(ARCHIVE_BATCH, within=ARCHIVE_WINDOW):
-                for event in events:
-                    message = event.message
-                    archived.take(message.partition, message.offset, message.generation_id, REFOLD_WINDOW)
                 records = [r for _, r in await archived.with_gaps(events, decode) if r is not None]
                 records.sort(key=lambda r: r["ts"])  # partitions interleave: one file per date
                 await asyncio.to_thread(archive.write, archive_to, records)

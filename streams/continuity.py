@@ -80,9 +80,12 @@ class Continuity:
     """One agent's next expected offset per partition, and what it was not delivered."""
 
     def __init__(
-        self, name: str, bootstrap: str, topic: str, start: dict[int, int] | None = None, tails: bool = True
-    ) -> None:
+        self, name: str, bootstrap: str, topic: str, start: dict[int, int] | None = None, tails: bool = True,
+        refold: int = 0,
+    ) -> None:  # fmt: skip
+        """``refold``: records read again behind each partition taken (see :meth:`take`)."""
         self.name, self.bootstrap, self.topic, self.reads_tails = name, bootstrap, topic, tails
+        self.refold = refold
         self.expected: dict[int, int] = dict(start or {})
         self.heard: dict[int, float] = {}  # partition -> when its last event came
         self.checked: dict[int, tuple[int, float]] = {}  # partition -> (offset looked past, when)
@@ -90,13 +93,13 @@ class Continuity:
         self.taken: dict[int, int | None] = {}  # partition -> the consumer generation it was taken in
         self.started = time.monotonic()
 
-    def take(self, partition: int, offset: int, generation: int | None, window: int) -> None:
+    def take(self, partition: int, offset: int, generation: int | None) -> None:
         """``partition`` is this agent's from ``offset`` on in consumer ``generation`` (the
         first event of it the generation delivers, or the group's committed offset): the
-        first time, :meth:`rewind` it by ``window`` records."""
+        first time, :meth:`rewind` it by ``refold`` records."""
         if self.taken.get(partition, -1) != generation:
             self.taken[partition] = generation
-            self.rewind(partition, offset, window)
+            self.rewind(partition, offset, self.refold)
 
     def rewind(self, partition: int, offset: int, window: int) -> None:
         """Expect ``partition`` again ``window`` records behind ``offset``: its next event (or
@@ -108,11 +111,16 @@ class Continuity:
     async def with_gaps(
         self, events: list[Any], decode: Callable[[bytes], Record | None]
     ) -> list[tuple[int, Record | None]]:
-        """The events' records, each preceded by any its partition skipped. (Gaps are read one
-        after another: reading several partitions' at once saved nothing, benches/takeover.py.)"""
+        """The events' records, each preceded by any its partition skipped, or the records
+        behind it when the event is the first of its partition in its consumer generation
+        (:meth:`take`). (Gaps are read one after another: reading several partitions' at once
+        saved nothing, benches/takeover.py.)"""
         out: list[tuple[int, Record | None]] = []
         for event in events:
-            partition, offset = event.message.partition, event.message.offset
+            message = event.message
+            partition, offset = message.partition, message.offset
+            if self.taken.get(partition, -1) != message.generation_id:
+                self.take(partition, offset, message.generation_id)
             due = self.expected.get(partition)
             rewound = self.rewound.pop(partition, None)
             if due is not None and due < offset and (offset <= due + WINDOW or rewound is not None):

@@ -461,7 +461,6 @@ async def test_a_partition_taken_over_is_folded_again_behind_its_position(procs:
     assert f"partition {first.partition} taken at offset" in procs.log("worker-1"), procs.log("worker-1")
 
 
-
 async def test_a_rebalance_keeps_every_station_answered(procs: Processes) -> None:
     _, url = procs.gateway("gateway")
     fleet = Fleet([url], STATIONS, "RB", pace=0.1)
