@@ -13,7 +13,9 @@ a TransactionEvent with meter values every ``--meter`` s. Phases, timed by this 
 4. blip: every load generator aborts all its connections at once (TCP reset, no close
    handshake, as a network blip looks to the gateway) and every station reconnects at once
    and boots again;
-5. after: ``--after`` seconds of steady load again; then every station closes.
+5. after: ``--after`` seconds of steady load again; then every station closes. The RSS is
+   read as every station is back (``kib_per_connection_after_blip``) and at the end of this
+   window (``kib_per_connection_after``).
 
 Every CALL is answered or counted as unanswered (``--call-timeout``); what the gateway
 captured is read back as the end offsets of ``ocpp.frames`` (a fresh broker each run) and
@@ -373,6 +375,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             print(f"steady window done: gateway RSS {rss_steady / 2**20:.0f} MiB (start {rss0 / 2**20:.0f}), "
                   f"CPU {cpu['steady']}", file=sys.stderr, flush=True)  # fmt: skip
             reconnect, blip_each, rss_blip = float("nan"), [], rss_steady
+            rss_after = rss_steady
             if not args.no_blip:
                 phase.value = 2
                 t_blip = time.monotonic()
@@ -385,6 +388,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 phase.value = 3
                 time.sleep(args.after)
                 cpu["after"] = meter.read()
+                rss_after = rss_bytes(gateway.pid)
             go_stop.set()
             done = [out.get(timeout=args.phase_timeout)[1] for _ in procs]
             for p in procs:
@@ -420,6 +424,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rss_steady_mib": round(rss_steady / 2**20), "rss_after_blip_mib": round(rss_blip / 2**20),
         "kib_per_connection": round((rss_steady - rss0) / args.stations / 1024, 1),
         "kib_per_connection_after_blip": round((rss_blip - rss0) / args.stations / 1024, 1),
+        "kib_per_connection_after": round((rss_after - rss0) / args.stations / 1024, 1),
         **total,
         "captured": frames, "captured_read_in_s": round(settled_s, 1),
         "expected_captured": [expected_low, expected_high],

@@ -224,6 +224,59 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_collector(gateway
             gc.enable()
 
 
+async def test_a_wave_of_closed_connections_gives_their_memory_back(
+    gateway: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a wave of closings has passed (a network blip), the gateway hands what the C
+    allocator kept of the closed connections back to the system, once per wave, and not
+    while the connections are still closing."""
+    from twin import runtime
+    from twin.gateway import server
+
+    given: list[int] = []
+    real = runtime.give_back_memory
+
+    def counted() -> bool:
+        given.append(gw.closed)
+        return real()
+
+    monkeypatch.setattr(server, "GIVE_BACK_AFTER", 3)
+    monkeypatch.setattr(server, "GIVE_BACK_CHECK", 0.3)
+    monkeypatch.setattr(runtime, "give_back_memory", counted)
+    gw = await gateway()
+    for n in range(2):  # two stations: fewer than a wave
+        async with raw_station(url(gw, f"CS-WAVE{n}")) as st:
+            assert (await st.ask(BOOT))[0] == 3
+    await read_until(settings, has("Disconnected", count=2))
+    await asyncio.sleep(1.0)
+    assert given == []
+    async with raw_station(url(gw, "CS-WAVE2")) as st:
+        assert (await st.ask(BOOT))[0] == 3
+    await read_until(settings, has("Disconnected", count=3))
+    for _ in range(50):
+        if given:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # and only once for the wave
+    assert given == [3]
+
+
+def test_memory_freed_goes_back_to_the_system() -> None:
+    """``give_back_memory`` returns the C allocator's free pages (glibc's ``malloc_trim``):
+    200 MB of buffers freed leave the resident set without it."""
+    from twin import runtime
+
+    def resident() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+
+    held = [bytearray(3000) for _ in range(70_000)]  # from malloc's heap, not Python's arenas
+    before = resident()
+    del held
+    assert runtime.give_back_memory()
+    assert before - resident() > 100 * 2**20
+
+
 async def test_cli_send_validates_then_queues(gateway: Any, settings: Settings) -> None:
     from typer.testing import CliRunner
 
