@@ -261,6 +261,21 @@ async def test_a_wave_of_closed_connections_gives_their_memory_back(
     assert given == [3]
 
 
+async def test_a_connection_keeps_no_handshake_headers(gateway: Any, settings: Settings) -> None:
+    """The handshake's request and response headers (4 KiB a connection) are let go once the
+    Connected record is built from them; the connection goes on as before."""
+    gw = await gateway()
+    async with raw_station(url(gw, "CS-LEAN")) as st:
+        assert (await st.ask(BOOT))[0] == 3
+        ws = gw.sessions["CS-LEAN"].ws
+        assert ws.request is not None and len(ws.request.headers) == 0 and ws.response is None
+        assert (await st.ask([2, "hb", "Heartbeat", {}]))[0] == 3
+    connected = await read_until(settings, has("Connected"))
+    assert [r["payload"]["subprotocol"] for r in of_station(connected, "CS-LEAN") if r["action"] == "Connected"] == [
+        "ocpp2.1"
+    ]
+
+
 def test_memory_freed_goes_back_to_the_system() -> None:
     """``give_back_memory`` returns the C allocator's free pages (glibc's ``malloc_trim``):
     200 MB of buffers freed leave the resident set without it."""

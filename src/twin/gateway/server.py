@@ -362,10 +362,10 @@ class Gateway:
         pump = None
         code, reason = 1000, ""
         try:
-            await session.capture(
-                ("Connected", {"subprotocol": hs.protocol, "security_profile": _profile(ws),
-                               "remote_address": self._remote(ws), "mode": self.mode, **(hs.shown or {})})
-            )  # fmt: skip
+            connected = {"subprotocol": hs.protocol, "security_profile": _profile(ws),
+                         "remote_address": self._remote(ws), "mode": self.mode, **(hs.shown or {})}  # fmt: skip
+            _forget_handshake(ws)
+            await session.capture(("Connected", connected))
             self._admitted(hs)
             if hs.upstream is not None:
                 pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
@@ -448,6 +448,16 @@ def _remote(connection: ServerConnection) -> str:
         host, port = connection.remote_address[:2]
         return f"{host}:{port}"
     return ""
+
+
+def _forget_handshake(connection: ServerConnection) -> None:
+    """Drop the handshake's headers, both ways, once ``Connected`` is built: websockets keeps
+    them for the connection's life, about 4 KiB of a connection's 18 (tracemalloc, 2,000
+    stations). The request stays, emptied: websockets takes a connection without one for a
+    connection still waiting for its HTTP request."""
+    if connection.request is not None:
+        connection.request = Request(connection.request.path, Headers())
+    connection.response = None
 
 
 def _profile(connection: ServerConnection) -> int | None:
