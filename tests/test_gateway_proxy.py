@@ -19,7 +19,7 @@ from ocpp.v201 import call_result as r201
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import has, of_station, read_until, url
-from tests.stations import RESERVE_PAYLOAD, raw_station, session_of_calls, station
+from tests.stations import BOOT, RESERVE_PAYLOAD, raw_station, session_of_calls, station
 from twin.broker import free_port
 from twin.settings import Settings
 
@@ -120,9 +120,15 @@ class Upstream:
 
 
 @contextlib.asynccontextmanager
-async def upstream_csms(classes: dict[str, type] | None = None) -> AsyncIterator[Upstream]:
+async def upstream_csms(classes: dict[str, type] | None = None, slow: float = 0.0) -> AsyncIterator[Upstream]:
+    """``slow``: seconds the upstream takes over each handshake."""
     up = Upstream(classes)
-    async with websockets.serve(up.handler, "127.0.0.1", up.port, subprotocols=["ocpp2.1", "ocpp2.0.1"]):  # type: ignore[list-item]
+
+    async def late(connection: Any, request: Any) -> None:
+        await asyncio.sleep(slow)
+
+    async with websockets.serve(up.handler, "127.0.0.1", up.port, subprotocols=["ocpp2.1", "ocpp2.0.1"],  # type: ignore[list-item]
+                                process_request=late if slow else None):  # fmt: skip
         yield up
 
 
@@ -212,3 +218,25 @@ RESERVE_PAYLOAD_JSON = {
     "idToken": {"idToken": "TAG1", "type": "ISO14443"},
     "evseId": 1,
 }
+
+
+async def test_a_slow_upstream_does_not_hold_the_admission(
+    gateway: Any, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handshake waiting on the upstream CSMS's own handshake gives up its admission slot
+    meanwhile: held through it, 2 slots behind an upstream taking 0.6 s would admit 3 stations
+    a second, and 8 stations at once would not all get in within the 1.5 s handshake timeout."""
+    from twin.gateway import server
+
+    monkeypatch.setattr(server, "HANDSHAKES", 2)
+    quick = settings.replace(handshake_timeout=1.5)
+    async with upstream_csms(slow=0.6) as up:
+        gw = await gateway(quick, mode="proxy", upstream=up.url)
+
+        async def boot(i: int) -> None:
+            async with raw_station(url(gw, f"CS-SLOW{i}")) as st:
+                assert (await st.ask(BOOT))[0] == 3
+
+        await asyncio.gather(*(boot(i) for i in range(8)))
+        assert len(up.paths) == 8
+    assert gw._admission._value == 2 and not gw._handshakes

@@ -301,13 +301,18 @@ class Recorder:
                     offset, backoff = after, 0.2
                     continue
                 async with self._lock:
-                    if self.spool.size() == offset:
+                    size = self.spool.size()
+                    if size == offset:
                         self.spool.clear()
                         self._spooling = False
                         log.info("spool drained: capturing straight to %s again", self.bootstrap)
+                    elif size < offset:  # emptied under this drainer (another recorder's, same file)
+                        log.warning("spool %s shorter than what was drained of it: reading it again", self.spool.path)
+                        offset = 0
                 if not self._spooling:
                     await self._close_retired()
                     return
+                await asyncio.sleep(0.05)  # appended meanwhile: read next (and never a loop that does not yield)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -33,7 +33,9 @@ class Spool:
         os.fsync(self._file.fileno())
 
     def size(self) -> int:
-        return self._file.tell()
+        """The file's size on disk (not this file object's position, which another writer's
+        truncation leaves where it was)."""
+        return os.fstat(self._file.fileno()).st_size
 
     def read(self, offset: int, limit: int = 1000) -> tuple[list[tuple[Record, Token]], int]:
         """Up to ``limit`` records (with their tokens) from byte ``offset``, and the offset

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -52,9 +52,10 @@ network blip every station reconnects at once; past a full queue the kernel drop
 and each station's TCP tries again only 1, 3, 7 s later."""
 GIVE_BACK_AFTER = 1000
 """Connections closed before the gateway gives the memory they held back to the system, once
-closings have paused for ``GIVE_BACK_CHECK`` seconds (after a network blip, when the wave of
-resets has passed). Measured with benches/connections.py: 9,500 stations reconnecting at once
-left the gateway at 28 KiB a connection, freed memory the C allocator kept; 17.7 before."""
+no connection has opened or closed for ``GIVE_BACK_CHECK`` seconds (after a network blip: the
+wave of resets and the reconnections after it have passed). Measured with
+benches/connections.py: 9,500 stations reconnecting at once left the gateway at 28 KiB a
+connection, freed memory the C allocator kept; 17.7 before."""
 GIVE_BACK_CHECK = 2.0
 
 
@@ -72,11 +73,39 @@ class StationConnection(ServerConnection):
         vars(self.protocol).pop("select_subprotocol", None)  # chosen at the handshake; the cycle
 
 
+class Slot:
+    """A handshake's place among the ``HANDSHAKES`` admitted at once. It is given up while
+    the handshake waits on a peer (the upstream CSMS's own handshake, an OCSP responder, a
+    password check in a thread): that wait is not the gateway's work, and behind an upstream
+    that takes 100 ms to answer, 25 slots held through it would admit 250 stations a second."""
+
+    def __init__(self, admission: asyncio.Semaphore) -> None:
+        self.admission, self.held = admission, False
+
+    async def take(self) -> None:
+        await self.admission.acquire()
+        self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.admission.release()
+
+    @contextlib.asynccontextmanager
+    async def away(self) -> AsyncIterator[None]:
+        """Given up for the block, taken again after it (not after an exception: the
+        handshake ends then, or goes on to its refusal without the slot)."""
+        self.give()
+        yield
+        await self.take()
+
+
 @dataclass
 class Handshake:
     station_id: str
     protocol: str
     conn_id: str
+    slot: Slot
     upstream: ClientConnection | None = None
     shown: dict[str, Any] | None = None  # the security profile and certificate the guard admitted
     expiry: asyncio.TimerHandle | None = None  # frees the admission slot if the handshake never completes
@@ -121,7 +150,7 @@ class Gateway:
         self._server: Server | None = None
         self._warming: asyncio.Future[int] | None = None
         self._timers: list[asyncio.Task[None]] = []
-        self.closed = 0  # connections closed since the start
+        self.opened = self.closed = 0  # connections since the start
         self._terminator: Terminator | None = None
 
     # -- life cycle ---------------------------------------------------------------------
@@ -192,15 +221,20 @@ class Gateway:
 
     async def _give_back_memory(self) -> None:
         """Give the memory of closed connections back to the system once a wave of closings
-        has passed; in a thread (``malloc_trim`` takes tens of milliseconds on a large heap)."""
-        given = seen = self.closed
+        has passed, and the reconnections after it (nothing opened or closed for a check): in
+        a thread, though the loop's own large allocations wait for it meanwhile (``malloc_trim``
+        holds each arena's lock, tens of milliseconds on a large heap)."""
+        given, seen = self.closed, (self.opened, self.closed)
         while True:
             await asyncio.sleep(GIVE_BACK_CHECK)
-            closed = self.closed
-            if closed == seen and closed - given >= GIVE_BACK_AFTER:
-                given = closed
-                await asyncio.to_thread(runtime.give_back_memory)
-            seen = closed
+            now = (self.opened, self.closed)
+            if now == seen and self.closed - given >= GIVE_BACK_AFTER:
+                given = self.closed
+                try:
+                    await asyncio.to_thread(runtime.give_back_memory)
+                except Exception:
+                    log.exception("could not give memory back")
+            seen = now
 
     async def stop(self) -> None:
         for timer in self._timers:
@@ -227,14 +261,15 @@ class Gateway:
 
     # -- the handshake --------------------------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        await self._admission.acquire()  # released once Connected is recorded (_admitted), or here
+        slot = Slot(self._admission)
+        await slot.take()  # given back once Connected is recorded (_admitted), or here
         try:
-            refusal = await self._admit(connection, request)
+            refusal = await self._admit(connection, request, slot)
         except BaseException:
-            self._admission.release()
+            slot.give()
             raise
         if refusal is not None:
-            self._admission.release()
+            slot.give()
             return refusal
         hs = self._handshakes[connection]
         hs.expiry = asyncio.get_running_loop().call_later(
@@ -246,18 +281,18 @@ class Gateway:
         if hs.expiry is not None:
             hs.expiry.cancel()
             hs.expiry = None
-            self._admission.release()
+        hs.slot.give()
 
     def _expire(self, connection: ServerConnection, hs: Handshake) -> None:
         """A handshake admitted and never completed (the station went away half-way)."""
         hs.expiry = None
-        self._admission.release()
+        hs.slot.give()
         if self._handshakes.get(connection) is hs:
             del self._handshakes[connection]
             if hs.upstream is not None:
                 self.spawn(close_quietly(hs.upstream, 1000, "station disconnected"))
 
-    async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _admit(self, connection: ServerConnection, request: Request, slot: Slot) -> Response | None:
         path = urlsplit(request.path).path
         station_id = unquote(path.rstrip("/").rsplit("/", 1)[-1])
         offered = _offered(request.headers)
@@ -275,18 +310,20 @@ class Gateway:
         shown = None
         if self.guard is not None:
             authorization = request.headers.get("Authorization")
-            shown, refusal = await self.guard.admit(station_id, authorization, self._peer(connection))
+            async with slot.away():
+                shown, refusal = await self.guard.admit(station_id, authorization, self._peer(connection))
             if refusal is not None:
                 return await self._refuse(connection, station_id, conn_id, HTTPStatus.UNAUTHORIZED, refusal, protocol)
         upstream = None
         if self.upstream_url is not None:
             try:
-                upstream = await self._connect_upstream(station_id, offered, request.headers)
+                async with slot.away():
+                    upstream = await self._connect_upstream(station_id, offered, request.headers)
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 why = f"upstream {self.upstream_url} refused: {_describe(exc)}"
                 return await self._refuse(connection, station_id, conn_id, HTTPStatus.BAD_GATEWAY, why, protocol)
             protocol = upstream.subprotocol or protocol
-        self._handshakes[connection] = Handshake(station_id, protocol, conn_id, upstream, shown)
+        self._handshakes[connection] = Handshake(station_id, protocol, conn_id, slot, upstream, shown)
         return None
 
     def _select_subprotocol(self, connection: ServerConnection, offered: Any) -> Any:
@@ -358,6 +395,7 @@ class Gateway:
             ws=ws, station_id=hs.station_id, protocol=hs.protocol, recorder=self.recorder,
             settings=self.settings, upstream=hs.upstream, conn_id=hs.conn_id, certificates=self.certificates,
         )  # fmt: skip
+        self.opened += 1
         previous = self.sessions.get(hs.station_id)
         self.sessions[hs.station_id] = session
         self.connections.announce(session)
@@ -457,10 +495,10 @@ def _remote(connection: ServerConnection) -> str:
 def _forget_handshake(connection: ServerConnection) -> None:
     """Drop the handshake's headers, both ways, once ``Connected`` is built: websockets keeps
     them for the connection's life, about 4 KiB of a connection's 18 (tracemalloc, 2,000
-    stations). The request stays, emptied: websockets takes a connection without one for a
-    connection still waiting for its HTTP request."""
+    stations). The request's are emptied in place: its parser holds the request too, and
+    websockets takes a connection without one for a connection still in its handshake."""
     if connection.request is not None:
-        connection.request = Request(connection.request.path, Headers())
+        connection.request.headers.clear()
     connection.response = None
 
 
