@@ -119,3 +119,20 @@ async def test_a_frame_that_cannot_be_captured_is_never_answered(tmp_path: Path)
             assert st.ws.close_code == 1011
     finally:
         await gw.stop()
+
+
+def test_a_spool_emptied_by_another_writer_reads_as_empty(tmp_path: Path) -> None:
+    """Two recorders on one spool file (gateways on port 0 sharing a spool directory, as in
+    tests/test_security.py): when one drains and empties it, the other sees it empty. Its
+    size was its own file object's position, which stayed past the end, and its drainer,
+    waiting for the size to come back to what it had read, looped without yielding and
+    held its event loop for good."""
+    from twin.spool import Spool
+
+    one, other = Spool(tmp_path / "gateway-0.jsonl"), Spool(tmp_path / "gateway-0.jsonl")
+    one.append([("t", b"A", b"{}")])
+    other.append([("t", b"B", b"{}")])
+    records, end = other.read(0)
+    assert len(records) == 2 and other.size() == end
+    one.clear()
+    assert other.size() == 0 and other.read(0) == ([], 0)
