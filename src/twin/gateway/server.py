@@ -43,9 +43,10 @@ reconnects at once: unbounded, thousands of handshakes fill the event loop's que
 acks wait behind them past ``capture_timeout`` and the gateway takes a live broker for a dead
 one and spools. Fewer at once make every turn of the loop shorter, and a connected station's
 call waits a few turns (its capture round and its answer): benches/connections.py, 9,500
-stations, boots' round trip p99 during the ramp and the mass reconnect, by admission: 10:
-72 and 91 ms (but the ramp took 8.3 s and the reconnect 13.5); 25: 53-71 and 97-104 ms; 50:
-101 and 150; 100: 130-166 and 205-223 ms, all in 4.4-6.1 s and 6.3-7.5 s."""
+stations, boots' round trip p99 during the ramp and the mass reconnect, by admission, in one
+sitting: 10: 72 and 91 ms (but the ramp took 8.3 s and the reconnect 13.5); 25: 53-71 and
+97-104 ms; 50: 101 and 150; 100: 130 and 223 ms. Later runs with 25, on a slower machine:
+95-127 and 114-178 ms (benches/RESULTS.md, session 17)."""
 BACKLOG = 4096
 """Connections waiting to be accepted (the kernel caps it at ``net.core.somaxconn``). After a
 network blip every station reconnects at once; past a full queue the kernel drops their SYNs
