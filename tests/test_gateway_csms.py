@@ -103,6 +103,36 @@ RESERVE = {
 }
 
 
+async def test_calls_sent_without_waiting_are_answered_and_recorded_in_order(gateway: Any, settings: Settings) -> None:
+    """A session answers a call once it is captured, without waiting for it before it reads
+    the next frame: so a station that sends calls back to back (OCPP asks it not to) still
+    gets its answers in order, and the log holds its frames in the order sent, numbered in
+    that order, with the frames answered by the way that waits (not OCPP-J: dead-lettered
+    first) and by the way that does not (an invalid call) among them."""
+    gw = await gateway()
+    sent: list[str] = []
+    async with raw_station(url(gw, "CS-PIPE")) as st:
+        assert (await st.ask(BOOT))[0] == 3
+        for k in range(30):
+            if k == 10:
+                await st.send([9, "bad-1", "X", {}])  # not OCPP-J: dead-lettered, then a CALLERROR
+                sent.append("bad-1")
+            if k == 20:
+                await st.send([2, "bad-2", "BootNotification", {}])  # invalid: a CALLERROR
+                sent.append("bad-2")
+            await st.send([2, f"h-{k}", "Heartbeat", {}])
+            sent.append(f"h-{k}")
+        answers = [await st.recv(timeout=10) for _ in sent]
+    assert [a[1] for a in answers] == sent
+    assert [a[0] for a in answers] == [4 if i.startswith("bad") else 3 for i in sent]
+    records = of_station(await read_until(settings, has("Disconnected", "CS-PIPE")), "CS-PIPE")
+    check_envelopes(records, "CS-PIPE", "ocpp2.1")
+    calls = [r["msg_id"] for r in records if r["origin"] == "cs"]
+    assert calls == ["boot-1"] + [i for i in sent if i != "bad-1"]  # bad-1 is in the dead letters
+    answered = [r["msg_id"] for r in records if r["origin"] == "csms"]
+    assert answered == ["boot-1", *sent]
+
+
 @pytest.mark.parametrize("protocol", ["ocpp2.1", "ocpp2.0.1"])
 async def test_csms_initiated_calls_reach_the_station_and_its_answer_is_recorded(
     gateway: Any, settings: Settings, protocol: str

@@ -121,6 +121,33 @@ async def test_a_frame_that_cannot_be_captured_is_never_answered(tmp_path: Path)
         await gw.stop()
 
 
+async def test_a_call_that_cannot_be_captured_closes_its_connection_unanswered(tmp_path: Path) -> None:
+    """The same once a connection is up: its Connected is spooled (no broker), then the disk
+    fills. A call is answered only once captured, and a session no longer waits for that
+    before it reads on, so the failure comes back to it later: the connection is closed,
+    the call never answered."""
+    from twin.spool import Spool
+
+    settings = Settings(bootstrap=f"127.0.0.1:{free_port()}", spool=str(tmp_path / "spool"), capture_timeout=0.5)
+    gw = Gateway(settings, settings.bootstrap or "", port=0)
+    await gw.start()
+    try:
+        async with raw_station(f"ws://127.0.0.1:{gw.port}/ocpp/CS-FULL2") as st:
+            for _ in range(100):
+                if gw.recorder.spooled:
+                    break
+                await asyncio.sleep(0.05)
+            assert gw.recorder.spooled == 1  # its Connected
+            (tmp_path / "full.jsonl").symlink_to("/dev/full")
+            gw.recorder.spool = Spool(tmp_path / "full.jsonl")  # the disk is full from here
+            with pytest.raises(websockets.ConnectionClosed):
+                await st.send(BOOT)
+                await st.recv(timeout=10)
+            assert st.ws.close_code == 1011
+    finally:
+        await gw.stop()
+
+
 def test_a_spool_emptied_by_another_writer_reads_as_empty(tmp_path: Path) -> None:
     """Two recorders on one spool file (gateways on port 0 sharing a spool directory, as in
     tests/test_security.py): when one drains and empties it, the other sees it empty. Its

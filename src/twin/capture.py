@@ -1,20 +1,23 @@
 """The recorder: puts envelopes on ``ocpp.frames`` (and bad input on ``ocpp.deadletter``)
-and returns only once they are durable, so the gateway can capture before it acknowledges.
+and tells its caller once they are durable, so the gateway can capture before it
+acknowledges: ``record`` returns then, ``record_then`` calls back then.
 
 Records are written in group commits: whatever all sessions hand over within one turn of
 the event loop goes out as one produce request (a record batch per partition), so the cost per
-record is an append, not a producer call and a future.
+record is an append, not a producer call and a future. They reach the log in the order they
+were submitted, so a session numbers its frames and submits them without waiting on each.
 
 Durable means acknowledged by the broker with ``acks=all`` (idempotent where the broker
 grants producer ids) or, while the broker is unreachable, written and fsynced to the spool.
-While the spool holds anything, new records join it behind the old ones; a drainer sends
-them on, in order, when the broker is back. A record may so reach Kafka twice; ``(conn_id,
-seq)`` makes that harmless downstream, and the recorder keeps it rare: a record whose send
-timed out may still land (the producer keeps trying), so it is spooled with a token, the
-old producer is kept until that send settles, and the drainer skips the record if it landed
-after all. What remains is the producer's own retry of a batch in flight when the broker
-died, stored twice by a broker that cannot deduplicate (Tansu refuses producer ids to
-aiokafka; a real Kafka grants them and drops the retry).
+A round that fails is spooled whole; while the spool holds anything, new rounds join it
+behind the old ones; a drainer sends them on, in order, when the broker is back. A record
+may so reach Kafka twice; ``(conn_id, seq)`` makes that harmless downstream, and the
+recorder keeps it rare: a record whose send timed out may still land (the producer keeps
+trying), so it is spooled with a token, the old producer is kept until that send settles,
+and the drainer skips the record if it landed after all. What remains is the producer's own
+retry of a batch in flight when the broker died, stored twice by a broker that cannot
+deduplicate (Tansu refuses producer ids to aiokafka; a real Kafka grants them and drops the
+retry).
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition, errors
 from aiokafka.errors import DuplicateSequenceNumber, KafkaError, LeaderNotAvailableError, NoError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from twin import envelope, kafka_security
 from twin.broker import ensure_topics, grants_idempotence, reachable
@@ -40,6 +45,14 @@ from twin.spool import Record, Spool, Token
 log = logging.getLogger("twin.capture")
 MAX_BATCH_BYTES = 1 << 20
 """Record batch size: any frame the gateway accepts (``max_frame_bytes``) fits, with room."""
+MOVING = (LeaderNotAvailableError, errors.NotLeaderForPartitionError, errors.UnknownTopicOrPartitionError)
+"""A partition between leaders, or a topic just created: the broker is there, and the
+drainer keeps its producer, which learns the new leader, instead of starting another (a
+second or more on Kafka, each time)."""
+
+
+Then = Callable[[Any, BaseException | None], None]
+"""Told once a caller's records are durable: ``then(arg, None)``, or ``then(arg, error)``."""
 
 
 class Recorder:
@@ -50,14 +63,13 @@ class Recorder:
         self.spool = Spool(Path(settings.spool) / f"{spool_name}.jsonl")
         self._producer: AIOKafkaProducer | None = None
         self._idempotent = False
-        self._lock = asyncio.Lock()
         self._spooling = self.spool.size() > 0  # left over from a crash: drain it first
         self._drainer: asyncio.Task[None] | None = None
         self._uncertain: dict[int, asyncio.Future[None]] = {}  # token -> first send
         self._tokens = itertools.count(1)
         self._retired: list[AIOKafkaProducer] = []  # kept until their sends settle
         self._queue: list[Record] = []  # the next round
-        self._waiters: list[asyncio.Future[None]] = []  # the next round's callers, woken once it is acked
+        self._told: list[tuple[Then, Any]] = []  # the next round's callers, told once it is durable
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._partitions: dict[str, list[int]] = {}
@@ -93,37 +105,134 @@ class Recorder:
         return self._spooling
 
     # -- recording ----------------------------------------------------------------------
+    def record_then(self, envelopes: list[Envelope], then: Then, arg: Any) -> None:
+        """Add envelopes to the next round, in order, and go on: ``then(arg, None)`` is
+        called once they are durable (acknowledged by the broker, or in the spool),
+        ``then(arg, error)`` if they cannot be. For a caller with nothing to do meanwhile (a
+        session answering a call): nothing waits, and nothing wakes it a second time."""
+        if not self.settings.capture:
+            then(arg, None)
+            return
+        topic, dumps = self.topics.frames, envelope.dumps
+        self._submit([(topic, e["station_id"].encode(), dumps(e)) for e in envelopes], then, arg)
+
     async def record(self, envelopes: list[Envelope]) -> None:
         """Returns once every envelope is acknowledged by the broker or in the spool."""
         if not self.settings.capture:
             return
         topic, dumps = self.topics.frames, envelope.dumps
-        records: list[Record] = [(topic, e["station_id"].encode(), dumps(e)) for e in envelopes]
-        await self._put(records)
-        self.recorded += len(records)
+        await self._durable([(topic, e["station_id"].encode(), dumps(e)) for e in envelopes])
 
     async def deadletter(self, station_id: str | None, reason: str, raw: str, ts: str) -> None:
         if not self.settings.capture:
             return
         value: dict[str, Any] = {"station_id": station_id, "ts": ts, "reason": reason, "raw": raw}
         key = station_id.encode() if station_id else None
-        await self._put([(self.topics.deadletter, key, envelope.dumps(value))])
+        await self._durable([(self.topics.deadletter, key, envelope.dumps(value))])
 
-    async def _put(self, records: list[Record]) -> None:
-        while True:
-            outcome: asyncio.Future[None] | None = None
-            if not self._spooling:
+    async def _durable(self, records: list[Record]) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(records, _resolve, waiter)
+        await waiter
+
+    def _submit(self, records: list[Record], then: Then, arg: Any) -> None:
+        """Every record goes through the rounds, in the order submitted, to the broker or,
+        while it is away, to the spool: so the log's order is the order of submission, and a
+        caller need not wait for one record to be durable before it submits the next."""
+        if not self.settings.capture:
+            then(arg, None)
+            return
+        if not self._told:
+            self._wake.set()
+        self._queue.extend(records)
+        self._told.append((then, arg))
+
+    async def _write(self) -> None:
+        """The writer, a group commit: everything submitted since the last round was acked
+        goes out as one produce request; the round's callers are told when all of it is
+        acknowledged. A round that fails or times out is spooled whole, in order, before
+        anything submitted after it, and its callers are told then (the spool is durable);
+        while the spool holds anything, every round joins it there, and the drainer sends it
+        on. A timed-out round is spooled with tokens: its send may still land, and the
+        drainer skips what did.
+
+        One round is in flight at a time (the producer sends one request to a broker at a
+        time anyway). When it is acked, the next round is handed to the producer before the
+        acked round's callers are told, and they are told one turn of the loop later: the
+        produce request is written first and the broker works on it while the sessions send
+        their answers, instead of after them."""
+        loop = asyncio.get_running_loop()
+        acked: list[tuple[Then, Any]] | None = None  # durable, its callers not yet told
+        told: list[tuple[Then, Any]] = []  # the round in hand
+        try:
+            while True:
+                if acked is not None and not self._told:
+                    _tell(acked)  # nothing to send first
+                    acked = None
+                told = []
+                await self._wake.wait()
+                self._wake.clear()
+                records, told = self._queue, self._told
+                self._queue, self._told = [], []
+                if not told:
+                    continue
+                if self._spooling:
+                    if acked is not None:
+                        _tell(acked)
+                        acked = None
+                    self._spool_round(records, told)
+                    continue
                 try:
-                    await self._submit(records)
-                    return
+                    if self._producer is None:
+                        raise ConnectionError("no producer")
+                    acks = await self._send_batches(self._producer, records)
                 except Exception as exc:
-                    outcome = getattr(exc, "outcome", None)
-                    await self._enter_spooling(exc)
-            async with self._lock:
-                if self._spooling:  # not drained while we waited for the lock
-                    self.spool.append(records, [self._token(outcome) for _ in records])
-                    self.spooled += len(records)
-                    return
+                    self._enter_spooling(exc)
+                    self._spool_round(records, told)
+                    continue
+                finally:
+                    if acked is not None:
+                        loop.call_soon(_tell, acked)  # behind the producer's next turns
+                        acked = None
+                failure = await self._acked(acks)
+                if failure is None:
+                    self.recorded += len(records)
+                    acked = told
+                else:
+                    self._enter_spooling(failure)
+                    self._spool_round(records, told, getattr(failure, "outcome", None))
+        finally:  # stopped: whoever still waits is told
+            if acked is not None:
+                _tell(acked)
+            stopped = ConnectionError("the recorder stopped")
+            _tell(told, stopped)
+            told, self._queue, self._told = self._told, [], []
+            _tell(told, stopped)
+
+    async def _acked(self, acks: list[asyncio.Future[Any]]) -> BaseException | None:
+        """None once every ack has come; else the first failure, or a timeout whose
+        ``outcome`` settles when the producer knows what became of the round."""
+        outcome = asyncio.get_running_loop().create_future()
+        _follow(outcome, acks)
+        await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
+        if not outcome.done():
+            late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
+            late.outcome = outcome  # type: ignore[attr-defined]
+            return late
+        return outcome.exception()
+
+    def _spool_round(self, records: list[Record], told: list[tuple[Then, Any]], send: Any = None) -> None:
+        """The round to the spool, whole and in order, and its callers told: durable, or
+        the error that kept it from the disk (then nothing of it was acknowledged)."""
+        try:
+            self.spool.append(records, [self._token(send) for _ in records] if send is not None else None)
+        except Exception as exc:
+            log.error("could not spool %d records to %s: %r", len(records), self.spool.path, exc)
+            _tell(told, exc)
+            return
+        self.spooled += len(records)
+        self.recorded += len(records)
+        _tell(told)
 
     def _token(self, send: asyncio.Future[None] | None) -> Token:
         """A token for a send that may still land, None for one that surely failed."""
@@ -132,69 +241,6 @@ class Recorder:
         token = next(self._tokens)
         self._uncertain[token] = send
         return token
-
-    def _submit(self, records: list[Record]) -> asyncio.Future[None]:
-        """Add records to the next round; the future is done once it is acked. Each caller
-        waits on a future of its own: a cancelled caller cancels only its own, and the round
-        wakes each caller with one callback (a shared future, shielded, took two and a future
-        more). A function, not a coroutine: one frame less to enter and leave per caller."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self._waiters:
-            self._wake.set()
-        self._queue.extend(records)
-        self._waiters.append(waiter)
-        return waiter
-
-    async def _write(self) -> None:
-        """The writer, a group commit: everything submitted since the last round was acked
-        goes out as one produce request; the round's callers are woken when all of it is
-        acknowledged, with the first error, or with a timeout. A timed-out round's error
-        carries ``outcome``, which settles when the producer knows what became of it.
-
-        One round is in flight at a time (the producer sends one request to a broker at a
-        time anyway). When it is acked, the next round is handed to the producer before the
-        acked round's sessions are woken, and they are woken one turn of the loop later: the
-        produce request is written first and the broker works on it while the sessions send
-        their answers, instead of after them."""
-        loop = asyncio.get_running_loop()
-        acked: list[asyncio.Future[None]] | None = None  # acked, its sessions not yet woken
-        try:
-            while True:
-                if not self._waiters and acked is not None:
-                    _settle(acked)  # nothing to send first
-                    acked = None
-                await self._wake.wait()
-                self._wake.clear()
-                records, done = self._queue, self._waiters
-                self._queue, self._waiters = [], []
-                if not done:
-                    continue
-                producer = self._producer
-                try:
-                    if producer is None:
-                        raise ConnectionError("no producer")
-                    acks = await self._send_batches(producer, records)
-                except Exception as exc:
-                    _settle(done, exc)
-                    continue
-                finally:
-                    if acked is not None:
-                        loop.call_soon(_settle, acked)  # behind the producer's next turns
-                        acked = None
-                outcome = loop.create_future()
-                _follow(outcome, acks)
-                await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
-                if not outcome.done():
-                    late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
-                    late.outcome = outcome  # type: ignore[attr-defined]
-                    _settle(done, late)
-                elif outcome.exception() is not None:
-                    _settle(done, outcome.exception())
-                else:
-                    acked = done
-        finally:
-            if acked is not None:
-                _settle(acked)
 
     async def _send_batches(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
         """The round as one produce request per partition leader, sent on the producer's own
@@ -209,7 +255,7 @@ class Recorder:
         txn = producer._txn_manager  # None unless idempotent
         if txn is not None and not txn.has_pid():
             await asyncio.wait_for(asyncio.shield(txn.wait_for_pid()), self.settings.capture_timeout)
-        requests: list[dict[tuple[str, int], Any]] = [{}]  # a partition's full batch moves to the next request
+        requests: list[dict[tuple[str, int], _Batch]] = [{}]  # a partition's full batch moves to the next request
         cached = self._partition_of
         for topic, key, value in records:
             partition = cached.get((topic, key)) if key is not None else 0
@@ -218,18 +264,20 @@ class Recorder:
                 partition = await self._partition(producer, topic, key)
             tp = (topic, partition)
             for request in requests:
-                builder = request.get(tp)
-                if builder is None:
-                    builder = request[tp] = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None) is not None:
+                batch = request.get(tp)
+                if batch is None:
+                    batch = request[tp] = _Batch()
+                if batch.builder.append(batch.count, None, key, value, NO_HEADERS) is not None:
+                    batch.count += 1
                     break
-                if builder.record_count() == 0:
+                if batch.count == 0:
                     raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
             else:
-                builder = producer.create_batch()
-                if builder.append(key=key, value=value, timestamp=None) is None:
+                batch = _Batch()
+                if batch.builder.append(0, None, key, value, NO_HEADERS) is None:
                     raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-                requests.append({tp: builder})
+                batch.count = 1
+                requests.append({tp: batch})
         client, loop = producer.client, asyncio.get_running_loop()
         leaders: dict[tuple[str, int], int] = {}
         for topic, partition in {tp for request in requests for tp in request}:  # all, before anything is sent
@@ -241,14 +289,14 @@ class Recorder:
         sent: list[asyncio.Future[Any]] = []
         for request in requests:
             by_leader: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
-            for (topic, partition), builder in request.items():
+            for (topic, partition), batch in request.items():
                 if txn is not None:
                     tp = TopicPartition(topic, partition)
                     sequence = txn.sequence_number(tp)
-                    txn.increment_sequence_number(tp, builder.record_count())
-                    builder._set_producer_state(txn.producer_id, txn.producer_epoch, sequence)
+                    txn.increment_sequence_number(tp, batch.count)
+                    batch.builder.set_producer_state(txn.producer_id, txn.producer_epoch, sequence)
                 batches = by_leader.setdefault(leaders[topic, partition], {}).setdefault(topic, [])
-                batches.append((partition, builder._build()))
+                batches.append((partition, batch.builder.build()))
             for leader, topics in by_leader.items():
                 produce = ProduceRequest(
                     required_acks=-1, timeout=int(self.settings.capture_timeout * 1000),
@@ -269,12 +317,11 @@ class Recorder:
         return chosen
 
     # -- the spool ----------------------------------------------------------------------
-    async def _enter_spooling(self, cause: BaseException) -> None:
-        async with self._lock:
-            if self._spooling:
-                return
-            log.warning("capture to %s failed (%r): spooling to %s", self.bootstrap, cause, self.spool.path)
-            self._spooling = True
+    def _enter_spooling(self, cause: BaseException) -> None:
+        if self._spooling:
+            return
+        log.warning("capture to %s failed (%r): spooling to %s", self.bootstrap, cause, self.spool.path)
+        self._spooling = True
         old, self._producer = self._producer, None
         if old is not None:
             self._retired.append(old)
@@ -285,6 +332,10 @@ class Recorder:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        """Sends the spool on, in order, while the writer appends new rounds behind it; once
+        all of it is acked the spool is cleared and the writer sends straight again. That
+        check and the writer's appends each happen within one turn of the loop, so nothing
+        appended is cleared unsent."""
         offset, backoff = 0, 0.2
         while True:
             try:
@@ -297,29 +348,34 @@ class Recorder:
                     self._producer = await self._new_producer()
                 entries, after = self.spool.read(offset)
                 if entries:
-                    await self._submit([r for r, token in entries if not await self._landed(token)])
+                    records = [r for r, token in entries if not await self._landed(token)]
+                    if records:
+                        failure = await self._acked(await self._send_batches(self._producer, records))
+                        if failure is not None:
+                            raise failure
                     offset, backoff = after, 0.2
                     continue
-                async with self._lock:
-                    size = self.spool.size()
-                    if size == offset:
-                        self.spool.clear()
-                        self._spooling = False
-                        log.info("spool drained: capturing straight to %s again", self.bootstrap)
-                    elif size < offset:  # emptied under this drainer (another recorder's, same file)
-                        log.warning("spool %s shorter than what was drained of it: reading it again", self.spool.path)
-                        offset = 0
-                if not self._spooling:
+                if self._retired:  # before the check below, which must not wait
                     await self._close_retired()
+                    continue
+                size = self.spool.size()
+                if size == offset:
+                    self.spool.clear()
+                    self._spooling = False
+                    log.info("spool drained: capturing straight to %s again", self.bootstrap)
                     return
+                if size < offset:  # emptied under this drainer (another recorder's, same file)
+                    log.warning("spool %s shorter than what was drained of it: reading it again", self.spool.path)
+                    offset = 0
                 await asyncio.sleep(0.05)  # appended meanwhile: read next (and never a loop that does not yield)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.debug("broker still away: %r", exc)
-                old, self._producer = self._producer, None
-                if old is not None:
-                    await _quietly_stop(old)
+                if not isinstance(exc, MOVING):  # else the broker is there: the producer learns the new leader
+                    old, self._producer = self._producer, None
+                    if old is not None:
+                        await _quietly_stop(old)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -375,6 +431,23 @@ class Recorder:
             await _quietly_stop(producer, timeout=self.settings.capture_timeout)
 
 
+NO_HEADERS: list[Any] = []  # read, never written
+
+
+class _Batch:
+    """A partition's record batch in a round: aiokafka's compiled builder and its count (the
+    producer's wrapper around it cost a call, a serializer check and keywords a record)."""
+
+    __slots__ = ("builder", "count")
+
+    def __init__(self) -> None:
+        self.builder = DefaultRecordBatchBuilder(
+            2, 0, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
+            batch_size=MAX_BATCH_BYTES,
+        )  # fmt: skip
+        self.count = 0
+
+
 async def _produce(client: Any, leader: int, request: ProduceRequest) -> None:
     """Send one produce request; raises the first partition's error (a duplicate sequence is
     the broker telling an idempotent producer it already has the batch: success)."""
@@ -393,14 +466,22 @@ async def _produce(client: Any, leader: int, request: ProduceRequest) -> None:
                 raise error(f"{topic}/{answer[0]}")
 
 
-def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None = None) -> None:
-    """Wake a round's callers (those not cancelled meanwhile), with its error if any."""
-    for waiter in waiters:
-        if not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
+def _tell(told: list[tuple[Then, Any]], error: BaseException | None = None) -> None:
+    """Tell a round's callers it is durable, or the error that kept it from being so."""
+    for then, arg in told:
+        try:
+            then(arg, error)
+        except Exception:
+            log.exception("a capture's follow-up failed")
+
+
+def _resolve(waiter: asyncio.Future[None], error: BaseException | None) -> None:
+    """``then`` for a caller that waits on a future (unless cancelled meanwhile)."""
+    if not waiter.done():
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
 
 
 def _follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None:

@@ -17,8 +17,12 @@ import re
 import secrets
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from websockets.asyncio.connection import Connection
+from websockets.protocol import State
 
 from twin import envelope, ocpp_j, schemas
 from twin.capture import Recorder
@@ -39,9 +43,9 @@ every 10 s), where a whole connection is meant to cost 20 KiB."""
 _ID_AT_START = re.compile(r'^\s*\[\s*(\d+)\s*,\s*"([^"\\]{1,36})"')
 
 
-class Socket(Protocol):
-    async def send(self, message: str) -> None: ...
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+Item = tuple[Frame, str, str | None] | tuple[str, dict[str, Any]]
+"""What a session captures: a frame ``(frame, origin, error)`` or a lifecycle record
+``(action, payload)``."""
 
 
 @dataclass
@@ -58,12 +62,12 @@ class Session:
     def __init__(
         self,
         *,
-        ws: Socket,
+        ws: Connection,
         station_id: str,
         protocol: str,
         recorder: Recorder,
         settings: Settings,
-        upstream: Socket | None = None,
+        upstream: Connection | None = None,
         conn_id: str | None = None,
         certificates: CertificateProvider | None = None,
     ) -> None:
@@ -78,7 +82,6 @@ class Session:
         self.to_station: dict[str, Outbound] = {}  # CALL id -> the CALL awaiting the station
         self._ids: deque[str] = deque(maxlen=REMEMBERED_IDS)
         self._id_set: set[str] = set()
-        self._capture_lock = asyncio.Lock()  # seq order == log order
         self._out_slot = asyncio.Lock()  # one outstanding CSMS-initiated CALL at a time
 
     @property
@@ -86,72 +89,86 @@ class Session:
         return self.upstream is not None
 
     # -- capture --------------------------------------------------------------------------
-    async def capture(self, *items: tuple[Frame, str, str | None] | tuple[str, dict[str, Any]]) -> None:
-        """Number and record frames ``(frame, origin, error)`` and lifecycle records
-        ``(action, payload)``, in the order given; returns once they are durable. The lock is
-        taken with ``acquire`` and ``release``, not ``async with`` (two coroutines a capture)."""
-        lock = self._capture_lock
-        await lock.acquire()
-        try:
-            batch: list[Envelope] = []
-            seq = self.seq
-            for item in items:
-                seq += 1
-                if len(item) == 3:
-                    frame, origin, error = item
-                    batch.append(
-                        envelope.of_frame(
-                            frame, station_id=self.station_id, origin=origin,
-                            protocol=self.protocol, conn_id=self.conn_id, seq=seq, error=error,
-                        )
-                    )  # fmt: skip
-                else:
-                    action, payload = item
-                    batch.append(
-                        envelope.lifecycle(
-                            action, payload, station_id=self.station_id,
-                            protocol=self.protocol, conn_id=self.conn_id, seq=seq,
-                        )
-                    )  # fmt: skip
-            self.seq = seq
-            await self.recorder.record(batch)
-        finally:
-            lock.release()
+    def _number(self, items: tuple[Item, ...]) -> list[Envelope]:
+        """Envelopes for frames ``(frame, origin, error)`` and lifecycle records ``(action,
+        payload)``, numbered in the order given. Numbered and submitted in one step: the
+        recorder keeps the order of submission, so ``seq`` order is the log's order."""
+        batch: list[Envelope] = []
+        seq, ts = self.seq, envelope.iso_ms()
+        for item in items:
+            seq += 1
+            if len(item) == 3:
+                frame, origin, error = item
+                batch.append(
+                    envelope.of_frame(
+                        frame, station_id=self.station_id, origin=origin, protocol=self.protocol,
+                        conn_id=self.conn_id, seq=seq, ts=ts, error=error,
+                    )
+                )  # fmt: skip
+            else:
+                action, payload = item
+                batch.append(
+                    envelope.lifecycle(
+                        action, payload, station_id=self.station_id,
+                        protocol=self.protocol, conn_id=self.conn_id, seq=seq, ts=ts,
+                    )
+                )  # fmt: skip
+        self.seq = seq
+        return batch
+
+    async def capture(self, *items: Item) -> None:
+        """Number and record frames and lifecycle records; returns once they are durable."""
+        await self.recorder.record(self._number(items))
+
+    def answer(self, text: str, *items: Item) -> None:
+        """Number and record frames, and send ``text`` to the station once they are durable:
+        without waiting, so the session reads the station's next frame meanwhile."""
+        self.recorder.record_then(self._number(items), self._send_captured, text)
+
+    def _send_captured(self, text: str, error: BaseException | None) -> None:
+        if error is None:
+            send_now(self.ws, text)
+            return
+        log.error("could not capture a frame of %s (%r): closing its connection unanswered", self.station_id, error)
+        _in_background(close_quietly(self.ws, 1011, "internal error"))
 
     # -- from the station -----------------------------------------------------------------
-    async def on_station(self, text: str | bytes) -> None:
+    def on_station(self, text: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """A frame from the station: handled in this call when nothing need wait (a call the
+        gateway answers, once captured, without the session waiting for that), else the
+        coroutine that handles it, for the caller to await. Two coroutines fewer a call."""
         if _too_large(text, self.settings.max_frame_bytes):
-            await self._oversized(text)
-            return
+            return self._oversized(text)
         try:
             frame = ocpp_j.decode(text, self.protocol)
         except FrameError as exc:
-            await self._unparsable(exc, text, origin="cs")
-            return
+            return self._unparsable(exc, text, origin="cs")
         if frame.msg_type == ocpp_j.CALL:
-            await self._station_call(frame, text)
-        elif frame.msg_type == ocpp_j.SEND:
-            await self._send_frame(frame, text, origin="cs")
-        else:
-            await self._station_answer(frame, text)
+            return self._station_call(frame, text)
+        if frame.msg_type == ocpp_j.SEND:
+            return self._send_frame(frame, text, origin="cs")
+        return self._station_answer(frame, text)
 
-    async def _station_call(self, frame: Frame, text: str | bytes) -> None:
+    def _station_call(self, frame: Frame, text: str | bytes) -> Coroutine[Any, Any, None] | None:
         assert frame.action is not None
         problem = self._call_problem(frame, sender="cs")
         if self.proxy and (problem is None or problem.code != "RpcFrameworkError"):
-            # transparent: the upstream CSMS judges the call; we record what we saw
-            self.from_station[frame.msg_id] = frame.action
-            await self.capture((frame, "cs", _reason(problem)))
-            await self._forward_upstream(text)
-            return
+            return self._relay_call(frame, text, problem)
         if problem is not None:
             answer = ocpp_j.error(frame.msg_id, problem.code, problem.reason, frame.action)
-            await self.capture((frame, "cs", problem.reason), (answer, "csms", None))
+            self.answer(ocpp_j.encode(answer), (frame, "cs", problem.reason), (answer, "csms", None))
         else:
             payload = responder.respond(frame.action, frame.payload, self.ctx)
             answer = ocpp_j.result(frame.msg_id, frame.action, payload)
-            await self.capture((frame, "cs", None), (answer, "csms", None))
-        await self.ws.send(ocpp_j.encode(answer))
+            self.answer(ocpp_j.encode(answer), (frame, "cs", None), (answer, "csms", None))
+        return None
+
+    async def _relay_call(self, frame: Frame, text: str | bytes, problem: schemas.Violation | None) -> None:
+        """Proxy mode: the upstream CSMS judges the call; we record what we saw."""
+        assert frame.action is not None
+        self.from_station[frame.msg_id] = frame.action
+        await self.capture((frame, "cs", _reason(problem)))
+        await self._forward_upstream(text)
 
     def _call_problem(self, frame: Frame, sender: str) -> schemas.Violation | None:
         assert frame.action is not None
@@ -310,6 +327,26 @@ def _too_large(text: str | bytes, limit: int) -> bool:
     return isinstance(text, str) and n * 4 > limit and len(text.encode()) > limit
 
 
-async def close_quietly(ws: Socket, code: int, reason: str) -> None:
+def send_now(ws: Connection, text: str) -> None:
+    """Send a frame in this turn of the loop, without a coroutine: what websockets' ``send``
+    does for a text frame, less its wait for a full write buffer (the session's loop waits
+    for that before it reads the station's next frame). A connection no longer open is
+    left alone: its session is ending, and its station gone."""
+    if ws.protocol.state is State.OPEN:
+        ws.protocol.send_text(text.encode())
+        ws.send_data()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` in a task held until it ends (the loop holds tasks only weakly)."""
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def close_quietly(ws: Connection, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):
         await ws.close(code, reason[:120])
