@@ -58,12 +58,6 @@ wave of resets and the reconnections after it have passed). Measured with
 benches/connections.py: 9,500 stations reconnecting at once left the gateway at 28 KiB a
 connection, freed memory the C allocator kept; 17.7 before."""
 GIVE_BACK_CHECK = 2.0
-READ_SIZE = 64 * 1024
-"""Bytes asked of a station's socket at each read. asyncio asks 256 KiB, and each read
-allocates that much before it is cut to what came: above glibc's threshold for mapping
-memory of its own, so a read of a 300-byte frame cost 17 µs against 2.6 µs with 64 KiB
-(send and recv on a socket pair, this machine). A frame larger than this (``max_frame_bytes``
-allows 64 KiB) takes two reads."""
 
 
 class StationConnection(ServerConnection):
@@ -74,11 +68,6 @@ class StationConnection(ServerConnection):
     1.2 s at 9,500). Closed connections piled up meanwhile, 53 objects each. What stays for the
     collector is the protocol's (its parser's frames hold it, 22 objects): websockets' own,
     left to it."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if isinstance(getattr(transport, "max_size", None), int):  # asyncio's socket transport
-            transport.max_size = READ_SIZE  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
