@@ -102,6 +102,48 @@ async def test_broker_outage_spools_in_order_and_drains_exactly_once(
         assert ids == ["boot-1"] + [f"{tag}-{k}" for tag in ("before", "during", "after") for k in range(5)]
 
 
+async def test_a_station_that_does_not_wait_for_its_answers_is_read_no_further_ahead(
+    engine: str, new_broker: Any, tmp_path: Path
+) -> None:
+    """A session reads on while its calls are captured, but only ``UNANSWERED`` calls ahead:
+    with the broker frozen (SIGSTOP: no ack comes), a station sending 60 calls back to back has
+    16 read, the rest left on its socket; once the broker runs again every call is answered,
+    in order."""
+    import os
+    import signal
+
+    from twin.gateway.session import UNANSWERED
+
+    broker = await asyncio.to_thread(new_broker().start)
+    settings = Settings(bootstrap=broker.bootstrap, spool=str(tmp_path / "spool"), capture_timeout=30.0,
+                        partitions=2, station_rate=0.0)  # fmt: skip
+    ensure_topics(settings, broker.bootstrap)
+    gw = Gateway(settings, broker.bootstrap, port=0)
+    await gw.start()
+    frozen = False
+    try:
+        async with raw_station(f"ws://127.0.0.1:{gw.port}/ocpp/CS-EAGER") as st:
+            assert (await st.ask(BOOT))[0] == 3
+            session = gw.sessions["CS-EAGER"]
+            os.kill(broker.process.pid, signal.SIGSTOP)
+            frozen = True
+            ids = [f"e-{k}" for k in range(60)]
+            for msg_id in ids:
+                await st.send([2, msg_id, "Heartbeat", {}])
+            await asyncio.sleep(1.0)  # time enough to read all 60, were it allowed to
+            assert session.unanswered == UNANSWERED
+            os.kill(broker.process.pid, signal.SIGCONT)
+            frozen = False
+            answers = [await st.recv(timeout=20) for _ in ids]
+            assert [a[1] for a in answers] == ids and all(a[0] == 3 for a in answers)
+            assert session.unanswered == 0
+    finally:
+        if frozen:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        await gw.stop()
+    assert not gw.recorder.spooled
+
+
 async def test_a_frame_that_cannot_be_captured_is_never_answered(tmp_path: Path) -> None:
     """Capture before acknowledge: no broker and a spool that cannot be written (a disk
     full), so the station sees its connection closed, never an answer it cannot find."""
@@ -146,6 +188,37 @@ async def test_a_call_that_cannot_be_captured_closes_its_connection_unanswered(t
             assert st.ws.close_code == 1011
     finally:
         await gw.stop()
+
+
+def test_an_append_that_fails_midway_leaves_no_torn_line(tmp_path: Path) -> None:
+    """A disk that fills in the middle of an append (here the file-size limit, in a process
+    of its own) leaves part of a line behind; the next append joined it into a line nobody
+    can read, and the drainer stopped there for good. The part is taken back."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import resource, signal, sys
+        from pathlib import Path
+        from twin.spool import Spool
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead
+        spool = Spool(Path(sys.argv[1]))
+        spool.append([("t", b"A", b"{}")])
+        good = spool.size()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (good + 20, resource.RLIM_INFINITY))
+        try:
+            spool.append([("t", b"B", b"x" * 200)])
+        except OSError as exc:
+            print("failed", exc.errno)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print(spool.size() == good)
+        spool.append([("t", b"C", b"{}")])
+        print([k.decode() for (t, k, v), m in spool.read(0)[0]])
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "g.jsonl")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.stdout.split("\n")[:3] == ["failed 27", "True", "['A', 'C']"], done.stdout + done.stderr
 
 
 def test_a_spool_emptied_by_another_writer_reads_as_empty(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import GatewayFactory, TopicReader, has, of_station
+from tests.conftest import GatewayFactory, has, of_station, read_until
 from tests.stations import BOOT
 from twin import pki
 from twin.broker import free_port
@@ -192,12 +192,11 @@ def test_pki_commands(tmp_path: Path) -> None:
 # -- the gateway --------------------------------------------------------------------------
 
 
-def refusals(settings: Settings, station: str, n: int = 1) -> list[dict[str, Any]]:
-    reader = TopicReader(settings.bootstrap or "", settings.topics.frames)
-    try:
-        records = reader.wait(has("Refused", station, n))
-    finally:
-        reader.close()
+async def refusals(settings: Settings, station: str, n: int = 1) -> list[dict[str, Any]]:
+    """Read in a thread, as every read of the log here: the gateway under test runs on this
+    test's event loop, and a refusal it had to spool (a topic just made, its leader not yet
+    known) reaches the log only while that loop runs."""
+    records = await read_until(settings, has("Refused", station, n))
     return [r for r in of_station(records, station) if r["action"] == "Refused"]
 
 
@@ -207,11 +206,7 @@ async def test_profile_3_mutual_tls(gateway: GatewayFactory, settings: Settings,
     assert await attempt(gw, "SEC-1", tls=client_tls(authority, "SEC-1")) is None
     assert await attempt(gw, "SEC-2", tls=client_tls(authority, None)) == 401  # no certificate, no downgrade
     assert await attempt(gw, "SEC-3", tls=client_tls(authority, "SEC-1")) == 401  # another station's certificate
-    reader = TopicReader(settings.bootstrap or "", settings.topics.frames)
-    try:
-        records = reader.wait(lambda rs: len([r for r in rs if r["action"] == "Refused"]) >= 2)
-    finally:
-        reader.close()
+    records = await read_until(settings, lambda rs: len([r for r in rs if r["action"] == "Refused"]) >= 2)
     connected = next(r for r in of_station(records, "SEC-1") if r["action"] == "Connected")
     assert connected["payload"]["security_profile"] == 3
     assert connected["payload"]["certificate"]["cn"] == "SEC-1"
@@ -234,7 +229,7 @@ async def test_a_certificate_from_another_ca_is_refused_against_its_station(
     forged = ssl.create_default_context(cafile=str(authority / "ca.pem"))
     forged.load_cert_chain(impostor / "stations" / "SEC-1.pem", impostor / "stations" / "SEC-1.key")
     assert await attempt(gw, "SEC-1", tls=forged) == 401
-    reason = refusals(settings, "SEC-1")[0]["payload"]["reason"]
+    reason = (await refusals(settings, "SEC-1"))[0]["payload"]["reason"]
     assert reason == "client certificate does not chain to the CA: certificate signature failure"  # same CA name
     stranger = tmp_path / "stranger"
     pki.init(stranger, ["SEC-1"], operator="Someone Else")  # another CA by name too
@@ -257,7 +252,7 @@ async def test_a_certificate_from_another_ca_is_refused_against_its_station(
     deadline = time.monotonic() + 30
     while gw.recorder.recorded == recorded and time.monotonic() < deadline:  # the gateway sees it after the station
         await asyncio.sleep(0.05)
-    [failed] = refusals(settings, "", 1)
+    [failed] = await refusals(settings, "", 1)
     assert failed["payload"]["reason"].startswith("TLS handshake failed: ")
     assert failed["payload"]["status"] == 0
     assert failed["payload"]["remote_address"].startswith("127.0.0.1:")
@@ -278,7 +273,7 @@ async def test_profile_2_passwords_and_throttling(gateway: GatewayFactory, setti
     for _ in range(THROTTLE_AFTER):
         assert await attempt(gw, "SEC-2", tls=tls, headers=auth("SEC-2", "wrong")) == 401
     assert await attempt(gw, "SEC-2", tls=tls, headers=auth("SEC-2", PASSWORD)) == 401  # throttled: not even checked
-    reasons = [r["payload"]["reason"] for r in refusals(settings, "SEC-2", THROTTLE_AFTER + 1)]
+    reasons = [r["payload"]["reason"] for r in await refusals(settings, "SEC-2", THROTTLE_AFTER + 1)]
     assert reasons[:THROTTLE_AFTER] == ["wrong password"] * THROTTLE_AFTER
     assert reasons[-1].startswith("too many failed attempts")
 
@@ -303,7 +298,7 @@ async def test_a_revoked_certificate_is_refused(gateway: GatewayFactory, setting
         gw = await gateway(guard=guard_from(3, str(root), ocsp_url=f"http://127.0.0.1:{port}/"))
         assert await attempt(gw, "REV-1", tls=client_tls(root, "REV-1")) is None
         assert await attempt(gw, "REV-2", tls=client_tls(root, "REV-2")) == 401
-        assert refusals(settings, "REV-2")[0]["payload"]["reason"] == "client certificate revoked (OCSP)"
+        assert (await refusals(settings, "REV-2"))[0]["payload"]["reason"] == "client certificate revoked (OCSP)"
     finally:
         responder.terminate()
         responder.wait(10)
@@ -397,11 +392,7 @@ async def test_proxy_mode_keeps_tls_on_both_sides(gateway: GatewayFactory, setti
         upstream_tls=UpstreamTls(str(authority / "ca.pem"), str(authority)),
     )  # fmt: skip
     assert await attempt(proxy, "SEC-2", tls=client_tls(authority, "SEC-2")) is None
-    reader = TopicReader(settings.bootstrap or "", settings.topics.frames)
-    try:
-        records = reader.wait(has("Connected", "SEC-2", 2))  # once at the proxy, once at the CSMS
-    finally:
-        reader.close()
+    records = await read_until(settings, has("Connected", "SEC-2", 2))  # once at the proxy, once at the CSMS
     modes = sorted(r["payload"]["mode"] for r in of_station(records, "SEC-2") if r["action"] == "Connected")
     assert modes == ["csms", "proxy"]
     assert all(r["payload"]["certificate"]["cn"] == "SEC-2" for r in records if r["action"] == "Connected")

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition, errors
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import DuplicateSequenceNumber, KafkaError, LeaderNotAvailableError, NoError, for_code
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.produce import ProduceRequest
@@ -45,10 +45,6 @@ from twin.spool import Record, Spool, Token
 log = logging.getLogger("twin.capture")
 MAX_BATCH_BYTES = 1 << 20
 """Record batch size: any frame the gateway accepts (``max_frame_bytes``) fits, with room."""
-MOVING = (LeaderNotAvailableError, errors.NotLeaderForPartitionError, errors.UnknownTopicOrPartitionError)
-"""A partition between leaders, or a topic just created: the broker is there, and the
-drainer keeps its producer, which learns the new leader, instead of starting another (a
-second or more on Kafka, each time)."""
 
 
 Then = Callable[[Any, BaseException | None], None]
@@ -142,6 +138,9 @@ class Recorder:
         if not self.settings.capture:
             then(arg, None)
             return
+        if self._writer is None or self._writer.done():
+            then(arg, ConnectionError("the recorder is not running"))
+            return
         if not self._told:
             self._wake.set()
         self._queue.extend(records)
@@ -187,6 +186,9 @@ class Recorder:
                         raise ConnectionError("no producer")
                     acks = await self._send_batches(self._producer, records)
                 except Exception as exc:
+                    if acked is not None:  # told before the round after it, as on every path
+                        _tell(acked)
+                        acked = None
                     self._enter_spooling(exc)
                     self._spool_round(records, told)
                     continue
@@ -224,10 +226,13 @@ class Recorder:
     def _spool_round(self, records: list[Record], told: list[tuple[Then, Any]], send: Any = None) -> None:
         """The round to the spool, whole and in order, and its callers told: durable, or
         the error that kept it from the disk (then nothing of it was acknowledged)."""
+        tokens = [self._token(send) for _ in records] if send is not None else None
         try:
-            self.spool.append(records, [self._token(send) for _ in records] if send is not None else None)
+            self.spool.append(records, tokens)
         except Exception as exc:
             log.error("could not spool %d records to %s: %r", len(records), self.spool.path, exc)
+            for token in tokens or ():
+                self._uncertain.pop(token, None)  # type: ignore[arg-type]
             _tell(told, exc)
             return
         self.spooled += len(records)
@@ -353,6 +358,8 @@ class Recorder:
                         failure = await self._acked(await self._send_batches(self._producer, records))
                         if failure is not None:
                             raise failure
+                    for _, token in entries:  # settled: a chunk sent again asks again
+                        self._uncertain.pop(token, None)  # type: ignore[arg-type]
                     offset, backoff = after, 0.2
                     continue
                 if self._retired:  # before the check below, which must not wait
@@ -372,16 +379,15 @@ class Recorder:
                 raise
             except Exception as exc:
                 log.debug("broker still away: %r", exc)
-                if not isinstance(exc, MOVING):  # else the broker is there: the producer learns the new leader
-                    old, self._producer = self._producer, None
-                    if old is not None:
-                        await _quietly_stop(old)
+                old, self._producer = self._producer, None
+                if old is not None:
+                    await _quietly_stop(old)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
     async def _landed(self, token: Token) -> bool:
         """Whether a spooled record's first send reached the broker after all."""
-        send = self._uncertain.pop(token, None) if token is not None else None
+        send = self._uncertain.get(token) if token is not None else None
         if send is None:
             return False
         # it settles (delivered, or expired by the producer); if not in time, send again
@@ -508,5 +514,13 @@ def _follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None
 
 
 async def _quietly_stop(producer: AIOKafkaProducer, timeout: float = 1.0) -> None:
-    with contextlib.suppress(Exception, asyncio.CancelledError):
+    """Stop a producer, whatever it raises, except its caller's own cancellation (the
+    recorder's ``stop`` cancelling a drainer that is stopping a producer)."""
+    try:
         await asyncio.wait_for(producer.stop(), timeout)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -27,10 +28,16 @@ class Spool:
             orjson.dumps([t, k.decode() if k is not None else None, v.decode(), m]) + b"\n"
             for (t, k, v), m in zip(records, marks, strict=True)
         )
-        view = memoryview(lines)
-        while view:
-            view = view[self._file.write(view) or 0 :]
-        os.fsync(self._file.fileno())
+        before = self.size()
+        try:
+            view = memoryview(lines)
+            while view:
+                view = view[self._file.write(view) or 0 :]
+            os.fsync(self._file.fileno())
+        except OSError:  # a part written is taken back: no torn line for the next append to join
+            with contextlib.suppress(OSError):
+                self._file.truncate(before)
+            raise
 
     def size(self) -> int:
         """The file's size on disk (not this file object's position, which another writer's

@@ -414,8 +414,8 @@ class Gateway:
                 pump = asyncio.get_running_loop().create_task(self._pump_upstream(session, hs.upstream))
             bucket = TokenBucket(self.settings.station_rate, self.settings.station_burst)
             while True:  # recv, not ``async for``: the asynchronous generator is one more layer a frame
-                if ws.paused:  # answers sent without waiting (``send_now``) and not read: read on once they are
-                    await ws.drain()
+                if session.behind:  # its answers not yet captured, or not yet read
+                    await session.ready()
                 message = await ws.recv()  # ends with ConnectionClosed, the OK kind too (caught below)
                 session.heard = time.monotonic()
                 wait = bucket.take()

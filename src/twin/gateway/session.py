@@ -40,6 +40,11 @@ REMEMBERED_IDS = 16
 station resending a CALL reuses its id at once). Each id costs about 120 bytes; 4,096 of them
 were 500 KiB per connection once a station had sent that many calls (11 hours of meter values
 every 10 s), where a whole connection is meant to cost 20 KiB."""
+UNANSWERED = 16
+"""Calls of one station read and not yet answered (their capture in flight) before its
+session reads no further: a station is to wait for each answer (OCPP-J), and one that does
+not must not pile up captures and answers without bound (a round of 2 s with no limit held
+2,473 calls of one station; the token bucket alone, 401)."""
 _ID_AT_START = re.compile(r'^\s*\[\s*(\d+)\s*,\s*"([^"\\]{1,36})"')
 
 
@@ -83,6 +88,8 @@ class Session:
         self._ids: deque[str] = deque(maxlen=REMEMBERED_IDS)
         self._id_set: set[str] = set()
         self._out_slot = asyncio.Lock()  # one outstanding CSMS-initiated CALL at a time
+        self.unanswered = 0  # calls read whose answers wait for their capture
+        self._caught_up: asyncio.Future[None] | None = None
 
     @property
     def proxy(self) -> bool:
@@ -122,15 +129,42 @@ class Session:
 
     def answer(self, text: str, *items: Item) -> None:
         """Number and record frames, and send ``text`` to the station once they are durable:
-        without waiting, so the session reads the station's next frame meanwhile."""
+        without waiting, so the session reads the station's next frame meanwhile (up to
+        ``UNANSWERED`` calls: see ``ready``)."""
+        self.unanswered += 1
         self.recorder.record_then(self._number(items), self._send_captured, text)
 
     def _send_captured(self, text: str, error: BaseException | None) -> None:
+        self.unanswered -= 1
+        if self._caught_up is not None and not self._caught_up.done():
+            self._caught_up.set_result(None)
         if error is None:
-            send_now(self.ws, text)
-            return
-        log.error("could not capture a frame of %s (%r): closing its connection unanswered", self.station_id, error)
+            try:
+                send_now(self.ws, text)
+                return
+            except Exception as exc:
+                error = exc
+        log.error("could not capture or answer a call of %s (%r): closing its connection", self.station_id, error)
         _in_background(close_quietly(self.ws, 1011, "internal error"))
+
+    @property
+    def behind(self) -> bool:
+        """Too far behind to read on: ``UNANSWERED`` calls waiting for their capture, or
+        answers the station has not read filling the socket's buffer."""
+        return self.unanswered >= UNANSWERED or self.ws.paused
+
+    async def ready(self) -> None:
+        """Wait until the session may read the station's next frame: what a session that
+        awaited each call's capture and its ``send`` did by itself."""
+        while self.unanswered >= UNANSWERED:
+            self._caught_up = asyncio.get_running_loop().create_future()
+            try:
+                await self._caught_up
+            finally:
+                self._caught_up = None
+        if self.ws.paused:
+            with contextlib.suppress(OSError):  # reset meanwhile: the next read says so
+                await self.ws.drain()
 
     # -- from the station -----------------------------------------------------------------
     def on_station(self, text: str | bytes) -> Coroutine[Any, Any, None] | None:
