@@ -144,6 +144,15 @@ async def test_a_station_that_does_not_wait_for_its_answers_is_read_no_further_a
     assert not gw.recorder.spooled
 
 
+async def closed_instead_of_answered(st: Any) -> int | None:
+    """Boot; the connection closes instead of an answer coming: its close code."""
+    with pytest.raises(websockets.ConnectionClosed):
+        await st.send(BOOT)
+        await st.recv(timeout=10)
+    code: int | None = st.ws.close_code
+    return code
+
+
 async def test_a_frame_that_cannot_be_captured_is_never_answered(tmp_path: Path) -> None:
     """Capture before acknowledge: no broker and a spool that cannot be written (a disk
     full), so the station sees its connection closed, never an answer it cannot find."""
@@ -155,10 +164,7 @@ async def test_a_frame_that_cannot_be_captured_is_never_answered(tmp_path: Path)
     await gw.start()
     try:
         async with raw_station(f"ws://127.0.0.1:{gw.port}/ocpp/CS-FULL") as st:
-            with pytest.raises(websockets.ConnectionClosed):
-                await st.send(BOOT)
-                await st.recv(timeout=10)
-            assert st.ws.close_code == 1011
+            assert await closed_instead_of_answered(st) == 1011
     finally:
         await gw.stop()
 
@@ -182,10 +188,7 @@ async def test_a_call_that_cannot_be_captured_closes_its_connection_unanswered(t
             assert gw.recorder.spooled == 1  # its Connected
             (tmp_path / "full.jsonl").symlink_to("/dev/full")
             gw.recorder.spool = Spool(tmp_path / "full.jsonl")  # the disk is full from here
-            with pytest.raises(websockets.ConnectionClosed):
-                await st.send(BOOT)
-                await st.recv(timeout=10)
-            assert st.ws.close_code == 1011
+            assert await closed_instead_of_answered(st) == 1011
     finally:
         await gw.stop()
 
