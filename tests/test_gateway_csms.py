@@ -107,8 +107,8 @@ async def test_calls_sent_without_waiting_are_answered_and_recorded_in_order(gat
     """A session answers a call once it is captured, without waiting for it before it reads
     the next frame: so a station that sends calls back to back (OCPP asks it not to) still
     gets its answers in order, and the log holds its frames in the order sent, numbered in
-    that order, with the frames answered by the way that waits (not OCPP-J: dead-lettered
-    first) and by the way that does not (an invalid call) among them."""
+    that order, with a frame the session waits on before it answers (not OCPP-J: its dead
+    letter first) and an invalid call among them."""
     gw = await gateway()
     sent: list[str] = []
     async with raw_station(url(gw, "CS-PIPE")) as st:

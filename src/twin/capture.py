@@ -109,15 +109,18 @@ class Recorder:
         if not self.settings.capture:
             then(arg, None)
             return
-        topic, dumps = self.topics.frames, envelope.dumps
-        self._submit([(topic, e["station_id"].encode(), dumps(e)) for e in envelopes], then, arg)
+        self._submit(self._frames(envelopes), then, arg)
 
     async def record(self, envelopes: list[Envelope]) -> None:
         """Returns once every envelope is acknowledged by the broker or in the spool."""
         if not self.settings.capture:
             return
+        await self._durable(self._frames(envelopes))
+
+    def _frames(self, envelopes: list[Envelope]) -> list[Record]:
+        """Envelopes as ``ocpp.frames`` records, keyed by station."""
         topic, dumps = self.topics.frames, envelope.dumps
-        await self._durable([(topic, e["station_id"].encode(), dumps(e)) for e in envelopes])
+        return [(topic, e["station_id"].encode(), dumps(e)) for e in envelopes]
 
     async def deadletter(self, station_id: str | None, reason: str, raw: str, ts: str) -> None:
         if not self.settings.capture:
@@ -223,7 +226,9 @@ class Recorder:
             return late
         return outcome.exception()
 
-    def _spool_round(self, records: list[Record], told: list[tuple[Then, Any]], send: Any = None) -> None:
+    def _spool_round(
+        self, records: list[Record], told: list[tuple[Then, Any]], send: asyncio.Future[None] | None = None
+    ) -> None:
         """The round to the spool, whole and in order, and its callers told: durable, or
         the error that kept it from the disk (then nothing of it was acknowledged)."""
         tokens = [self._token(send) for _ in records] if send is not None else None

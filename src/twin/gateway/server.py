@@ -395,6 +395,7 @@ class Gateway:
         session = Session(
             ws=ws, station_id=hs.station_id, protocol=hs.protocol, recorder=self.recorder,
             settings=self.settings, upstream=hs.upstream, conn_id=hs.conn_id, certificates=self.certificates,
+            spawn=self.spawn,
         )  # fmt: skip
         self.opened += 1
         previous = self.sessions.get(hs.station_id)

@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +75,12 @@ class Session:
         upstream: Connection | None = None,
         conn_id: str | None = None,
         certificates: CertificateProvider | None = None,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
     ) -> None:
         self.ws, self.upstream = ws, upstream
         self.station_id, self.protocol = station_id, protocol
         self.recorder, self.settings = recorder, settings
+        self.spawn = spawn  # the gateway's: a task kept until it ends
         self.conn_id = conn_id or new_conn_id()
         self.seq = 0
         self.heard = time.monotonic()  # when the station last sent anything
@@ -145,7 +147,7 @@ class Session:
             except Exception as exc:
                 error = exc
         log.error("could not capture or answer a call of %s (%r): closing its connection", self.station_id, error)
-        _in_background(close_quietly(self.ws, 1011, "internal error"))
+        self.spawn(close_quietly(self.ws, 1011, "internal error"))
 
     @property
     def behind(self) -> bool:
@@ -247,8 +249,7 @@ class Session:
             await self._forward_upstream(text)
         elif problem is not None and self.protocol == "ocpp2.1":
             reply = ocpp_j.error(frame.msg_id, problem.code, problem.reason, frame.action, to_result=True)
-            await self.capture((frame, "cs", problem.reason), (reply, "csms", None))
-            await self.ws.send(ocpp_j.encode(reply))
+            self.answer(ocpp_j.encode(reply), (frame, "cs", problem.reason), (reply, "csms", None))
         else:
             await self.capture((frame, "cs", _reason(problem)))
         if not outbound.answer.done():
@@ -261,7 +262,7 @@ class Session:
         ts = envelope.iso_ms()
         await self.recorder.deadletter(self.station_id, f"{exc.code}: {exc.description}", raw, ts)
         if origin == "cs":
-            await self._answer_bad(exc.msg_type, exc.answer_id, exc.code, exc.description)
+            self._answer_bad(exc.msg_type, exc.answer_id, exc.code, exc.description)
         elif self.proxy:
             await self.ws.send(raw)
 
@@ -272,9 +273,9 @@ class Session:
         kind, msg_id = (int(match[1]), match[2]) if match else (None, ocpp_j.UNREADABLE_ID)
         reason = f"FormatViolation: frame of {size} bytes exceeds the limit of {limit} (raw cut to the limit)"
         await self.recorder.deadletter(self.station_id, reason, raw[:limit], envelope.iso_ms())
-        await self._answer_bad(kind, msg_id, "FormatViolation", f"frame of {size} bytes exceeds {limit}")
+        self._answer_bad(kind, msg_id, "FormatViolation", f"frame of {size} bytes exceeds {limit}")
 
-    async def _answer_bad(self, kind: int | None, msg_id: str, code: str, description: str) -> None:
+    def _answer_bad(self, kind: int | None, msg_id: str, code: str, description: str) -> None:
         """Answer as OCPP-J requires: CALLERROR to a call (or to what cannot be read),
         CALLRESULTERROR to a result (2.1 only), nothing to an error or a SEND."""
         if kind in (None, MessageType.CALL) or kind not in MessageType.__members__.values():
@@ -283,8 +284,7 @@ class Session:
             answer = ocpp_j.error(msg_id, code, description, to_result=True, details={"by": "twin-gateway"})
         else:
             return
-        await self.capture((answer, "csms", None))
-        await self.ws.send(ocpp_j.encode(answer))
+        self.answer(ocpp_j.encode(answer), (answer, "csms", None))
 
     # -- CSMS-initiated calls -------------------------------------------------------------
     async def call(self, action: str, payload: dict[str, Any], command_id: str | None = None) -> Frame | None:
@@ -369,16 +369,6 @@ def send_now(ws: Connection, text: str) -> None:
     if ws.protocol.state is State.OPEN:
         ws.protocol.send_text(text.encode())
         ws.send_data()
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def _in_background(work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` in a task held until it ends (the loop holds tasks only weakly)."""
-    task = asyncio.get_running_loop().create_task(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
 
 
 async def close_quietly(ws: Connection, code: int, reason: str) -> None:
