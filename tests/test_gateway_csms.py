@@ -14,6 +14,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from tests.conftest import has, of_station, read_until, url
 from tests.stations import BOOT, raw_station, session_of_calls, station
@@ -296,6 +297,21 @@ async def test_a_wave_of_closed_connections_gives_their_memory_back(
             await asyncio.sleep(0.1)
         await asyncio.sleep(2.5)  # and only once for the wave
         assert given == [3]
+
+
+async def test_a_station_back_is_answered_while_its_old_connection_still_closes(gateway: Any) -> None:
+    """A station that reconnects is served at once: the gateway closes its old connection
+    meanwhile, not first (after a blip, the old one's end may not be read for a while, and
+    a peer that does not answer the close keeps it closing for the close timeout)."""
+    gw = await gateway()
+    async with raw_station(url(gw, "CS-BACK")) as old:
+        assert (await old.ask(BOOT))[0] == 3
+        first = gw.sessions["CS-BACK"]
+        old.ws.transport.pause_reading()  # the old peer reads nothing more: it never answers the close
+        async with raw_station(url(gw, "CS-BACK")) as new:
+            assert (await new.ask([2, "hb", "Heartbeat", {}], timeout=5))[0] == 3
+            assert gw.sessions["CS-BACK"] is not first
+            assert first.ws.state is State.CLOSING, "answered only after the old connection closed"
 
 
 async def test_a_connection_keeps_no_handshake_headers(gateway: Any, settings: Settings) -> None:

@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.conftest import TopicReader
+from tests.conftest import TopicReader, read_until
 from tests.stations import BOOT, raw_station
+from twin import envelope
 from twin.broker import ensure_topics, free_port
+from twin.capture import Recorder
 from twin.gateway.server import Gateway
 from twin.settings import Settings
 
@@ -142,6 +144,21 @@ async def test_a_station_that_does_not_wait_for_its_answers_is_read_no_further_a
             os.kill(broker.process.pid, signal.SIGCONT)
         await gw.stop()
     assert not gw.recorder.spooled
+
+
+async def test_a_recorder_stopped_at_once_makes_what_was_submitted_durable_first(settings: Settings) -> None:
+    """A session's last record is submitted without waiting for it (``capture_nowait``): the
+    recorder's stop, right after, still makes it durable before it stops."""
+    recorder = Recorder(settings, settings.bootstrap or "", spool_name="stopped-at-once")
+    await recorder.start()
+    told: list[BaseException | None] = []
+    last = envelope.lifecycle("Disconnected", {"code": 1000, "reason": ""}, station_id="CS-LAST",
+                              protocol="ocpp2.1", conn_id="c-last", seq=2, ts=envelope.iso_ms())  # fmt: skip
+    recorder.record_then([last], lambda _, error: told.append(error), None)
+    await recorder.stop()  # at once: the round is not acked yet
+    assert told == [None]
+    records = await read_until(settings, lambda rs: any(r["station_id"] == "CS-LAST" for r in rs))
+    assert [r["action"] for r in records if r["station_id"] == "CS-LAST"] == ["Disconnected"]
 
 
 async def closed_instead_of_answered(st: Any) -> int | None:

@@ -87,6 +87,13 @@ class Recorder:
             self._start_drainer()
 
     async def stop(self) -> None:
+        """Stop, once what was submitted is durable (within ``capture_timeout``, the broker's
+        ack or the spool): a session's last record is submitted without waiting for it."""
+        if self._writer is not None and not self._writer.done():
+            try:
+                await asyncio.wait_for(self._durable([]), 2 * self.settings.capture_timeout)
+            except Exception as exc:
+                log.warning("stopping with records not yet durable: %r", exc)
         for task in (self._drainer, self._writer):
             if task is not None:
                 task.cancel()

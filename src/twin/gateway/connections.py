@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from twin.gateway.server import Gateway
     from twin.gateway.session import Session
 
+SENDS_A_TURN = 64
+"""Announcements and withdrawals handed to the producer in one turn of the loop: after a
+network blip the table's writer had 9,500 withdrawals to send, 0.05-0.19 s of sends in one
+step, which every station's call in flight waited through."""
 log = logging.getLogger("twin.gateway")
 Entry = dict[str, Any]
 Verdict = Literal["mine", "superseded", "announce again"] | None
@@ -184,10 +188,12 @@ class Connections:
                         producer = AIOKafkaProducer(bootstrap_servers=self.gateway.bootstrap, acks="all", linger_ms=2,
                                                     **kafka_security.aiokafka(self.gateway.settings))
                         await producer.start()
-                    sent = [
-                        await producer.send(self.topic, key=s.encode(), value=None if v is None else orjson.dumps(v))
-                        for s, v in batch.items()
-                    ]
+                    sent = []
+                    for n, (station, value) in enumerate(batch.items(), 1):
+                        value_bytes = None if value is None else orjson.dumps(value)
+                        sent.append(await producer.send(self.topic, key=station.encode(), value=value_bytes))
+                        if n % SENDS_A_TURN == 0:
+                            await asyncio.sleep(0)  # a turn for the stations' calls meanwhile
                     await asyncio.wait_for(asyncio.gather(*sent), 10)
                 except asyncio.CancelledError:
                     raise

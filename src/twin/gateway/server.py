@@ -402,7 +402,9 @@ class Gateway:
         self.sessions[hs.station_id] = session
         self.connections.announce(session)
         if previous is not None:  # the newer connection wins; the older is closed, both recorded
-            await close_quietly(previous.ws, 4000, "replaced by a newer connection of this station")
+            # meanwhile, not first: a half-open old connection (its station gone without a TCP
+            # end) never answers the close, and the station waited out the close timeout, 10 s
+            self.spawn(close_quietly(previous.ws, 4000, "replaced by a newer connection of this station"))
         pump = None
         code, reason = 1000, ""
         try:
@@ -446,10 +448,7 @@ class Gateway:
             if ws.close_code is not None:
                 code, reason = ws.close_code, ws.close_reason or ""
             self.closed += 1
-            try:
-                await session.capture(("Disconnected", {"code": code, "reason": reason}))
-            except Exception:
-                log.exception("could not record the disconnection of %s", hs.station_id)
+            session.capture_nowait(("Disconnected", {"code": code, "reason": reason}))
 
     async def _pump_upstream(self, session: Session, upstream: ClientConnection) -> None:
         try:

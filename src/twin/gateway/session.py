@@ -129,6 +129,13 @@ class Session:
         """Number and record frames and lifecycle records; returns once they are durable."""
         await self.recorder.record(self._number(items))
 
+    def capture_nowait(self, *items: Item) -> None:
+        """Number and record frames and lifecycle records without waiting for them to be
+        durable (a failure is logged): for a session's last, ``Disconnected``. After a
+        network blip, thousands of sessions waiting on their last round's ack were all woken
+        in one turn of 180 ms."""
+        self.recorder.record_then(self._number(items), _not_captured, self.station_id)
+
     def answer(self, text: str, *items: Item) -> None:
         """Number and record frames, and send ``text`` to the station once they are durable:
         without waiting, so the session reads the station's next frame meanwhile (up to
@@ -359,6 +366,11 @@ def _too_large(text: str | bytes, limit: int) -> bool:
     if n > limit:
         return True
     return isinstance(text, str) and n * 4 > limit and len(text.encode()) > limit
+
+
+def _not_captured(station_id: str, error: BaseException | None) -> None:
+    if error is not None:
+        log.error("could not record the last records of %s: %r", station_id, error)
 
 
 def send_now(ws: Connection, text: str) -> None:
