@@ -127,6 +127,10 @@ async def test_calls_sent_without_waiting_are_answered_and_recorded_in_order(gat
     assert [a[1] for a in answers] == sent
     assert [a[0] for a in answers] == [4 if i.startswith("bad") else 3 for i in sent]
     records = of_station(await read_until(settings, has("Disconnected", "CS-PIPE")), "CS-PIPE")
+    # as every reader of the log does, a record sent twice counts once: on Apache Kafka a
+    # just-created topic can refuse the dead letter (NotLeaderForPartition) while the frames
+    # of the same request were written, and the round is spooled and sent again whole
+    records = list({(r["conn_id"], r["seq"]): r for r in records}.values())  # each where it came first
     check_envelopes(records, "CS-PIPE", "ocpp2.1")
     calls = [r["msg_id"] for r in records if r["origin"] == "cs"]
     assert calls == ["boot-1"] + [i for i in sent if i != "bad-1"]  # bad-1 is in the dead letters

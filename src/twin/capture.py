@@ -3,8 +3,8 @@ and tells its caller once they are durable, so the gateway can capture before it
 acknowledges: ``record`` returns then, ``record_then`` calls back then.
 
 Records are written in group commits: whatever all sessions hand over within one turn of
-the event loop goes out as one produce request (a record batch per partition), so the cost per
-record is an append, not a producer call and a future. They reach the log in the order they
+the event loop goes out as one produce request (a record batch per partition: ``twin.produce``),
+so the cost per record is an append, not a producer call and a future. They reach the log in the order they
 were submitted, so a session numbers its frames and submits them without waiting on each.
 
 Durable means acknowledged by the broker with ``acks=all`` (idempotent where the broker
@@ -30,21 +30,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import DuplicateSequenceNumber, KafkaError, LeaderNotAvailableError, NoError, for_code
-from aiokafka.partitioner import murmur2
-from aiokafka.protocol.produce import ProduceRequest
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka import AIOKafkaProducer
 
 from twin import envelope, kafka_security
 from twin.broker import ensure_topics, grants_idempotence, reachable
 from twin.envelope import Envelope
+from twin.produce import MAX_BATCH_BYTES, ProduceRequests, follow
 from twin.settings import Settings
 from twin.spool import Record, Spool, Token
 
 log = logging.getLogger("twin.capture")
-MAX_BATCH_BYTES = 1 << 20
-"""Record batch size: any frame the gateway accepts (``max_frame_bytes``) fits, with room."""
 
 
 Then = Callable[[Any, BaseException | None], None]
@@ -68,8 +63,7 @@ class Recorder:
         self._told: list[tuple[Then, Any]] = []  # the next round's callers, told once it is durable
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
-        self._partitions: dict[str, list[int]] = {}
-        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self._requests = ProduceRequests(settings.capture_timeout)
         self.recorded = 0
         self.spooled = 0
 
@@ -194,7 +188,7 @@ class Recorder:
                 try:
                     if self._producer is None:
                         raise ConnectionError("no producer")
-                    acks = await self._send_batches(self._producer, records)
+                    acks = await self._requests.send(self._producer, records)
                 except Exception as exc:
                     if acked is not None:  # told before the round after it, as on every path
                         _tell(acked)
@@ -225,7 +219,7 @@ class Recorder:
         """None once every ack has come; else the first failure, or a timeout whose
         ``outcome`` settles when the producer knows what became of the round."""
         outcome = asyncio.get_running_loop().create_future()
-        _follow(outcome, acks)
+        follow(outcome, acks)
         await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
         if not outcome.done():
             late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
@@ -259,80 +253,6 @@ class Recorder:
         self._uncertain[token] = send
         return token
 
-    async def _send_batches(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
-        """The round as one produce request per partition leader, sent on the producer's own
-        connections; the futures are done when each is answered.
-
-        The writer already batches and keeps one round in flight, so the producer's
-        accumulator and sender task are bypassed: handing them a round took about 260 µs of
-        CPU and a dozen turns of the event loop, a request sent straight about 110 µs. What
-        they did besides is done here: idempotence's producer id and sequence numbers (from
-        the producer's own state), and the answer's errors; a failed round is not retried
-        here but fails, and the recorder spools it and starts a new producer."""
-        txn = producer._txn_manager  # None unless idempotent
-        if txn is not None and not txn.has_pid():
-            await asyncio.wait_for(asyncio.shield(txn.wait_for_pid()), self.settings.capture_timeout)
-        requests: list[dict[tuple[str, int], _Batch]] = [{}]  # a partition's full batch moves to the next request
-        cached = self._partition_of
-        for topic, key, value in records:
-            partition = cached.get((topic, key)) if key is not None else 0
-            if partition is None:
-                assert key is not None
-                partition = await self._partition(producer, topic, key)
-            tp = (topic, partition)
-            for request in requests:
-                batch = request.get(tp)
-                if batch is None:
-                    batch = request[tp] = _Batch()
-                if batch.builder.append(batch.count, None, key, value, NO_HEADERS) is not None:
-                    batch.count += 1
-                    break
-                if batch.count == 0:
-                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-            else:
-                batch = _Batch()
-                if batch.builder.append(0, None, key, value, NO_HEADERS) is None:
-                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-                batch.count = 1
-                requests.append({tp: batch})
-        client, loop = producer.client, asyncio.get_running_loop()
-        leaders: dict[tuple[str, int], int] = {}
-        for topic, partition in {tp for request in requests for tp in request}:  # all, before anything is sent
-            leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
-            if leader is None or leader < 0:
-                client.force_metadata_update()
-                raise LeaderNotAvailableError(f"no leader known for {topic}/{partition}")
-            leaders[topic, partition] = leader
-        sent: list[asyncio.Future[Any]] = []
-        for request in requests:
-            by_leader: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
-            for (topic, partition), batch in request.items():
-                if txn is not None:
-                    tp = TopicPartition(topic, partition)
-                    sequence = txn.sequence_number(tp)
-                    txn.increment_sequence_number(tp, batch.count)
-                    batch.builder.set_producer_state(txn.producer_id, txn.producer_epoch, sequence)
-                batches = by_leader.setdefault(leaders[topic, partition], {}).setdefault(topic, [])
-                batches.append((partition, batch.builder.build()))
-            for leader, topics in by_leader.items():
-                produce = ProduceRequest(
-                    required_acks=-1, timeout=int(self.settings.capture_timeout * 1000),
-                    topics=list(topics.items()), transactional_id=None,
-                )  # fmt: skip
-                sent.append(loop.create_task(_produce(client, leader, produce)))
-        return sent
-
-    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
-        """The default partitioner's choice (murmur2 of the key), as every other producer
-        of these topics makes it; remembered per key (the caller looks there first)."""
-        if topic not in self._partitions:
-            self._partitions[topic] = sorted(await producer.partitions_for(topic))
-        partitions = self._partitions[topic]
-        chosen = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-        if len(self._partition_of) < 1_000_000:
-            self._partition_of[(topic, key)] = chosen
-        return chosen
-
     # -- the spool ----------------------------------------------------------------------
     def _enter_spooling(self, cause: BaseException) -> None:
         if self._spooling:
@@ -357,8 +277,7 @@ class Recorder:
         while True:
             try:
                 if self._producer is None:
-                    self._partitions.clear()
-                    self._partition_of.clear()
+                    self._requests.forget()
                     if not await reachable(self.bootstrap):  # before blocking a thread on it
                         raise ConnectionError(f"no broker at {self.bootstrap}")
                     await asyncio.to_thread(ensure_topics, self.settings, self.bootstrap)
@@ -367,7 +286,7 @@ class Recorder:
                 if entries:
                     records = [r for r, token in entries if not await self._landed(token)]
                     if records:
-                        failure = await self._acked(await self._send_batches(self._producer, records))
+                        failure = await self._acked(await self._requests.send(self._producer, records))
                         if failure is not None:
                             raise failure
                     for _, token in entries:  # settled: a chunk sent again asks again
@@ -449,41 +368,6 @@ class Recorder:
             await _quietly_stop(producer, timeout=self.settings.capture_timeout)
 
 
-NO_HEADERS: list[Any] = []  # read, never written
-
-
-class _Batch:
-    """A partition's record batch in a round: aiokafka's compiled builder and its count (the
-    producer's wrapper around it cost a call, a serializer check and keywords a record)."""
-
-    __slots__ = ("builder", "count")
-
-    def __init__(self) -> None:
-        self.builder = DefaultRecordBatchBuilder(
-            2, 0, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
-            batch_size=MAX_BATCH_BYTES,
-        )  # fmt: skip
-        self.count = 0
-
-
-async def _produce(client: Any, leader: int, request: ProduceRequest) -> None:
-    """Send one produce request; raises the first partition's error (a duplicate sequence is
-    the broker telling an idempotent producer it already has the batch: success)."""
-    try:
-        response = await client.send(leader, request)
-    except KafkaError as exc:
-        if getattr(exc, "invalid_metadata", False):
-            client.force_metadata_update()
-        raise
-    for topic, partitions in response.topics:
-        for answer in partitions:
-            error = for_code(answer[1])
-            if error is not NoError and error is not DuplicateSequenceNumber:
-                if getattr(error, "invalid_metadata", False):
-                    client.force_metadata_update()
-                raise error(f"{topic}/{answer[0]}")
-
-
 def _tell(told: list[tuple[Then, Any]], error: BaseException | None = None) -> None:
     """Tell a round's callers it is durable, or the error that kept it from being so."""
     for then, arg in told:
@@ -500,29 +384,6 @@ def _resolve(waiter: asyncio.Future[None], error: BaseException | None) -> None:
             waiter.set_result(None)
         else:
             waiter.set_exception(error)
-
-
-def _follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None:
-    """Complete ``done`` once every ack has come, with the first failure if any."""
-    pending = len(acks)
-    if not pending:  # a round of records that all turned out to have landed already
-        done.set_result(None)
-        return
-
-    def settle(ack: asyncio.Future[Any]) -> None:
-        nonlocal pending
-        pending -= 1
-        if done.done():
-            return
-        if ack.cancelled():
-            done.set_exception(ConnectionError("send cancelled"))
-        elif ack.exception() is not None:
-            done.set_exception(ack.exception())  # type: ignore[arg-type]
-        elif pending == 0:
-            done.set_result(None)
-
-    for ack in acks:
-        ack.add_done_callback(settle)
 
 
 async def _quietly_stop(producer: AIOKafkaProducer, timeout: float = 1.0) -> None:
