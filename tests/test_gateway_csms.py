@@ -308,7 +308,7 @@ async def test_a_station_back_is_answered_while_its_old_connection_still_closes(
     meanwhile, not first (after a blip, the old one's end may not be read for a while, and
     a peer that does not answer the close keeps it closing for the close timeout)."""
     gw = await gateway()
-    async with raw_station(url(gw, "CS-BACK")) as old:
+    async with raw_station(url(gw, "CS-BACK"), close_timeout=0.2) as old:  # its own close: not 10 s
         assert (await old.ask(BOOT))[0] == 3
         first = gw.sessions["CS-BACK"]
         old.ws.transport.pause_reading()  # the old peer reads nothing more: it never answers the close

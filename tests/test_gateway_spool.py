@@ -164,6 +164,25 @@ async def test_a_recorder_stopped_at_once_makes_what_was_submitted_durable_first
     assert [r["action"] for r in records if r["station_id"] == "CS-LAST"] == ["Disconnected"]
 
 
+async def test_a_gateway_whose_broker_is_gone_still_stops(engine: str, new_broker: Any, tmp_path: Path) -> None:
+    """The broker killed under a running gateway: its stop still ends soon, each of its Kafka
+    clients given ``STOP_WITHIN`` seconds to stop (their stops took 18-40 s here, and did not
+    end on a frozen broker). What it captured meanwhile is in the spool."""
+    broker = await asyncio.to_thread(new_broker().start)
+    settings = Settings(bootstrap=broker.bootstrap, spool=str(tmp_path / "spool"), capture_timeout=1.0, partitions=2)
+    ensure_topics(settings, broker.bootstrap)
+    gw = Gateway(settings, broker.bootstrap, port=0)
+    await gw.start()
+    try:
+        async with raw_station(f"ws://127.0.0.1:{gw.port}/ocpp/CS-ORPHAN") as st:
+            assert (await st.ask(BOOT))[0] == 3
+            broker.kill()
+            assert (await st.ask([2, "hb", "Heartbeat", {}], timeout=10))[0] == 3  # from the spool
+    finally:
+        await asyncio.wait_for(gw.stop(), 15)  # about 5 s
+    assert "CS-ORPHAN" in gw.recorder.spool.path.read_text()  # its Disconnected among them
+
+
 async def closed_instead_of_answered(st: Any) -> int | None:
     """Boot; the connection closes instead of an answer coming: its close code."""
     with pytest.raises(websockets.ConnectionClosed):

@@ -470,6 +470,21 @@ async def reachable(bootstrap: str) -> bool:
         await client.close()
 
 
+async def stop_quietly(client: Any, timeout: float = 1.0) -> None:
+    """Stop an aiokafka producer or consumer within ``timeout`` seconds, whatever it raises
+    (a broker gone or frozen kept a consumer's stop waiting for good, and the gateway's stop
+    with it), except its caller's own cancellation (the recorder's ``stop`` cancelling a
+    drainer that is stopping a producer)."""
+    try:
+        await asyncio.wait_for(client.stop(), timeout)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:
+        pass
+
+
 async def grants_idempotence(bootstrap: str, timeout: float = 10.0) -> bool:
     """Ask the broker for a producer id, as an idempotent producer would at start.
 

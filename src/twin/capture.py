@@ -33,7 +33,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from twin import envelope, kafka_security
-from twin.broker import ensure_topics, grants_idempotence, reachable
+from twin.broker import ensure_topics, grants_idempotence, reachable, stop_quietly
 from twin.envelope import Envelope
 from twin.produce import MAX_BATCH_BYTES, ProduceRequests, follow
 from twin.settings import Settings
@@ -81,8 +81,9 @@ class Recorder:
             self._start_drainer()
 
     async def stop(self) -> None:
-        """Stop, once what was submitted is durable (within ``capture_timeout``, the broker's
-        ack or the spool): a session's last record is submitted without waiting for it."""
+        """Stop, once what was submitted is settled (for up to twice ``capture_timeout``):
+        acknowledged or spooled, or its caller told why not. A session's last record is
+        submitted without waiting for it."""
         if self._writer is not None and not self._writer.done():
             try:
                 await asyncio.wait_for(self._durable([]), 2 * self.settings.capture_timeout)
@@ -312,7 +313,7 @@ class Recorder:
                 log.debug("broker still away: %r", exc)
                 old, self._producer = self._producer, None
                 if old is not None:
-                    await _quietly_stop(old)
+                    await stop_quietly(old)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -328,7 +329,7 @@ class Recorder:
     async def _close_retired(self) -> None:
         retired, self._retired = self._retired, []
         for producer in retired:
-            await _quietly_stop(producer)
+            await stop_quietly(producer)
 
     # -- the producer -------------------------------------------------------------------
     async def _decide_mode(self) -> None:
@@ -358,14 +359,14 @@ class Recorder:
         try:
             await asyncio.wait_for(producer.start(), self.settings.capture_timeout)
         except BaseException:
-            await _quietly_stop(producer)
+            await stop_quietly(producer)
             raise
         return producer
 
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await _quietly_stop(producer, timeout=self.settings.capture_timeout)
+            await stop_quietly(producer, timeout=self.settings.capture_timeout)
 
 
 def _tell(told: list[tuple[Then, Any]], error: BaseException | None = None) -> None:
@@ -384,16 +385,3 @@ def _resolve(waiter: asyncio.Future[None], error: BaseException | None) -> None:
             waiter.set_result(None)
         else:
             waiter.set_exception(error)
-
-
-async def _quietly_stop(producer: AIOKafkaProducer, timeout: float = 1.0) -> None:
-    """Stop a producer, whatever it raises, except its caller's own cancellation (the
-    recorder's ``stop`` cancelling a drainer that is stopping a producer)."""
-    try:
-        await asyncio.wait_for(producer.stop(), timeout)
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-    except Exception:
-        pass

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from twin import envelope, kafka_security, schemas
-from twin.gateway.connections import nobody_delivers
+from twin.broker import stop_quietly
+from twin.gateway.connections import STOP_WITHIN, nobody_delivers
 from twin.messages import csms_initiated
 
 if TYPE_CHECKING:
@@ -115,8 +116,7 @@ class CommandInbox:
                 log.warning("command consumer failed (%r); retrying", exc)
                 await asyncio.sleep(1)
             finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+                await stop_quietly(consumer, STOP_WITHIN)
 
     async def _judge_undelivered(self) -> None:
         """As a member of the judges' group: each command of our partitions whose station no
@@ -158,8 +158,7 @@ class CommandInbox:
                 log.warning("judging undelivered commands failed (%r); retrying", exc)
                 await asyncio.sleep(1)
             finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+                await stop_quietly(consumer, STOP_WITHIN)
 
     async def deliver(self, cmd: dict[str, Any], ts: int) -> None:
         """Send a command (sent at ``ts``, ms) to its station if its connection is here."""
