@@ -4,8 +4,9 @@ acknowledges: ``record`` returns then, ``record_then`` calls back then.
 
 Records are written in group commits: whatever all sessions hand over within one turn of
 the event loop goes out as one produce request (a record batch per partition: ``twin.produce``),
-so the cost per record is an append, not a producer call and a future. They reach the log in the order they
-were submitted, so a session numbers its frames and submits them without waiting on each.
+so the cost per record is an append, not a producer call and a future. They reach the log in
+the order they were submitted, so a session numbers its frames and submits them without
+waiting on each.
 
 Durable means acknowledged by the broker with ``acks=all`` (idempotent where the broker
 grants producer ids) or, while the broker is unreachable, written and fsynced to the spool.
