@@ -278,3 +278,145 @@ def test_a_spool_emptied_by_another_writer_reads_as_empty(tmp_path: Path) -> Non
     assert len(records) == 2 and other.size() == end
     one.clear()
     assert other.size() == 0 and other.read(0) == ([], 0)
+
+
+def _frame(seq: int, size: int = 0) -> envelope.Envelope:
+    return envelope.lifecycle("Connected", {"padding": "x" * size}, station_id="CS-BIG", protocol="ocpp2.1",
+                              conn_id="c-big", seq=seq, ts=envelope.iso_ms())  # fmt: skip
+
+
+async def _record(settings: Settings, sizes: list[int]) -> tuple[Recorder, list[int]]:
+    """Frames of these sizes (their padding) submitted in one round, then one more alone; each
+    caller is told its frame is durable. Their seqs on ``ocpp.frames`` once the last is there."""
+    recorder = Recorder(settings, settings.bootstrap or "", spool_name="big")
+    await recorder.start()
+    try:
+        await recorder.record([_frame(0)])  # the partition has a leader (a new topic on Kafka may not, for a moment)
+        told: list[BaseException | None] = []
+        for seq, size in enumerate(sizes, 1):
+            recorder.record_then([_frame(seq, size)], lambda _, e: told.append(e), None)
+        await recorder.record([_frame(len(sizes) + 1)])
+        assert told == [None] * len(sizes)
+        last = len(sizes) + 1
+        records = await read_until(settings, lambda rs: any(r["seq"] == last for r in rs), timeout=30)
+        for _ in range(300):  # and the spool drained (a dead letter may follow the last frame there)
+            if not recorder.spooling:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await recorder.stop()
+    return recorder, [r["seq"] for r in records if r["seq"] > 0]
+
+
+async def test_a_round_larger_than_a_batch_reaches_the_log_in_order(settings: Settings) -> None:
+    """Two frames of 600 kB and a small one for one partition: the second does not fit the
+    first's record batch and goes in the next request. The third went back into the first
+    batch, which it still fitted, and so reached the log before the second."""
+    _, seqs = await _record(settings, [600_000, 600_000, 0])
+    assert sorted(set(seqs)) == [1, 2, 3, 4] and seqs == sorted(seqs), seqs  # each once, in order (repeats aside)
+
+
+async def test_a_record_over_the_topics_limit_is_set_aside_and_what_follows_is_recorded(
+    kafka_broker: Any, tmp_path: Path
+) -> None:
+    """A record the broker refuses for good (here larger than the topic's 10,000 bytes,
+    ``max.message.bytes``) was spooled and sent again for ever, and everything behind it waited
+    in the spool: nothing after it reached the log. Now the round holding it is refused whole
+    (MESSAGE_TOO_LARGE), the drainer halves what it sends until it is alone, keeps it whole
+    beside the spool, and notes it on ``ocpp.deadletter``."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from tests.conftest import fresh_prefix
+
+    settings = Settings(bootstrap=kafka_broker.bootstrap, topic_prefix=fresh_prefix("refused"), partitions=2,
+                        spool=str(tmp_path / "spool"), capture_timeout=2.0)  # fmt: skip
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        admin.create_topics([NewTopic(settings.topics.frames, 2, 1, topic_configs={"max.message.bytes": "10000"})])
+    finally:
+        admin.close()
+    ensure_topics(settings, kafka_broker.bootstrap)
+    recorder, seqs = await _record(settings, [0, 30_000, 0])
+    assert sorted(set(seqs)) == [1, 3, 4] and seqs == sorted(seqs), seqs
+    kept = recorder.spool.path.with_suffix(".refused.jsonl").read_text().splitlines()
+    assert len(kept) == 1 and '\\"seq\\":2' in kept[0] and len(kept[0]) > 30_000, kept
+    notes = await read_until(settings, lambda rs: len(rs) > 0, topic=settings.topics.deadletter)
+    assert [n["station_id"] for n in notes] == ["CS-BIG"]
+    assert "MESSAGE_TOO_LARGE" in notes[0]["reason"] and len(notes[0]["raw"]) == 4096, notes[0]["reason"]
+
+
+async def test_what_of_a_failed_round_landed_is_not_sent_again(kafka_broker: Any, tmp_path: Path) -> None:
+    """One produce request carries a frame and a dead letter too large for its topic: Kafka
+    takes the frame and refuses the dead letter. The round was spooled whole and the frame
+    sent again by a new producer (idempotence cannot drop a repeat across producers), so it
+    reached the log twice. Now only the dead letter is spooled (and then set aside)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from tests.conftest import fresh_prefix
+
+    settings = Settings(bootstrap=kafka_broker.bootstrap, topic_prefix=fresh_prefix("landed"), partitions=1,
+                        spool=str(tmp_path / "spool"), capture_timeout=2.0)  # fmt: skip
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        admin.create_topics([NewTopic(settings.topics.deadletter, 1, 1, topic_configs={"max.message.bytes": "10000"})])
+    finally:
+        admin.close()
+    ensure_topics(settings, kafka_broker.bootstrap)
+    recorder = Recorder(settings, kafka_broker.bootstrap, spool_name="landed")
+    await recorder.start()
+    try:
+        await recorder.record([_frame(0)])  # the partitions have a leader
+        await asyncio.gather(recorder.record([_frame(1)]),
+                             recorder.deadletter("CS-BIG", "test", "x" * 30_000, envelope.iso_ms()))  # fmt: skip
+        assert recorder.spooled == 1  # the dead letter alone
+        for _ in range(300):
+            if not recorder.spooling:
+                break
+            await asyncio.sleep(0.1)
+        assert not recorder.spooling
+    finally:
+        await recorder.stop()
+    records = await read_until(settings, lambda rs: any(r["seq"] == 1 for r in rs))
+    await asyncio.sleep(1)  # a repeat would have been sent before the spool was cleared
+    records = await read_until(settings, lambda rs: any(r["seq"] == 1 for r in rs))
+    assert [r["seq"] for r in records] == [0, 1]
+    kept = recorder.spool.path.with_suffix(".refused.jsonl").read_text()
+    assert settings.topics.deadletter in kept and "x" * 30_000 in kept
+
+
+async def test_a_partition_is_sent_again_from_its_first_request_that_did_not_land() -> None:
+    """What ``Sent.unlanded`` keeps of a round whose partition A spans two requests (its batch
+    full after two records) and whose partition B is in the first: A's records from its first
+    request that did not land on (in order, so a later request's landed records go again),
+    none of B's once B landed; a request in flight is handed over to be asked later."""
+    from kafka.errors import NotLeaderForPartitionError
+
+    from twin.produce import Sent
+
+    loop = asyncio.get_running_loop()
+    a, b = ("f", 0), ("f", 1)
+    records = [("f", b"A", b"1"), ("f", b"B", b"1"), ("f", b"A", b"2"), ("f", b"A", b"3")]
+    partition_of = {("f", b"A"): 0, ("f", b"B"): 1}
+
+    def sent(first: asyncio.Future[None], second: asyncio.Future[None]) -> Sent:
+        return Sent([first, second], [{a: (2, first), b: (1, first)}, {a: (1, second)}], {"f": [0, 1]}, partition_of)
+
+    def failed(*tps: tuple[str, int]) -> asyncio.Future[None]:
+        ack, error = loop.create_future(), NotLeaderForPartitionError()
+        error.partitions = set(tps)
+        ack.set_exception(error)
+        return ack
+
+    def landed() -> asyncio.Future[None]:
+        ack = loop.create_future()
+        ack.set_result(None)
+        return ack
+
+    assert sent(landed(), landed()).unlanded(records) == []
+    assert sent(failed(a), landed()).unlanded(records) == [(records[0], None), (records[2], None), (records[3], None)]
+    assert sent(landed(), failed(a)).unlanded(records) == [(records[3], None)]
+    in_flight = loop.create_future()
+    assert sent(failed(b), in_flight).unlanded(records) == [(records[1], None), (records[3], in_flight)]
+    assert sent(failed(a, b), landed()).unlanded(records) == [(r, None) for r in records]

@@ -10,15 +10,21 @@ waiting on each.
 
 Durable means acknowledged by the broker with ``acks=all`` (idempotent where the broker
 grants producer ids) or, while the broker is unreachable, written and fsynced to the spool.
-A round that fails is spooled whole; while the spool holds anything, new rounds join it
-behind the old ones; a drainer sends them on, in order, when the broker is back. A record
-may so reach Kafka twice; ``(conn_id, seq)`` makes that harmless downstream, and the
-recorder keeps it rare: a record whose send timed out may still land (the producer keeps
-trying), so it is spooled with a token, the old producer is kept until that send settles,
-and the drainer skips the record if it landed after all. What remains is the producer's own
-retry of a batch in flight when the broker died, stored twice by a broker that cannot
-deduplicate (Tansu refuses producer ids to aiokafka; a real Kafka grants them and drops the
-retry).
+What of a failed round did not land is spooled (the partitions the broker took are not sent
+twice); while the spool holds anything, new rounds join it behind the old ones; a drainer
+sends them on, in order, when the broker is back. A record may so reach Kafka twice;
+``(conn_id, seq)`` makes that harmless downstream, and the recorder keeps it rare: a record
+whose send timed out may still land (the producer keeps trying), so it is spooled with a
+token, the old producer is kept until that send settles, and the drainer skips the record if
+it landed after all. What remains is the producer's own retry of a batch in flight when the
+broker died, stored twice by a broker that cannot deduplicate (Tansu refuses producer ids to
+aiokafka; a real Kafka grants them and drops the retry), and a chunk of the spool the
+drainer sends again whole.
+
+A record the broker refuses for what it is (larger than the topic takes, invalid for it)
+would be refused on every try and hold up the spool behind it: the drainer halves what it
+sends until that record is alone, keeps it whole in a file beside the spool, notes it on
+``ocpp.deadletter``, and goes on.
 """
 
 from __future__ import annotations
@@ -31,17 +37,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from twin import envelope, kafka_security
 from twin.broker import ensure_topics, grants_idempotence, reachable, stop_quietly
 from twin.envelope import Envelope
-from twin.produce import MAX_BATCH_BYTES, ProduceRequests, follow
+from twin.produce import MAX_BATCH_BYTES, ProduceRequests, Refused, follow
 from twin.settings import Settings
 from twin.spool import Record, Spool, Token
 
 log = logging.getLogger("twin.capture")
 
+
+DRAIN_CHUNK = 1000
+"""Records the drainer reads from the spool and sends at a time."""
+NOTE_RAW_CHARS = 4096
+"""What a dead letter keeps of a record the broker refused (the record is kept whole on disk)."""
 
 Then = Callable[[Any, BaseException | None], None]
 """Told once a caller's records are durable: ``then(arg, None)``, or ``then(arg, error)``."""
@@ -57,7 +69,7 @@ class Recorder:
         self._idempotent = False
         self._spooling = self.spool.size() > 0  # left over from a crash: drain it first
         self._drainer: asyncio.Task[None] | None = None
-        self._uncertain: dict[int, asyncio.Future[None]] = {}  # token -> first send
+        self._uncertain: dict[int, asyncio.Future[Any]] = {}  # token -> first send
         self._tokens = itertools.count(1)
         self._retired: list[AIOKafkaProducer] = []  # kept until their sends settle
         self._queue: list[Record] = []  # the next round
@@ -155,11 +167,11 @@ class Recorder:
     async def _write(self) -> None:
         """The writer, a group commit: everything submitted since the last round was acked
         goes out as one produce request; the round's callers are told when all of it is
-        acknowledged. A round that fails or times out is spooled whole, in order, before
-        anything submitted after it, and its callers are told then (the spool is durable);
-        while the spool holds anything, every round joins it there, and the drainer sends it
-        on. A timed-out round is spooled with tokens: its send may still land, and the
-        drainer skips what did.
+        acknowledged. What of a round that fails or times out did not land is spooled, in
+        order, before anything submitted after it, and its callers are told then (the spool
+        is durable); while the spool holds anything, every round joins it there, and the
+        drainer sends it on. What was still in flight is spooled with tokens: its send may
+        still land, and the drainer skips what did.
 
         One round is in flight at a time (the producer sends one request to a broker at a
         time anyway). When it is acked, the next round is handed to the producer before the
@@ -190,7 +202,7 @@ class Recorder:
                 try:
                     if self._producer is None:
                         raise ConnectionError("no producer")
-                    acks = await self._requests.send(self._producer, records)
+                    sent = await self._requests.send(self._producer, records)
                 except Exception as exc:
                     if acked is not None:  # told before the round after it, as on every path
                         _tell(acked)
@@ -202,13 +214,15 @@ class Recorder:
                     if acked is not None:
                         loop.call_soon(_tell, acked)  # behind the producer's next turns
                         acked = None
-                failure = await self._acked(acks)
+                failure = await self._acked(sent.acks)
                 if failure is None:
                     self.recorded += len(records)
                     acked = told
                 else:
                     self._enter_spooling(failure)
-                    self._spool_round(records, told, getattr(failure, "outcome", None))
+                    again = sent.unlanded(records)  # what landed is not sent twice
+                    self.recorded += len(records) - len(again)
+                    self._spool_round([record for record, _ in again], told, [ack for _, ack in again])
         finally:  # stopped: whoever still waits is told
             if acked is not None:
                 _tell(acked)
@@ -218,23 +232,21 @@ class Recorder:
             _tell(told, stopped)
 
     async def _acked(self, acks: list[asyncio.Future[Any]]) -> BaseException | None:
-        """None once every ack has come; else the first failure, or a timeout whose
-        ``outcome`` settles when the producer knows what became of the round."""
+        """None once every ack has come; else the first failure, or a timeout."""
         outcome = asyncio.get_running_loop().create_future()
         follow(outcome, acks)
         await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
         if not outcome.done():
-            late = TimeoutError(f"no ack within {self.settings.capture_timeout} s")
-            late.outcome = outcome  # type: ignore[attr-defined]
-            return late
+            return TimeoutError(f"no ack within {self.settings.capture_timeout} s")
         return outcome.exception()
 
     def _spool_round(
-        self, records: list[Record], told: list[tuple[Then, Any]], send: asyncio.Future[None] | None = None
+        self, records: list[Record], told: list[tuple[Then, Any]], sends: list[asyncio.Future[Any] | None] | None = None
     ) -> None:
-        """The round to the spool, whole and in order, and its callers told: durable, or
-        the error that kept it from the disk (then nothing of it was acknowledged)."""
-        tokens = [self._token(send) for _ in records] if send is not None else None
+        """The round to the spool (what of it did not land), in order, and its callers told:
+        durable, or the error that kept it from the disk. ``sends``: each record's send, where
+        it may still land."""
+        tokens = [self._token(send) for send in sends] if sends is not None else None
         try:
             self.spool.append(records, tokens)
         except Exception as exc:
@@ -247,7 +259,7 @@ class Recorder:
         self.recorded += len(records)
         _tell(told)
 
-    def _token(self, send: asyncio.Future[None] | None) -> Token:
+    def _token(self, send: asyncio.Future[Any] | None) -> Token:
         """A token for a send that may still land, None for one that surely failed."""
         if send is None or (send.done() and (send.cancelled() or send.exception() is not None)):
             return None
@@ -275,7 +287,7 @@ class Recorder:
         all of it is acked the spool is cleared and the writer sends straight again. That
         check and the writer's appends each happen within one turn of the loop, so nothing
         appended is cleared unsent."""
-        offset, backoff = 0, 0.2
+        offset, backoff, chunk = 0, 0.2, DRAIN_CHUNK
         while True:
             try:
                 if self._producer is None:
@@ -284,16 +296,25 @@ class Recorder:
                         raise ConnectionError(f"no broker at {self.bootstrap}")
                     await asyncio.to_thread(ensure_topics, self.settings, self.bootstrap)
                     self._producer = await self._new_producer()
-                entries, after = self.spool.read(offset)
+                entries, after = self.spool.read(offset, chunk)
                 if entries:
                     records = [r for r, token in entries if not await self._landed(token)]
                     if records:
-                        failure = await self._acked(await self._requests.send(self._producer, records))
-                        if failure is not None:
+                        # a chunk that fails is read and sent again whole, what of it landed too
+                        failure = await self._acked((await self._requests.send(self._producer, records)).acks)
+                        if isinstance(failure, Refused):
+                            # the producer counted what was refused (idempotence's sequence numbers)
+                            old, self._producer = self._producer, None
+                            await stop_quietly(old)
+                            if len(entries) > 1:  # halved until the refused record is alone
+                                chunk = max(1, len(entries) // 2)
+                                continue
+                            self._set_aside(records[0], failure)
+                        elif failure is not None:
                             raise failure
                     for _, token in entries:  # settled: a chunk sent again asks again
                         self._uncertain.pop(token, None)  # type: ignore[arg-type]
-                    offset, backoff = after, 0.2
+                    offset, backoff, chunk = after, 0.2, min(2 * chunk, DRAIN_CHUNK)
                     continue
                 if self._retired:  # before the check below, which must not wait
                     await self._close_retired()
@@ -317,6 +338,33 @@ class Recorder:
                     await stop_quietly(old)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def _set_aside(self, record: Record, why: Refused) -> None:
+        """A record the broker refuses for what it is, out of the spool's way: sent again it
+        would be refused again, and everything behind it would wait for good. It is kept
+        whole in ``<spool>.refused.jsonl`` beside the spool, and a note of it, its text cut to
+        ``NOTE_RAW_CHARS``, goes to ``ocpp.deadletter`` behind what the spool holds."""
+        topic, key, value = record
+        kept = Spool(self.spool.path.with_suffix(".refused.jsonl"))
+        try:
+            kept.append([record])
+        finally:
+            kept.close()
+        log.error("the broker refused a record of %d bytes for %s (%s): kept in %s", len(value), topic, why, kept.path)
+        if topic == self.topics.deadletter:  # a note of a note: the file is the record
+            return
+        text = value.decode(errors="replace")
+        try:
+            ts = orjson.loads(value).get("ts") or envelope.iso_ms()
+        except (orjson.JSONDecodeError, AttributeError):
+            ts = envelope.iso_ms()
+        note = {
+            "station_id": key.decode(errors="replace") if key is not None else None, "ts": ts,
+            "reason": f"refused by the broker ({why}): a record of {len(value)} bytes for {topic}, kept in {kept.path}"
+                      f" (raw cut to {NOTE_RAW_CHARS} characters)",
+            "raw": text[:NOTE_RAW_CHARS],
+        }  # fmt: skip
+        self.spool.append([(self.topics.deadletter, key, envelope.dumps(note))])
 
     async def _landed(self, token: Token) -> bool:
         """Whether a spooled record's first send reached the broker after all."""

@@ -22,6 +22,14 @@ from twin.spool import Record
 MAX_BATCH_BYTES = 1 << 20
 """Record batch size: any frame the gateway accepts (``max_frame_bytes``) fits, with room."""
 
+REFUSING_CODES = {2: "CORRUPT_MESSAGE", 10: "MESSAGE_TOO_LARGE", 18: "RECORD_LIST_TOO_LARGE", 87: "INVALID_RECORD"}
+"""The broker's answers that refuse records for what they are, not for the broker's state."""
+
+
+class Refused(Exception):
+    """Records refused for what they are (larger than the topic's ``max.message.bytes``,
+    invalid for the topic): sent again, they are refused again."""
+
 
 class ProduceRequests:
     """Sends rounds of records; remembers each key's partition. ``timeout`` (s) is the
@@ -33,19 +41,20 @@ class ProduceRequests:
         self._partition_of: dict[tuple[str, bytes], int] = {}
 
     def forget(self) -> None:
-        """Forget the partitions learnt (a new producer, perhaps a new broker's topics)."""
-        self._partitions.clear()
-        self._partition_of.clear()
+        """Forget the partitions learnt (a new producer, perhaps a new broker's topics); a
+        round sent before keeps what it was sent with."""
+        self._partitions, self._partition_of = {}, {}
 
-    async def send(self, producer: AIOKafkaProducer, records: list[Record]) -> list[asyncio.Future[Any]]:
+    async def send(self, producer: AIOKafkaProducer, records: list[Record]) -> Sent:
         """The round as one produce request per partition leader (more where a partition's
-        batch is full), sent on the producer's own connections; the futures are done when
+        batch is full), sent on the producer's own connections; its ``acks`` are done when
         each is answered. A failed request is not retried here but fails: the recorder
-        spools its round and starts a new producer."""
+        spools what did not land and starts a new producer."""
         txn = producer._txn_manager  # None unless idempotent
         if txn is not None and not txn.has_pid():
             await asyncio.wait_for(asyncio.shield(txn.wait_for_pid()), self.timeout)
-        requests: list[dict[tuple[str, int], _Batch]] = [{}]  # a partition's full batch moves to the next request
+        requests: list[dict[tuple[str, int], _Batch]] = [{}]  # a partition's full batch goes on in the next
+        at: dict[tuple[str, int], int] = {}  # the request taking a partition's records: its last, so they stay in order
         cached = self._partition_of
         for topic, key, value in records:
             partition = cached.get((topic, key)) if key is not None else 0
@@ -53,21 +62,17 @@ class ProduceRequests:
                 assert key is not None
                 partition = await self._partition(producer, topic, key)
             tp = (topic, partition)
-            for request in requests:
-                batch = request.get(tp)
-                if batch is None:
-                    batch = request[tp] = _Batch()
-                if batch.builder.append(batch.count, None, key, value, NO_HEADERS) is not None:
-                    batch.count += 1
-                    break
-                if batch.count == 0:
-                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-            else:
-                batch = _Batch()
-                if batch.builder.append(0, None, key, value, NO_HEADERS) is None:
-                    raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
-                batch.count = 1
-                requests.append({tp: batch})
+            n = at.get(tp, 0)
+            batch = requests[n].get(tp)
+            if batch is None:
+                batch = requests[n][tp] = _Batch()
+            if batch.builder.append(batch.count, None, key, value, NO_HEADERS) is None:  # full
+                at[tp] = n = n + 1
+                if n == len(requests):
+                    requests.append({})
+                batch = requests[n][tp] = _Batch()
+                batch.builder.append(0, None, key, value, NO_HEADERS)  # a batch's first record always fits
+            batch.count += 1
         client, loop = producer.client, asyncio.get_running_loop()
         leaders: dict[tuple[str, int], int] = {}
         for topic, partition in {tp for request in requests for tp in request}:  # all, before anything is sent
@@ -76,7 +81,8 @@ class ProduceRequests:
                 client.force_metadata_update()
                 raise LeaderNotAvailableError(f"no leader known for {topic}/{partition}")
             leaders[topic, partition] = leader
-        sent: list[asyncio.Future[Any]] = []
+        acks: list[asyncio.Future[Any]] = []
+        carried: list[dict[tuple[str, int], tuple[int, asyncio.Future[Any]]]] = []
         for request in requests:
             by_leader: dict[int, dict[str, list[tuple[int, bytes]]]] = {}
             for (topic, partition), batch in request.items():
@@ -87,13 +93,15 @@ class ProduceRequests:
                     batch.builder.set_producer_state(txn.producer_id, txn.producer_epoch, sequence)
                 batches = by_leader.setdefault(leaders[topic, partition], {}).setdefault(topic, [])
                 batches.append((partition, batch.builder.build()))
+            ack_of: dict[int, asyncio.Future[Any]] = {}
             for leader, topics in by_leader.items():
                 produce = ProduceRequest(
                     required_acks=-1, timeout=int(self.timeout * 1000),
                     topics=list(topics.items()), transactional_id=None,
                 )  # fmt: skip
-                sent.append(loop.create_task(_produce(client, leader, produce)))
-        return sent
+                acks.append(ack_of.setdefault(leader, loop.create_task(_produce(client, leader, produce))))
+            carried.append({tp: (batch.count, ack_of[leaders[tp]]) for tp, batch in request.items()})
+        return Sent(acks, carried, self._partitions, self._partition_of)
 
     async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
         """The default partitioner's choice (murmur2 of the key), as every other producer
@@ -108,6 +116,67 @@ class ProduceRequests:
 
 
 NO_HEADERS: list[Any] = []  # read, never written
+
+
+class Sent:
+    """A round as sent: ``acks``, a future for each produce request, and what each carried (a
+    partition's records in a request, in order), so that what surely landed is not sent again
+    after another request of the round failed: a record in the log twice is harmless (readers
+    keep the first of each ``(conn_id, seq)``), but not free."""
+
+    __slots__ = ("acks", "_carried", "_partitions", "_partition_of")
+
+    def __init__(
+        self,
+        acks: list[asyncio.Future[Any]],
+        carried: list[dict[tuple[str, int], tuple[int, asyncio.Future[Any]]]],
+        partitions: dict[str, list[int]],
+        partition_of: dict[tuple[str, bytes], int],
+    ) -> None:
+        self.acks, self._carried = acks, carried
+        self._partitions, self._partition_of = partitions, partition_of
+
+    def unlanded(self, records: list[Record]) -> list[tuple[Record, asyncio.Future[Any] | None]]:
+        """The round's records still to send, in order: a partition's from its first request
+        that did not land (then its later ones too, to keep them in order), each with its
+        request's ack while that may still land (in flight), else None (it failed)."""
+        first: dict[tuple[str, int], int] = {}  # a partition's first request that did not land
+        for n, request in enumerate(self._carried):
+            for tp, (_, ack) in request.items():
+                if tp not in first and not _landed(ack, tp):
+                    first[tp] = n
+        if not first:
+            return []
+        at: dict[tuple[str, int], tuple[int, int]] = {}  # a partition's request, and its records there so far
+        again: list[tuple[Record, asyncio.Future[Any] | None]] = []
+        for record in records:
+            topic, key, _ = record
+            tp = (topic, self._partition(topic, key))
+            n, seen = at.get(tp, (0, 0))
+            while (carried := self._carried[n].get(tp)) is None or seen == carried[0]:
+                n, seen = n + 1, 0
+            at[tp] = (n, seen + 1)
+            if n >= first.get(tp, len(self._carried)):
+                again.append((record, None if carried[1].done() else carried[1]))
+        return again
+
+    def _partition(self, topic: str, key: bytes | None) -> int:
+        """The partition a record was sent to (as ``ProduceRequests._partition`` chose it)."""
+        if key is None:
+            return 0
+        chosen = self._partition_of.get((topic, key))
+        if chosen is None:
+            partitions = self._partitions[topic]
+            chosen = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        return chosen
+
+
+def _landed(ack: asyncio.Future[Any], tp: tuple[str, int]) -> bool:
+    """Whether a request's records for this partition surely landed."""
+    if not ack.done() or ack.cancelled():
+        return False
+    error = ack.exception()
+    return error is None or tp not in getattr(error, "partitions", (tp,))
 
 
 class _Batch:
@@ -126,20 +195,32 @@ class _Batch:
 
 async def _produce(client: Any, leader: int, request: ProduceRequest) -> None:
     """Send one produce request; raises the first partition's error (a duplicate sequence is
-    the broker telling an idempotent producer it already has the batch: success)."""
+    the broker telling an idempotent producer it already has the batch: success), as
+    ``Refused`` where it refuses the records themselves."""
     try:
         response = await client.send(leader, request)
     except KafkaError as exc:
         if getattr(exc, "invalid_metadata", False):
             client.force_metadata_update()
         raise
+    first: Exception | None = None
+    failed: set[tuple[str, int]] = set()  # the others landed
     for topic, partitions in response.topics:
         for answer in partitions:
-            error = for_code(answer[1])
-            if error is not NoError and error is not DuplicateSequenceNumber:
-                if getattr(error, "invalid_metadata", False):
+            if answer[1] in REFUSING_CODES:
+                error: Exception = Refused(f"{topic}/{answer[0]}: {REFUSING_CODES[answer[1]]}")
+            else:
+                kind = for_code(answer[1])
+                if kind is NoError or kind is DuplicateSequenceNumber:
+                    continue
+                if getattr(kind, "invalid_metadata", False):
                     client.force_metadata_update()
-                raise error(f"{topic}/{answer[0]}")
+                error = kind(f"{topic}/{answer[0]}")
+            failed.add((topic, answer[0]))
+            first = first or error
+    if first is not None:
+        first.partitions = failed  # type: ignore[attr-defined]
+        raise first
 
 
 def follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None:
