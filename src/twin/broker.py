@@ -470,6 +470,11 @@ async def reachable(bootstrap: str) -> bool:
         await client.close()
 
 
+STOP_WITHIN = 3.0
+"""Seconds a process's Kafka client is given to stop when the process stops: with the broker
+gone or frozen, a consumer's or producer's own stop waited for good, and the process with it."""
+
+
 async def stop_quietly(client: Any, timeout: float = 1.0) -> None:
     """Stop an aiokafka producer or consumer within ``timeout`` seconds, whatever it raises
     (a broker gone or frozen kept a consumer's stop waiting for good, and the gateway's stop

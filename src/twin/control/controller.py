@@ -14,7 +14,6 @@ values' timestamps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 import orjson
 
 from twin import kafka_security
+from twin.broker import STOP_WITHIN, stop_quietly
 from twin.control.cost import cost_updates, final_costs
 from twin.control.decision import Decision, decide
 from twin.control.needs import DEFAULTS, Defaults, plugged
@@ -212,10 +212,8 @@ async def run(settings: Settings, bootstrap: str, controller: Controller, stop: 
                              len(profiles))  # fmt: skip
             await producer.flush()
     finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-        with contextlib.suppress(Exception):
-            await producer.stop()
+        await stop_quietly(consumer, STOP_WITHIN)
+        await stop_quietly(producer, STOP_WITHIN)
 
 
 async def _send_costs(controller: Controller, producer: Any, topics: Any, sent: dict[str, tuple[datetime, float]],

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from twin import envelope, kafka_security, schemas
-from twin.broker import stop_quietly
-from twin.gateway.connections import STOP_WITHIN, nobody_delivers
+from twin.broker import STOP_WITHIN, stop_quietly
+from twin.gateway.connections import nobody_delivers
 from twin.messages import csms_initiated
 
 if TYPE_CHECKING:

@@ -31,16 +31,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from twin import envelope, kafka_security
-from twin.broker import stop_quietly
+from twin.broker import STOP_WITHIN, stop_quietly
 from twin.gateway.session import close_quietly
 
 if TYPE_CHECKING:
     from twin.gateway.server import Gateway
     from twin.gateway.session import Session
 
-STOP_WITHIN = 3.0
-"""Seconds a Kafka client of the gateway's is given to stop: with the broker gone or frozen,
-a consumer's or producer's stop waited for good, and the gateway's stop with it."""
 SENDS_A_TURN = 64
 """Announcements and withdrawals handed to the producer in one turn of the loop: after a
 network blip the table's writer had 9,500 withdrawals to send, 0.05-0.19 s of sends in one

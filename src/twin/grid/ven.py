@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from twin import envelope, kafka_security, tokens
+from twin.broker import STOP_WITHIN, stop_quietly
 from twin.grid import openadr, safe_mode
 from twin.grid.client import VtnClient, VtnError, backoff
 from twin.sites import Site
@@ -268,8 +269,7 @@ async def run(vtn: str, client_id: str, client_secret: str, sites: Sequence[Site
             await client.close()
         with contextlib.suppress(Exception):
             await http.close()
-        with contextlib.suppress(Exception):
-            await producer.stop()
+        await stop_quietly(producer, STOP_WITHIN)
         if callback is not None:
             with contextlib.suppress(Exception):
                 await callback.cleanup()

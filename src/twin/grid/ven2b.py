@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from twin import envelope, kafka_security
+from twin.broker import STOP_WITHIN, stop_quietly
 from twin.grid import openadr
 from twin.sites import IMPORT_LIMIT, PRICE, Site
 
@@ -102,5 +103,4 @@ async def run(vtn: str, ven_name: str, sites: Sequence[Site], bootstrap: str, to
     finally:
         with contextlib.suppress(Exception):
             await client.stop()
-        with contextlib.suppress(Exception):
-            await producer.stop()
+        await stop_quietly(producer, STOP_WITHIN)

@@ -10,7 +10,6 @@ a ``remoteStartId`` is told to ``on_remote_start`` (which START_SESSION began wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from typing import Any
 import orjson
 
 from twin import kafka_security
+from twin.broker import STOP_WITHIN, stop_quietly
 from twin.gateway.commands import command
 from twin.publish.party import iso
 from twin.settings import Settings
@@ -217,7 +217,5 @@ class Fleet:
                         self.caught_up.set()
                 await self._deadlines()
         finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
-                await self._producer.stop()
+            await stop_quietly(consumer, STOP_WITHIN)
+            await stop_quietly(self._producer, STOP_WITHIN)
