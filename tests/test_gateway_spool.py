@@ -280,6 +280,15 @@ def test_a_spool_emptied_by_another_writer_reads_as_empty(tmp_path: Path) -> Non
     assert other.size() == 0 and other.read(0) == ([], 0)
 
 
+async def _drained(recorder: Recorder) -> None:
+    """Once the spool is drained (within 30 s)."""
+    for _ in range(300):
+        if not recorder.spooling:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{recorder.spool.path} not drained")
+
+
 def _frame(seq: int, size: int = 0) -> envelope.Envelope:
     return envelope.lifecycle("Connected", {"padding": "x" * size}, station_id="CS-BIG", protocol="ocpp2.1",
                               conn_id="c-big", seq=seq, ts=envelope.iso_ms())  # fmt: skip
@@ -299,10 +308,7 @@ async def _record(settings: Settings, sizes: list[int]) -> tuple[Recorder, list[
         assert told == [None] * len(sizes)
         last = len(sizes) + 1
         records = await read_until(settings, lambda rs: any(r["seq"] == last for r in rs), timeout=30)
-        for _ in range(300):  # and the spool drained (a dead letter may follow the last frame there)
-            if not recorder.spooling:
-                break
-            await asyncio.sleep(0.1)
+        await _drained(recorder)  # a dead letter may follow the last frame in the spool
     finally:
         await recorder.stop()
     return recorder, [r["seq"] for r in records if r["seq"] > 0]
@@ -316,6 +322,26 @@ async def test_a_round_larger_than_a_batch_reaches_the_log_in_order(settings: Se
     assert sorted(set(seqs)) == [1, 2, 3, 4] and seqs == sorted(seqs), seqs  # each once, in order (repeats aside)
 
 
+def _limited(kafka_broker: Any, tmp_path: Path, name: str, partitions: int, limited: str) -> Settings:
+    """Settings with topics of their own on Kafka, ``limited`` (``frames`` or ``deadletter``)
+    taking records of 10,000 bytes at most (``max.message.bytes``)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from tests.conftest import fresh_prefix
+
+    settings = Settings(bootstrap=kafka_broker.bootstrap, topic_prefix=fresh_prefix(name), partitions=partitions,
+                        spool=str(tmp_path / "spool"), capture_timeout=2.0)  # fmt: skip
+    topic = getattr(settings.topics, limited)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1, topic_configs={"max.message.bytes": "10000"})])
+    finally:
+        admin.close()
+    ensure_topics(settings, kafka_broker.bootstrap)
+    return settings
+
+
 async def test_a_record_over_the_topics_limit_is_set_aside_and_what_follows_is_recorded(
     kafka_broker: Any, tmp_path: Path
 ) -> None:
@@ -324,19 +350,7 @@ async def test_a_record_over_the_topics_limit_is_set_aside_and_what_follows_is_r
     in the spool: nothing after it reached the log. Now the round holding it is refused whole
     (MESSAGE_TOO_LARGE), the drainer halves what it sends until it is alone, keeps it whole
     beside the spool, and notes it on ``ocpp.deadletter``."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    from tests.conftest import fresh_prefix
-
-    settings = Settings(bootstrap=kafka_broker.bootstrap, topic_prefix=fresh_prefix("refused"), partitions=2,
-                        spool=str(tmp_path / "spool"), capture_timeout=2.0)  # fmt: skip
-    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
-    try:
-        admin.create_topics([NewTopic(settings.topics.frames, 2, 1, topic_configs={"max.message.bytes": "10000"})])
-    finally:
-        admin.close()
-    ensure_topics(settings, kafka_broker.bootstrap)
+    settings = _limited(kafka_broker, tmp_path, "refused", 2, "frames")
     recorder, seqs = await _record(settings, [0, 30_000, 0])
     assert sorted(set(seqs)) == [1, 3, 4] and seqs == sorted(seqs), seqs
     kept = recorder.spool.path.with_suffix(".refused.jsonl").read_text().splitlines()
@@ -351,39 +365,51 @@ async def test_what_of_a_failed_round_landed_is_not_sent_again(kafka_broker: Any
     takes the frame and refuses the dead letter. The round was spooled whole and the frame
     sent again by a new producer (idempotence cannot drop a repeat across producers), so it
     reached the log twice. Now only the dead letter is spooled (and then set aside)."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    from tests.conftest import fresh_prefix
-
-    settings = Settings(bootstrap=kafka_broker.bootstrap, topic_prefix=fresh_prefix("landed"), partitions=1,
-                        spool=str(tmp_path / "spool"), capture_timeout=2.0)  # fmt: skip
-    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
-    try:
-        admin.create_topics([NewTopic(settings.topics.deadletter, 1, 1, topic_configs={"max.message.bytes": "10000"})])
-    finally:
-        admin.close()
-    ensure_topics(settings, kafka_broker.bootstrap)
+    settings = _limited(kafka_broker, tmp_path, "landed", 1, "deadletter")
     recorder = Recorder(settings, kafka_broker.bootstrap, spool_name="landed")
     await recorder.start()
     try:
-        await recorder.record([_frame(0)])  # the partitions have a leader
+        await recorder.record([_frame(0)])  # the partitions have a leader (a new topic may not, for a moment)
+        await _drained(recorder)
+        spooled = recorder.spooled
         await asyncio.gather(recorder.record([_frame(1)]),
                              recorder.deadletter("CS-BIG", "test", "x" * 30_000, envelope.iso_ms()))  # fmt: skip
-        assert recorder.spooled == 1  # the dead letter alone
-        for _ in range(300):
-            if not recorder.spooling:
-                break
-            await asyncio.sleep(0.1)
-        assert not recorder.spooling
+        assert recorder.spooled - spooled == 1  # the dead letter alone
+        await _drained(recorder)
     finally:
         await recorder.stop()
-    records = await read_until(settings, lambda rs: any(r["seq"] == 1 for r in rs))
     await asyncio.sleep(1)  # a repeat would have been sent before the spool was cleared
     records = await read_until(settings, lambda rs: any(r["seq"] == 1 for r in rs))
     assert [r["seq"] for r in records] == [0, 1]
     kept = recorder.spool.path.with_suffix(".refused.jsonl").read_text()
     assert settings.topics.deadletter in kept and "x" * 30_000 in kept
+
+
+async def test_what_of_a_failed_chunk_of_the_spool_landed_is_not_sent_again(kafka_broker: Any, tmp_path: Path) -> None:
+    """The same from the spool (left by a gateway that stopped while the broker was away):
+    the drainer's chunk holds two frames and, between them, a dead letter too large for its
+    topic. The chunk was read and sent again, halved, until the dead letter was alone, and
+    the frames reached the log again each time (1, 2, 1, 2, 2)."""
+    from twin.spool import Spool
+
+    settings = _limited(kafka_broker, tmp_path, "chunk", 1, "deadletter")
+    left = Spool(Path(settings.spool) / "chunk.jsonl")
+    note = {"station_id": "CS-BIG", "ts": envelope.iso_ms(), "reason": "test", "raw": "x" * 30_000}
+    left.append([(settings.topics.frames, b"CS-BIG", envelope.dumps(_frame(1))),
+                 (settings.topics.deadletter, b"CS-BIG", envelope.dumps(note)),
+                 (settings.topics.frames, b"CS-BIG", envelope.dumps(_frame(2)))])  # fmt: skip
+    left.close()
+    recorder = Recorder(settings, kafka_broker.bootstrap, spool_name="chunk")
+    assert recorder.spooling
+    await recorder.start()
+    try:
+        await _drained(recorder)
+    finally:
+        await recorder.stop()
+    await asyncio.sleep(1)
+    records = await read_until(settings, lambda rs: any(r["seq"] == 2 for r in rs))
+    assert [r["seq"] for r in records] == [1, 2]
+    assert "x" * 30_000 in recorder.spool.path.with_suffix(".refused.jsonl").read_text()
 
 
 async def test_a_partition_is_sent_again_from_its_first_request_that_did_not_land() -> None:

@@ -18,8 +18,7 @@ whose send timed out may still land (the producer keeps trying), so it is spoole
 token, the old producer is kept until that send settles, and the drainer skips the record if
 it landed after all. What remains is the producer's own retry of a batch in flight when the
 broker died, stored twice by a broker that cannot deduplicate (Tansu refuses producer ids to
-aiokafka; a real Kafka grants them and drops the retry), and a chunk of the spool the
-drainer sends again whole.
+aiokafka; a real Kafka grants them and drops the retry).
 
 A record the broker refuses for what it is (larger than the topic takes, invalid for it)
 would be refused on every try and hold up the spool behind it: the drainer halves what it
@@ -288,6 +287,7 @@ class Recorder:
         check and the writer's appends each happen within one turn of the loop, so nothing
         appended is cleared unsent."""
         offset, backoff, chunk = 0, 0.2, DRAIN_CHUNK
+        landed: set[int] = set()  # entries (counted from ``offset``) that landed when their chunk failed
         while True:
             try:
                 if self._producer is None:
@@ -298,23 +298,29 @@ class Recorder:
                     self._producer = await self._new_producer()
                 entries, after = self.spool.read(offset, chunk)
                 if entries:
-                    records = [r for r, token in entries if not await self._landed(token)]
-                    if records:
-                        # a chunk that fails is read and sent again whole, what of it landed too
-                        failure = await self._acked((await self._requests.send(self._producer, records)).acks)
+                    todo = [i for i, (_, t) in enumerate(entries) if i not in landed and not await self._landed(t)]
+                    if todo:
+                        records = [entries[i][0] for i in todo]
+                        sent = await self._requests.send(self._producer, records)
+                        failure = await self._acked(sent.acks)
+                        if failure is not None:  # what of it landed is not sent again
+                            again = {id(record) for record, _ in sent.unlanded(records)}
+                            landed.update(i for i, record in zip(todo, records, strict=True) if id(record) not in again)
                         if isinstance(failure, Refused):
                             # the producer counted what was refused (idempotence's sequence numbers)
                             old, self._producer = self._producer, None
                             await stop_quietly(old)
-                            if len(entries) > 1:  # halved until the refused record is alone
+                            left = [i for i in todo if i not in landed]
+                            if len(left) > 1:  # halved until the refused record is alone
                                 chunk = max(1, len(entries) // 2)
                                 continue
-                            self._set_aside(records[0], failure)
+                            self._set_aside(entries[left[0]][0], failure)
                         elif failure is not None:
                             raise failure
                     for _, token in entries:  # settled: a chunk sent again asks again
                         self._uncertain.pop(token, None)  # type: ignore[arg-type]
                     offset, backoff, chunk = after, 0.2, min(2 * chunk, DRAIN_CHUNK)
+                    landed = {i - len(entries) for i in landed if i >= len(entries)}
                     continue
                 if self._retired:  # before the check below, which must not wait
                     await self._close_retired()
@@ -328,6 +334,7 @@ class Recorder:
                 if size < offset:  # emptied under this drainer (another recorder's, same file)
                     log.warning("spool %s shorter than what was drained of it: reading it again", self.spool.path)
                     offset = 0
+                    landed.clear()
                 await asyncio.sleep(0.05)  # appended meanwhile: read next (and never a loop that does not yield)
             except asyncio.CancelledError:
                 raise
