@@ -388,9 +388,9 @@ async def test_a_mass_reconnect_is_admitted_a_few_at_a_time_and_leaks_no_slot(
     handshakes at a time (thousands at once filled its event loop until capture acks timed out
     and it spooled with the broker alive); every station still gets in, and a station that
     leaves half-way through its handshake does not keep its slot."""
-    from twin.gateway import server
+    from twin.gateway import admission
 
-    monkeypatch.setattr(server, "HANDSHAKES", 3)
+    monkeypatch.setattr(admission, "HANDSHAKES", 3)
     quick = settings.replace(handshake_timeout=1.0)
     gw = await gateway(quick)
     request = (

@@ -226,9 +226,9 @@ async def test_a_slow_upstream_does_not_hold_the_admission(
     """A handshake waiting on the upstream CSMS's own handshake gives up its admission slot
     meanwhile: held through it, 2 slots behind an upstream taking 0.6 s would admit 3 stations
     a second, and 8 stations at once would not all get in within the 1.5 s handshake timeout."""
-    from twin.gateway import server
+    from twin.gateway import admission
 
-    monkeypatch.setattr(server, "HANDSHAKES", 2)
+    monkeypatch.setattr(admission, "HANDSHAKES", 2)
     quick = settings.replace(handshake_timeout=1.5)
     async with upstream_csms(slow=0.6) as up:
         gw = await gateway(quick, mode="proxy", upstream=up.url)

@@ -12,8 +12,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,6 +25,8 @@ from websockets.http11 import Request, Response
 
 from twin import envelope, runtime, schemas
 from twin.capture import Recorder
+from twin.gateway import admission
+from twin.gateway.admission import Handshake, Slot, TokenBucket
 from twin.gateway.certificates import CertificateProvider
 from twin.gateway.commands import CommandInbox
 from twin.gateway.connections import Connections
@@ -36,21 +37,6 @@ from twin.security import Guard, UpstreamTls
 from twin.settings import Settings
 
 log = logging.getLogger("twin.gateway")
-HANDSHAKES = 25
-"""Stations admitted at once between their HTTP request and their recorded ``Connected``; the
-rest wait their turn (within the handshake timeout). After a network blip every station
-reconnects at once: unbounded, thousands of handshakes fill the event loop's queue, capture
-acks wait behind them past ``capture_timeout`` and the gateway takes a live broker for a dead
-one and spools. Fewer at once make every turn of the loop shorter, and a connected station's
-call waits a few turns (its capture round and its answer): benches/connections.py, 9,500
-stations, boots' round trip p99 during the ramp and the mass reconnect, by admission, in one
-sitting: 10: 72 and 91 ms (but the ramp took 8.3 s and the reconnect 13.5); 25: 53-71 and
-97-104 ms; 50: 101 and 150; 100: 130 and 223 ms. Later runs with 25, on a slower machine:
-95-127 and 114-178 ms (benches/RESULTS.md, session 17)."""
-BACKLOG = 4096
-"""Connections waiting to be accepted (the kernel caps it at ``net.core.somaxconn``). After a
-network blip every station reconnects at once; past a full queue the kernel drops their SYNs
-and each station's TCP tries again only 1, 3, 7 s later."""
 GIVE_BACK_AFTER = 1000
 """Connections closed before the gateway gives the memory they held back to the system, once
 no connection has opened or closed for ``GIVE_BACK_CHECK`` seconds (after a network blip: the
@@ -72,44 +58,6 @@ class StationConnection(ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         vars(self.protocol).pop("select_subprotocol", None)  # chosen at the handshake; the cycle
-
-
-class Slot:
-    """A handshake's place among the ``HANDSHAKES`` admitted at once. It is given up while
-    the handshake waits on a peer (the upstream CSMS's own handshake, an OCSP responder, a
-    password check in a thread): that wait is not the gateway's work, and behind an upstream
-    that takes 100 ms to answer, 25 slots held through it would admit 250 stations a second."""
-
-    def __init__(self, admission: asyncio.Semaphore) -> None:
-        self.admission, self.held = admission, False
-
-    async def take(self) -> None:
-        await self.admission.acquire()
-        self.held = True
-
-    def give(self) -> None:
-        if self.held:
-            self.held = False
-            self.admission.release()
-
-    @contextlib.asynccontextmanager
-    async def away(self) -> AsyncIterator[None]:
-        """Given up for the block, taken again after it (not after an exception: the
-        handshake ends then, or goes on to its refusal without the slot)."""
-        self.give()
-        yield
-        await self.take()
-
-
-@dataclass
-class Handshake:
-    station_id: str
-    protocol: str
-    conn_id: str
-    slot: Slot
-    upstream: ClientConnection | None = None
-    shown: dict[str, Any] | None = None  # the security profile and certificate the guard admitted
-    expiry: asyncio.TimerHandle | None = None  # frees the admission slot if the handshake never completes
 
 
 class Gateway:
@@ -147,7 +95,7 @@ class Gateway:
         self.inbox = CommandInbox(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handshakes: dict[ServerConnection, Handshake] = {}
-        self._admission = asyncio.Semaphore(HANDSHAKES)
+        self._admission = asyncio.Semaphore(admission.HANDSHAKES)
         self._server: Server | None = None
         self._warming: asyncio.Future[int] | None = None
         self._timers: list[asyncio.Task[None]] = []
@@ -173,7 +121,7 @@ class Gateway:
             compression=None,
             open_timeout=self.settings.handshake_timeout,
             reuse_port=self.reuse_port and not tls,
-            backlog=BACKLOG,
+            backlog=admission.BACKLOG,
             create_connection=StationConnection,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -461,29 +409,6 @@ class Gateway:
             log.exception("relaying from the upstream of %s failed", session.station_id)
             why = "internal error relaying the upstream"
         await close_quietly(session.ws, 1011, why)
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up. ``take`` takes one and says how
-    long to wait before using it: 0 while tokens are saved up, and then no coroutine a frame."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(max(1, burst))
-        self.tokens, self.stamp = self.burst, time.monotonic()
-
-    def take(self) -> float:
-        if self.rate <= 0:
-            return 0.0
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        wait = 0.0
-        if self.tokens < 1:
-            wait = (1 - self.tokens) / self.rate
-            self.stamp += wait
-            self.tokens = 1.0
-        self.tokens -= 1
-        return wait
 
 
 def _offered(headers: Headers) -> list[str]:
