@@ -387,17 +387,21 @@ async def test_what_of_a_failed_round_landed_is_not_sent_again(kafka_broker: Any
 
 async def test_what_of_a_failed_chunk_of_the_spool_landed_is_not_sent_again(kafka_broker: Any, tmp_path: Path) -> None:
     """The same from the spool (left by a gateway that stopped while the broker was away):
-    the drainer's chunk holds two frames and, between them, a dead letter too large for its
-    topic. The chunk was read and sent again, halved, until the dead letter was alone, and
-    the frames reached the log again each time (1, 2, 1, 2, 2)."""
+    the drainer's chunk holds frame 1, a dead letter too large for its topic, and frames 2-31
+    of 100 kB (three requests for their partition). The chunk was read and sent again, halved,
+    until the dead letter was alone, and the frames reached the log again each time (with
+    frames 1 and 2 alone: 1, 2, 1, 2, 2); and the requests still in flight when the dead
+    letter's was refused were counted as not landed, and their frames sent again by a new
+    producer (found in review: 1-21, 12-21, 22-31)."""
     from twin.spool import Spool
 
     settings = _limited(kafka_broker, tmp_path, "chunk", 1, "deadletter")
     left = Spool(Path(settings.spool) / "chunk.jsonl")
     note = {"station_id": "CS-BIG", "ts": envelope.iso_ms(), "reason": "test", "raw": "x" * 30_000}
-    left.append([(settings.topics.frames, b"CS-BIG", envelope.dumps(_frame(1))),
+    frames = settings.topics.frames
+    left.append([(frames, b"CS-BIG", envelope.dumps(_frame(1))),
                  (settings.topics.deadletter, b"CS-BIG", envelope.dumps(note)),
-                 (settings.topics.frames, b"CS-BIG", envelope.dumps(_frame(2)))])  # fmt: skip
+                 *((frames, b"CS-BIG", envelope.dumps(_frame(seq, 100_000))) for seq in range(2, 32))])  # fmt: skip
     left.close()
     recorder = Recorder(settings, kafka_broker.bootstrap, spool_name="chunk")
     assert recorder.spooling
@@ -407,8 +411,8 @@ async def test_what_of_a_failed_chunk_of_the_spool_landed_is_not_sent_again(kafk
     finally:
         await recorder.stop()
     await asyncio.sleep(1)
-    records = await read_until(settings, lambda rs: any(r["seq"] == 2 for r in rs))
-    assert [r["seq"] for r in records] == [1, 2]
+    records = await read_until(settings, lambda rs: any(r["seq"] == 31 for r in rs))
+    assert [r["seq"] for r in records] == list(range(1, 32))
     assert "x" * 30_000 in recorder.spool.path.with_suffix(".refused.jsonl").read_text()
 
 
@@ -416,7 +420,8 @@ async def test_a_partition_is_sent_again_from_its_first_request_that_did_not_lan
     """What ``Sent.unlanded`` keeps of a round whose partition A spans two requests (its batch
     full after two records) and whose partition B is in the first: A's records from its first
     request that did not land on (in order, so a later request's landed records go again),
-    none of B's once B landed; a request in flight is handed over to be asked later."""
+    none of B's once B landed; a partition's first unlanded request, in flight, is handed over
+    to be asked later."""
     from kafka.errors import NotLeaderForPartitionError
 
     from twin.produce import Sent
@@ -445,4 +450,6 @@ async def test_a_partition_is_sent_again_from_its_first_request_that_did_not_lan
     assert sent(landed(), failed(a)).unlanded(records) == [(records[3], None)]
     in_flight = loop.create_future()
     assert sent(failed(b), in_flight).unlanded(records) == [(records[1], None), (records[3], in_flight)]
+    # after a request that did not land, a later one goes again even if it lands yet: it follows
+    assert sent(failed(a), in_flight).unlanded(records) == [(records[0], None), (records[2], None), (records[3], None)]
     assert sent(failed(a, b), landed()).unlanded(records) == [(r, None) for r in records]

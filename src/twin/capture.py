@@ -231,13 +231,20 @@ class Recorder:
             _tell(told, stopped)
 
     async def _acked(self, acks: list[asyncio.Future[Any]]) -> BaseException | None:
-        """None once every ack has come; else the first failure, or a timeout."""
+        """None once every ack has come; else the first failure, or a timeout. After a
+        failure the round's other requests are given ``capture_timeout`` to settle too: what
+        of the round landed is then known, and is not sent again (by a new producer, which
+        idempotence cannot tell from a repeat)."""
+        timeout = self.settings.capture_timeout
         outcome = asyncio.get_running_loop().create_future()
         follow(outcome, acks)
-        await asyncio.wait([outcome], timeout=self.settings.capture_timeout)
+        await asyncio.wait([outcome], timeout=timeout)
         if not outcome.done():
-            return TimeoutError(f"no ack within {self.settings.capture_timeout} s")
-        return outcome.exception()
+            return TimeoutError(f"no ack within {timeout} s")
+        failure = outcome.exception()
+        if failure is not None and (pending := [ack for ack in acks if not ack.done()]):
+            await asyncio.wait(pending, timeout=timeout)
+        return failure
 
     def _spool_round(
         self, records: list[Record], told: list[tuple[Then, Any]], sends: list[asyncio.Future[Any] | None] | None = None
@@ -288,14 +295,16 @@ class Recorder:
         appended is cleared unsent."""
         offset, backoff, chunk = 0, 0.2, DRAIN_CHUNK
         landed: set[int] = set()  # entries (counted from ``offset``) that landed when their chunk failed
+        refused = False  # the producer was let go for a refusal: the broker is there, its topics too
         while True:
             try:
                 if self._producer is None:
                     self._requests.forget()
-                    if not await reachable(self.bootstrap):  # before blocking a thread on it
-                        raise ConnectionError(f"no broker at {self.bootstrap}")
-                    await asyncio.to_thread(ensure_topics, self.settings, self.bootstrap)
-                    self._producer = await self._new_producer()
+                    if not refused:
+                        if not await reachable(self.bootstrap):  # before blocking a thread on it
+                            raise ConnectionError(f"no broker at {self.bootstrap}")
+                        await asyncio.to_thread(ensure_topics, self.settings, self.bootstrap)
+                    self._producer, refused = await self._new_producer(), False
                 entries, after = self.spool.read(offset, chunk)
                 if entries:
                     todo = [i for i, (_, t) in enumerate(entries) if i not in landed and not await self._landed(t)]
@@ -307,14 +316,15 @@ class Recorder:
                             again = {id(record) for record, _ in sent.unlanded(records)}
                             landed.update(i for i, record in zip(todo, records, strict=True) if id(record) not in again)
                         if isinstance(failure, Refused):
-                            # the producer counted what was refused (idempotence's sequence numbers)
-                            old, self._producer = self._producer, None
-                            await stop_quietly(old)
+                            if self._idempotent:  # its sequence numbers counted what was refused
+                                old, self._producer, refused = self._producer, None, True
+                                await stop_quietly(old)
                             left = [i for i in todo if i not in landed]
                             if len(left) > 1:  # halved until the refused record is alone
                                 chunk = max(1, len(entries) // 2)
                                 continue
                             self._set_aside(entries[left[0]][0], failure)
+                            landed.add(left[0])  # kept: should what follows fail, not kept twice
                         elif failure is not None:
                             raise failure
                     for _, token in entries:  # settled: a chunk sent again asks again
@@ -340,7 +350,7 @@ class Recorder:
                 raise
             except Exception as exc:
                 log.debug("broker still away: %r", exc)
-                old, self._producer = self._producer, None
+                old, self._producer, refused = self._producer, None, False
                 if old is not None:
                     await stop_quietly(old)
                 await asyncio.sleep(backoff)
@@ -355,6 +365,10 @@ class Recorder:
         kept = Spool(self.spool.path.with_suffix(".refused.jsonl"))
         try:
             kept.append([record])
+        except OSError as exc:  # the drainer tries it again, after its backoff
+            log.error("the broker refused a record of %d bytes for %s (%s), and %s cannot be written (%r)",
+                      len(value), topic, why, kept.path, exc)  # fmt: skip
+            raise
         finally:
             kept.close()
         log.error("the broker refused a record of %d bytes for %s (%s): kept in %s", len(value), topic, why, kept.path)
@@ -371,7 +385,10 @@ class Recorder:
                       f" (raw cut to {NOTE_RAW_CHARS} characters)",
             "raw": text[:NOTE_RAW_CHARS],
         }  # fmt: skip
-        self.spool.append([(self.topics.deadletter, key, envelope.dumps(note))])
+        try:
+            self.spool.append([(self.topics.deadletter, key, envelope.dumps(note))])
+        except OSError as exc:  # the record is kept: only its note is lost, and said here
+            log.error("could not note the refused record on %s (%r)", self.topics.deadletter, exc)
 
     async def _landed(self, token: Token) -> bool:
         """Whether a spooled record's first send reached the broker after all."""

@@ -138,8 +138,9 @@ class Sent:
 
     def unlanded(self, records: list[Record]) -> list[tuple[Record, asyncio.Future[Any] | None]]:
         """The round's records still to send, in order: a partition's from its first request
-        that did not land (then its later ones too, to keep them in order), each with its
-        request's ack while that may still land (in flight), else None (it failed)."""
+        that did not land on (its later ones too, to keep them in order). Each comes with its
+        request's ack where that is the partition's first unlanded request and still in flight
+        (it may land yet: the recorder asks before sending it again), else None."""
         first: dict[tuple[str, int], int] = {}  # a partition's first request that did not land
         for n, request in enumerate(self._carried):
             for tp, (_, ack) in request.items():
@@ -156,8 +157,9 @@ class Sent:
             while (carried := self._carried[n].get(tp)) is None or seen == carried[0]:
                 n, seen = n + 1, 0
             at[tp] = (n, seen + 1)
-            if n >= first.get(tp, len(self._carried)):
-                again.append((record, None if carried[1].done() else carried[1]))
+            start = first.get(tp, len(self._carried))
+            if n >= start:  # a later request's records go again even if it lands: they follow
+                again.append((record, carried[1] if n == start and not carried[1].done() else None))
         return again
 
     def _partition(self, topic: str, key: bytes | None) -> int:
@@ -234,6 +236,8 @@ def follow(done: asyncio.Future[None], acks: list[asyncio.Future[Any]]) -> None:
         nonlocal pending
         pending -= 1
         if done.done():
+            if not ack.cancelled():
+                ack.exception()  # retrieved: a late failure is the round's, already told
             return
         if ack.cancelled():
             done.set_exception(ConnectionError("send cancelled"))
