@@ -324,14 +324,17 @@ async def test_a_round_larger_than_a_batch_reaches_the_log_in_order(settings: Se
 
 def _limited(kafka_broker: Any, tmp_path: Path, name: str, partitions: int, limited: str) -> Settings:
     """Settings with topics of their own on Kafka, ``limited`` (``frames`` or ``deadletter``)
-    taking records of 10,000 bytes at most (``max.message.bytes``)."""
+    taking records of 10,000 bytes at most (``max.message.bytes``). The default capture
+    timeout: after a failure, the round's other requests have that long to settle before what
+    landed is judged (with 2 s, the chunk test failed once in a run of the file, its cause
+    not kept; not again in 15 runs, 4 of them beside two busy cores)."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
     from tests.conftest import fresh_prefix
 
     settings = Settings(bootstrap=kafka_broker.bootstrap, topic_prefix=fresh_prefix(name), partitions=partitions,
-                        spool=str(tmp_path / "spool"), capture_timeout=2.0)  # fmt: skip
+                        spool=str(tmp_path / "spool"))  # fmt: skip
     topic = getattr(settings.topics, limited)
     admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
     try:

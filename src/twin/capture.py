@@ -76,6 +76,7 @@ class Recorder:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._requests = ProduceRequests(settings.capture_timeout)
+        self._stopping = False
         self.recorded = 0
         self.spooled = 0
 
@@ -96,6 +97,7 @@ class Recorder:
         """Stop, once what was submitted is settled (for up to twice ``capture_timeout``):
         acknowledged or spooled, or its caller told why not. A session's last record is
         submitted without waiting for it."""
+        self._stopping = True  # a failed round is spooled at once: what of it landed is not waited for
         if self._writer is not None and not self._writer.done():
             try:
                 await asyncio.wait_for(self._durable([]), 2 * self.settings.capture_timeout)
@@ -240,9 +242,10 @@ class Recorder:
         follow(outcome, acks)
         await asyncio.wait([outcome], timeout=timeout)
         if not outcome.done():
+            outcome.cancel()  # a later failure is the acks' own to tell (``follow``), not left unread here
             return TimeoutError(f"no ack within {timeout} s")
         failure = outcome.exception()
-        if failure is not None and (pending := [ack for ack in acks if not ack.done()]):
+        if failure is not None and not self._stopping and (pending := [ack for ack in acks if not ack.done()]):
             await asyncio.wait(pending, timeout=timeout)
         return failure
 
@@ -323,8 +326,7 @@ class Recorder:
                             if len(left) > 1:  # halved until the refused record is alone
                                 chunk = max(1, len(entries) // 2)
                                 continue
-                            self._set_aside(entries[left[0]][0], failure)
-                            landed.add(left[0])  # kept: should what follows fail, not kept twice
+                            self._set_aside(entries[left[0]][0], failure)  # kept, even if its note is not
                         elif failure is not None:
                             raise failure
                     for _, token in entries:  # settled: a chunk sent again asks again
@@ -362,16 +364,18 @@ class Recorder:
         whole in ``<spool>.refused.jsonl`` beside the spool, and a note of it, its text cut to
         ``NOTE_RAW_CHARS``, goes to ``ocpp.deadletter`` behind what the spool holds."""
         topic, key, value = record
-        kept = Spool(self.spool.path.with_suffix(".refused.jsonl"))
+        path = self.spool.path.with_suffix(".refused.jsonl")
         try:
-            kept.append([record])
+            kept = Spool(path)
+            try:
+                kept.append([record])
+            finally:
+                kept.close()
         except OSError as exc:  # the drainer tries it again, after its backoff
             log.error("the broker refused a record of %d bytes for %s (%s), and %s cannot be written (%r)",
-                      len(value), topic, why, kept.path, exc)  # fmt: skip
+                      len(value), topic, why, path, exc)  # fmt: skip
             raise
-        finally:
-            kept.close()
-        log.error("the broker refused a record of %d bytes for %s (%s): kept in %s", len(value), topic, why, kept.path)
+        log.error("the broker refused a record of %d bytes for %s (%s): kept in %s", len(value), topic, why, path)
         if topic == self.topics.deadletter:  # a note of a note: the file is the record
             return
         text = value.decode(errors="replace")
@@ -381,13 +385,13 @@ class Recorder:
             ts = envelope.iso_ms()
         note = {
             "station_id": key.decode(errors="replace") if key is not None else None, "ts": ts,
-            "reason": f"refused by the broker ({why}): a record of {len(value)} bytes for {topic}, kept in {kept.path}"
+            "reason": f"refused by the broker ({why}): a record of {len(value)} bytes for {topic}, kept in {path}"
                       f" (raw cut to {NOTE_RAW_CHARS} characters)",
             "raw": text[:NOTE_RAW_CHARS],
         }  # fmt: skip
         try:
             self.spool.append([(self.topics.deadletter, key, envelope.dumps(note))])
-        except OSError as exc:  # the record is kept: only its note is lost, and said here
+        except Exception as exc:  # the record is kept: only its note is lost, and said here
             log.error("could not note the refused record on %s (%r)", self.topics.deadletter, exc)
 
     async def _landed(self, token: Token) -> bool:
