@@ -45,6 +45,15 @@ def disconnected(expected: int) -> Any:
     return lambda rs: sum(r["action"] == "Disconnected" for r in rs) >= expected
 
 
+async def _drained(recorder: Recorder) -> None:
+    """Once the spool is drained (within 30 s)."""
+    for _ in range(300):
+        if not recorder.spooling:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{recorder.spool.path} not drained")
+
+
 async def test_broker_outage_spools_in_order_and_drains_exactly_once(
     engine: str, new_broker: Any, tmp_path: Path
 ) -> None:
@@ -79,11 +88,7 @@ async def test_broker_outage_spools_in_order_and_drains_exactly_once(
         after.close()
         # the drainer clears the spool a turn after its last records land, or later on a
         # loaded machine (failed once in CI while they were already in the log)
-        for _ in range(300):
-            if not gw.recorder.spooling:
-                break
-            await asyncio.sleep(0.1)
-        assert not gw.recorder.spooling
+        await _drained(gw.recorder)
     finally:
         await gw.stop()
 
@@ -278,15 +283,6 @@ def test_a_spool_emptied_by_another_writer_reads_as_empty(tmp_path: Path) -> Non
     assert len(records) == 2 and other.size() == end
     one.clear()
     assert other.size() == 0 and other.read(0) == ([], 0)
-
-
-async def _drained(recorder: Recorder) -> None:
-    """Once the spool is drained (within 30 s)."""
-    for _ in range(300):
-        if not recorder.spooling:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{recorder.spool.path} not drained")
 
 
 def _frame(seq: int, size: int = 0) -> envelope.Envelope:

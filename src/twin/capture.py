@@ -141,9 +141,13 @@ class Recorder:
     async def deadletter(self, station_id: str | None, reason: str, raw: str, ts: str) -> None:
         if not self.settings.capture:
             return
+        await self._durable([self._dead_letter(station_id, reason, raw, ts)])
+
+    def _dead_letter(self, station_id: str | None, reason: str, raw: str, ts: str) -> Record:
+        """An ``ocpp.deadletter`` record, keyed by station (empty where unknown)."""
         value: dict[str, Any] = {"station_id": station_id, "ts": ts, "reason": reason, "raw": raw}
         key = station_id.encode() if station_id else None
-        await self._durable([(self.topics.deadletter, key, envelope.dumps(value))])
+        return (self.topics.deadletter, key, envelope.dumps(value))
 
     async def _durable(self, records: list[Record]) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -383,14 +387,14 @@ class Recorder:
             ts = orjson.loads(value).get("ts") or envelope.iso_ms()
         except (orjson.JSONDecodeError, AttributeError):
             ts = envelope.iso_ms()
-        note = {
-            "station_id": key.decode(errors="replace") if key is not None else None, "ts": ts,
-            "reason": f"refused by the broker ({why}): a record of {len(value)} bytes for {topic}, kept in {path}"
-                      f" (raw cut to {NOTE_RAW_CHARS} characters)",
-            "raw": text[:NOTE_RAW_CHARS],
-        }  # fmt: skip
+        note = self._dead_letter(
+            key.decode(errors="replace") if key is not None else None,
+            f"refused by the broker ({why}): a record of {len(value)} bytes for {topic}, kept in {path}"
+            f" (raw cut to {NOTE_RAW_CHARS} characters)",
+            text[:NOTE_RAW_CHARS], ts,
+        )  # fmt: skip
         try:
-            self.spool.append([(self.topics.deadletter, key, envelope.dumps(note))])
+            self.spool.append([note])
         except Exception as exc:  # the record is kept: only its note is lost, and said here
             log.error("could not note the refused record on %s (%r)", self.topics.deadletter, exc)
 

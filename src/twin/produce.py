@@ -108,8 +108,7 @@ class ProduceRequests:
         of these topics makes it; remembered per key (the caller looks there first)."""
         if topic not in self._partitions:
             self._partitions[topic] = sorted(await producer.partitions_for(topic))
-        partitions = self._partitions[topic]
-        chosen = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        chosen = _murmur2_choice(self._partitions[topic], key)
         if len(self._partition_of) < 1_000_000:
             self._partition_of[(topic, key)] = chosen
         return chosen
@@ -167,10 +166,13 @@ class Sent:
         if key is None:
             return 0
         chosen = self._partition_of.get((topic, key))
-        if chosen is None:
-            partitions = self._partitions[topic]
-            chosen = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
-        return chosen
+        return chosen if chosen is not None else _murmur2_choice(self._partitions[topic], key)
+
+
+def _murmur2_choice(partitions: list[int], key: bytes) -> int:
+    """The default partitioner's choice for a key, as every other producer of these topics
+    (Kafka's Java client, aiokafka, kafka-python) makes it."""
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
 def _landed(ack: asyncio.Future[Any], tp: tuple[str, int]) -> bool:
